@@ -1,0 +1,35 @@
+"""diffusionlm: discrete diffusion language models, one composable toolkit.
+
+torch is pinned to the tested version: a loose requirement with no torch installed
+pulls the multi-gigabyte CUDA build. The README's set-up installs it first.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="diffusionlm",
+    version="0.1.0",
+    description="Corruption processes, hyperschedules, backbones and samplers for discrete diffusion LMs",
+    python_requires=">=3.10",
+    packages=find_packages(include=["diffusionlm", "diffusionlm.*"]),
+    install_requires=[
+        "torch==2.13.0",
+        "transformers>=5.0",
+        "peft>=0.17",
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "einops>=0.8",
+        "scipy>=1.11",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "tokenizers>=0.20",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100"],
+        "gpu": ["flash-attn"],
+        "eval": ["mauve-text", "lm-eval"],
+        "logging": ["wandb", "tensorboard"],
+    },
+    entry_points={"console_scripts": ["diffusionlm=diffusionlm.cli:main"]},
+)
