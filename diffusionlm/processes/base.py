@@ -35,7 +35,22 @@ from torch import Tensor
 
 from ..schedules.noise import NoiseSchedule
 
-__all__ = ["Corruption", "Process", "TokenSet", "check_ids", "check_levels"]
+__all__ = ["Corruption", "Process", "TokenSet", "check_ids", "check_levels", "mc_weight", "real_token_nll"]
+
+
+def real_token_nll(logits: Tensor, x0: Tensor, vocab_size: int) -> Tensor:
+    """-log p_theta(x0 | x) over the N real tokens (MASK is never a clean token): [B, d]."""
+    logp = torch.log_softmax(logits[..., :vocab_size].float() if logits.dtype != torch.float64 else logits[..., :vocab_size], -1)
+    return -logp.gather(-1, x0[..., None]).squeeze(-1)
+
+
+def mc_weight(draw) -> "Tensor | float":
+    """Monte-Carlo weight of one drawn step: T for a per-sequence draw, per-position weights for
+    a per-segment draw, 1 in continuous time."""
+    w = getattr(draw, "weight", None)
+    if w is not None:
+        return w
+    return float(draw.num_steps) if getattr(draw, "num_steps", None) else 1.0
 
 
 class Corruption(NamedTuple):
@@ -227,14 +242,13 @@ class Process:
         return T
 
     def marginal_probs(self, x0: Tensor, level: Tensor) -> Tensor:
-        """Dense q_l(. | x0): [..., V]."""
-        m, k, u = self.marginal(level.double())
-        V, n = self.model_vocab_size, self.vocab_size
-        out = u[..., None].expand(*x0.shape, V).clone()
+        """Dense q_l(. | x0): [..., V] float64 (small N only)."""
+        m, k, u = self.marginal(level.double().expand(x0.shape))
+        out = torch.zeros(*x0.shape, self.model_vocab_size, dtype=torch.float64)
+        out[..., : self.vocab_size] = u[..., None]
         if self.mask_id is not None:
             out[..., self.mask_id] = m
-            out[..., n:][..., torch.arange(V - n) != self.mask_id - n] = 0.0
-        out.scatter_(-1, x0[..., None], k[..., None].expand(*x0.shape, 1).clone())
+        out.scatter_(-1, x0[..., None], k[..., None])
         return out
 
     # -- reverse step and the discrete-step bound ----------------------------------------
@@ -283,15 +297,13 @@ class Process:
         return torch.where(level_t.double() == level_s.double(), torch.zeros_like(kl), kl)
 
     # -- training loss -------------------------------------------------------------------
-    def loss(
-        self,
-        logits: Tensor,
-        x0: Tensor,
-        corruption: Corruption,
-        level: Tensor,
-        next_level: Optional[Tensor] = None,
-    ) -> Tensor:
-        """Per-token training loss [B, d]; see each process. next_level None: continuous time."""
+    def training_level(self, draw, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The level at which to corrupt for a training draw (l[k-1]; continuous: u)."""
+        return draw.level
+
+    def loss(self, logits: Tensor, x0: Tensor, corruption: Corruption, level: Tensor, draw=None) -> Tensor:
+        """Per-token training loss [B, d] at the corruption `level`; `draw` (a LevelDraw or
+        SegmentDraw, None for continuous time) gives the step and its Monte-Carlo weight."""
         raise NotImplementedError
 
     def continuous_bound(self, logits: Tensor, x0: Tensor, corruption: Corruption, level: Tensor) -> Tensor:

@@ -1,0 +1,52 @@
+"""Absorb (masked diffusion, MDM / MDLM).
+
+Forward: keep a token with probability alpha(l), else MASK. Between levels l' < l a kept token
+is masked with probability 1 - alpha(l) / alpha(l'); MASK stays MASK.
+
+Loss at a masked position, against -log p_theta(y | x):
+    one step l -> l' (discrete hyperschedule):  T * (alpha(l') - alpha(l)) / (1 - alpha(l))
+    continuous time (l ~ U(0, 1)):              -alpha'(l) / (1 - alpha(l))   (= 1/l for linear alpha)
+Both are exact terms of the NLL upper bound: the step weight is KL(q(x_s | x_t, y) || p_theta)
+at a masked position (the weight times -log p_theta(y)), and the continuous weight its limit.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..schedules.noise import Linear, NoiseSchedule
+from .base import Corruption, Process, mc_weight, real_token_nll
+
+__all__ = ["Absorb"]
+
+
+class Absorb(Process):
+    name = "absorb"
+    likelihood = True
+    time_conditioned = False
+
+    def __init__(self, vocab_size: int, mask_id: Optional[int] = None, noise: Optional[NoiseSchedule] = None):
+        super().__init__(vocab_size, vocab_size if mask_id is None else mask_id, noise or Linear())
+
+    def config(self) -> dict:
+        return {"name": self.name, "vocab_size": self.vocab_size, "mask_id": self.mask_id, "noise": self.noise.to_dict()}
+
+    def event_probs(self, level_from: Tensor, level_to: Tensor) -> tuple[Tensor, Tensor]:
+        p_mask = 1.0 - self._keep_ratio(level_from, level_to)
+        return p_mask, torch.zeros_like(p_mask)
+
+    def _weight(self, level: Tensor, draw=None) -> Tensor:
+        if draw is None or draw.next_level is None:
+            a, da = self.noise.alpha(level), self.noise.alpha_prime(level)
+            return -da / (1.0 - a).clamp_min(1e-12)
+        a_t, a_s = self.noise.alpha(draw.level), self.noise.alpha(draw.next_level)
+        return (a_s - a_t) / (1.0 - a_t).clamp_min(1e-12) * mc_weight(draw)
+
+    def loss(self, logits: Tensor, x0: Tensor, corruption: Corruption, level: Tensor, draw=None) -> Tensor:
+        nll = real_token_nll(logits, x0, self.vocab_size)
+        return torch.where(corruption.masked, self._weight(level, draw).to(nll.dtype) * nll, torch.zeros_like(nll))
+
+    def continuous_bound(self, logits: Tensor, x0: Tensor, corruption: Corruption, level: Tensor) -> Tensor:
+        return self.loss(logits, x0, corruption, level, None)
