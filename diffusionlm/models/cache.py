@@ -1,0 +1,191 @@
+"""An explicit, immutable KV cache for the settled prefix of a sequence.
+
+The cache is a value, passed into a forward and returned from it, never state hidden in a module:
+
+    cache = KVCache.empty(model.config.n_layers)
+    out = model(ids, position_ids=pos, attention_mask=mask, cache=cache, cache_commit=n)
+    cache = out.cache            # the old rows plus the first n rows of this call
+
+Per layer it holds K and V of shape [B, H, length, Dh] (keys after the rotary embedding, so a
+cached row keeps the position it was computed at), and `length`, the number of cached rows.
+`append` and `crop` return new caches; tensors are shared, never modified in place.
+
+Which rows may be cached, and why the cache is exact
+----------------------------------------------------
+At generation step k a hyperschedule splits the rows into settled (level 0 since the last step),
+active, and worthless (dropped). The inference mask lets a settled row attend causally to settled
+rows only. So the hidden states, and hence the K/V, of a settled row r in every layer are a
+function of the settled tokens at rows <= r (their ids, true positions and level 0) and nothing
+else. Settled tokens never change again, and a settled row stays settled at every later step;
+so the K/V computed for row r at the step it first settled are exactly those a full forward at
+any later step would compute. Caching them and feeding only the other rows, with the matching
+rows and columns of the same mask, therefore gives the same logits as the full forward (up to
+floating-point summation order).
+
+Only rows that (i) are settled and (ii) attend causally to settled rows only may be committed.
+Active rows are never cached: their tokens (and levels) change from step to step, and they attend
+to each other bidirectionally. Cached rows must form a prefix of the rows fed to the model (the
+order of the keys is the order of the rows), which holds for Quench, Block and Slide, whose
+settled positions are always a prefix. Flat has no settled prefix, so nothing is cached there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..schedules.hyper import SETTLED
+
+__all__ = ["KVCache", "CachedStep", "plan_cached_step"]
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """K/V of the cached rows per layer: keys[i], values[i] are [B, H, length, Dh] (or None while empty)."""
+
+    keys: tuple[Optional[Tensor], ...]
+    values: tuple[Optional[Tensor], ...]
+    length: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.keys) != len(self.values):
+            raise ValueError(f"{len(self.keys)} key layers but {len(self.values)} value layers")
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            if (k is None) != (v is None):
+                raise ValueError(f"layer {i}: keys and values must both be set or both be None")
+            if k is None:
+                if self.length != 0:
+                    raise ValueError(f"layer {i} is empty but the cache claims length {self.length}")
+                continue
+            if k.dim() != 4 or k.shape != v.shape:
+                raise ValueError(
+                    f"layer {i}: K and V must both be [B, H, L, Dh], got {tuple(k.shape)} and {tuple(v.shape)}"
+                )
+            if k.shape[2] != self.length:
+                raise ValueError(f"layer {i} holds {k.shape[2]} rows but the cache claims length {self.length}")
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def empty(cls, num_layers: int) -> "KVCache":
+        """A cache with no rows for a model of `num_layers` layers."""
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        return cls((None,) * num_layers, (None,) * num_layers, 0)
+
+    # -- queries -----------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys)
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        """Batch size of the cached tensors (None while empty)."""
+        k = self.keys[0]
+        return None if k is None else k.shape[0]
+
+    def layer(self, i: int) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """(K, V) of layer i, each [B, H, length, Dh], or (None, None) while empty."""
+        return self.keys[i], self.values[i]
+
+    def __len__(self) -> int:
+        return self.length
+
+    # -- new caches ----------------------------------------------------------------------
+    def append(self, layer_kvs: Sequence[tuple[Tensor, Tensor]], n: int) -> "KVCache":
+        """A new cache: these rows followed by the first `n` rows of this call's K/V.
+
+        `layer_kvs[i]` is (K, V) of layer i for the rows of one forward, [B, H, L_new, Dh].
+        """
+        if len(layer_kvs) != self.num_layers:
+            raise ValueError(f"got K/V for {len(layer_kvs)} layers, the cache has {self.num_layers}")
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"the number of rows to commit must be an int >= 0, got {n!r}")
+        keys, values = [], []
+        for i, ((k_new, v_new), k_old, v_old) in enumerate(zip(layer_kvs, self.keys, self.values)):
+            if n > k_new.shape[2]:
+                raise ValueError(f"cannot commit {n} rows: this call computed only {k_new.shape[2]}")
+            k_add, v_add = k_new[:, :, :n], v_new[:, :, :n]
+            if k_old is None:
+                keys.append(k_add)
+                values.append(v_add)
+            else:
+                if k_old.shape[:2] != k_add.shape[:2] or k_old.shape[3] != k_add.shape[3]:
+                    raise ValueError(
+                        f"layer {i}: new K/V {tuple(k_add.shape)} do not match the cached {tuple(k_old.shape)}"
+                    )
+                keys.append(torch.cat([k_old, k_add], dim=2) if n else k_old)
+                values.append(torch.cat([v_old, v_add], dim=2) if n else v_old)
+        return KVCache(tuple(keys), tuple(values), self.length + n)
+
+    def crop(self, n: int) -> "KVCache":
+        """A new cache holding only the first `n` cached rows (n <= length)."""
+        if not isinstance(n, int) or not 0 <= n <= self.length:
+            raise ValueError(f"crop needs 0 <= n <= {self.length}, got {n!r}")
+        if n == self.length:
+            return self
+        return KVCache(
+            tuple(None if k is None else k[:, :, :n] for k in self.keys),
+            tuple(None if v is None else v[:, :, :n] for v in self.values),
+            n,
+        )
+
+    def select(self, index: Tensor) -> "KVCache":
+        """A new cache holding the batch rows `index` (e.g. to drop finished sequences)."""
+        return KVCache(
+            tuple(None if k is None else k.index_select(0, index.to(k.device)) for k in self.keys),
+            tuple(None if v is None else v.index_select(0, index.to(v.device)) for v in self.values),
+            self.length,
+        )
+
+    def __repr__(self) -> str:
+        k = self.keys[0]
+        shape = "empty" if k is None else f"B={k.shape[0]}, H={k.shape[1]}, Dh={k.shape[3]}"
+        return f"KVCache(layers={self.num_layers}, length={self.length}, {shape})"
+
+
+class CachedStep(NamedTuple):
+    """What to feed at one cached inference step (see `plan_cached_step`).
+
+    rows:    [L_new] true positions of the rows to feed (position_ids), ascending
+    mask:    the rows of the step mask for those rows, all columns: [.., L_new, cached + L_new]
+    commit:  how many of the fed rows (the first ones: the newly settled) to commit to the cache
+    cached:  cache length after this step (= the number of settled rows)
+    """
+
+    rows: Tensor
+    mask: Any
+    commit: int
+    cached: int
+
+
+def plan_cached_step(rows: Tensor, row_categories: Tensor, mask: Any, cached: int) -> CachedStep:
+    """Split one inference step into the cached rows and the rows to feed.
+
+    rows            [L'] positions of the rows of this step (the non-worthless ones), ascending
+    row_categories  [L'] their SETTLED / ACTIVE codes at this step
+    mask            the step's dense bool mask [.., L', L'] over those rows (or None: full)
+    cached          rows already in the cache (= rows[:cached], from earlier steps)
+
+    The settled rows must be a prefix rows[:s] and the cache may hold only settled rows (s >= cached).
+    Feed rows[cached:] (the newly settled rows first, then the active ones) with mask[..., cached:, :],
+    and commit the s - cached newly settled rows. A FlexAttention BlockMask cannot be sliced: pass
+    the dense mask (the flex backend turns dense masks into block masks).
+    """
+    row_categories = torch.as_tensor(row_categories)
+    if rows.dim() != 1 or row_categories.shape != rows.shape:
+        raise ValueError(f"rows {tuple(rows.shape)} and row_categories {tuple(row_categories.shape)} must both be [L']")
+    settled = (row_categories == SETTLED).cpu()
+    s = int(settled.sum())
+    if not bool(settled[:s].all()):
+        raise ValueError("the settled rows are not a prefix of this step's rows: nothing can be cached exactly")
+    if not 0 <= cached <= s:
+        raise ValueError(f"the cache holds {cached} rows but only {s} rows are settled at this step")
+    if mask is not None:
+        if not isinstance(mask, Tensor):
+            raise TypeError("plan_cached_step slices a dense bool mask; pass the dense mask (kind='dense')")
+        if mask.shape[-2:] != (rows.numel(), rows.numel()):
+            raise ValueError(f"mask {tuple(mask.shape)} does not cover the {rows.numel()} rows of this step")
+        mask = mask[..., cached:, :]
+    return CachedStep(rows[cached:], mask, s - cached, s)
