@@ -80,7 +80,8 @@ class DiffusionLM:
         if self.layout is Layout.SHIFTED:
             if self.bos_id is None:
                 raise ValueError("the SHIFTED layout needs bos_id: row 0 reads it")
-            check_ids(torch.tensor([self.bos_id]), self.process.model_vocab_size, "bos_id")
+            if not isinstance(self.bos_id, int) or self.bos_id < 0:
+                raise ValueError(f"bos_id must be a non-negative int, got {self.bos_id!r}")
         if self.max_positions is None:
             cfg = getattr(self.model, "config", None)
             self.max_positions = getattr(cfg, "max_positions", None) or getattr(cfg, "max_position_embeddings", None)
@@ -120,15 +121,17 @@ class DiffusionLM:
         generator: Optional[torch.Generator] = None,
         response_mask: Optional[Tensor] = None,
         two_halves: bool = False,
+        u: Optional[Tensor] = None,
     ) -> LossOutput:
-        """Training loss of a batch x0 [B, d] (see the module docstring)."""
+        """Training loss of a batch x0 [B, d] (see the module docstring). `u` ([B] in [0, 1))
+        fixes each sequence's step instead of drawing it."""
         self._check_batch(x0)
         B, d = x0.shape
         if not self.process.likelihood:
             return self._structural_loss(x0, generator, response_mask)
         if two_halves:
             return self._two_halves_loss(x0, generator)
-        draw = self.schedule.draw(B, d, generator=generator, device=x0.device)
+        draw = self.schedule.draw(B, d, generator=generator, u=u, device=x0.device)
         level = self.process.training_level(draw, generator)
         corr = self.process.corrupt(x0, level, generator=generator)
         cats, mask = self._mask_for(draw)
@@ -150,7 +153,10 @@ class DiffusionLM:
         ids, pos = two_halves_inputs(corr.ids, x0, draw.segment, Layout.ALIGNED)
         if self.layout is Layout.SHIFTED:
             ids, pos = two_halves_inputs(corr.ids, x0, draw.segment, self.layout, self.bos_id)
-        mask = two_halves_mask(draw.segment, device=x0.device)
+        # inside a segment the inference rule applies (settled / worthless positions at a
+        # segment's edges are treated exactly as the inference step treats them)
+        cats = categories_from_levels(draw.level, draw.next_level)
+        mask = two_halves_mask(draw.segment, categories=cats, device=x0.device)
         levels = torch.cat([level, torch.zeros_like(level)], 1)
         out = self.model(
             ids, position_ids=pos, attention_mask=mask,
@@ -158,7 +164,7 @@ class DiffusionLM:
         )
         logits = _logits(out)[:, :d]
         per_token = self.process.loss(logits, x0, corr, level, draw)
-        active = draw.level != draw.next_level
+        active = cats == ACTIVE
         per_token = torch.where(active, per_token, torch.zeros_like(per_token))
         return LossOutput(per_token.sum() / (B * d), per_token, corr, draw)
 

@@ -535,11 +535,15 @@ class Retimed(Hyperschedule):
     def _build_table(self, d: int) -> Tensor:
         src = self.base.table(d)
         T0, T1 = src.shape[0] - 1, self.num_steps(d)
-        x = torch.arange(T1 + 1, dtype=torch.float64) * (T0 / T1)
-        lo = x.floor().long().clamp(max=T0)
+        # Source coordinate k * T0 / T1 split exactly in integers: floating-point x.floor() put
+        # rows that land on a source row one ulp off it (levels 1e-16 / 1 - 1e-16 instead of 0 / 1,
+        # which turned settled and worthless positions into active ones).
+        num = torch.arange(T1 + 1) * T0
+        lo = torch.div(num, T1, rounding_mode="floor").clamp(max=T0)
         hi = (lo + 1).clamp(max=T0)
-        frac = (x - lo.double())[:, None]
-        out = src[lo] * (1 - frac) + src[hi] * frac
+        frac = ((num - lo * T1).double() / T1)[:, None]
+        a, b = src[lo], src[hi]
+        out = a + (b - a) * frac  # exactly a where a == b or frac == 0
         out[0], out[-1] = 1.0, 0.0  # exact endpoints despite rounding
         return out
 

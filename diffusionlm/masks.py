@@ -1,0 +1,504 @@
+"""Attention masks derived from a hyperschedule: one source of truth, two materializations.
+
+Every mask here is a ``mask_mod(b, h, q_idx, kv_idx) -> bool`` function (FlexAttention's
+signature; True = the query row may attend the key row). The same function is materialized as
+
+* a dense boolean tensor ``[B, 1, Lq, Lkv]`` (:func:`dense_mask`), by evaluating it once on
+  broadcast index tensors — for ``scaled_dot_product_attention`` and everything else that takes
+  a tensor mask (use :func:`additive_mask` for Hugging Face "eager" attention, which *adds* the
+  mask), and
+* a FlexAttention ``BlockMask`` (:func:`flex_block_mask`), via ``create_block_mask``.
+
+Masks live in ROW space: the output of row j predicts token j in both layouts (:class:`Layout`);
+the layout only changes which token row j *reads* (ALIGNED: token j; SHIFTED: token j-1, row 0
+reads BOS). So the masks do not depend on the layout; the inputs do (:func:`shift_inputs`,
+:func:`two_halves_inputs`).
+
+Rules (categories are the hyperschedule's SETTLED / ACTIVE / WORTHLESS codes at one step):
+
+* inference: a settled row attends settled rows causally (kv <= q), so settled K/V can be cached
+  exactly; an active row attends every settled and active row; a worthless row attends only
+  itself (no row is ever fully masked: SDPA would give NaN) and no row attends a worthless one.
+* two halves (efficient training, papers' appendix B.3): input ``[x_noisy ; x_clean]`` of length
+  2d; a noisy row attends the noisy rows of its own segment and the clean rows of earlier
+  segments; a clean row attends clean rows causally (or block-causally); clean rows never attend
+  noisy rows.
+
+The tensors returned by the cached builders (:func:`step_categories`, :func:`inference_mask`)
+are shared between callers: do not modify them in place.
+"""
+from __future__ import annotations
+
+import functools
+from enum import Enum
+from typing import Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .schedules.hyper import ACTIVE, SETTLED, WORTHLESS, Hyperschedule
+
+__all__ = [
+    "Layout",
+    "MaskMod",
+    "StepMask",
+    "shift_inputs",
+    "inference_mask_mod",
+    "two_halves_mask_mod",
+    "causal_mask_mod",
+    "full_mask_mod",
+    "dense_mask",
+    "flex_block_mask",
+    "additive_mask",
+    "categories_from_levels",
+    "step_categories",
+    "inference_mask",
+    "training_mask",
+    "two_halves_mask",
+    "two_halves_inputs",
+]
+
+MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+Device = Union[torch.device, str, None]
+
+
+class Layout(str, Enum):
+    """Which token row j reads. ALIGNED: token j. SHIFTED: token j-1 (row 0 reads BOS).
+
+    In both layouts row j's output predicts token j; SHIFTED is the autoregressive convention
+    (output i predicts token i+1 of the *input*), needed to adapt AR checkpoints.
+    """
+
+    ALIGNED = "aligned"
+    SHIFTED = "shifted"
+
+
+class StepMask(NamedTuple):
+    """The attention mask of one inference step.
+
+    rows:  [L'] LongTensor, the positions fed to the model at this step, ascending (the
+           non-worthless positions when worthless ones are dropped, else all d positions)
+    mask:  dense bool [1, 1, L', L'] or a FlexAttention BlockMask over those rows
+    """
+
+    rows: Tensor
+    mask: object
+
+
+# ----------------------------------------------------------------------------------------
+# validation helpers
+# ----------------------------------------------------------------------------------------
+def _check_categories(categories: Tensor, name: str = "categories") -> Tensor:
+    """Return `categories` as a long [n, L] tensor; ValueError unless integer codes 0..2."""
+    categories = torch.as_tensor(categories)
+    if categories.dtype == torch.bool or categories.is_floating_point() or categories.is_complex():
+        raise ValueError(f"{name} must be an integer tensor of SETTLED/ACTIVE/WORTHLESS codes, got {categories.dtype}")
+    if categories.dim() == 1:
+        categories = categories[None]
+    if categories.dim() != 2 or categories.shape[0] < 1 or categories.shape[1] < 1:
+        raise ValueError(f"{name} must have shape [B or 1, L] with L >= 1, got {tuple(categories.shape)}")
+    bad = (categories < SETTLED) | (categories > WORTHLESS)
+    if bad.any():
+        v = int(categories[bad][0])
+        raise ValueError(
+            f"{name} holds the code {v}; allowed: SETTLED={SETTLED}, ACTIVE={ACTIVE}, WORTHLESS={WORTHLESS}"
+        )
+    return categories.long()
+
+
+def _check_segment(segment: Tensor) -> Tensor:
+    """Return `segment` as a long [n, d] tensor; ValueError unless each row is non-decreasing."""
+    segment = torch.as_tensor(segment)
+    if segment.dtype == torch.bool or segment.is_floating_point() or segment.is_complex():
+        raise ValueError(f"segment ids must be an integer tensor, got {segment.dtype}")
+    if segment.dim() == 1:
+        segment = segment[None]
+    if segment.dim() != 2 or segment.shape[0] < 1 or segment.shape[1] < 1:
+        raise ValueError(f"segment must have shape [B or 1, d] with d >= 1, got {tuple(segment.shape)}")
+    drops = segment[:, 1:] < segment[:, :-1]
+    if drops.any():
+        b, i = (int(v) for v in drops.nonzero()[0])
+        raise ValueError(
+            "segment ids must be contiguous and non-decreasing along the sequence: row "
+            f"{b} goes from {int(segment[b, i])} at position {i} to {int(segment[b, i + 1])} at {i + 1}"
+        )
+    return segment.long()
+
+
+def _lookup(table: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """``table[b, i]`` for broadcast index tensors (also inside FlexAttention's vmap); a table
+    with one row is shared by every batch index."""
+    # aten.index directly: what FlexAttention turns `table[i]` into anyway, minus a per-call
+    # autograd-function wrapper that made create_block_mask ~3x slower on CPU.
+    index = torch.ops.aten.index
+    if table.shape[0] == 1:
+        row = table[0]
+        return lambda b, i: index(row, [i])
+    return lambda b, i: index(table, [b, i])
+
+
+def _annotate(fn: MaskMod, batch: Optional[int], q_len: Optional[int], kv_len: Optional[int], device) -> MaskMod:
+    """Record the sizes a mask_mod was built for (None: any), for the materializers to check."""
+    fn.batch_size = batch  # type: ignore[attr-defined]
+    fn.q_len = q_len  # type: ignore[attr-defined]
+    fn.kv_len = kv_len  # type: ignore[attr-defined]
+    fn.device = device  # type: ignore[attr-defined]
+    return fn
+
+
+# ----------------------------------------------------------------------------------------
+# layouts
+# ----------------------------------------------------------------------------------------
+def shift_inputs(x: Tensor, layout: "Layout | str", bos_id: Optional[int] = None) -> Tensor:
+    """What each row reads: ALIGNED row j reads x[..., j] (x unchanged); SHIFTED row j reads
+    x[..., j-1] and row 0 reads `bos_id`, i.e. ``cat([bos], x[..., :-1])``.
+
+    Raises ValueError for SHIFTED without a `bos_id`.
+    """
+    layout = Layout(layout)
+    if layout is Layout.ALIGNED:
+        return x
+    if bos_id is None:
+        raise ValueError("the SHIFTED layout needs bos_id (the token row 0 reads)")
+    bos = x.new_full((*x.shape[:-1], 1), bos_id)
+    return torch.cat([bos, x[..., :-1]], dim=-1)
+
+
+# ----------------------------------------------------------------------------------------
+# mask_mods
+# ----------------------------------------------------------------------------------------
+def _inference_rule(qc: Tensor, kc: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+    """Settled q: settled kv with kv <= q. Active q: any non-worthless kv. Worthless q: kv == q."""
+    settled_q = (qc == SETTLED) & (kc == SETTLED) & (kv <= q)
+    active_q = (qc == ACTIVE) & (kc != WORTHLESS)
+    worthless_q = (qc == WORTHLESS) & (kv == q)
+    return settled_q | active_q | worthless_q
+
+
+def inference_mask_mod(categories: Tensor) -> MaskMod:
+    """Mask of one inference step from per-row category codes ``[B or 1, L]`` (or ``[L]``).
+
+    Rule: a SETTLED query attends SETTLED keys at kv <= q (causal among settled, so their K/V
+    can be cached exactly); an ACTIVE query attends every non-WORTHLESS key (dense over settled
+    and active); a WORTHLESS query attends only itself (kv == q), so that no row is fully masked,
+    and no query attends a WORTHLESS key. Indices outside 0..L-1 (FlexAttention padding) are
+    masked. With a single row of categories the mask does not depend on the batch index.
+    """
+    cats = _check_categories(categories)
+    n, L = cats.shape
+    lookup = _lookup(cats)
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        qc = lookup(b, q_idx.clamp(0, L - 1))
+        kc = lookup(b, kv_idx.clamp(0, L - 1))
+        inside = (q_idx < L) & (kv_idx < L)
+        return inside & _inference_rule(qc, kc, q_idx, kv_idx)
+
+    return _annotate(mask_mod, n if n > 1 else None, L, L, cats.device)
+
+
+def two_halves_mask_mod(
+    segment: Tensor, block_causal: bool = False, categories: Optional[Tensor] = None
+) -> MaskMod:
+    """Mask of the two-halves training layout (papers' appendix B.3), length 2d.
+
+    The input is ``[x_noisy (rows 0..d-1) ; x_clean (rows d..2d-1)]``; `segment` ``[B or 1, d]``
+    holds contiguous, non-decreasing segment ids. Rule:
+
+    * a noisy row q attends the noisy keys of its own segment (segment[kv] == segment[q]) and the
+      clean keys kv-d of strictly earlier segments (segment[kv-d] < segment[q]);
+    * a clean row attends only clean keys, causally (kv <= q), or block-causally
+      (segment[kv-d] <= segment[q-d]) with `block_causal`;
+    * clean rows never attend noisy rows.
+
+    Optional `categories` ``[B or 1, d]`` (each position's SETTLED/ACTIVE/WORTHLESS code at its
+    segment's drawn step, e.g. :func:`categories_from_levels` of a ``draw_segments`` draw) refine
+    the noisy-to-noisy part with the inference rule, so that a segment that also holds settled or
+    worthless positions (Slide near the ends) sees exactly what the inference step shows: inside
+    a segment, settled rows attend settled rows causally, nobody attends a worthless row, a
+    worthless row attends only itself (and no clean row).
+    """
+    seg = _check_segment(segment)
+    n, d = seg.shape
+    cats = None
+    if categories is not None:
+        cats = _check_categories(categories).to(seg.device)
+        if cats.shape[1] != d or (cats.shape[0] != n and 1 not in (n, cats.shape[0])):
+            raise ValueError(f"categories {tuple(cats.shape)} do not match segment ids {tuple(seg.shape)}")
+        n = max(n, cats.shape[0])
+        seg, cats = seg.expand(n, d), cats.expand(n, d)
+        cat_of = _lookup(cats)
+    seg_of = _lookup(seg)
+    L = 2 * d
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        q_noisy = q_idx < d
+        kv_noisy = kv_idx < d
+        qp = torch.where(q_noisy, q_idx, q_idx - d).clamp(0, d - 1)
+        kp = torch.where(kv_noisy, kv_idx, kv_idx - d).clamp(0, d - 1)
+        sq = seg_of(b, qp)
+        sk = seg_of(b, kp)
+        if cats is None:
+            noisy_noisy = sk == sq
+            noisy_clean = sk < sq
+        else:
+            qc = cat_of(b, qp)
+            kc = cat_of(b, kp)
+            noisy_noisy = (sk == sq) & _inference_rule(qc, kc, qp, kp)
+            noisy_clean = (sk < sq) & (qc != WORTHLESS)
+        noisy_q = q_noisy & torch.where(kv_noisy, noisy_noisy, noisy_clean)
+        clean_clean = (sk <= sq) if block_causal else (kp <= qp)
+        clean_q = ~q_noisy & ~kv_noisy & clean_clean
+        inside = (q_idx < L) & (kv_idx < L)
+        return inside & (noisy_q | clean_q)
+
+    return _annotate(mask_mod, n if n > 1 else None, L, L, seg.device)
+
+
+def causal_mask_mod() -> MaskMod:
+    """Causal mask: row q attends kv <= q."""
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return kv_idx <= q_idx
+
+    return _annotate(mask_mod, None, None, None, None)
+
+
+def full_mask_mod() -> MaskMod:
+    """Full (bidirectional) mask: every row attends every row."""
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return (q_idx >= 0) & (kv_idx >= 0)
+
+    return _annotate(mask_mod, None, None, None, None)
+
+
+# ----------------------------------------------------------------------------------------
+# materialization
+# ----------------------------------------------------------------------------------------
+def _check_sizes(mask_mod: MaskMod, batch: Optional[int], q_len: int, kv_len: int) -> None:
+    for name, v in (("q_len", q_len), ("kv_len", kv_len)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    mb = getattr(mask_mod, "batch_size", None)
+    if mb is not None and batch is not None and batch != mb:
+        raise ValueError(f"this mask_mod was built for batch {mb}, not {batch}")
+    mq, mk = getattr(mask_mod, "q_len", None), getattr(mask_mod, "kv_len", None)
+    if mq is not None and q_len != mq:
+        raise ValueError(f"this mask_mod was built for {mq} query rows, not {q_len}")
+    if mk is not None and kv_len != mk:
+        raise ValueError(f"this mask_mod was built for {mk} key rows, not {kv_len}")
+
+
+def _device(mask_mod: MaskMod, device: Device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    dev = getattr(mask_mod, "device", None)
+    return torch.device(dev) if dev is not None else torch.device("cpu")
+
+
+def dense_mask(
+    mask_mod: MaskMod, batch: int, q_len: int, kv_len: Optional[int] = None, device: Device = None
+) -> Tensor:
+    """Materialize `mask_mod` as a dense bool tensor [batch, 1, q_len, kv_len] (True = attend).
+
+    The mask_mod is evaluated once on broadcast index tensors (b [batch,1,1,1], h [1,1,1,1],
+    q [1,1,q_len,1], kv [1,1,1,kv_len]); no Python loop over rows. Suitable for SDPA's
+    boolean `attn_mask`; see :func:`additive_mask` for attention that adds its mask.
+    """
+    kv_len = q_len if kv_len is None else kv_len
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    _check_sizes(mask_mod, batch, q_len, kv_len)
+    dev = _device(mask_mod, device)
+    b = torch.arange(batch, device=dev).view(batch, 1, 1, 1)
+    h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
+    q = torch.arange(q_len, device=dev).view(1, 1, q_len, 1)
+    kv = torch.arange(kv_len, device=dev).view(1, 1, 1, kv_len)
+    out = torch.as_tensor(mask_mod(b, h, q, kv), device=dev)
+    return out.to(torch.bool).expand(batch, 1, q_len, kv_len).contiguous()
+
+
+def flex_block_mask(
+    mask_mod: MaskMod,
+    batch: Optional[int],
+    q_len: int,
+    kv_len: Optional[int] = None,
+    device: Device = None,
+    block_size: int = 128,
+):
+    """Materialize `mask_mod` as a FlexAttention BlockMask (``create_block_mask``).
+
+    `batch` None: one mask shared by every batch row (the mask_mod must not depend on b).
+    Lengths need not be multiples of `block_size` (the block mask is padded; the mask_mods here
+    mask every padded index).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    kv_len = q_len if kv_len is None else kv_len
+    if batch is None and getattr(mask_mod, "batch_size", None) is not None:
+        raise ValueError(f"this mask_mod depends on the batch row (batch {mask_mod.batch_size}); pass batch")
+    if batch is not None and (not isinstance(batch, int) or isinstance(batch, bool) or batch < 1):
+        raise ValueError(f"batch must be a positive int or None, got {batch!r}")
+    _check_sizes(mask_mod, batch, q_len, kv_len)
+    return create_block_mask(
+        mask_mod, batch, None, q_len, kv_len, device=_device(mask_mod, device), BLOCK_SIZE=block_size
+    )
+
+
+def _materialize(mask_mod: MaskMod, batch: Optional[int], length: int, kind: str, device: Device, block_size: int):
+    if kind == "dense":
+        return dense_mask(mask_mod, batch or 1, length, device=device)
+    if kind == "flex":
+        return flex_block_mask(mask_mod, batch, length, device=device, block_size=block_size)
+    raise ValueError(f"kind must be 'dense' or 'flex', got {kind!r}")
+
+
+def additive_mask(bool_mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Float mask for attention that *adds* its mask (HF "eager"): 0 where `bool_mask` is True
+    (may attend), ``torch.finfo(dtype).min`` where it is False. A 0/1 float mask would mask nothing.
+    """
+    if bool_mask.dtype != torch.bool:
+        raise ValueError(f"additive_mask expects a bool mask, got {bool_mask.dtype}")
+    if not torch.empty((), dtype=dtype).is_floating_point():
+        raise ValueError(f"additive_mask needs a floating dtype, got {dtype}")
+    out = torch.zeros(bool_mask.shape, dtype=dtype, device=bool_mask.device)
+    return out.masked_fill_(~bool_mask, torch.finfo(dtype).min)
+
+
+# ----------------------------------------------------------------------------------------
+# hyperschedule-driven builders
+# ----------------------------------------------------------------------------------------
+def categories_from_levels(level: Tensor, next_level: Optional[Tensor] = None) -> Tensor:
+    """int8 codes of a training draw: SETTLED where level == 0, WORTHLESS where level == 1 and
+    next_level == 1, ACTIVE otherwise (the same split as ``Hyperschedule.split`` at that step).
+
+    `next_level` None (continuous time): every position with level > 0 is ACTIVE.
+    """
+    level = torch.as_tensor(level)
+    if next_level is not None:
+        next_level = torch.as_tensor(next_level)
+        if next_level.shape != level.shape:
+            raise ValueError(f"level {tuple(level.shape)} and next_level {tuple(next_level.shape)} differ in shape")
+    out = torch.full(level.shape, ACTIVE, dtype=torch.int8, device=level.device)
+    out[level == 0] = SETTLED
+    if next_level is not None:
+        out[(level == 1) & (next_level == 1)] = WORTHLESS
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _category_table(schedule: Hyperschedule, d: int) -> Tensor:
+    return schedule.split(d).categories()
+
+
+@functools.lru_cache(maxsize=4096)
+def step_categories(schedule: Hyperschedule, d: int, k: int) -> Tensor:
+    """int8 [d] SETTLED/ACTIVE/WORTHLESS codes at generation step k in 1..T (the move from
+    levels l[k-1] to l[k]): ``schedule.split(d).categories()[k-1]``. Cached per (schedule, d, k).
+    """
+    table = _category_table(schedule, d)
+    T = table.shape[0]
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= T:
+        raise ValueError(f"step k must be an int in 1..{T} for {schedule!r} at d={d}, got {k!r}")
+    return table[k - 1].clone()
+
+
+@functools.lru_cache(maxsize=4096)
+def inference_mask(
+    schedule: Hyperschedule,
+    d: int,
+    k: int,
+    kind: str = "dense",
+    drop_worthless: bool = True,
+    device: Device = None,
+    block_size: int = 128,
+) -> StepMask:
+    """The attention mask of inference step k (1..T) of `schedule` at length d (cached).
+
+    Applies :func:`inference_mask_mod` to the step's categories. With `drop_worthless` the
+    worthless positions are not fed at all: `rows` lists the settled and active positions
+    (ascending) and the mask covers only those; otherwise `rows` is 0..d-1 and worthless rows
+    attend only themselves. `kind` "dense" gives bool [1, 1, L', L'], "flex" a BlockMask
+    (batch-independent).
+    """
+    if kind not in ("dense", "flex"):
+        raise ValueError(f"kind must be 'dense' or 'flex', got {kind!r}")
+    cats = step_categories(schedule, d, k)
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if drop_worthless:
+        rows = (cats != WORTHLESS).nonzero().squeeze(1)
+    else:
+        rows = torch.arange(d)
+    kept = cats[rows].to(dev)
+    mask = _materialize(inference_mask_mod(kept[None]), None, int(rows.numel()), kind, dev, block_size)
+    return StepMask(rows.to(dev), mask)
+
+
+def training_mask(
+    categories: Tensor, kind: str = "dense", device: Device = None, block_size: int = 128
+):
+    """Mask for per-sequence training draws: :func:`inference_mask_mod` of each row's categories
+    ``[B, d]`` (from :func:`categories_from_levels` of a ``draw``), worthless rows kept (they
+    attend only themselves and nobody attends them). Dense bool [B, 1, d, d] or a BlockMask.
+    """
+    cats = _check_categories(categories)
+    if device is not None:
+        cats = cats.to(device)
+    B, d = cats.shape
+    mod = inference_mask_mod(cats)
+    return _materialize(mod, B if B > 1 else None, d, kind, device, block_size)
+
+
+def two_halves_mask(
+    segment: Tensor,
+    kind: str = "dense",
+    block_causal: bool = False,
+    categories: Optional[Tensor] = None,
+    device: Device = None,
+    block_size: int = 128,
+):
+    """Mask of the two-halves layout (:func:`two_halves_mask_mod`) for segment ids ``[B or 1, d]``:
+    dense bool [B, 1, 2d, 2d] or a BlockMask (batch-independent when one row of ids is given).
+    """
+    if device is not None:
+        segment = torch.as_tensor(segment).to(device)
+        categories = None if categories is None else torch.as_tensor(categories).to(device)
+    mod = two_halves_mask_mod(segment, block_causal=block_causal, categories=categories)
+    return _materialize(mod, mod.batch_size, mod.q_len, kind, device, block_size)
+
+
+def two_halves_inputs(
+    x_noisy: Tensor,
+    x_clean: Tensor,
+    segment: Tensor,
+    layout: "Layout | str",
+    bos_id: Optional[int] = None,
+) -> tuple[Tensor, Tensor]:
+    """Token ids and position ids [B, 2d] of the two-halves layout.
+
+    ALIGNED: ``cat([x_noisy, x_clean])``. SHIFTED: the clean half is ``shift_inputs(x_clean)``;
+    noisy row i reads x_noisy[i-1], except the first row of each segment, which reads the clean
+    token x_clean[i-1] (BOS for i = 0): the token before a segment is settled at the segment's
+    step, so each noisy segment reads exactly what the inference step shows. Position ids are
+    ``[0..d-1, 0..d-1]``.
+    """
+    layout = Layout(layout)
+    if x_noisy.shape != x_clean.shape or x_noisy.dim() != 2:
+        raise ValueError(
+            f"x_noisy {tuple(x_noisy.shape)} and x_clean {tuple(x_clean.shape)} must both be [B, d]"
+        )
+    B, d = x_noisy.shape
+    seg = _check_segment(segment).to(x_noisy.device)
+    if seg.shape[1] != d or seg.shape[0] not in (1, B):
+        raise ValueError(f"segment {tuple(seg.shape)} does not match tokens [B={B}, d={d}]")
+    if layout is Layout.ALIGNED:
+        ids = torch.cat([x_noisy, x_clean], dim=1)
+    else:
+        clean = shift_inputs(x_clean, layout, bos_id)
+        noisy = shift_inputs(x_noisy, layout, bos_id)
+        first = torch.ones_like(seg, dtype=torch.bool)
+        first[:, 1:] = seg[:, 1:] != seg[:, :-1]
+        ids = torch.cat([torch.where(first, clean, noisy), clean], dim=1)
+    pos = torch.arange(d, device=x_noisy.device).repeat(2)
+    return ids, pos[None].expand(B, 2 * d).contiguous()
