@@ -3,15 +3,9 @@ from .absorb import Absorb
 from .base import Corruption, Process, TokenSet
 from .epsilon import EpsilonHybrid
 from .hybrid import GammaHybrid, Uniform
+from .structural import Structural
 
-PROCESSES: dict[str, type[Process]] = {c.name: c for c in (Absorb, Uniform, GammaHybrid, EpsilonHybrid)}
-
-try:  # written alongside; registered when present
-    from .structural import Structural
-
-    PROCESSES[Structural.name] = Structural
-except ImportError:  # pragma: no cover
-    pass
+PROCESSES: dict[str, type[Process]] = {c.name: c for c in (Absorb, Uniform, GammaHybrid, EpsilonHybrid, Structural)}
 
 
 def process(spec: "dict | Process") -> Process:
@@ -31,4 +25,4 @@ def process(spec: "dict | Process") -> Process:
     return PROCESSES[name](**spec)
 
 
-__all__ = ["Absorb", "Corruption", "EpsilonHybrid", "GammaHybrid", "Process", "PROCESSES", "TokenSet", "Uniform", "process"]
+__all__ = ["Absorb", "Corruption", "EpsilonHybrid", "GammaHybrid", "Process", "PROCESSES", "Structural", "TokenSet", "Uniform", "process"]
