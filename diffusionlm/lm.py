@@ -72,6 +72,11 @@ class DiffusionLM:
     bos_id: Optional[int] = None
     settled_weight: float = 0.0
     max_positions: Optional[int] = None
+    #: DiffuGPT's attention-mask annealing (e.g. models.hf.AttentionAnnealing): during training,
+    #: where the schedule asks for full attention, use causal OR Bernoulli(ratio(step)) instead
+    annealing: Any = None
+    #: the optimizer step, kept current by the trainer (read by `annealing`)
+    training_step: int = 0
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.layout)
@@ -135,6 +140,8 @@ class DiffusionLM:
         level = self.process.training_level(draw, generator)
         corr = self.process.corrupt(x0, level, generator=generator)
         cats, mask = self._mask_for(draw)
+        if mask is None and self.annealing is not None:
+            mask = self.annealing.mask(B, d, self.training_step, generator=generator, device=x0.device)
         logits = self.forward(corr.ids, level, mask)
         per_token = self.process.loss(logits, x0, corr, level, draw if draw.next_level is not None else None)
         per_token = torch.where(cats == ACTIVE, per_token, torch.zeros_like(per_token))
@@ -171,7 +178,10 @@ class DiffusionLM:
     def _structural_loss(self, x0, generator, response_mask) -> LossOutput:
         B, d = x0.shape
         corr = self.process.corrupt(x0, response_mask=response_mask, generator=generator)
-        logits = self.forward(corr.ids, torch.zeros(B, d, device=x0.device), None)
+        mask = None
+        if self.annealing is not None:
+            mask = self.annealing.mask(B, d, self.training_step, generator=generator, device=x0.device)
+        logits = self.forward(corr.ids, torch.zeros(B, d, device=x0.device), mask)
         per_token = self.process.loss(logits, x0, corr, response_mask=response_mask)
         n = response_mask.sum() if response_mask is not None else torch.tensor(B * d)
         return LossOutput(per_token.sum() / n.clamp_min(1), per_token, corr, None)

@@ -190,6 +190,8 @@ class Trainer:
     def train_step(self) -> dict:
         cfg = self.config
         self.module.train()
+        if hasattr(self.lm, "training_step"):
+            self.lm.training_step = self.step
         self.optimizer.zero_grad(set_to_none=True)
         total, tokens = 0.0, 0
         for micro in range(cfg.grad_accum):

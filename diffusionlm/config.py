@@ -1,0 +1,292 @@
+"""Run configuration: typed sections, JSON files, `section.key=value` overrides.
+
+    run = RunConfig.from_file("recipes/scratch.json", ["train.lr=1e-4", "data.length=256"])
+    parts = build(run)                      # tokenizer, lm, train stream, validation batches
+
+Unknown keys are errors that name the closest valid key; values given on the command line are
+parsed as JSON when they parse (numbers, true/false, null, lists, objects) and as strings
+otherwise. Every section round-trips through `to_dict()` / JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .training.trainer import TrainConfig
+
+__all__ = ["ModelSpec", "DataSpec", "RunConfig", "build", "BuiltRun"]
+
+
+@dataclass
+class ModelSpec:
+    kind: str = "transformer"  # transformer (ours) | hf (any AutoModelForCausalLM)
+    preset: str = "tiny"  # transformer presets: tiny | gpt2-small
+    overrides: dict = field(default_factory=dict)  # TransformerConfig fields
+    path: Optional[str] = None  # transformer: a save_pretrained dir; hf: local dir or hub id
+    hf_config: Optional[dict] = None  # hf: build a randomly initialised model from this config
+    attn_implementation: str = "sdpa"
+    mask: str = "add"  # hf MASK token: "add" (resize by one) or a reserved token string
+    lora: Optional[dict] = None  # {"r": 8, "target_modules": ["q_proj", "v_proj"]}
+    annealing_steps: Optional[int] = None  # DiffuGPT attention-mask annealing warm-up
+
+
+@dataclass
+class DataSpec:
+    corpus: str = "stdlib"
+    tokenizer: str = "byte"
+    length: int = 128
+    rule: str = "wrap"
+    val_split: str = "validation"
+    val_batches: int = 4
+    # instruction data (LAD): a local JSONL with prompt / response fields
+    instruct: Optional[str] = None
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    all_tokens: bool = False
+
+
+@dataclass
+class RunConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    process: dict = field(default_factory=lambda: {"name": "absorb"})
+    schedule: dict = field(default_factory=lambda: {"name": "flat"})
+    layout: str = "aligned"
+    data: DataSpec = field(default_factory=DataSpec)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, progress=True))
+    #: training stages run one after another; each may override schedule / train keys
+    #: (the papers' Flat first, then Block / Slide fine-tuning)
+    stages: list = field(default_factory=list)
+
+    SECTIONS = {"model": ModelSpec, "data": DataSpec, "train": TrainConfig}
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        top = [f.name for f in dataclasses.fields(cls)]
+        _reject_unknown(d, top, "")
+        kw = {}
+        for name, value in d.items():
+            sec = cls.SECTIONS.get(name)
+            if sec is not None:
+                names = [f.name for f in dataclasses.fields(sec)]
+                _reject_unknown(value, names, name + ".")
+                kw[name] = sec(**value)
+            else:
+                kw[name] = value
+        return cls(**kw)
+
+    @classmethod
+    def from_file(cls, path: "str | Path | None", overrides: "list[str] | None" = None) -> "RunConfig":
+        base = cls().to_dict()
+        if path is not None:
+            p = Path(path)
+            if not p.exists():
+                raise FileNotFoundError(f"config file not found: {p}")
+            _merge(base, json.loads(p.read_text()))
+        for item in overrides or []:
+            _apply_override(base, item)
+        return cls.from_dict(base)
+
+
+def _reject_unknown(d: Any, valid: list, prefix: str) -> None:
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {prefix.rstrip('.') or '<top>'} must be an object")
+    for k in d:
+        if k not in valid:
+            close = difflib.get_close_matches(k, valid, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(prefix + v for v in valid)}"
+            raise ValueError(f"unknown config key {prefix}{k}{hint}")
+
+
+def _merge(base: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k not in ("process", "schedule"):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def _apply_override(base: dict, item: str) -> None:
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    parts = key.split(".")
+    node = base
+    for i, p in enumerate(parts[:-1]):
+        if p not in node or not isinstance(node[p], dict):
+            valid = [k for k, v in node.items() if isinstance(v, dict)]
+            close = difflib.get_close_matches(p, valid, n=1)
+            where = ".".join(parts[:i])
+            raise ValueError(f"unknown config section {key}" + (f"; did you mean {'.'.join(parts[:i] + close)}?" if close else f"; sections{' of ' + where if where else ''}: {valid}"))
+        node = node[p]
+    leaf = parts[-1]
+    free = parts[0] in ("process", "schedule")  # their keys belong to the named class
+    if leaf not in node and not free:
+        close = difflib.get_close_matches(leaf, list(node), n=1)
+        prefix = ".".join(parts[:-1]) + "." if len(parts) > 1 else ""
+        raise ValueError(f"unknown config key {key}" + (f"; did you mean {prefix}{close[0]}?" if close else ""))
+    node[leaf] = value
+
+
+# -- building the parts ------------------------------------------------------------------
+@dataclass
+class BuiltRun:
+    tokenizer: Any
+    lm: Any
+    train_stream: Any
+    val_batches: list
+
+
+def build_tokenizer(spec: DataSpec):
+    from .data import load_tokenizer
+
+    return load_tokenizer(spec.tokenizer)
+
+
+def build_process(spec: dict, tokenizer, mask_id: Optional[int] = None):
+    from .processes import process
+
+    spec = dict(spec)
+    spec.setdefault("vocab_size", tokenizer.vocab_size)
+    if mask_id is not None and spec.get("name") != "uniform":
+        spec.setdefault("mask_id", mask_id)
+    return process(spec)
+
+
+def build_model(spec: ModelSpec, proc, tokenizer, length: int):
+    """Our transformer, or a Hugging Face causal LM wrapped as a denoiser (plus LoRA)."""
+    if spec.kind == "transformer":
+        from .models import DiffusionTransformer, TransformerConfig
+
+        if spec.path:
+            return DiffusionTransformer.from_pretrained(spec.path)
+        extra_ids = [i for i in (proc.mask_id, getattr(tokenizer, "bos_id", None)) if i is not None]
+        cfg = TransformerConfig.preset(
+            spec.preset, vocab_size=proc.model_vocab_size, input_vocab_size=max([proc.model_vocab_size] + [i + 1 for i in extra_ids]),
+            max_positions=length, time_conditioning=proc.time_conditioned, **spec.overrides,
+        )
+        return DiffusionTransformer(cfg)
+    if spec.kind == "hf":
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from .models.hf import HFDenoiser
+
+        if spec.hf_config is not None:
+            hc = dict(spec.hf_config)
+            cfg = AutoConfig.for_model(hc.pop("model_type"), **hc)
+            model = AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation)
+        elif spec.path:
+            model = AutoModelForCausalLM.from_pretrained(spec.path, attn_implementation=spec.attn_implementation)
+        else:
+            raise ValueError("model.kind=hf needs model.path (a local directory or hub id) or model.hf_config")
+        if spec.lora:
+            from .models.lora import apply_lora
+
+            model = apply_lora(model, **spec.lora)
+        return HFDenoiser.from_model(model, mask=spec.mask, tokenizer=getattr(tokenizer, "hf", None))
+    raise ValueError(f"unknown model.kind {spec.kind!r}; known: transformer, hf")
+
+
+def build(run: RunConfig, rank: int = 0, world_size: int = 1) -> BuiltRun:
+    from .data import BatchStream, TokenBlocks, check_vocab, load_corpus
+    from .lm import DiffusionLM
+    from .schedules import hyperschedule
+
+    tok = build_tokenizer(run.data)
+    # the process needs the MASK id the model uses; HF models decide it when wrapped
+    if run.model.kind == "hf":
+        model = build_model(run.model, None, tok, run.data.length)
+        proc = build_process(run.process, tok, mask_id=model.mask_id)
+    else:
+        proc = build_process(run.process, tok)
+        model = build_model(run.model, proc, tok, run.data.length)
+    check_vocab(tok, proc.vocab_size)
+    annealing = None
+    if run.model.annealing_steps is not None:
+        from .models.hf import AttentionAnnealing
+
+        annealing = AttentionAnnealing(run.model.annealing_steps)
+    bos = getattr(tok, "bos_id", None)
+    if bos is None:
+        bos = getattr(tok, "eos_id", None)
+    lm = DiffusionLM(model, proc, hyperschedule(run.schedule), layout=run.layout, bos_id=bos, annealing=annealing)
+    if run.data.length > (lm.max_positions or run.data.length):
+        raise ValueError(f"data.length {run.data.length} exceeds the model's {lm.max_positions} positions")
+    if run.data.instruct:
+        stream, val = _instruction_data(run, tok, rank, world_size)
+    else:
+        train_blocks = TokenBlocks(load_corpus(run.data.corpus, "train"), tok, run.data.length, rule=run.data.rule)
+        stream = BatchStream(train_blocks, run.train.batch_size, seed=run.train.seed, rank=rank, world_size=world_size)
+        val = []
+        if run.data.val_batches:
+            vb = TokenBlocks(load_corpus(run.data.corpus, run.data.val_split), tok, run.data.length, rule=run.data.rule)
+            vs = BatchStream(vb, run.train.batch_size, seed=0, shuffle=False, epochs=1, drop_last=False)
+            for _ in range(run.data.val_batches):
+                try:
+                    val.append(next(vs)["input_ids"])
+                except StopIteration:
+                    break
+    return BuiltRun(tok, lm, stream, val)
+
+
+def _instruction_data(run: RunConfig, tok, rank: int, world_size: int):
+    from .data import InstructionCollator, format_instructions
+
+    path = Path(run.data.instruct)
+    if not path.exists():
+        raise FileNotFoundError(f"instruction data not found: {path}")
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    fm = format_instructions(tok, rows, max_length=run.data.length, on_long="skip",
+                             prompt_field=run.data.prompt_field, response_field=run.data.response_field,
+                             all_tokens=run.data.all_tokens)
+    collate = InstructionCollator.lad(tok, length=run.data.length)
+    return _InstructionStream(fm.examples, collate, run.train.batch_size, run.train.seed, rank, world_size), []
+
+
+class _InstructionStream:
+    """Resumable batches of formatted instruction examples (same contract as BatchStream)."""
+
+    def __init__(self, examples, collate, batch_size, seed, rank=0, world_size=1):
+        import torch
+
+        if len(examples) < batch_size * world_size:
+            raise ValueError(f"{len(examples)} instruction examples are fewer than one global batch ({batch_size * world_size})")
+        self.examples, self.collate, self.B = examples, collate, batch_size
+        self.seed, self.rank, self.world = seed, rank, world_size
+        self.epoch, self.pos = 0, 0
+        self._torch = torch
+
+    def _perm(self):
+        g = self._torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return self._torch.randperm(len(self.examples), generator=g)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        G = self.B * self.world
+        if (self.pos + 1) * G > len(self.examples):
+            self.epoch, self.pos = self.epoch + 1, 0
+        idx = self._perm()[self.pos * G + self.rank * self.B : self.pos * G + (self.rank + 1) * self.B]
+        self.pos += 1
+        return self.collate([self.examples[int(i)] for i in idx])
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, s):
+        self.epoch, self.pos = s["epoch"], s["pos"]
