@@ -18,3 +18,10 @@ __all__ = [
     "DiffusionTransformer",
     "TransformerConfig",
 ]
+
+# Hugging Face causal LMs as denoisers, and LoRA (peft) for the LAD recipe; transformers and peft
+# are imported lazily, when first used.
+from .hf import AttentionAnnealing, HFDenoiser, annealed_mask
+from .lora import apply_lora, load_adapters, lora_audit, save_adapters
+
+__all__ += ["HFDenoiser", "AttentionAnnealing", "annealed_mask", "apply_lora", "lora_audit", "save_adapters", "load_adapters"]

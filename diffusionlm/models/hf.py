@@ -1,0 +1,437 @@
+"""An adapter that turns any Hugging Face causal LM into a denoiser (DiffuGPT / DiffuLLaMA / LAD).
+
+    hf = LlamaForCausalLM(config)                         # or GPT2LMHeadModel, AutoModelForCausalLM, ...
+    model = HFDenoiser.from_model(hf, mask="add")         # one new MASK row; model.mask_id, model.vocab_size
+    out = model(ids, position_ids=pos, attention_mask=mask, cache=cache, cache_commit=n)
+    out.logits                                            # [B, L, model.vocab_size]
+    out.cache                                             # a transformers.DynamicCache (or None)
+
+The denoiser protocol (`diffusionlm.models.base`) on top of an HF causal LM:
+
+Attention
+    The hyperschedule's mask is handed to the HF model as an explicit 4-D mask [B or 1, 1, q, kv],
+    together with explicit `position_ids`; transformers 5.x returns a 4-D mask unchanged from
+    `create_causal_mask` (`masking_utils._preprocess_mask_arguments`: "If the mask is already 4D,
+    simply return as-is"), for GPT-2 and Llama alike, so the model is exactly as bidirectional as
+    the mask says. `attention_mask=None` means FULL bidirectional attention: an all-True mask is
+    built, the HF causal default is never used. The mask is passed in the form the model's
+    attention implementation (`model.config._attn_implementation`, read at every call) honours:
+
+    * "sdpa": the boolean mask (True = may attend), given to `scaled_dot_product_attention`;
+    * "eager": an additive float mask (`diffusionlm.masks.additive_mask`: 0 where allowed,
+      `finfo(dtype).min` where blocked). Eager attention *adds* whatever it is given, so a boolean
+      mask would be added as 0/1 and mask nothing.
+
+    Other implementations (flash / flex / paged) cannot take an arbitrary dense mask and are
+    refused. Rows that may attend nothing are refused too: HF attention cannot zero their output
+    (SDPA gives NaN, eager uniform attention); the toolkit's masks never produce them.
+
+Layout (DiffuGPT's "shift operation")
+    The AR head is kept: the HF model's output at row j is trained to predict the token AFTER the
+    one row j reads. In the toolkit's SHIFTED layout row j reads token j-1 (row 0 reads BOS) and
+    its output predicts token j: exactly what the HF head already does. So this adapter maps rows
+    to logits and nothing else; the shift of the *inputs* is done by the caller
+    (`diffusionlm.masks.shift_inputs`, called by `DiffusionLM.forward`). The ALIGNED layout works
+    too (row j reads token j) but fights the pretrained head.
+
+MASK token
+    `HFDenoiser.from_model(model, mask="add")` resizes the embeddings by one row (initialised to the
+    mean of the existing rows, input and output embeddings alike) and uses the new id; `mask=<token
+    string>` with `tokenizer=` takes an existing token that must encode to exactly one id;
+    `mask_id=<int>` takes an id directly. `vocab_size` is the output size of the (resized) head.
+
+KV cache
+    The settled prefix is cached in a `transformers.DynamicCache`. The cache is a value passed in
+    and returned, never state kept in the module: the adapter works on a shallow copy of the given
+    cache (DynamicLayer.update concatenates into new tensors and crop slices, so the caller's cache
+    and its tensors are never modified) and returns the new cache in `out.cache`. With
+    `cache_commit=n` the returned cache holds the previously cached rows plus the first n rows of
+    this call: HF's forward appends ALL rows of the call, so the extra rows are cropped afterwards.
+    Note: in transformers 5.x `DynamicCache.crop(k)` takes the number of rows to REMOVE as a
+    negative int (`crop(-k)`); a positive "keep this many" argument (the 4.x meaning) raises.
+    Why caching only settled rows is exact: see `diffusionlm.models.cache`.
+
+`levels` are accepted and ignored (DiffuGPT's time-embedding-free architecture: the noise level is
+implicit in the number of MASK tokens).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..masks import additive_mask
+from .attention import _dense_from_block_mask, _is_block_mask, causal_mask
+from .base import DenoiserOutput
+
+__all__ = ["HFDenoiser", "AttentionAnnealing", "annealed_mask", "SUPPORTED_ATTENTION"]
+
+#: attention implementations whose dense 4-D masks are honoured (and how they are passed)
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+def _attn_impl(config: Any) -> str:
+    impl = getattr(config, "_attn_implementation", None)
+    if impl is None:
+        impl = "eager"  # transformers' own fallback when nothing was chosen
+    return str(impl)
+
+
+def _max_positions(config: Any) -> Optional[int]:
+    for name in ("max_position_embeddings", "n_positions", "max_positions"):
+        v = getattr(config, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def _cache_length(cache: Any) -> int:
+    return int(cache.get_seq_length()) if cache is not None else 0
+
+
+def _cache_batch(cache: Any) -> Optional[int]:
+    for layer in getattr(cache, "layers", ()):
+        keys = getattr(layer, "keys", None)
+        if getattr(layer, "is_initialized", False) and isinstance(keys, Tensor) and keys.numel():
+            return int(keys.shape[0])
+    return None
+
+
+def _copy_cache(cache: Any) -> Any:
+    """A shallow copy whose layer objects are new (sharing the K/V tensors): HF's in-place update
+    of the copy then leaves the caller's cache untouched."""
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in cache.layers]
+    return new
+
+
+class HFDenoiser(nn.Module):
+    """A Hugging Face causal LM behind the denoiser protocol (see the module docstring).
+
+    model    an `AutoModelForCausalLM` instance (GPT-2, Llama, ...; also a peft-wrapped one)
+    mask_id  the MASK id (None: no MASK, e.g. for the Uniform process); must be < vocab_size.
+             Use :meth:`from_model` to add a MASK row or take it from a tokenizer.
+    """
+
+    def __init__(self, model: nn.Module, mask_id: Optional[int] = None):
+        super().__init__()
+        if not hasattr(model, "get_input_embeddings") or getattr(model, "config", None) is None:
+            raise TypeError(
+                f"HFDenoiser wraps a Hugging Face causal LM (a PreTrainedModel with a config), got {type(model).__name__}"
+            )
+        self.model = model
+        if mask_id is not None:
+            if not isinstance(mask_id, int) or isinstance(mask_id, bool) or not 0 <= mask_id < self.vocab_size:
+                raise ValueError(
+                    f"mask_id {mask_id!r} does not fit the model's vocabulary: allowed [0, {self.vocab_size - 1}] "
+                    "(use HFDenoiser.from_model(model, mask='add') to add a MASK row)"
+                )
+        self.mask_id = mask_id
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        mask: Optional[str] = None,
+        *,
+        mask_id: Optional[int] = None,
+        tokenizer: Any = None,
+    ) -> "HFDenoiser":
+        """Wrap `model`, choosing the MASK token:
+
+        mask="add"        resize the embeddings (and an untied head) by one row initialised to the
+                          mean of the existing rows; MASK = the new id (= old vocab size)
+        mask="<token>"    an existing token string, encoded with `tokenizer` (required); it must
+                          encode to exactly one id, and that id must fit the model
+        mask_id=<int>     an existing id
+        neither           no MASK token
+
+        "add" resizes `model` itself (in place), so wrap a given model instance once.
+        """
+        if mask is not None and mask_id is not None:
+            raise ValueError("give either mask (\"add\" or a token string) or mask_id, not both")
+        if mask is None:
+            return cls(model, mask_id)
+        if not isinstance(mask, str):
+            raise TypeError(f"mask must be 'add' or a token string, got {type(mask).__name__}")
+        if mask == "add":
+            return cls(model, cls._add_mask_row(model))
+        if tokenizer is None:
+            raise ValueError(f"mask={mask!r} names a token: pass tokenizer= to look up its id (or use mask_id=)")
+        enc = tokenizer.encode(mask, add_special_tokens=False)
+        ids = list(getattr(enc, "ids", enc))  # a transformers tokenizer gives a list, `tokenizers` an Encoding
+        if len(ids) != 1:
+            raise ValueError(
+                f"the MASK token {mask!r} must encode to exactly one id, but the tokenizer gives {len(ids)}: {ids}"
+            )
+        return cls(model, int(ids[0]))
+
+    @staticmethod
+    def _add_mask_row(model: nn.Module) -> int:
+        emb = model.get_input_embeddings()
+        n = int(emb.weight.shape[0])
+        head = model.get_output_embeddings()
+        head_rows = None if head is None else int(head.weight.shape[0])
+        if head_rows is not None and head_rows != n:
+            raise ValueError(f"the input embeddings have {n} rows but the head {head_rows}: cannot add one MASK row to both")
+        with torch.no_grad():
+            in_mean = emb.weight.mean(0).clone()
+            out_mean = None if head is None else head.weight.mean(0).clone()
+            out_bias_mean = None if head is None or getattr(head, "bias", None) is None else head.bias.mean().clone()
+        model.resize_token_embeddings(n + 1, mean_resizing=False)
+        emb = model.get_input_embeddings()
+        head = model.get_output_embeddings()
+        with torch.no_grad():
+            emb.weight[n] = in_mean
+            if head is not None and head.weight is not emb.weight:
+                head.weight[n] = out_mean
+                if out_bias_mean is not None and getattr(head, "bias", None) is not None:
+                    head.bias[n] = out_bias_mean
+        return n
+
+    # -- queries -------------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        """The wrapped model's config (max_position_embeddings, _attn_implementation, ...)."""
+        return self.model.config
+
+    @property
+    def vocab_size(self) -> int:
+        """Output size: rows of the (resized) head."""
+        head = self.model.get_output_embeddings()
+        if head is None:
+            return int(self.model.get_input_embeddings().weight.shape[0])
+        out = getattr(head, "out_features", None)
+        return int(out) if isinstance(out, int) else int(head.weight.shape[0])
+
+    @property
+    def input_vocab_size(self) -> int:
+        """Ids the embedding accepts."""
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
+    @property
+    def max_positions(self) -> Optional[int]:
+        return _max_positions(self.model.config)
+
+    @property
+    def attn_implementation(self) -> str:
+        return _attn_impl(self.model.config)
+
+    def empty_cache(self) -> Any:
+        """An empty `transformers.DynamicCache` for this model."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    # -- checks --------------------------------------------------------------------------
+    def _check(self, input_ids: Tensor, position_ids: Optional[Tensor], cache: Any, cache_commit: int):
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        B, L = input_ids.shape
+        if L < 1:
+            raise ValueError("input_ids has no rows")
+        n_in = self.input_vocab_size
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= n_in):
+            raise ValueError(
+                f"input ids out of range: found [{int(input_ids.min())}, {int(input_ids.max())}], allowed [0, {n_in - 1}]"
+                + ("" if self.mask_id is not None else " (this model has no MASK token: see HFDenoiser.from_model)")
+            )
+        if cache is not None:
+            from transformers import DynamicCache
+
+            if not isinstance(cache, DynamicCache):
+                raise TypeError(f"cache must be a transformers.DynamicCache (see empty_cache()), got {type(cache).__name__}")
+            for i, layer in enumerate(cache.layers):
+                if not getattr(layer, "is_croppable", False) or getattr(layer, "is_sliding", False):
+                    raise TypeError(f"cache layer {i} ({type(layer).__name__}) cannot be cropped exactly; only full-attention DynamicLayers are supported")
+            cb = _cache_batch(cache)
+            if cb is not None and cb != B:
+                raise ValueError(f"the cache holds batch size {cb}, but input_ids has batch size {B}")
+        past = _cache_length(cache)
+        if not isinstance(cache_commit, int) or isinstance(cache_commit, bool) or not 0 <= cache_commit <= L:
+            raise ValueError(f"cache_commit must be an int in [0, {L}] (rows of this call), got {cache_commit!r}")
+        if position_ids is None:
+            position_ids = torch.arange(past, past + L, device=input_ids.device)[None]
+        else:
+            position_ids = torch.as_tensor(position_ids, device=input_ids.device)
+            if position_ids.dim() == 1:
+                position_ids = position_ids[None]
+            if position_ids.dim() != 2 or position_ids.shape[0] not in (1, B) or position_ids.shape[1] != L:
+                raise ValueError(f"position_ids must be [B or 1, L] = [{B} or 1, {L}], got {tuple(position_ids.shape)}")
+            if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
+                raise TypeError(f"position_ids must be an integer tensor, got {position_ids.dtype}")
+            position_ids = position_ids.long()
+        limit = self.max_positions
+        if limit is not None:
+            if past + L > limit:
+                raise ValueError(
+                    f"sequence too long: {past} cached + {L} new rows exceed the model's {limit} positions "
+                    "(max_position_embeddings / n_positions)"
+                )
+            if position_ids.numel() and int(position_ids.max()) >= limit:
+                raise ValueError(
+                    f"position id {int(position_ids.max())} is out of range: the model has {limit} positions, "
+                    f"allowed [0, {limit - 1}]"
+                )
+        if position_ids.numel() and int(position_ids.min()) < 0:
+            raise ValueError(f"position ids must be >= 0, found {int(position_ids.min())}")
+        return position_ids.expand(B, L), past
+
+    def _prepare_mask(self, attention_mask: Any, B: int, L: int, kv: int, device, dtype) -> Tensor:
+        impl = self.attn_implementation
+        if impl not in SUPPORTED_ATTENTION:
+            raise ValueError(
+                f"attn_implementation {impl!r} cannot take an arbitrary 4-D mask; use one of {SUPPORTED_ATTENTION} "
+                "(model.set_attn_implementation('sdpa'))"
+            )
+        if attention_mask is None:
+            mask = torch.ones(1, 1, L, kv, dtype=torch.bool, device=device)  # FULL bidirectional attention
+        elif isinstance(attention_mask, str):
+            if attention_mask != "causal":
+                raise ValueError(f"the only named mask is 'causal', got {attention_mask!r}")
+            mask = causal_mask(L, kv, device)
+        else:
+            if _is_block_mask(attention_mask):
+                attention_mask = _dense_from_block_mask(attention_mask, device)
+            if not isinstance(attention_mask, Tensor):
+                raise TypeError(
+                    f"attention_mask must be None (full), 'causal', a bool tensor or a BlockMask, got {type(attention_mask).__name__}"
+                )
+            if attention_mask.dtype != torch.bool:
+                raise TypeError(f"attention_mask must be a boolean tensor (True = may attend), got {attention_mask.dtype}")
+            shape = tuple(attention_mask.shape)
+            if len(shape) != 4 or shape[0] not in (1, B) or shape[1] != 1 or shape[2] != L or shape[3] != kv:
+                raise ValueError(
+                    f"attention_mask has shape {list(shape)}; expected [{B} or 1, 1, {L}, {kv}] "
+                    f"(queries x keys: {kv - L} cached + {L} new rows)"
+                )
+            mask = attention_mask.to(device)
+            if not bool(mask.any(-1).all()):
+                raise ValueError("attention_mask has a row that may attend to nothing; HF attention cannot zero it")
+        if impl == "eager":
+            return additive_mask(mask, dtype)
+        return mask
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        position_ids: Optional[Tensor] = None,
+        attention_mask: Any = None,
+        levels: Optional[Tensor] = None,
+        cache: Any = None,
+        cache_commit: int = 0,
+    ) -> DenoiserOutput:
+        """Logits for the L rows of `input_ids` [B, L].
+
+        position_ids    [B or 1, L] true positions (default: cached rows + arange(L))
+        attention_mask  None (FULL attention), "causal", bool [B or 1, 1, L, P + L] (True = may
+                        attend; the P cached rows come first in the key order) or a BlockMask
+        levels          ignored (time-embedding-free)
+        cache           a transformers.DynamicCache of P rows, or None (P = 0); not modified
+        cache_commit    how many of this call's rows (the first ones) the returned cache keeps
+
+        Returns DenoiserOutput(logits [B, L, vocab_size], cache): a new DynamicCache with the P
+        cached rows plus the first `cache_commit` rows of this call (None if no cache was given
+        and cache_commit = 0).
+        """
+        position_ids, past = self._check(input_ids, position_ids, cache, cache_commit)
+        B, L = input_ids.shape
+        dtype = self.model.get_input_embeddings().weight.dtype
+        mask = self._prepare_mask(attention_mask, B, L, past + L, input_ids.device, dtype)
+        want_cache = cache is not None or cache_commit > 0
+        work = None
+        if want_cache:
+            work = _copy_cache(cache) if cache is not None else self.empty_cache()
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=work,
+            use_cache=want_cache,
+        )
+        new_cache = None
+        if want_cache:
+            new_cache = work  # HF appended this call's rows to it in place
+            drop = L - cache_commit
+            if drop:
+                new_cache.crop(-drop)  # transformers 5.x: crop(-k) removes the last k rows
+            if _cache_length(new_cache) != past + cache_commit:  # pragma: no cover - defensive
+                raise RuntimeError(
+                    f"the cache holds {_cache_length(new_cache)} rows after the call, expected {past + cache_commit}"
+                )
+        return DenoiserOutput(out.logits, new_cache)
+
+    def extra_repr(self) -> str:
+        return f"mask_id={self.mask_id}, vocab_size={self.vocab_size}, attn={self.attn_implementation}"
+
+
+# ----------------------------------------------------------------------------------------
+# attention-mask annealing (DiffuGPT)
+# ----------------------------------------------------------------------------------------
+def annealed_mask(
+    batch: int,
+    length: int,
+    ratio: float,
+    generator: Optional[torch.Generator] = None,
+    device: Any = None,
+    shared: bool = False,
+) -> Tensor:
+    """DiffuGPT's annealed attention mask: ``causal OR Bernoulli(ratio)`` per (q, kv) entry.
+
+    Dense bool [batch, 1, length, length] (True = may attend). Ratio 0 gives the causal mask,
+    ratio 1 full attention; in between each non-causal entry (kv > q) is opened independently with
+    probability `ratio`. `shared` draws one pattern for the whole batch (as DiffuGPT's code does);
+    by default every sequence gets its own.
+    """
+    if not isinstance(batch, int) or batch < 1 or not isinstance(length, int) or length < 1:
+        raise ValueError(f"batch and length must be positive ints, got {batch!r}, {length!r}")
+    ratio = float(ratio)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"the annealing ratio must lie in [0, 1], got {ratio}")
+    dev = torch.device(device) if device is not None else (generator.device if generator is not None else torch.device("cpu"))
+    causal = causal_mask(length, length, dev)
+    n = 1 if shared else batch
+    if ratio >= 1.0:
+        return torch.ones(batch, 1, length, length, dtype=torch.bool, device=dev)
+    if ratio <= 0.0:
+        return causal.expand(batch, 1, length, length).contiguous()
+    u = torch.rand(n, 1, length, length, generator=generator, device=dev)
+    return (causal | (u < ratio)).expand(batch, 1, length, length).contiguous()
+
+
+class AttentionAnnealing:
+    """Causal -> bidirectional attention over training (DiffuGPT's attention-mask annealing).
+
+    ratio(step) = min(1, step / warmup_steps) (1 from the start when warmup_steps = 0);
+    mask(batch, length, step, generator) = annealed_mask(batch, length, ratio(step), ...).
+    The object holds no state: the trainer passes its step.
+    """
+
+    def __init__(self, warmup_steps: int, shared: bool = False):
+        if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+        self.warmup_steps = warmup_steps
+        self.shared = shared
+
+    def ratio(self, step: int) -> float:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if self.warmup_steps == 0:
+            return 1.0
+        return min(1.0, step / self.warmup_steps)
+
+    def mask(
+        self, batch: int, length: int, step: int, generator: Optional[torch.Generator] = None, device: Any = None
+    ) -> Tensor:
+        return annealed_mask(batch, length, self.ratio(step), generator=generator, device=device, shared=self.shared)
+
+    def __repr__(self) -> str:
+        return f"AttentionAnnealing(warmup_steps={self.warmup_steps}, shared={self.shared})"
