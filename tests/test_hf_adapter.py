@@ -401,3 +401,31 @@ def test_clear_errors():
     model.model.config._attn_implementation = "flex_attention"
     with pytest.raises(ValueError, match="sdpa"):
         model(ids)
+
+
+def test_reserved_mask_token_in_the_middle_is_exposed_after_the_real_ids():
+    """Llama 3 style: MASK is a reserved id inside the vocabulary. The adapter exposes it as the
+    virtual id V so that Absorb(N = V) composes; the model itself is fed the reserved id."""
+    from diffusionlm.lm import DiffusionLM
+    from diffusionlm.processes import Absorb
+    from diffusionlm.schedules import Block
+
+    hf = hf_model("llama")
+    reserved = 7
+    model = HFDenoiser.from_model(hf, mask_id=reserved)
+    assert model.reserved_id == reserved and model.mask_id == V and model.vocab_size == V + 1
+    ids = torch.tensor([[3, V, 5, V]])
+    with torch.no_grad():
+        ours = model(ids, attention_mask=None).logits
+        raw = model.model(input_ids=torch.tensor([[3, reserved, 5, reserved]]),
+                          attention_mask=torch.ones(1, 1, 4, 4, dtype=torch.bool)).logits
+    keep = [i for i in range(V) if i != reserved]
+    assert torch.allclose(ours[..., keep], raw[..., keep], atol=1e-6)
+    assert torch.allclose(ours[..., V], raw[..., reserved], atol=1e-6)
+    assert (torch.softmax(ours, -1)[..., reserved] == 0).all()
+    lm = DiffusionLM(model, Absorb(V), Block(2))
+    x0 = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(0))
+    x0[x0 == reserved] = 0
+    out = lm.loss(x0, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+    out.loss.backward()

@@ -114,6 +114,13 @@ class HFDenoiser(nn.Module):
     model    an `AutoModelForCausalLM` instance (GPT-2, Llama, ...; also a peft-wrapped one)
     mask_id  the MASK id (None: no MASK, e.g. for the Uniform process); must be < vocab_size.
              Use :meth:`from_model` to add a MASK row or take it from a tokenizer.
+
+    Processes need MASK after the N real ids. A MASK taken from a reserved token in the middle of
+    the vocabulary (Llama 3's <|reserved_special_token_0|> is 128002 of 128256) is therefore
+    exposed as a virtual id, the head's output size V: input id V is fed to the model as the
+    reserved id, the logits get one more column (the reserved id's logit) and the reserved id's
+    own column is pushed to the dtype's minimum, so the process sees N = V real tokens (the
+    reserved one never predicted) and MASK = V. `reserved_id` holds the model's own id.
     """
 
     def __init__(self, model: nn.Module, mask_id: Optional[int] = None):
@@ -129,6 +136,9 @@ class HFDenoiser(nn.Module):
                     f"mask_id {mask_id!r} does not fit the model's vocabulary: allowed [0, {self.vocab_size - 1}] "
                     "(use HFDenoiser.from_model(model, mask='add') to add a MASK row)"
                 )
+        self.reserved_id: Optional[int] = None
+        if mask_id is not None and mask_id != self.vocab_size - 1:
+            self.reserved_id, mask_id = mask_id, self.vocab_size  # virtual MASK after the real ids
         self.mask_id = mask_id
 
     # -- construction ------------------------------------------------------------------
@@ -201,7 +211,10 @@ class HFDenoiser(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        """Output size: rows of the (resized) head."""
+        """Output size: rows of the (resized) head, plus the virtual MASK column if any."""
+        return self._head_size() + (self.reserved_id is not None if hasattr(self, "reserved_id") else 0)
+
+    def _head_size(self) -> int:
         head = self.model.get_output_embeddings()
         if head is None:
             return int(self.model.get_input_embeddings().weight.shape[0])
@@ -210,8 +223,11 @@ class HFDenoiser(nn.Module):
 
     @property
     def input_vocab_size(self) -> int:
-        """Ids the embedding accepts."""
-        return int(self.model.get_input_embeddings().weight.shape[0])
+        """Ids the embedding accepts (plus the virtual MASK id if any)."""
+        n = int(self.model.get_input_embeddings().weight.shape[0])
+        if getattr(self, "reserved_id", None) is not None:
+            n = max(n, self.mask_id + 1)
+        return n
 
     @property
     def max_positions(self) -> Optional[int]:
@@ -350,6 +366,8 @@ class HFDenoiser(nn.Module):
         work = None
         if want_cache:
             work = _copy_cache(cache) if cache is not None else self.empty_cache()
+        if self.reserved_id is not None:
+            input_ids = torch.where(input_ids == self.mask_id, torch.full_like(input_ids, self.reserved_id), input_ids)
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -367,7 +385,12 @@ class HFDenoiser(nn.Module):
                 raise RuntimeError(
                     f"the cache holds {_cache_length(new_cache)} rows after the call, expected {past + cache_commit}"
                 )
-        return DenoiserOutput(out.logits, new_cache)
+        logits = out.logits
+        if self.reserved_id is not None:
+            r = self.reserved_id
+            logits = torch.cat([logits, logits[..., r : r + 1]], dim=-1)
+            logits[..., r] = torch.finfo(logits.dtype).min
+        return DenoiserOutput(logits, new_cache)
 
     def extra_repr(self) -> str:
         return f"mask_id={self.mask_id}, vocab_size={self.vocab_size}, attn={self.attn_implementation}"
