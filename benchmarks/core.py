@@ -13,25 +13,16 @@ import argparse
 import json
 import os
 import platform
-import statistics
-import time
 
 import torch
 
+from common import timed
 from diffusionlm import masks
 from diffusionlm.processes import Absorb, EpsilonHybrid, GammaHybrid, Uniform
 from diffusionlm.processes.structural import Structural
 from diffusionlm.schedules import Block, Flat, Quench, Slide
 
 
-def timed(fn, repeats: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def main() -> None:

@@ -14,30 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 import torch
 
+from common import step_flops, timed
 from diffusionlm import masks
 from diffusionlm.models import DiffusionTransformer, TransformerConfig
 from diffusionlm.models.cache import plan_cached_step
 from diffusionlm.schedules import Block, Quench, Slide
 
 
-def flops(rows: int, keys: int, cfg) -> float:
-    E = cfg.hidden
-    return cfg.n_layers * (24 * rows * E * E + 4 * rows * keys * E) + 2 * rows * E * cfg.vocab_size
 
 
-def timed(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def main() -> None:
@@ -74,7 +62,7 @@ def main() -> None:
                                          cache=cache, cache_commit=plan.commit)
                     t_full, t_fast = timed(full, args.repeats), timed(fast, args.repeats)
                 L, R = int(rows.numel()), int(plan.rows.numel())
-                ideal = flops(L, L, cfg) / flops(R, L, cfg)
+                ideal = step_flops(L, L, cfg) / step_flops(R, L, cfg)
                 results.append({"preset": preset, "schedule": repr(s), "d": d, "step": k, "T": T,
                                 "rows_uncached": L, "rows_cached": R, "uncached_ms": t_full * 1e3,
                                 "cached_ms": t_fast * 1e3, "speedup": t_full / t_fast, "ideal_flop_ratio": ideal})

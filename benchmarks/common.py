@@ -1,0 +1,29 @@
+"""Shared by the benchmark scripts: timing and the model FLOP count."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of `fn` over `repeats` runs after one warm-up (CUDA synchronised)."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def step_flops(rows: int, keys: int, cfg) -> float:
+    """Forward FLOPs of `rows` query rows against `keys` key rows: per layer 24 R E^2
+    (QKV, output projection, 4x MLP) + 4 R C E (scores and weighted sum), plus the head 2 R E V."""
+    E = cfg.hidden
+    return cfg.n_layers * (24 * rows * E * E + 4 * rows * keys * E) + 2 * rows * E * cfg.vocab_size
