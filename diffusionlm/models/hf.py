@@ -123,6 +123,9 @@ class HFDenoiser(nn.Module):
     reserved one never predicted) and MASK = V. `reserved_id` holds the model's own id.
     """
 
+    #: the wrapped LM has no time embedding: `levels` are accepted and ignored
+    ignores_levels = True
+
     def __init__(self, model: nn.Module, mask_id: Optional[int] = None):
         super().__init__()
         if not hasattr(model, "get_input_embeddings") or getattr(model, "config", None) is None:

@@ -140,9 +140,9 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.last_checkpoint: Optional[Path] = None
-        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 training needs a CUDA device; use bf16 or fp32 on CPU")
+        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         if config.out_dir and latest_checkpoint(config.out_dir) is not None:
             self.resume(latest_checkpoint(config.out_dir))
 

@@ -1,0 +1,179 @@
+"""Autoregressive decoding: the Quench hyperschedule with a KV cache.
+
+    AR(max_new_tokens=None, temperature=1.0, greedy=False, cache=True, dtype=torch.float64)
+
+    lm = DiffusionLM(model, Absorb(N), Quench(), layout="shifted", bos_id=BOS)
+    out = AR(max_new_tokens=32, greedy=True).sample(lm, prompt=ids)    # [B, P + 32]
+
+Under Quench position j is active exactly at step j + 1 and every earlier position is settled:
+autoregression. Each step draws the active token from the model's clean-token distribution over
+the N real tokens (softmax of logits / temperature, float64 inverse-CDF draws; `greedy=True`:
+argmax of the logits), whatever the lm's own hyperschedule is. The length is `length`, or the
+prompt's length plus `max_new_tokens`.
+
+Two paths, same tokens:
+
+* SHIFTED layout, a model that ignores its `levels` input, the cache on and fixed positions that
+  form a prefix (a prompt): Hugging Face-style decoding. Row j reads token j-1, which is settled
+  by the time row j is computed, so its K/V never change again: each step feeds the new rows
+  (the prompt on the first step, then one row), causally, and commits them all. With
+  `greedy=True` this is exactly greedy `generate()` of a causal LM wrapped as a SHIFTED denoiser.
+* Otherwise (ALIGNED rows read their own MASK token; time-conditioned models see the row's
+  level change from 1 to 0; infilling with fixed positions after the cursor): the shared driver
+  over Quench, which re-feeds each newly settled row once before caching it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+from torch import Tensor
+
+from ..masks import Layout, shift_inputs
+from ..schedules.hyper import Quench
+from .base import SampleOutput, Sampler, StepRecord, categorical, prepare_fixed, register_sampler
+from .driver import Step, StepFn, check_dtype, drive, ignores_levels, logits_of, model_device, resolve_length
+
+__all__ = ["AR"]
+
+
+@register_sampler
+@dataclass
+class AR(Sampler):
+    """Autoregressive sampling (Quench + KV cache); see the module docstring."""
+
+    name: ClassVar[str] = "ar"
+    max_new_tokens: Optional[int] = None
+    temperature: float = 1.0
+    greedy: bool = False
+    cache: bool = True
+    dtype: torch.dtype = torch.float64
+
+    def __post_init__(self) -> None:
+        m = self.max_new_tokens
+        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {m!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and math.isfinite(t)):
+            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+        check_dtype(self.dtype)
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        out["dtype"] = str(out["dtype"]).replace("torch.", "")
+        return out
+
+    # -- pieces -------------------------------------------------------------------------
+    def step_fn(self, lm: Any) -> StepFn:
+        n = lm.process.vocab_size
+        greedy, temp, dtype = self.greedy, float(self.temperature), self.dtype
+
+        def fn(step: Step, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+            logits = step.logits[..., :n]
+            if greedy:
+                new = logits.argmax(-1)
+                p = torch.softmax(logits.double(), -1)
+            else:
+                p = torch.softmax(logits.double() / temp, -1)
+                new = categorical(p, generator, dtype)
+            return new, p.gather(-1, new[..., None]).squeeze(-1)
+
+        return fn
+
+    def _length(self, lm: Any, length: Optional[int], prompt: Optional[Tensor], fixed: Optional[Tensor]) -> int:
+        if fixed is None:
+            P = 0 if prompt is None else int(torch.as_tensor(prompt).shape[-1])
+            if length is None:
+                if self.max_new_tokens is None:
+                    raise ValueError("AR needs the sequence length or max_new_tokens")
+                length = P + self.max_new_tokens
+            elif self.max_new_tokens is not None and P + self.max_new_tokens != length:
+                raise ValueError(
+                    f"length {length} disagrees with the {P}-token prompt plus max_new_tokens={self.max_new_tokens}"
+                )
+        return resolve_length(lm, length, prompt, fixed)
+
+    # -- sampling -----------------------------------------------------------------------
+    def sample(
+        self,
+        lm: Any,
+        batch_size: int = 1,
+        length: Optional[int] = None,
+        prompt: Optional[Tensor] = None,
+        fixed: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        callback: Optional[Callable[[StepRecord], None]] = None,
+        keep_history: bool = False,
+    ) -> SampleOutput:
+        self.check_fits(lm)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        d = self._length(lm, length, prompt, fixed)
+        values, fix = prepare_fixed(prompt, fixed, batch_size, d, lm.process.vocab_size)
+        model = lm.model
+        P = int(fix[0].sum())
+        prefix = bool((fix == fix[:1]).all()) and bool(fix[0, :P].all())
+        fast = (
+            self.cache
+            and Layout(lm.layout) is Layout.SHIFTED
+            and callable(getattr(model, "empty_cache", None))
+            and ignores_levels(model)
+            and prefix
+        )
+        if not fast:
+            return drive(
+                lm, Quench(), self.step_fn(lm),
+                batch_size=batch_size, length=d, prompt=prompt, fixed=fixed, generator=generator,
+                callback=callback, keep_history=keep_history, cache=self.cache,
+            )
+        return self._decode(lm, values, fix, P, generator, callback, keep_history)
+
+    @torch.no_grad()
+    def _decode(self, lm, values, fix, P, generator, callback, keep_history) -> SampleOutput:
+        """SHIFTED, level-blind model, prompt prefix: one new row per step, each committed at once."""
+        t0 = time.perf_counter()
+        model, process = lm.model, lm.process
+        dev = model_device(model)
+        B, d = values.shape
+        values, fix = values.to(dev), fix.to(dev)
+        x = process.prior((B, d), generator=generator).to(dev)
+        x = torch.where(fix, values, x)
+        step_fn = self.step_fn(lm)
+        pos = torch.arange(d, device=dev)
+        kv = model.empty_cache()
+        cached, calls, history = 0, 0, []
+        for j in range(P, d):
+            feed = pos[cached : j + 1]
+            L = int(feed.numel())
+            ids = shift_inputs(x[:, : j + 1], lm.layout, lm.bos_id)[:, cached:]
+            mask = (pos[None, : j + 1] <= feed[:, None])[None, None]  # causal, [1, 1, L, j + 1]
+            lv = torch.zeros(B, L, device=dev)
+            lv[:, -1] = 1.0
+            out = model(
+                ids, position_ids=feed[None].expand(B, L), attention_mask=mask, levels=lv,
+                cache=kv, cache_commit=L,
+            )
+            calls += 1
+            kv, cached = out.cache, j + 1
+            lt = (pos >= j).double()[None].expand(B, d)
+            ls = (pos > j).double()[None].expand(B, d)
+            active = torch.zeros(B, d, dtype=torch.bool, device=dev)
+            active[:, j] = True
+            cols = pos[j : j + 1]
+            step = Step(j + 1, x, lt, ls, active, cols, logits_of(out)[:, -1:])
+            new, conf = step_fn(step, generator)
+            x_new = x.clone()
+            x_new[:, j] = new[:, 0].to(x.dtype)
+            if callback is not None or keep_history:
+                confidence = torch.full((B, d), float("nan"), dtype=torch.float64, device=dev)
+                confidence[:, j] = conf[:, 0].double()
+                rec = StepRecord(j + 1, x_new, x_new != x, confidence, ls)
+                if callback is not None:
+                    callback(rec)
+                if keep_history:
+                    history.append(rec)
+            x = x_new
+        return SampleOutput(x, history, calls, time.perf_counter() - t0)

@@ -1,0 +1,185 @@
+"""MDLM ancestral sampling and the Adaptive Correction Sampler (ACS), under any hyperschedule.
+
+    MDLM(steps=None, rate=None, cache=True, dtype=torch.float64)
+    ACS(eta, steps=None, rate=None, cache=True, dtype=torch.float64)
+
+    out = MDLM(steps=128).sample(lm, batch_size=4, length=128, generator=g)
+
+Ancestral step (hyperschedules paper, appendix D, Algorithm 3 when the schedule is Flat), with
+per-position levels: at step k every active position i draws
+
+    x_s^i ~ p(x_s^i | x_t) = process.posterior_probs(x_t, l[k-1, i], l[k, i], clean_probs(logits))
+
+the exact reverse step of the process given the model's clean-token distribution (mean
+parametrisation). For Absorb that is: a MASK unmasks with probability
+(alpha(l[k]) - alpha(l[k-1])) / (1 - alpha(l[k-1])) to a token drawn from the model, decoded
+tokens stay. It works for every likelihood process (Absorb, EpsilonHybrid, GammaHybrid, Uniform).
+The last level is 0, where the posterior puts no mass on MASK: the output never holds MASK.
+
+`steps` runs the lm's hyperschedule in that many steps (`schedule.with_steps`; required for the
+continuous-time Flat()), `rate` at that many tokens per step (`schedule.at_rate`); neither: the
+schedule as it is.
+
+ACS (Algorithm 4): as MDLM, and in addition every already-decoded (non-MASK, not fixed) active
+position is redrawn from the model's clean-token prediction with probability
+eta (1 - p_transfer), where p_transfer = 1 - m(l[k]) / m(l[k-1]) is the probability that MDLM
+would unmask a MASK at that position in this step (m(l): the process's MASK probability at level
+l). It works in both layouts (positions, not rows, are corrected) and under every hyperschedule;
+at a position's last step p_transfer = 1, so corrections never leave MASK. The random numbers of
+the corrections are drawn at every step by MDLM too, so ACS(eta=0) and MDLM give the same
+samples for the same seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+from torch import Tensor
+
+from .base import SampleOutput, Sampler, StepRecord, categorical, register_sampler
+from .driver import Step, StepFn, check_dtype, check_steps, drive, inverse_cdf, resolve_schedule
+
+__all__ = ["MDLM", "ACS", "LevelSampler", "ancestral_step", "clean_confidence"]
+
+
+def clean_confidence(clean_probs: Tensor, ids: Tensor) -> Tensor:
+    """The model's clean-token probability of `ids` (nan where an id is not a real token)."""
+    n = clean_probs.shape[-1]
+    real = ids < n
+    c = clean_probs.gather(-1, ids.clamp(max=n - 1)[..., None]).squeeze(-1)
+    return torch.where(real, c, torch.full_like(c, float("nan")))
+
+
+def ancestral_step(process: Any, eta: float = 0.0, dtype: torch.dtype = torch.float64) -> StepFn:
+    """The MDLM / ACS step function for the driver (eta = 0: MDLM)."""
+    mask_id = process.mask_id
+
+    def step_fn(step: Step, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+        cols = step.cols
+        x_t, lt, ls = step.x[:, cols], step.level_t[:, cols], step.level_s[:, cols]
+        p = process.clean_probs(step.logits)  # [B, A, N] float64
+        post = process.posterior_probs(x_t, lt, ls, p)
+        new = categorical(post, generator, dtype)
+        # ACS's coins and redraw uniforms: drawn always, so that eta = 0 is exactly MDLM
+        extra = torch.rand(new.shape + (2,), generator=generator, dtype=torch.float64).to(new.device)
+        if eta > 0 and mask_id is not None:
+            decoded = (x_t != mask_id) & step.active[:, cols]
+            m_t = process.marginal(lt)[0].double()
+            m_s = process.marginal(ls)[0].double()
+            stay = torch.where(m_t > 0, m_s / m_t.clamp_min(1e-300), torch.ones_like(m_t))
+            p_transfer = (1.0 - stay).clamp(0.0, 1.0)
+            redo = decoded & (extra[..., 0] < eta * (1.0 - p_transfer))
+            if bool(redo.any()):
+                new = new.clone()
+                new[redo] = inverse_cdf(p[redo], extra[..., 1][redo], dtype)
+        return new, clean_confidence(p, new)
+
+    return step_fn
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@dataclass
+class LevelSampler(Sampler):
+    """Base of the samplers driven by `driver.drive` over a hyperschedule's level table.
+
+    Subclasses declare the fields `steps`, `rate`, `cache`, `dtype` and implement `step_fn`.
+    """
+
+    name: ClassVar[str] = "level"
+
+    def __post_init__(self) -> None:
+        check_steps(getattr(self, "steps", None))
+        rate = getattr(self, "rate", None)
+        if rate is not None and (not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0):
+            raise ValueError(f"rate must be a number > 0, got {rate!r}")
+        if getattr(self, "steps", None) is not None and rate is not None:
+            raise ValueError("give at most one of steps and rate")
+        check_dtype(getattr(self, "dtype", torch.float64))
+
+    def check_fits(self, lm: Any) -> None:
+        proc = lm.process
+        if not getattr(proc, "likelihood", False):
+            raise ValueError(
+                f"{type(self).__name__} needs the exact reverse step of a likelihood process; "
+                f"{proc!r} has none (use the LAD samplers for Structural)"
+            )
+
+    def step_fn(self, lm: Any) -> StepFn:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def schedule_for(self, lm: Any):
+        return resolve_schedule(lm.schedule, getattr(self, "steps", None), getattr(self, "rate", None))
+
+    def sample(
+        self,
+        lm: Any,
+        batch_size: int = 1,
+        length: Optional[int] = None,
+        prompt: Optional[Tensor] = None,
+        fixed: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        callback: Optional[Callable[[StepRecord], None]] = None,
+        keep_history: bool = False,
+    ) -> SampleOutput:
+        self.check_fits(lm)
+        schedule = self.schedule_for(lm)
+        return drive(
+            lm, schedule, self.step_fn(lm),
+            batch_size=batch_size, length=length, prompt=prompt, fixed=fixed, generator=generator,
+            callback=callback, keep_history=keep_history, cache=getattr(self, "cache", True),
+        )
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if "dtype" in out:
+            out["dtype"] = _dtype_name(out["dtype"])
+        return out
+
+
+@register_sampler
+@dataclass
+class MDLM(LevelSampler):
+    """Ancestral sampling with per-position levels (module docstring)."""
+
+    name: ClassVar[str] = "mdlm"
+    steps: Optional[int] = None
+    rate: Optional[float] = None
+    cache: bool = True
+    dtype: torch.dtype = torch.float64
+
+    def step_fn(self, lm: Any) -> StepFn:
+        return ancestral_step(lm.process, 0.0, self.dtype)
+
+
+@register_sampler
+@dataclass
+class ACS(LevelSampler):
+    """Adaptive Correction Sampler: MDLM plus redraws of decoded tokens with prob eta (1 - p_transfer)."""
+
+    name: ClassVar[str] = "acs"
+    eta: float
+    steps: Optional[int] = None
+    rate: Optional[float] = None
+    cache: bool = True
+    dtype: torch.dtype = torch.float64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= float(self.eta) <= 1.0:
+            raise ValueError(f"ACS eta must be a number in [0, 1], got {self.eta!r}")
+        self.eta = float(self.eta)
+        super().__post_init__()
+
+    def check_fits(self, lm: Any) -> None:
+        super().check_fits(lm)
+        if lm.process.mask_id is None:
+            raise ValueError(
+                f"ACS corrects already-decoded (non-MASK) tokens; {lm.process!r} has no MASK token "
+                "(use MDLM or SEDDAnalytic)"
+            )
+
+    def step_fn(self, lm: Any) -> StepFn:
+        return ancestral_step(lm.process, self.eta, self.dtype)
