@@ -72,18 +72,25 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        """Keys starting with "_" (e.g. "_comment") are comments, ignored at the top level, in
+        the model / data / train sections and in each stage. Stages are checked here, so a typo in
+        a late stage fails before the first step, not after the earlier stages have trained."""
         top = [f.name for f in dataclasses.fields(cls)]
+        d = _strip_comments(d)
         _reject_unknown(d, top, "")
         kw = {}
         for name, value in d.items():
             sec = cls.SECTIONS.get(name)
             if sec is not None:
+                value = _strip_comments(value)
                 names = [f.name for f in dataclasses.fields(sec)]
                 _reject_unknown(value, names, name + ".")
                 kw[name] = sec(**value)
             else:
                 kw[name] = value
-        return cls(**kw)
+        run = cls(**kw)
+        run.stages = _check_stages(run.stages, run.train)
+        return run
 
     @classmethod
     def from_file(cls, path: "str | Path | None", overrides: "list[str] | None" = None) -> "RunConfig":
@@ -96,6 +103,35 @@ class RunConfig:
         for item in overrides or []:
             _apply_override(base, item)
         return cls.from_dict(base)
+
+
+def _strip_comments(d: Any) -> Any:
+    return {k: v for k, v in d.items() if not (isinstance(k, str) and k.startswith("_"))} if isinstance(d, dict) else d
+
+
+def _check_stages(stages: Any, train: TrainConfig) -> list:
+    """Each stage: an optional "schedule" plus TrainConfig keys (overriding `train`)."""
+    from .schedules import hyperschedule
+
+    if not isinstance(stages, list):
+        raise ValueError(f"config key stages must be a list of objects, got {type(stages).__name__}")
+    out = []
+    for i, stage in enumerate(stages):
+        prefix = f"stages[{i}]."
+        stage = _strip_comments(stage)
+        _reject_unknown(stage, ["schedule"] + TrainConfig.field_names(), prefix)
+        if "schedule" in stage:
+            try:
+                hyperschedule(stage["schedule"])
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{prefix}schedule: {err}") from err
+        rest = {k: v for k, v in stage.items() if k != "schedule"}
+        try:
+            TrainConfig(**{**dataclasses.asdict(train), **rest})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"stage {i}: {err}") from err
+        out.append(stage)
+    return out
 
 
 def _reject_unknown(d: Any, valid: list, prefix: str) -> None:
@@ -175,11 +211,12 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
         if spec.path:
             return DiffusionTransformer.from_pretrained(spec.path)
         extra_ids = [i for i in (proc.mask_id, getattr(tokenizer, "bos_id", None)) if i is not None]
-        cfg = TransformerConfig.preset(
-            spec.preset, vocab_size=proc.model_vocab_size, input_vocab_size=max([proc.model_vocab_size] + [i + 1 for i in extra_ids]),
-            max_positions=length, time_conditioning=proc.time_conditioned, **spec.overrides,
-        )
-        return DiffusionTransformer(cfg)
+        fields = [f.name for f in dataclasses.fields(TransformerConfig)]
+        _reject_unknown(spec.overrides, fields, "model.overrides.")
+        kw = dict(vocab_size=proc.model_vocab_size, input_vocab_size=max([proc.model_vocab_size] + [i + 1 for i in extra_ids]),
+                  max_positions=length, time_conditioning=proc.time_conditioned)
+        kw.update(spec.overrides)  # an explicit override wins (no "multiple values" TypeError)
+        return DiffusionTransformer(TransformerConfig.preset(spec.preset, **kw))
     if spec.kind == "hf":
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -210,6 +247,8 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1) -> BuiltRun:
     # the process needs the MASK id the model uses; HF models decide it when wrapped
     if run.model.kind == "hf":
         model = build_model(run.model, None, tok, run.data.length)
+        # the real ids the model takes (MASK, added or virtual, is the id after them)
+        check_vocab(tok, model.mask_id if model.mask_id is not None else model.vocab_size)
         proc = build_process(run.process, tok, mask_id=model.mask_id)
     else:
         proc = build_process(run.process, tok)

@@ -367,7 +367,8 @@ class DiffusionTransformer(nn.Module):
             if cache.batch_size not in (None, B):
                 raise ValueError(f"the cache holds batch size {cache.batch_size}, input_ids has {B}")
             past = cache.length
-        if past + L > cfg.max_positions:
+        # Positions, not rows, are bounded: the two-halves layout feeds 2d rows at positions 0..d-1 twice.
+        if position_ids is None and past + L > cfg.max_positions:
             raise ValueError(
                 f"{past} cached + {L} new rows = {past + L} exceeds max_positions={cfg.max_positions}"
             )

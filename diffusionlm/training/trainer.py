@@ -113,7 +113,10 @@ class Trainer:
         self.val_batches = list(val_batches) if val_batches is not None else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._init_distributed()
-        self.module = lm.model.to(self.device)
+        model = lm.model
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module  # a later stage on the same lm: wrap the bare model, not the DDP
+        self.module = model.to(self.device)
         if self.world > 1:
             self._wrap_distributed()
         params = [p for p in self.module.parameters() if p.requires_grad]
