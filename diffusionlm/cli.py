@@ -1,8 +1,9 @@
-"""Command line: `diffusionlm train | sample | eval`.
+"""Command line: `diffusionlm train | sample | eval | compare`.
 
     diffusionlm train --config recipes/scratch.json train.steps=500 data.length=256
     diffusionlm sample --run runs/scratch --sampler mdlm --steps 64 --num 4 --show-steps
     diffusionlm eval --run runs/scratch --dataset ptb --samples 16
+    diffusionlm compare --budget-minutes 6            # the main job (see diffusionlm.compare)
 
 `train` writes into train.out_dir (default runs/<config name>): checkpoints, metrics.jsonl,
 run.json (the resolved configuration), model/ (the final weights), results.json.
@@ -135,6 +136,21 @@ def cmd_eval(args) -> dict:
     return result
 
 
+def cmd_compare(args) -> dict:
+    from .compare import CompareConfig, compare
+
+    cfg = CompareConfig(
+        corpus=args.corpus, tokenizer=args.tokenizer, preset=args.preset, length=args.length,
+        batch_size=args.batch_size, budget_minutes=args.budget_minutes, eval_blocks=args.eval_blocks,
+        eval_samples=args.eval_samples, num_samples=args.num_samples, steps=tuple(args.steps),
+        variants=tuple(args.variants), judge=args.judge, out_dir=args.out, seed=args.seed, device=args.device,
+    )
+    results = compare(cfg)
+    print((Path(cfg.out_dir) / "results.md").read_text())
+    print(f"wrote {cfg.out_dir}/results.json, results.md, ppl.png, genppl_vs_entropy.png, quality_vs_steps.png")
+    return results
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="diffusionlm", description="discrete diffusion language models")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -162,6 +178,23 @@ def main(argv=None) -> int:
     e.add_argument("--max-blocks", type=int)
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(fn=cmd_eval)
+    c = sub.add_parser("compare", help="the main job: train, evaluate and compare AR vs diffusion variants")
+    c.add_argument("--corpus", default="stdlib")
+    c.add_argument("--tokenizer", default="byte")
+    c.add_argument("--preset", default="tiny")
+    c.add_argument("--length", type=int, default=128)
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--budget-minutes", type=float, default=6.0, help="training time shared by the variants")
+    c.add_argument("--eval-blocks", type=int, default=32)
+    c.add_argument("--eval-samples", type=int, default=4, help="Monte-Carlo draws M of the bound")
+    c.add_argument("--num-samples", type=int, default=16)
+    c.add_argument("--steps", type=int, nargs="+", default=[16, 64])
+    c.add_argument("--variants", nargs="+", default=["ar", "mdlm", "block", "gamma", "epsilon"])
+    c.add_argument("--judge", help="a local Hugging Face causal LM directory (default: the trained AR variant)")
+    c.add_argument("--out", default="runs/compare")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu")
+    c.set_defaults(fn=cmd_compare)
     args = ap.parse_args(argv)
     try:
         args.fn(args)
