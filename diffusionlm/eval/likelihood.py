@@ -1,0 +1,357 @@
+"""Zero-shot / test likelihood: the Monte-Carlo NLL upper bound and its perplexity on a dataset.
+
+    res = evaluate_likelihood(lm, "ptb", "data:tokenizers/gpt2", length=1024, num_samples=16, seed=0)
+    res["results"]["ptb"]        # {"nll", "ppl", "stderr", "tokens", ...}
+    res["config"]                # every setting that produced the number
+
+Definitions (docs/EVALUATION.md has them all):
+
+* **Sequences.** The dataset's documents (``load_corpus(name, split)`` with the dataset's
+  detokenization from :data:`diffusionlm.data.DATASETS`) are encoded with ``tokenizer``, each
+  followed by EOS, and cut into rows of ``length`` tokens by the dataset's rule (``rule=None``:
+  the table's rule): ``wrap`` concatenates and drops the final partial row (reported as
+  ``dropped_tokens``); ``pad`` gives one document per row (long ones over several rows), padded.
+  No BOS is inserted (the SHIFTED layout reads its own BOS at row 0).
+* **Bound.** For each row y, NLL(y) <= prior term + sum over the hyperschedule's steps of the
+  one-step KLs (continuous time: the integral), estimated with M stratified draws of the step
+  (:func:`diffusionlm.eval.bound.conditional_nll_bound`, the estimator of
+  ``DiffusionLM.nll_bound``). Exact for Absorb under Quench with M >= T.
+* **Tokens.** Every position of a row becomes active at some step of the hyperschedule, so every
+  real token is counted: ``length`` per row under ``wrap``; under ``pad`` the document's tokens
+  (EOS included) and NOT the padding -- pad positions are corrupted like any other position (as in
+  training) but their terms are left out of the NLL and of the count (MDLM's convention).
+* **PPL** = exp(total NLL / total tokens), the total over all rows (not a mean of per-row PPLs).
+* **Standard error.** Rows are independent, so the standard error of the total NLL is
+  sqrt(sum_b stderr_b^2) from the per-row Monte-Carlo standard errors; ``stderr`` is that over
+  the token count (the standard error of ``nll``), ``stderr_total`` the one of ``nll_total``.
+  With M = 1 there is no per-row error estimate and both are None.
+* **Seeding.** Row i draws from a generator seeded by sha1(f"{seed}:{i}"), so the numbers
+  depend on (seed, M, the data, the model) and not on ``batch_size``.
+* **Datasets.** The names of :data:`DATASETS` (stdlib, tinyshakespeare, ptb, wikitext2,
+  wikitext2-raw, lm1b, lambada, ag_news: local files under ``$DIFFUSIONLM_DATA``, test split),
+  ``wikitext103`` (its test text is the WikiText-2 raw test text: read from the local
+  wikitext2-raw files), and ``hf:<name>`` through ``datasets.load_dataset``: ``hf:openwebtext``,
+  ``hf:pubmed``, ``hf:arxiv``, ``hf:lm1b``, ``hf:wikitext103``, ... (these need the network and
+  are NOT exercised by the tests). A pre-tokenized ``TokenBlocks`` or a [n, length] LongTensor
+  is also accepted (every position counted).
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+import sys
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .bound import check_likelihood, check_num_samples, conditional_nll_bound, row_generators
+
+__all__ = [
+    "evaluate_likelihood",
+    "dataset_blocks",
+    "known_datasets",
+    "ALIASES",
+    "HF_EXTRA",
+    "describe_model",
+    "describe_tokenizer",
+    "lm_config",
+]
+
+#: other names of locally stored evaluation sets
+ALIASES: Dict[str, Tuple[str, str]] = {
+    "wikitext103": ("wikitext2-raw", "the WikiText-103 test split is the same 60 articles as WikiText-2's: "
+                    "scored from the local wikitext-2-raw test text"),
+    "wikitext-103": ("wikitext2-raw", "as wikitext103"),
+    "wikitext-2": ("wikitext2", "alias"),
+}
+
+#: hub datasets that are not in data.HF_DATASETS: (hf_dataset name, keyword arguments, detokenization)
+HF_EXTRA: Dict[str, Dict[str, Any]] = {
+    # MDLM reads scientific_papers (a loading script, refused by datasets >= 4); these parquet
+    # copies hold the same articles. MDLM detokenizes them with wt_detokenizer then lm1b_detokenizer.
+    "pubmed": {"path": "ccdv/pubmed-summarization", "field": "article", "detokenize": "wikitext+lm1b"},
+    "arxiv": {"path": "ccdv/arxiv-summarization", "field": "article", "detokenize": "wikitext+lm1b"},
+}
+
+
+def known_datasets() -> list:
+    """Every dataset name evaluate_likelihood takes (``hf:<any hub id>`` besides these)."""
+    from ..data import DATASETS, HF_DATASETS
+
+    return list(DATASETS) + list(ALIASES) + [f"hf:{n}" for n in list(HF_DATASETS) + list(HF_EXTRA)]
+
+
+def _scientific_detokenize(x: str) -> str:
+    from ..data import lm1b_detokenize, wikitext_detokenize
+
+    return lm1b_detokenize(wikitext_detokenize(x))
+
+
+def _load_documents(dataset: str, split: str) -> Tuple[list, Dict[str, Any]]:
+    """Documents and a description (file / source / detokenization / default rule)."""
+    from ..data import DATASETS, HF_DATASETS, hf_dataset, load_corpus
+
+    note = None
+    name = dataset
+    if name in ALIASES:
+        name, note = ALIASES[name]
+    if name in DATASETS:
+        info = DATASETS[name]
+        docs = load_corpus(name, split, detokenize=True)
+        desc = {k: info.get(k) for k in ("file", "unit", "documents", "splits", "detokenization", "rule", "source")}
+        desc["name"] = name
+        if note:
+            desc["note"] = note
+        return docs, desc
+    if name.startswith("hf:"):
+        hub = name[3:]
+        if not hub:
+            raise ValueError("give a dataset after hf:, e.g. hf:openwebtext")
+        if hub in HF_EXTRA:
+            spec = HF_EXTRA[hub]
+            raw = hf_dataset(spec["path"], split, field=spec["field"], detokenize=False)
+            docs = [_scientific_detokenize(t) for t in raw]
+            desc = {"source": f"hub {spec['path']} ({spec['field']})", "detokenization": "MDLM scientific_papers: "
+                    "wt_detokenizer then lm1b_detokenizer", "rule": "wrap"}
+        else:
+            docs = hf_dataset(hub, split)
+            spec = HF_DATASETS.get(hub, {"path": hub})
+            base = DATASETS.get(hub, {})
+            desc = {"source": f"hub {spec['path']}" + (f" / {spec['name']}" if "name" in spec else ""),
+                    "detokenization": base.get("detokenization", "none") if hub in HF_DATASETS else "none",
+                    "rule": base.get("rule", "wrap")}
+        desc["name"] = name
+        return docs, desc
+    import os
+
+    if os.path.exists(os.path.expanduser(name)):
+        docs = load_corpus(name, split)
+        return docs, {"name": name, "source": "local path", "detokenization": "none", "rule": "wrap"}
+    raise ValueError(
+        f"unknown dataset {dataset!r}: known names are {', '.join(known_datasets())} "
+        "(or hf:<hub dataset id> with network access, or an existing local file / folder)"
+    )
+
+
+def dataset_blocks(
+    dataset: Union[str, Any],
+    tokenizer: Any,
+    length: int,
+    split: str = "test",
+    rule: Optional[str] = None,
+) -> Tuple[Any, Dict[str, Any]]:
+    """The rows evaluate_likelihood scores: (TokenBlocks, description of the data and its rules)."""
+    from ..data import TokenBlocks, load_tokenizer
+
+    if not isinstance(dataset, str):
+        raise TypeError(f"dataset must be a name, got {type(dataset).__name__}")
+    if rule is not None and rule not in ("wrap", "pad"):
+        raise ValueError(f"rule must be 'wrap', 'pad' or None (the dataset's own), got {rule!r}")
+    docs, desc = _load_documents(dataset, split)
+    tok = load_tokenizer(tokenizer)
+    use_rule = rule or desc.get("rule") or "wrap"
+    blocks = TokenBlocks(docs, tok, length, rule=use_rule)
+    desc = dict(desc, rule=use_rule, rule_default=desc.get("rule"), split=split)
+    return blocks, desc
+
+
+# ----------------------------------------------------------------------------------------------
+# descriptions for the config
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Tensor):
+        return _jsonable(x.tolist())
+    if isinstance(x, torch.dtype):
+        return str(x).replace("torch.", "")
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if hasattr(x, "value") and isinstance(getattr(x, "value"), (str, int)):
+        return x.value
+    return repr(x)
+
+
+def describe_model(model: Any) -> Dict[str, Any]:
+    """Class, parameter count and configuration of a denoiser (JSON-able)."""
+    out: Dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        try:
+            out["parameters"] = int(sum(p.numel() for p in params()))
+            out["dtype"] = str(next(iter(params())).dtype).replace("torch.", "")
+        except StopIteration:
+            pass
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        if hasattr(cfg, "to_dict"):
+            cfg = cfg.to_dict()
+        elif hasattr(cfg, "__dataclass_fields__"):
+            import dataclasses
+
+            cfg = dataclasses.asdict(cfg)
+        out["config"] = _jsonable(cfg)
+    out["vocab_size"] = getattr(model, "vocab_size", None)
+    return _jsonable(out)
+
+
+def describe_tokenizer(tok: Any) -> Dict[str, Any]:
+    return _jsonable({
+        "repr": repr(tok),
+        "vocab_size": getattr(tok, "vocab_size", None),
+        "eos_id": getattr(tok, "eos_id", None),
+        "bos_id": getattr(tok, "bos_id", None),
+        "pad_id": getattr(tok, "pad_id", None),
+    })
+
+
+def lm_config(lm: Any) -> Dict[str, Any]:
+    """The composition: process, hyperschedule, layout, BOS, model."""
+    import diffusionlm
+
+    return _jsonable({
+        "process": lm.process.config(),
+        "schedule": lm.schedule.to_dict(),
+        "layout": getattr(lm.layout, "value", lm.layout),
+        "bos_id": lm.bos_id,
+        "model": describe_model(lm.model),
+        "diffusionlm": getattr(diffusionlm, "__version__", None),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+# ----------------------------------------------------------------------------------------------
+
+def evaluate_likelihood(
+    lm: Any,
+    dataset: Union[str, Any],
+    tokenizer: Any = None,
+    length: Optional[int] = None,
+    split: str = "test",
+    num_samples: int = 16,
+    batch_size: int = 8,
+    seed: int = 0,
+    rule: Optional[str] = None,
+    max_blocks: Optional[int] = None,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """NLL upper bound and perplexity of ``lm`` on ``dataset`` (module docstring for every rule).
+
+    dataset: a name (:func:`known_datasets`; unknown -> ValueError listing them), a
+    ``TokenBlocks``, or a [n, length] LongTensor of token ids. tokenizer: anything
+    ``load_tokenizer`` takes (needed for names). length: the row length (names only; a tensor's
+    own width otherwise). num_samples: M >= 1 draws per row. max_blocks: score only the first
+    rows. Returns ``{"results": {dataset: {...}}, "config": {...}}``.
+    """
+    from ..data import TokenBlocks, load_tokenizer
+
+    check_likelihood(lm)
+    M = check_num_samples(num_samples)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if max_blocks is not None and (not isinstance(max_blocks, int) or max_blocks < 1):
+        raise ValueError(f"max_blocks must be an int >= 1 or None, got {max_blocks!r}")
+
+    tok_desc = None
+    if isinstance(dataset, str):
+        if tokenizer is None:
+            raise ValueError("give the tokenizer that turns the dataset's text into the model's ids")
+        if length is None:
+            raise ValueError("give the row length (length=d)")
+        tok = load_tokenizer(tokenizer)
+        tok_desc = describe_tokenizer(tok)
+        blocks, data_desc = dataset_blocks(dataset, tok, length, split, rule)
+        key = dataset
+    elif isinstance(dataset, TokenBlocks):
+        blocks, key = dataset, "token_blocks"
+        data_desc = {"name": key, "rule": blocks.rule, "detokenization": "given pre-tokenized"}
+        tok_desc = describe_tokenizer(blocks.tokenizer)
+    elif isinstance(dataset, Tensor):
+        if dataset.dim() != 2:
+            raise ValueError(f"a tensor dataset must be [n, length], got {tuple(dataset.shape)}")
+        blocks, key = None, "tensor"
+        data_desc = {"name": key, "rule": None, "detokenization": "given pre-tokenized"}
+        if tokenizer is not None:
+            tok_desc = describe_tokenizer(load_tokenizer(tokenizer))
+    else:
+        raise TypeError(f"dataset must be a name, a TokenBlocks or a LongTensor, got {type(dataset).__name__}")
+
+    if blocks is not None:
+        blocks.check(lm.process.vocab_size)
+        ids, att = blocks.ids, blocks.attention
+        summary = blocks.summary()
+    else:
+        ids = dataset.long()
+        att = torch.ones_like(ids, dtype=torch.bool)
+        summary = {"blocks": ids.shape[0], "length": ids.shape[1]}
+    if max_blocks is not None:
+        ids, att = ids[:max_blocks], att[:max_blocks]
+    if ids.shape[0] == 0:
+        raise ValueError(f"{key}: no rows to score (the data is shorter than one row of {ids.shape[1]} tokens?)")
+
+    dev = _device(lm.model)
+    gens = row_generators(seed, range(ids.shape[0]))
+    total_nll, total_var, total_tok = 0.0, 0.0, 0
+    starts = range(0, ids.shape[0], batch_size)
+    it = starts
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            it = tqdm(starts, desc=f"NLL bound {key}", unit="batch", file=sys.stderr)
+        except ImportError:  # pragma: no cover - tqdm is a dependency
+            pass
+    for i in it:
+        x = ids[i : i + batch_size].to(dev)
+        a = att[i : i + batch_size].to(dev)
+        out = conditional_nll_bound(lm, x, M, count=a, generator=gens[i : i + batch_size])
+        total_nll += float(out.nll.sum())
+        total_var += float((out.stderr**2).sum()) if M > 1 else float("nan")
+        total_tok += int(out.num_tokens.sum())
+    nll = total_nll / total_tok
+    se_total = math.sqrt(total_var) if M > 1 else float("nan")
+    result = {
+        "nll": nll,
+        "ppl": math.exp(nll),
+        "stderr": se_total / total_tok,
+        "tokens": total_tok,
+        "nll_total": total_nll,
+        "stderr_total": se_total,
+        "bits_per_token": nll / math.log(2),
+        "rows": int(ids.shape[0]),
+    }
+    config = {
+        **lm_config(lm),
+        "num_samples": M,
+        "estimator": "stratified Monte Carlo over steps (u = (m + U) / M per row), "
+        "steps where no counted position moves skipped; exact for Absorb + Quench with M >= T",
+        "seed": seed,
+        "seeding": "row i uses torch.Generator().manual_seed(sha1(f'{seed}:{i}')) (batch-size independent)",
+        "length": int(ids.shape[1]),
+        "split": split if isinstance(dataset, str) else None,
+        "rule": data_desc.get("rule"),
+        "pad_positions": "corrupted as in training; not counted (rule='pad')",
+        "dataset": data_desc,
+        "detokenization": data_desc.get("detokenization"),
+        "blocks": summary,
+        "max_blocks": max_blocks,
+        "batch_size": batch_size,
+        "tokenizer": tok_desc,
+    }
+    return {"results": {key: _jsonable(result)}, "config": _jsonable(config)}
+
+
+def _device(model: Any) -> torch.device:
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.device
+    return torch.device("cpu")
