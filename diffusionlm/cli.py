@@ -114,25 +114,17 @@ def cmd_sample(args) -> dict:
 
 
 def cmd_eval(args) -> dict:
-    from .data import TokenBlocks, load_corpus
+    """The likelihood suite (diffusionlm.eval.likelihood): NLL bound / PPL on a dataset's split."""
+    from .eval.likelihood import evaluate_likelihood
 
     run, built = _load_run(args.run)
-    docs = load_corpus(args.dataset, args.split)
-    blocks = TokenBlocks(docs, built.tokenizer, run.data.length, rule=run.data.rule)
-    g = torch.Generator().manual_seed(args.seed)
-    nll, n = 0.0, 0
-    ids = blocks.ids[: args.max_blocks] if args.max_blocks else blocks.ids
-    for i in range(0, len(ids), args.batch_size):
-        b = built.lm.nll_bound(ids[i : i + args.batch_size], num_samples=args.samples, generator=g)
-        nll += float(b.nll.sum())
-        n += int(b.num_tokens.sum())
-    import math
-
-    result = {"dataset": args.dataset, "split": args.split, "tokens": n, "nll_per_token": nll / n,
-              "ppl_bound": math.exp(nll / n), "mc_samples": args.samples, "seed": args.seed,
-              "rule": run.data.rule, "length": run.data.length, "process": built.lm.process.config(),
-              "schedule": built.lm.schedule.to_dict()}
-    print(json.dumps(result, indent=2))
+    result = evaluate_likelihood(
+        built.lm, args.dataset, built.tokenizer, run.data.length, split=args.split, num_samples=args.samples,
+        batch_size=args.batch_size, seed=args.seed, max_blocks=args.max_blocks, progress=True,
+    )
+    print(json.dumps(result, indent=2, default=str))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
@@ -177,6 +169,7 @@ def main(argv=None) -> int:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--max-blocks", type=int)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", help="write the results JSON here")
     e.set_defaults(fn=cmd_eval)
     c = sub.add_parser("compare", help="the main job: train, evaluate and compare AR vs diffusion variants")
     c.add_argument("--corpus", default="stdlib")
