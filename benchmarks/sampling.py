@@ -1,6 +1,6 @@
 """Sampling speed: cached vs uncached generation, beside the ideal FLOP ratio; AR vs HF generate().
 
-    python benchmarks/sampling.py [--configs tiny:256 tiny:1024 gpt2-small:256] [--batch 8]
+    python benchmarks/sampling.py [--configs tiny:256 tiny:1024 gpt2-small:256:2] [--batch 8]
 
 For each (preset, length d) and hyperschedule — Block(d/4), Block(16), Slide(16) (each at rate
 1: Block(w) runs w steps per block) and Quench — times MDLM sampling of `batch` sequences with
@@ -100,7 +100,8 @@ def run_ar(n_layer: int, n_embd: int, n_head: int, new_tokens: int, batch: int) 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", nargs="+", default=["tiny:256", "tiny:1024", "gpt2-small:256"])
+    ap.add_argument("--configs", nargs="+", default=["tiny:256", "tiny:1024", "gpt2-small:256:2"],
+                    help="preset:length[:batch] (batch defaults to --batch)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument("--ar-tokens", type=int, default=128)
@@ -108,8 +109,8 @@ def main() -> None:
     args = ap.parse_args()
     results = {"threads": torch.get_num_threads(), "diffusion": [], "ar": []}
     for item in args.configs:
-        preset, d = item.split(":")
-        results["diffusion"] += run_diffusion(preset, int(d), args.batch, args.vocab)
+        preset, d, *b = item.split(":")
+        results["diffusion"] += run_diffusion(preset, int(d), int(b[0]) if b else args.batch, args.vocab)
     results["ar"].append(run_ar(4, 128, 4, args.ar_tokens, args.batch))
     results["ar"].append(run_ar(12, 768, 12, args.ar_tokens, args.batch))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -133,7 +133,8 @@ def cmd_compare(args) -> dict:
 
     cfg = CompareConfig(
         corpus=args.corpus, tokenizer=args.tokenizer, preset=args.preset, length=args.length,
-        batch_size=args.batch_size, budget_minutes=args.budget_minutes, eval_blocks=args.eval_blocks,
+        batch_size=args.batch_size, train_steps=args.train_steps,
+        budget_minutes=None if args.budget_minutes <= 0 else args.budget_minutes, eval_blocks=args.eval_blocks,
         eval_samples=args.eval_samples, num_samples=args.num_samples, steps=tuple(args.steps),
         variants=tuple(args.variants), judge=args.judge, out_dir=args.out, seed=args.seed, device=args.device,
     )
@@ -177,7 +178,9 @@ def main(argv=None) -> int:
     c.add_argument("--preset", default="tiny")
     c.add_argument("--length", type=int, default=128)
     c.add_argument("--batch-size", type=int, default=16)
-    c.add_argument("--budget-minutes", type=float, default=6.0, help="training time shared by the variants")
+    c.add_argument("--train-steps", type=int, default=150, help="optimizer steps per variant")
+    c.add_argument("--budget-minutes", type=float, default=8.0,
+                   help="cap on total training time, shared by the variants (0: no cap)")
     c.add_argument("--eval-blocks", type=int, default=32)
     c.add_argument("--eval-samples", type=int, default=4, help="Monte-Carlo draws M of the bound")
     c.add_argument("--num-samples", type=int, default=16)
