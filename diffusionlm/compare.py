@@ -24,7 +24,9 @@ the table reports the steps actually taken), then evaluated on the test split:
     seconds / sample  wall time of sampling divided by the number of samples
 
 at each number of sampling steps in `steps` (quality against steps). Writes results.json, a
-Markdown table (results.md) and plots (ppl.png, genppl_vs_entropy.png, quality_vs_steps.png).
+Markdown table (results.md), plots (ppl.png, genppl_vs_entropy.png, quality_vs_steps.png) and
+each trained variant as a run directory, models/<variant>/ (run.json + model/), which
+`diffusionlm sample / eval --run` and `diffusionlm demo --model` load.
 """
 from __future__ import annotations
 
@@ -125,11 +127,8 @@ def _bar(total, desc, enabled):
 
 
 def compare(cfg: CompareConfig) -> dict:
-    from .data import BatchStream, TokenBlocks, load_corpus, load_tokenizer
+    from .data import TokenBlocks, load_corpus, load_tokenizer
     from .eval.diversity import distinct_n, unigram_entropy
-    from .lm import DiffusionLM
-    from .models import DiffusionTransformer, TransformerConfig
-    from .training import TrainConfig, Trainer
 
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -149,31 +148,11 @@ def compare(cfg: CompareConfig) -> dict:
     lms: dict[str, Any] = {}
     # -- train ------------------------------------------------------------------------
     for name in cfg.variants:
-        proc, schedule, layout, two_halves, _ = _variant(name, N)
-        torch.manual_seed(cfg.seed)
-        mcfg = TransformerConfig.preset(cfg.preset, vocab_size=proc.model_vocab_size,
-                                        input_vocab_size=max(proc.model_vocab_size, N + 1),
-                                        max_positions=cfg.length, time_conditioning=proc.time_conditioned)
-        model = DiffusionTransformer(mcfg)
-        lm = DiffusionLM(model, proc, schedule, layout=layout, bos_id=tok.bos_id)
-        stream = BatchStream(train_blocks, cfg.batch_size, seed=cfg.seed)
-        tcfg = TrainConfig(steps=10**7, batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule="constant", clip=1.0,
-                           two_halves=two_halves, seed=cfg.seed, progress=False)
-        trainer = Trainer(lm, tcfg, stream, device=cfg.device)
-        t0 = time.perf_counter()
-        bar = _bar(cfg.train_steps, f"train {name}", cfg.progress)
-        while trainer.step < cfg.train_steps and time.perf_counter() - t0 < per_variant:
-            m = trainer.train_step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.3f}")
-        bar.close()
+        lm, info = train_variant(cfg, name, tok, train_blocks, per_variant)
         lm.model.eval()
         lms[name] = lm
-        results["variants"][name] = {"label": LABELS[name], "process": proc.config(), "schedule": schedule.to_dict(),
-                                     "layout": layout, "two_halves": two_halves, "train_steps": trainer.step,
-                                     "train_seconds": time.perf_counter() - t0,
-                                     "train_tokens": trainer.step * cfg.batch_size * cfg.length,
-                                     "params": sum(p.numel() for p in model.parameters())}
+        results["variants"][name] = info
+        save_variant(out / "models" / name, cfg, name, lm)
     # -- likelihood -----------------------------------------------------------------------
     for name, lm in lms.items():
         g = torch.Generator().manual_seed(cfg.seed + 17)
@@ -221,6 +200,53 @@ def compare(cfg: CompareConfig) -> dict:
     (out / "results.md").write_text(markdown_table(results))
     plot(results, out)
     return results
+
+
+def train_variant(cfg: CompareConfig, name: str, tok, train_blocks, seconds: float = float("inf")):
+    """Train one variant's `tiny` (or cfg.preset) backbone for cfg.train_steps optimizer steps
+    (or until `seconds` pass); returns its DiffusionLM and what the results table records."""
+    from .data import BatchStream
+    from .lm import DiffusionLM
+    from .models import DiffusionTransformer, TransformerConfig
+    from .training import TrainConfig, Trainer
+
+    N = tok.vocab_size
+    proc, schedule, layout, two_halves, _ = _variant(name, N)
+    torch.manual_seed(cfg.seed)
+    mcfg = TransformerConfig.preset(cfg.preset, vocab_size=proc.model_vocab_size,
+                                    input_vocab_size=max(proc.model_vocab_size, N + 1),
+                                    max_positions=cfg.length, time_conditioning=proc.time_conditioned)
+    model = DiffusionTransformer(mcfg)
+    lm = DiffusionLM(model, proc, schedule, layout=layout, bos_id=tok.bos_id)
+    stream = BatchStream(train_blocks, cfg.batch_size, seed=cfg.seed)
+    tcfg = TrainConfig(steps=10**7, batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule="constant", clip=1.0,
+                       two_halves=two_halves, seed=cfg.seed, progress=False)
+    trainer = Trainer(lm, tcfg, stream, device=cfg.device)
+    t0 = time.perf_counter()
+    bar = _bar(cfg.train_steps, f"train {name}", cfg.progress)
+    while trainer.step < cfg.train_steps and time.perf_counter() - t0 < seconds:
+        m = trainer.train_step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.3f}")
+    bar.close()
+    info = {"label": LABELS[name], "process": proc.config(), "schedule": schedule.to_dict(),
+            "layout": layout, "two_halves": two_halves, "train_steps": trainer.step,
+            "train_seconds": time.perf_counter() - t0, "train_tokens": trainer.step * cfg.batch_size * cfg.length,
+            "params": sum(p.numel() for p in model.parameters())}
+    return lm, info
+
+
+def save_variant(path: Path, cfg: CompareConfig, name: str, lm) -> None:
+    """Write a trained variant as a run directory (run.json + model/) that `load_run`,
+    `diffusionlm sample --run`, `diffusionlm eval --run` and `diffusionlm demo --model` read."""
+    from .config import DataSpec, ModelSpec, RunConfig
+
+    run = RunConfig(model=ModelSpec(kind="transformer", preset=cfg.preset), process=lm.process.config(),
+                    schedule=lm.schedule.to_dict(), layout=lm.layout.value,
+                    data=DataSpec(corpus=cfg.corpus, tokenizer=cfg.tokenizer, length=cfg.length))
+    path.mkdir(parents=True, exist_ok=True)
+    lm.model.save_pretrained(str(path / "model"))
+    (path / "run.json").write_text(json.dumps({**run.to_dict(), "_comment": f"diffusionlm compare variant {name}"}, indent=2))
 
 
 def _judge(cfg: CompareConfig, lms: dict):

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from .training.trainer import TrainConfig
 
-__all__ = ["ModelSpec", "DataSpec", "RunConfig", "build", "BuiltRun"]
+__all__ = ["ModelSpec", "DataSpec", "RunConfig", "build", "BuiltRun", "load_run"]
 
 
 @dataclass
@@ -238,7 +238,9 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
     raise ValueError(f"unknown model.kind {spec.kind!r}; known: transformer, hf")
 
 
-def build(run: RunConfig, rank: int = 0, world_size: int = 1) -> BuiltRun:
+def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True) -> BuiltRun:
+    """The tokenizer, the DiffusionLM and (with `data`) the training stream and validation
+    batches of a run; `data=False` skips reading the corpus (sampling, evaluation, the demo)."""
     from .data import BatchStream, TokenBlocks, check_vocab, load_corpus
     from .lm import DiffusionLM
     from .schedules import hyperschedule
@@ -265,6 +267,8 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1) -> BuiltRun:
     lm = DiffusionLM(model, proc, hyperschedule(run.schedule), layout=run.layout, bos_id=bos, annealing=annealing)
     if run.data.length > (lm.max_positions or run.data.length):
         raise ValueError(f"data.length {run.data.length} exceeds the model's {lm.max_positions} positions")
+    if not data:
+        return BuiltRun(tok, lm, None, [])
     if run.data.instruct:
         stream, val = _instruction_data(run, tok, rank, world_size)
     else:
@@ -280,6 +284,21 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1) -> BuiltRun:
                 except StopIteration:
                     break
     return BuiltRun(tok, lm, stream, val)
+
+
+def load_run(path: "str | Path", data: bool = False) -> "tuple[RunConfig, BuiltRun]":
+    """A run directory written by `diffusionlm train` (or `diffusionlm compare`, one per variant):
+    its run.json rebuilt, with the trained weights from model/ when present, in eval mode."""
+    run_dir = Path(path)
+    cfg_file = run_dir / "run.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"{cfg_file} not found: give a directory written by `diffusionlm train`")
+    run = RunConfig.from_dict(json.loads(cfg_file.read_text()))
+    if run.model.kind == "transformer" and (run_dir / "model").exists():
+        run.model.path = str(run_dir / "model")
+    built = build(run, data=data)
+    built.lm.model.eval()
+    return run, built
 
 
 def _instruction_data(run: RunConfig, tok, rank: int, world_size: int):

@@ -5,7 +5,9 @@ import json
 import pytest
 
 from diffusionlm.cli import main
-from diffusionlm.compare import CompareConfig
+from diffusionlm.compare import CompareConfig, ar_judge_nll
+from diffusionlm.config import load_run
+from diffusionlm.data import TokenBlocks, load_corpus
 
 
 @pytest.mark.slow
@@ -24,6 +26,16 @@ def test_compare_runs_end_to_end(tmp_path):
     assert res["variants"]["ar"]["bound_mc_samples"].startswith("exact")
     for f in ("results.md", "ppl.png", "genppl_vs_entropy.png", "quality_vs_steps.png"):
         assert (out / f).stat().st_size > 0
+    # every variant is saved as a run directory; the reloaded ar gives back the exact NLL of the table
+    for name, r in res["variants"].items():
+        run, built = load_run(out / "models" / name)
+        assert run.process == r["process"] and run.schedule == r["schedule"] and run.layout == r["layout"]
+    _, built = load_run(out / "models" / "ar")
+    tok = built.tokenizer
+    ids = TokenBlocks(load_corpus("stdlib", "test"), tok, 32).ids[:4]
+    nll, n = ar_judge_nll(built.lm, ids)
+    assert nll / n == pytest.approx(res["variants"]["ar"]["nll_per_token"], rel=1e-5)
+    assert main(["sample", "--run", str(out / "models" / "mdlm"), "--steps", "4", "--length", "16"]) == 0
 
 
 def test_compare_config_errors():
