@@ -1,9 +1,10 @@
-"""Command line: `diffusionlm train | sample | eval | compare`.
+"""Command line: `diffusionlm train | sample | eval | compare | demo`.
 
     diffusionlm train --config recipes/scratch.json train.steps=500 data.length=256
     diffusionlm sample --run runs/scratch --sampler mdlm --steps 64 --num 4 --show-steps
     diffusionlm eval --run runs/scratch --dataset ptb --samples 16
     diffusionlm compare --budget-minutes 6            # the main job (see diffusionlm.compare)
+    diffusionlm demo --model runs/compare/models/mdlm  # the browser demo (see diffusionlm.demo)
 
 `train` writes into train.out_dir (default runs/<config name>): checkpoints, metrics.jsonl,
 run.json (the resolved configuration), model/ (the final weights), results.json.
@@ -67,25 +68,12 @@ def cmd_train(args) -> dict:
     return results
 
 
-def _load_run(path: str):
-    from .config import RunConfig, build
-
-    run_dir = Path(path)
-    cfg_file = run_dir / "run.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file} not found: give a directory written by `diffusionlm train`")
-    run = RunConfig.from_dict(json.loads(cfg_file.read_text()))
-    if run.model.kind == "transformer" and (run_dir / "model").exists():
-        run.model.path = str(run_dir / "model")
-    built = build(run)
-    built.lm.model.eval()
-    return run, built
-
-
 def cmd_sample(args) -> dict:
     from . import samplers
+    from .config import load_run
+    from .demo.core import DemoModel, Frame, frame_text
 
-    run, built = _load_run(args.run)
+    run, built = load_run(args.run)
     tok = built.tokenizer
     cls = samplers.get_sampler(args.sampler)
     kwargs = json.loads(args.options) if args.options else {}
@@ -98,12 +86,14 @@ def cmd_sample(args) -> dict:
     length = args.length or run.data.length
     g = torch.Generator().manual_seed(args.seed)
 
-    def show(rec):
+    view = DemoModel(built.lm, tok, args.run)
+    P = 0 if prompt is None else prompt.shape[1]
+    fixed = [i < P for i in range(length)]
+    colour = sys.stdout.isatty()
+
+    def show(rec):  # the demo's own terminal view of a step (sample 0): MASK as _, changes marked
         if args.show_steps:
-            mask_id = built.lm.process.mask_id
-            row = rec.tokens[0].tolist()
-            text = "".join("_" if t == mask_id else tok.decode([t]) for t in row)
-            print(f"[step {rec.step:>4}] {text!r}", flush=True)
+            print(frame_text(Frame.from_record(rec, fixed), view, colour=colour), flush=True)
 
     out = sampler.sample(built.lm, batch_size=args.num, length=length, prompt=prompt, generator=g, callback=show)
     texts = [tok.decode(row.tolist()) for row in out.tokens]
@@ -115,9 +105,10 @@ def cmd_sample(args) -> dict:
 
 def cmd_eval(args) -> dict:
     """The likelihood suite (diffusionlm.eval.likelihood): NLL bound / PPL on a dataset's split."""
+    from .config import load_run
     from .eval.likelihood import evaluate_likelihood
 
-    run, built = _load_run(args.run)
+    run, built = load_run(args.run)
     result = evaluate_likelihood(
         built.lm, args.dataset, built.tokenizer, run.data.length, split=args.split, num_samples=args.samples,
         batch_size=args.batch_size, seed=args.seed, max_blocks=args.max_blocks, progress=True,
@@ -142,6 +133,20 @@ def cmd_compare(args) -> dict:
     print((Path(cfg.out_dir) / "results.md").read_text())
     print(f"wrote {cfg.out_dir}/results.json, results.md, ppl.png, genppl_vs_entropy.png, quality_vs_steps.png")
     return results
+
+
+def cmd_demo(args) -> dict:
+    """Serve the browser demo (diffusionlm.demo.app) until interrupted."""
+    from .demo import launch, load_demo_model
+
+    try:
+        import gradio  # noqa: F401
+    except ImportError as err:
+        raise ValueError("the demo needs Gradio: pip install 'diffusionlm[demo]'") from err
+    model = load_demo_model(args.model, default_dir=args.default_dir)
+    print(f"serving {model.name} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    launch(model, host=args.host, port=args.port, block=True)
+    return {}
 
 
 def main(argv=None) -> int:
@@ -191,6 +196,13 @@ def main(argv=None) -> int:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu")
     c.set_defaults(fn=cmd_compare)
+    m = sub.add_parser("demo", help="watch a model denoise step by step in the browser (Gradio)")
+    m.add_argument("--model", help="a run directory (run.json), a Hugging Face model directory or hub id; "
+                                   "omitted: the main job's MDLM model, trained first if missing")
+    m.add_argument("--default-dir", default="runs/compare/models/mdlm", help="where the default model lives")
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("--port", type=int, default=7860)
+    m.set_defaults(fn=cmd_demo)
     args = ap.parse_args(argv)
     try:
         args.fn(args)

@@ -5,6 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test]"
+# The demo's browser test drives Debian's Chromium through Playwright (Playwright's own browser
+# download cannot work offline). Installed when missing and apt is usable; otherwise that test
+# is skipped and says why.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "scripts/test.sh: could not install chromium; the browser test will be skipped" >&2
+fi
 # tests read the offline evaluation data beside the checkout unless told otherwise
 export DIFFUSIONLM_DATA="${DIFFUSIONLM_DATA:-$(cd .. && pwd)/shared/data}"
+export GRADIO_ANALYTICS_ENABLED=False
 python -m pytest -q "$@"

@@ -1,0 +1,33 @@
+"""Watch a model denoise, step by step: `diffusionlm demo` (browser, Gradio) and the shared
+step views behind `diffusionlm sample --show-steps`. See core.py (no browser needed) and app.py."""
+from .core import (
+    SCHEDULE_CHOICES,
+    DemoInputError,
+    DemoModel,
+    DemoRun,
+    DemoSettings,
+    Frame,
+    frame_html,
+    frame_text,
+    generate,
+    load_demo_model,
+    sampler_knobs,
+    sampler_kwargs,
+)
+
+__all__ = [
+    "SCHEDULE_CHOICES", "DemoInputError", "DemoModel", "DemoRun", "DemoSettings", "Frame", "frame_html",
+    "frame_text", "generate", "load_demo_model", "sampler_knobs", "sampler_kwargs", "build_app", "launch",
+]
+
+
+def build_app(model):  # gradio is an optional extra: imported only when the app is built
+    from .app import build_app as _build
+
+    return _build(model)
+
+
+def launch(model, **kw):
+    from .app import launch as _launch
+
+    return _launch(model, **kw)

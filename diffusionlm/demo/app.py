@@ -1,0 +1,224 @@
+"""The browser demo (Gradio): type a prompt, pick the sampler and its knobs, watch each step.
+
+    diffusionlm demo [--model RUN_DIR | HF_DIR | HUB_ID] [--port 7860]
+
+    from diffusionlm.demo import build_app, load_demo_model
+    app = build_app(load_demo_model(None))       # the main job's MDLM model, trained if missing
+    app.launch()
+
+Simple mode shows a prompt, the number of steps and re-masking on / off: re-masking picks ACS
+(already decoded tokens may be re-drawn, eta = 0.1) and off picks plain MDLM; a model trained
+with a process that has no likelihood (Structural, LAD) uses the LAD sampler with or without
+scheduled re-masking. Advanced mode exposes every registered sampler, the hyperschedule and its
+rate, and each sampler's own knobs (only the chosen sampler's knobs are shown). Everything the
+page shows comes from `diffusionlm.demo.core.generate`: the sampler's own history.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+from ..samplers import SAMPLERS
+from .core import FRAME_CSS, SCHEDULE_CHOICES, DemoInputError, DemoModel, DemoSettings, frame_html, generate, sampler_knobs
+
+__all__ = ["build_app", "launch", "simple_sampler", "ADVANCED_KNOBS"]
+
+#: DemoSettings fields shown in advanced mode, in this order, after length / sampler / schedule
+ADVANCED_KNOBS = ("eta", "eta0", "sharpness", "remask", "confidence", "block_size", "edit_previous", "temperature",
+                  "top_k", "top_p", "eos_bias", "patience", "greedy", "precision")
+_HELP = {
+    "eta": "ACS: re-draw decoded tokens with probability eta (1 - p_transfer)",
+    "eta0": "LAD: initial re-masking fraction",
+    "sharpness": "LAD: decay sharpness s of the re-masking schedule",
+    "remask": "re-masking (LAD: scheduled re-masking; off: self-refinement)",
+    "confidence": "LAD: re-mask the least confident positions",
+    "block_size": "LAD: semi-autoregressive block size (0: one block)",
+    "edit_previous": "LAD: earlier blocks stay editable",
+    "temperature": "divides the logits",
+    "top_k": "keep the k most likely tokens (0: all)",
+    "top_p": "nucleus mass",
+    "eos_bias": "added to the EOS logit",
+    "patience": "LAD: stop after this many unchanged iterations (0: never)",
+    "greedy": "AR: argmax instead of sampling",
+    "precision": "categorical draws in float64 or float32",
+}
+
+
+def simple_sampler(model: DemoModel, remask: bool) -> str:
+    """The sampler simple mode uses for this model."""
+    if not getattr(model.lm.process, "likelihood", True):
+        return "lad"
+    return "acs" if remask else "mdlm"
+
+
+def _int_or_none(x: Any, name: str) -> Optional[int]:
+    if x is None or x == "":
+        return None
+    f = float(x)
+    if f != int(f):
+        raise DemoInputError(f"{name} must be a whole number, got {x!r}")
+    return int(f)
+
+
+def _settings(model: DemoModel, mode: str, values: dict) -> DemoSettings:
+    base = DemoSettings(length=min(64, model.max_length))
+    steps = _int_or_none(values["steps"], "steps")
+    if steps is None:
+        raise DemoInputError("steps is empty: give a whole number >= 1")
+    if mode == "Simple":
+        return dataclasses.replace(base, prompt=values["prompt"] or "", steps=steps, remask=bool(values["remask"]),
+                                   sampler=simple_sampler(model, bool(values["remask"])))
+    length = _int_or_none(values["length"], "length")
+    if length is None:
+        raise DemoInputError("length is empty: give a whole number >= 1")
+    rate = values["rate"]
+    kw = dict(prompt=values["prompt"] or "", steps=steps, length=length, sampler=values["sampler"],
+              schedule=values["schedule"], width=_int_or_none(values["width"], "width"),
+              rate=None if rate in (None, "", 0) else float(rate), seed=_int_or_none(values["seed"], "seed") or 0)
+    for k in ADVANCED_KNOBS:
+        v = values[k]
+        if k in ("block_size", "top_k", "patience"):
+            v = _int_or_none(v, k) or None  # 0 (or empty) is "off"
+        elif k in ("eta", "eta0", "sharpness", "temperature", "top_p", "eos_bias"):
+            if v is None or v == "":
+                raise DemoInputError(f"{k} is empty: give a number")
+            v = float(v)
+        kw[k] = v
+    return dataclasses.replace(base, **kw)
+
+
+def build_app(model: DemoModel):
+    import gradio as gr
+
+    names = sorted(SAMPLERS)
+    d0 = DemoSettings()
+    knob_names = ("steps",) + ADVANCED_KNOBS
+
+    with gr.Blocks(title="diffusionlm demo", analytics_enabled=False) as app:
+        gr.Markdown(
+            f"## diffusionlm: watch a model denoise\nModel `{model.name}` · {type(model.lm.process).__name__} · "
+            f"trained schedule `{model.lm.schedule!r}` · {model.lm.layout.value} layout · up to {model.max_length} tokens. "
+            "Tokens are coloured by the model's confidence (red low, green high), **[MASK]** is grey, "
+            "tokens changed in the step are outlined, the prompt is blue."
+        )
+        mode = gr.Radio(["Simple", "Advanced"], value="Simple", label="Mode", elem_id="mode")
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+                steps = gr.Number(value=d0.steps, label="Steps", elem_id="steps")
+                remask = gr.Checkbox(value=d0.remask, label="Re-masking", info=_HELP["remask"], elem_id="remask")
+                with gr.Group(visible=False, elem_id="advanced") as advanced:
+                    length = gr.Number(value=min(64, model.max_length), label="Length (tokens, prompt included)",
+                                       elem_id="length")
+                    sampler = gr.Dropdown(names, value=d0.sampler, label="Sampler", elem_id="sampler")
+                    schedule = gr.Dropdown(list(SCHEDULE_CHOICES), value=d0.schedule, label="Hyperschedule",
+                                           elem_id="schedule")
+                    width = gr.Number(value=d0.width, label="Block / slide width", elem_id="width")
+                    rate = gr.Number(value=0, label="Rate (tokens per step; 0: use Steps)", elem_id="rate")
+                    seed = gr.Number(value=d0.seed, label="Seed", elem_id="seed")
+                    knobs = {}
+                    for k in ADVANCED_KNOBS:
+                        v = getattr(d0, k)
+                        if k == "remask":
+                            continue  # the checkbox above serves both modes
+                        if k == "precision":
+                            knobs[k] = gr.Radio(["float64", "float32"], value=v, label=k, info=_HELP[k], elem_id=k)
+                        elif isinstance(v, bool):
+                            knobs[k] = gr.Checkbox(value=v, label=k, info=_HELP[k], elem_id=k)
+                        else:
+                            knobs[k] = gr.Number(value=0 if v is None else v, label=k, info=_HELP[k], elem_id=k)
+                    knobs["remask"] = remask
+                go = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=2):
+                error = gr.Markdown(elem_id="error")
+                view = gr.HTML(elem_id="frame-view")
+                step = gr.Slider(0, 1, value=0, step=1, label="Step", elem_id="step")
+                with gr.Row():
+                    back = gr.Button("◀ step", elem_id="back")
+                    play = gr.Button("▶ play", elem_id="play")
+                    pause = gr.Button("⏸ pause", elem_id="pause")
+                    fwd = gr.Button("step ▶", elem_id="fwd")
+                final = gr.Textbox(label="Final text", interactive=False, elem_id="final")
+                timing = gr.Markdown(elem_id="timing")
+        frames = gr.State([])
+        timer = gr.Timer(0.4, active=False)
+
+        # -- which controls are visible ----------------------------------------------------
+        def visibility(mode_v, sampler_v):
+            adv = mode_v == "Advanced"
+            own = set(sampler_knobs(sampler_v)) if adv else set()
+            ups = [gr.update(visible=adv)]
+            for k in ADVANCED_KNOBS:
+                if k == "remask":
+                    continue
+                ups.append(gr.update(visible=k in own))
+            ups.append(gr.update(visible=(not adv) or "remask" in own))
+            ups.append(gr.update(visible=(not adv) or "steps" in own))
+            # the hyperschedule and its rate drive the level samplers only (not LAD, not AR)
+            ups += [gr.update(visible="rate" in own)] * 3
+            return ups
+
+        vis_out = ([advanced] + [knobs[k] for k in ADVANCED_KNOBS if k != "remask"] + [remask, steps]
+                   + [schedule, width, rate])
+        mode.change(visibility, [mode, sampler], vis_out)
+        sampler.change(visibility, [mode, sampler], vis_out)
+
+        # -- generation ----------------------------------------------------------------------
+        inputs = [mode, prompt, steps, length, sampler, schedule, width, rate, seed] + [knobs[k] for k in ADVANCED_KNOBS]
+
+        def on_generate(mode_v, *vals):
+            values = dict(zip(["prompt", "steps", "length", "sampler", "schedule", "width", "rate", "seed"]
+                              + list(ADVANCED_KNOBS), vals))
+            try:
+                settings = _settings(model, mode_v, values)
+                run = generate(model, settings)
+            except DemoInputError as err:
+                return (f"**Cannot generate:** {err}", [], gr.update(maximum=1, value=0), "", "", "",
+                        gr.Timer(active=False))
+            pages = [frame_html(f, model) for f in run.frames]
+            last = len(pages) - 1
+            info = (f"{run.frames[-1].step} steps · {run.model_calls} model calls · {run.seconds:.2f} s · "
+                    f"sampler `{run.sampler}` · schedule `{settings.schedule}` · seed {settings.seed}")
+            return ("", pages, gr.update(minimum=0, maximum=max(last, 1), value=last), pages[last], run.text, info,
+                    gr.Timer(active=False))
+
+        go.click(on_generate, inputs, [error, frames, step, view, final, timing, timer], show_progress_on=[view])
+
+        # -- playback ------------------------------------------------------------------------
+        def show(pages, k):
+            if not pages:
+                return gr.update(), ""
+            k = max(0, min(int(k), len(pages) - 1))
+            return gr.update(value=k), pages[k]
+
+        step.input(lambda pages, k: show(pages, k)[1], [frames, step], view)
+        back.click(lambda pages, k: show(pages, k - 1), [frames, step], [step, view])
+        fwd.click(lambda pages, k: show(pages, k + 1), [frames, step], [step, view])
+
+        def start(pages, k):
+            k = 0 if pages and int(k) >= len(pages) - 1 else k  # at the end: play from the start
+            return (*show(pages, k), gr.Timer(active=bool(pages)))
+
+        def tick(pages, k):
+            if not pages or int(k) >= len(pages) - 1:
+                return gr.update(), gr.update(), gr.Timer(active=False)
+            return (*show(pages, k + 1), gr.Timer(active=True))
+
+        play.click(start, [frames, step], [step, view, timer])
+        pause.click(lambda: gr.Timer(active=False), None, timer)
+        timer.tick(tick, [frames, step], [step, view, timer])
+    return app
+
+
+def launch(model: DemoModel, host: str = "127.0.0.1", port: Optional[int] = None, block: bool = True):
+    """Serve the demo; returns (app, local_url). `block=False` returns at once (tests)."""
+    import gradio as gr
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    app = build_app(model)
+    # system fonts: the default theme fetches Google fonts, which an offline machine cannot reach
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, theme=theme,
+                           css=FRAME_CSS, ssr_mode=False, quiet=not block, footer_links=[])
+    return app, url

@@ -1,0 +1,116 @@
+"""Drive the demo in a real headless browser (Playwright + the system's Chromium): the tests'
+end-to-end check and the screenshots in docs/ use the same steps.
+
+    with DemoBrowser(url) as b:
+        b.generate("def ", steps=8)          # simple mode
+        b.frame()                            # (step, [ids shown]) of the frame on screen
+        b.screenshot("docs/demo/simple.png")
+
+Chromium comes from the system (Debian's `chromium`, /usr/bin/chromium); Playwright's own
+browser download is never used. `find_chromium()` says where it is, or None.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Optional
+
+__all__ = ["DemoBrowser", "find_chromium"]
+
+#: the flags a root, offline, display-less machine needs (no sandbox, no background network)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def find_chromium() -> Optional[str]:
+    for name in (os.environ.get("DIFFUSIONLM_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+class DemoBrowser:
+    def __init__(self, url: str, executable: Optional[str] = None, width: int = 1400, height: int = 1000,
+                 timeout_ms: int = 60_000):
+        self.url, self.executable, self.size, self.timeout = url, executable or find_chromium(), (width, height), timeout_ms
+        if self.executable is None:
+            raise FileNotFoundError("no Chromium found (install Debian's chromium, or set DIFFUSIONLM_CHROMIUM)")
+
+    def __enter__(self) -> "DemoBrowser":
+        from playwright.sync_api import sync_playwright
+
+        self._pw = sync_playwright().start()
+        self._browser = self._pw.chromium.launch(executable_path=self.executable, headless=True, args=CHROMIUM_ARGS)
+        self.page = self._browser.new_page(viewport={"width": self.size[0], "height": self.size[1]})
+        self.page.set_default_timeout(self.timeout)
+        self.page.goto(self.url)
+        self.page.wait_for_selector("#generate")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._browser.close()
+        self._pw.stop()
+
+    # -- the form ----------------------------------------------------------------------------
+    def mode(self, name: str) -> None:
+        self.page.locator("#mode").get_by_label(name, exact=True).check()
+        if name == "Advanced":
+            self.page.wait_for_selector("#advanced", state="visible")
+        else:
+            self.page.wait_for_selector("#advanced", state="hidden")
+
+    def fill(self, elem_id: str, value) -> None:
+        """Set a textbox / number field by its elem_id."""
+        box = self.page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+        box.fill("" if value is None else str(value))
+        box.dispatch_event("change")  # Gradio reads numbers on change / blur
+        box.blur()
+
+    def choose(self, elem_id: str, value: str) -> None:
+        """Pick a dropdown option by its text."""
+        box = self.page.locator(f"#{elem_id} input").first
+        box.click()
+        self.page.get_by_role("option", name=value, exact=True).click()
+
+    def generate(self, prompt: str, steps, **fields) -> None:
+        """Fill the prompt, steps and any other fields (elem_id -> value), press Generate and wait
+        until the page shows a result or a message."""
+        self.fill("prompt", prompt)
+        self.fill("steps", steps)
+        for k, v in fields.items():
+            self.fill(k, v)
+        before = self._stamp()
+        self.page.locator("#generate").click()
+        self.page.wait_for_function(
+            "prev => { const t = document.querySelector('#timing'); const e = document.querySelector('#error');"
+            " const s = (t ? t.innerText : '') + '|' + (e ? e.innerText : ''); return s.trim() !== '|' && s !== prev; }",
+            arg=before,
+        )
+        self.page.wait_for_timeout(300)
+
+    def _stamp(self) -> str:
+        return self.page.evaluate(
+            "() => { const t = document.querySelector('#timing'); const e = document.querySelector('#error');"
+            " return (t ? t.innerText : '') + '|' + (e ? e.innerText : ''); }")
+
+    # -- what the page shows -------------------------------------------------------------------
+    def error(self) -> str:
+        return self.page.locator("#error").inner_text().strip()
+
+    def final_text(self) -> str:
+        return self.page.locator("#final textarea").input_value()
+
+    def frame(self) -> tuple[int, list]:
+        head = self.page.locator("#frame-view .frame-head")
+        step = int(head.get_attribute("data-step"))
+        ids = [int(x) for x in self.page.locator("#frame-view .tok").evaluate_all("els => els.map(e => e.dataset.id)")]
+        return step, ids
+
+    def click(self, elem_id: str, expect_step: Optional[int] = None) -> None:
+        self.page.locator(f"#{elem_id}").click()
+        if expect_step is not None:
+            self.page.wait_for_selector(f'#frame-view .frame-head[data-step="{expect_step}"]')
+
+    def screenshot(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.page.screenshot(path=path, full_page=True)

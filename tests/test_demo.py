@@ -1,0 +1,252 @@
+"""The demo: its frames are the sampler's own history, its views show MASK / changes /
+confidence, bad input becomes a sentence, models load from a run directory or a Hugging Face
+directory, and in a real headless browser the page shows the same steps and final text."""
+import math
+import socket
+
+import pytest
+import torch
+
+from diffusionlm.cli import main
+from diffusionlm.data import load_tokenizer
+from diffusionlm.demo import (
+    DemoInputError,
+    DemoModel,
+    DemoSettings,
+    frame_html,
+    frame_text,
+    generate,
+    load_demo_model,
+    sampler_knobs,
+    sampler_kwargs,
+)
+from diffusionlm.lm import DiffusionLM
+from diffusionlm.models import DiffusionTransformer, TransformerConfig
+from diffusionlm.processes import Absorb, Structural
+from diffusionlm.samplers import SAMPLERS, get_sampler
+from diffusionlm.schedules import Block, Flat
+
+TOK = load_tokenizer("byte")
+N = TOK.vocab_size
+
+
+def tiny_model(process=None, schedule=None, length=48) -> DemoModel:
+    process = process or Absorb(N)
+    torch.manual_seed(0)
+    cfg = TransformerConfig.preset("tiny", vocab_size=process.model_vocab_size, input_vocab_size=N + 2,
+                                   max_positions=length, n_layers=1, hidden=32, n_heads=2, cond_dim=16)
+    lm = DiffusionLM(DiffusionTransformer(cfg).eval(), process, schedule or Flat(), bos_id=TOK.bos_id)
+    return DemoModel(lm, TOK, "tiny-random")
+
+
+# ---------------------------------------------------------------------------------------------
+# frames = the sampler's history
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mdlm", "acs", "lad", "ar", "sedd_analytic"])
+def test_frames_are_the_samplers_own_history(name):
+    model = tiny_model()
+    s = DemoSettings(prompt="def f", length=24, sampler=name, steps=6, seed=3, eta=0.3)
+    run = generate(model, s)
+    prompt = torch.tensor([TOK.encode("def f")])
+    sampler = get_sampler(name)(**sampler_kwargs(s, model, prompt.shape[1]))
+    ref = sampler.sample(model.lm, 1, length=24, prompt=prompt, generator=torch.Generator().manual_seed(3), keep_history=True)
+    assert run.tokens == ref.tokens[0].tolist() and run.text == TOK.decode(run.tokens)
+    # frame 0: the prompt, MASK elsewhere; then one frame per recorded step
+    assert run.frames[0].tokens == prompt[0].tolist() + [model.mask_id] * (24 - 5)
+    assert len(run.frames) == len(ref.history) + 1
+    for f, rec in zip(run.frames[1:], ref.history):
+        assert f.step == rec.step and f.tokens == rec.tokens[0].tolist() and f.changed == rec.changed[0].tolist()
+    assert run.frames[-1].tokens == run.tokens and model.mask_id not in run.tokens
+    assert all(f.tokens[:5] == prompt[0].tolist() for f in run.frames)  # the prompt never changes
+    assert run.model_calls == ref.num_model_calls
+
+
+def test_schedule_and_rate_reach_the_sampler():
+    model = tiny_model()
+    blocks = generate(model, DemoSettings(length=32, sampler="mdlm", steps=8, schedule="block", width=8))
+    # Block(8) over 32 positions: positions 8.. stay masked until block 1 is done
+    first = blocks.frames[1].tokens
+    assert all(t == model.mask_id for t in first[8:]) and any(t != model.mask_id for t in first[:8])
+    fast = generate(model, DemoSettings(length=32, sampler="mdlm", steps=8, schedule="block", width=8, rate=8.0))
+    assert blocks.model_calls == 8 and fast.model_calls == 32 // 8  # a rate replaces the steps
+
+
+def test_views_show_mask_changes_and_confidence():
+    model = tiny_model()
+    run = generate(model, DemoSettings(prompt="ab", length=16, sampler="mdlm", steps=4))
+    f = run.frames[2]
+    page = frame_html(f, model)
+    masked = sum(t == model.mask_id for t in f.tokens)
+    assert page.count('class="tok mask') == masked and page.count("[MASK]") == masked
+    assert page.count('class="tok prompt') == 2 and f'data-step="{f.step}"' in page
+    assert page.count(" changed") == sum(f.changed)
+    assert [int(x.split('"')[0]) for x in page.split('data-id="')[1:]] == f.tokens
+    for i, c in enumerate(f.confidence):  # the title carries the model's probability of each token
+        if not f.fixed[i] and f.tokens[i] != model.mask_id:
+            assert f'data-pos="{i}" data-id="{f.tokens[i]}" title="p = {c:.3f}"' in page
+    line = frame_text(f, model)
+    assert line.startswith(f"[step {f.step:>4}] ") and eval(line.split("] ", 1)[1]).count("_") >= masked
+    assert "\x1b[7m" in frame_text(f, model, colour=True) or not any(f.changed)
+
+
+def test_knobs_come_from_each_samplers_fields():
+    assert {"eta0", "sharpness", "remask", "confidence", "block_size", "edit_previous", "top_k", "top_p",
+            "eos_bias", "patience", "temperature", "steps"} <= set(sampler_knobs("lad"))
+    assert set(sampler_knobs("acs")) == {"steps", "rate", "precision", "eta"}
+    assert "steps" not in sampler_knobs("ar") and "greedy" in sampler_knobs("ar")
+    for name in SAMPLERS:  # every registered sampler is offered
+        sampler_knobs(name)
+    model = tiny_model()
+    kw = sampler_kwargs(DemoSettings(sampler="lad", steps=7, eos_bias=2.0), model, 0)
+    assert kw["iterations"] == 7 and kw["eos_id"] == TOK.eos_id and kw["eos_bias"] == 2.0
+    assert sampler_kwargs(DemoSettings(sampler="ar", length=20), model, 5)["max_new_tokens"] == 15
+    assert sampler_kwargs(DemoSettings(sampler="mdlm", precision="float32"), model, 0)["dtype"] is torch.float32
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(steps=0), "steps must be a whole number >= 1, got 0"),
+    (dict(length=100), "length 100 is beyond the model's 48 positions"),
+    (dict(prompt="x" * 30, length=24), "the prompt is 30 tokens, which leaves nothing to generate in length 24"),
+    (dict(sampler="nope"), "unknown sampler 'nope'; known:"),
+    (dict(sampler="lad", eta0=2.0), r"eta0 \(initial re-masking fraction\) must be in \[0, 1\], got 2.0"),
+    (dict(sampler="acs", eta=-1.0), "eta"),
+    (dict(schedule="block", width=0), "the block width must be a whole number >= 1, got 0"),
+    (dict(rate=-2.0), "rate must be a number > 0"),
+])
+def test_bad_settings_become_one_sentence(bad, message):
+    with pytest.raises(DemoInputError, match=message):
+        generate(tiny_model(), DemoSettings(**{"length": 24, **bad}))
+
+
+def test_simple_mode_picks_lad_for_a_structural_model():
+    from diffusionlm.demo.app import simple_sampler
+
+    assert simple_sampler(tiny_model(), True) == "acs" and simple_sampler(tiny_model(), False) == "mdlm"
+    assert simple_sampler(tiny_model(Structural(N)), False) == "lad"
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+def test_load_a_run_directory_and_an_hf_directory(tmp_path):
+    from diffusionlm.compare import CompareConfig, save_variant
+
+    model = tiny_model(schedule=Block(8))
+    save_variant(tmp_path / "run", CompareConfig(length=48), "block", model.lm)
+    loaded = load_demo_model(tmp_path / "run")
+    assert loaded.lm.schedule == Block(8) and loaded.max_length == 48
+    s = DemoSettings(prompt="x", length=20, steps=5)
+    assert generate(loaded, s).tokens == generate(model, s).tokens  # the same weights
+
+    transformers = pytest.importorskip("transformers")
+    hf_tok = load_tokenizer("data:tokenizers/gpt2").hf
+    cfg = transformers.GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "hf")
+    hf_tok.save_pretrained(tmp_path / "hf")
+    hf = load_demo_model(tmp_path / "hf")
+    assert hf.lm.layout.value == "shifted" and hf.max_length == 32 and hf.mask_id == len(hf_tok)
+    run = generate(hf, DemoSettings(prompt="Hello", length=12, steps=4))
+    assert run.text.startswith("Hello") and hf.mask_id not in run.tokens
+
+    with pytest.raises(FileNotFoundError, match="neither run.json"):
+        load_demo_model(tmp_path)
+
+
+def test_sample_show_steps_prints_the_demos_frames(tmp_path, capsys):
+    from diffusionlm.compare import CompareConfig, save_variant
+
+    model = tiny_model()
+    save_variant(tmp_path / "run", CompareConfig(length=48), "mdlm", model.lm)
+    assert main(["sample", "--run", str(tmp_path / "run"), "--steps", "5", "--length", "16", "--prompt", "ab",
+                 "--show-steps"]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[step")]
+    run = generate(model, DemoSettings(prompt="ab", length=16, steps=5, sampler="mdlm"))
+    assert lines == [frame_text(f, model) for f in run.frames[1:]]
+
+
+# ---------------------------------------------------------------------------------------------
+# the page, in a real headless browser
+# ---------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser_page():
+    from diffusionlm.demo.browser import find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium on this machine: scripts/test.sh installs Debian's chromium; "
+                    "it could not be installed here (no apt or no root)")
+    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[test]'")
+    pytest.importorskip("playwright", reason="playwright is not installed: pip install -e '.[test]'")
+    from diffusionlm.demo import launch
+    from diffusionlm.demo.browser import DemoBrowser
+
+    model = tiny_model()
+    app, url = launch(model, port=_free_port(), block=False)
+    try:
+        with DemoBrowser(url) as b:
+            yield model, b
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+def test_browser_shows_the_samplers_steps_and_final_text(browser_page):
+    model, b = browser_page
+    b.mode("Simple")
+    b.generate("def ", steps=6)
+    assert b.error() == ""
+    run = generate(model, DemoSettings(prompt="def ", length=48, sampler="acs", steps=6, remask=True))
+    assert b.final_text() == run.text
+    T = len(run.frames) - 1
+    assert b.frame() == (run.frames[T].step, run.frames[T].tokens)
+    b.click("back", expect_step=run.frames[T - 1].step)
+    assert b.frame() == (run.frames[T - 1].step, run.frames[T - 1].tokens)
+    b.click("back", expect_step=run.frames[T - 2].step)
+    b.click("fwd", expect_step=run.frames[T - 1].step)
+    assert b.frame()[1] == run.frames[T - 1].tokens
+    b.click("play", expect_step=run.frames[T].step)  # plays from where it is to the last step
+    assert b.frame() == (run.frames[T].step, run.frames[T].tokens)
+    # re-masking off in simple mode is plain MDLM
+    b.page.locator("#remask input").uncheck()
+    b.generate("def ", steps=6)
+    assert b.final_text() == generate(model, DemoSettings(prompt="def ", length=48, sampler="mdlm", steps=6)).text
+    b.page.locator("#remask input").check()
+
+
+@pytest.mark.slow
+def test_browser_advanced_mode_runs_every_knob_through(browser_page):
+    model, b = browser_page
+    b.mode("Advanced")
+    b.choose("sampler", "lad")
+    b.page.locator("#confidence input").check()
+    b.generate("ab", steps=5, length=20, top_k=5, seed=7, block_size=0)
+    assert b.error() == ""
+    run = generate(model, DemoSettings(prompt="ab", length=20, sampler="lad", steps=5, top_k=5, seed=7, confidence=True))
+    assert b.final_text() == run.text
+    assert b.frame() == (run.frames[-1].step, run.frames[-1].tokens)
+    b.page.locator("#confidence input").uncheck()
+    b.choose("sampler", "mdlm")
+    b.mode("Simple")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fields, message", [
+    (dict(steps=0), "steps must be a whole number >= 1, got 0"),
+    (dict(steps=4, length=500), "length 500 is beyond the model's 48 positions"),
+    (dict(steps=4, length=3), "the prompt is 4 tokens, which leaves nothing to generate in length 3"),
+])
+def test_browser_bad_input_shows_a_message_not_a_traceback(browser_page, fields, message):
+    model, b = browser_page
+    b.mode("Advanced")
+    b.generate("abcd", **fields)
+    err = b.error()
+    assert message in err and "Traceback" not in b.page.content()
+    b.fill("length", 48)
+    b.mode("Simple")
+    b.generate("abcd", steps=3)  # the page still works afterwards
+    assert b.error() == "" and b.final_text().startswith("abcd")
