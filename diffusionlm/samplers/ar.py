@@ -67,15 +67,24 @@ class AR(Sampler):
         return out
 
     # -- pieces -------------------------------------------------------------------------
-    def step_fn(self, lm: Any) -> StepFn:
+    def step_fn(self, lm: Any, confidence: bool = True) -> StepFn:
+        """`confidence=False`: greedy steps skip the chosen token's probability (nan), which only
+        the history / callback shows."""
         n = lm.process.vocab_size
         greedy, temp, dtype = self.greedy, float(self.temperature), self.dtype
 
         def fn(step: Step, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
             logits = step.logits[..., :n]
             if greedy:
-                new = logits.argmax(-1)
-                p = torch.softmax(logits.double(), -1)
+                # argmax, and the chosen token's probability from one float32 log-sum-exp: a
+                # float64 softmax over the whole vocabulary per step would cost more than a small
+                # model's forward (greedy decoding is compared with HF generate() for speed)
+                z = logits.float()
+                new = z.argmax(-1)
+                if not confidence:
+                    return new, torch.full(new.shape, float("nan"), dtype=torch.float64, device=new.device)
+                conf = (z.gather(-1, new[..., None]).squeeze(-1) - torch.logsumexp(z, -1)).exp().double()
+                return new, conf
             else:
                 p = torch.softmax(logits.double() / temp, -1)
                 new = categorical(p, generator, dtype)
@@ -141,7 +150,7 @@ class AR(Sampler):
         values, fix = values.to(dev), fix.to(dev)
         x = process.prior((B, d), generator=generator).to(dev)
         x = torch.where(fix, values, x)
-        step_fn = self.step_fn(lm)
+        step_fn = self.step_fn(lm, confidence=callback is not None or keep_history)
         pos = torch.arange(d, device=dev)
         kv = model.empty_cache()
         cached, calls, history = 0, 0, []
