@@ -118,16 +118,17 @@ def build_app(model: DemoModel):
                     rate = gr.Number(value=0, label="Rate (tokens per step; 0: use Steps)", elem_id="rate")
                     seed = gr.Number(value=d0.seed, label="Seed", elem_id="seed")
                     knobs = {}
-                    for k in ADVANCED_KNOBS:
-                        v = getattr(d0, k)
-                        if k == "remask":
-                            continue  # the checkbox above serves both modes
-                        if k == "precision":
-                            knobs[k] = gr.Radio(["float64", "float32"], value=v, label=k, info=_HELP[k], elem_id=k)
-                        elif isinstance(v, bool):
-                            knobs[k] = gr.Checkbox(value=v, label=k, info=_HELP[k], elem_id=k)
-                        else:
-                            knobs[k] = gr.Number(value=0 if v is None else v, label=k, info=_HELP[k], elem_id=k)
+                    numbers = [k for k in ADVANCED_KNOBS if not isinstance(getattr(d0, k), (bool, str))]
+                    flags = [k for k in ADVANCED_KNOBS if isinstance(getattr(d0, k), bool) and k != "remask"]
+                    with gr.Row():  # the number knobs flow into as many columns as fit
+                        for k in numbers:
+                            v = getattr(d0, k)
+                            knobs[k] = gr.Number(value=0 if v is None else v, label=k, info=_HELP[k], elem_id=k,
+                                                 min_width=180)
+                    for k in flags:  # remask: the checkbox above serves both modes
+                        knobs[k] = gr.Checkbox(value=getattr(d0, k), label=k, info=_HELP[k], elem_id=k)
+                    knobs["precision"] = gr.Radio(["float64", "float32"], value=d0.precision, label="precision",
+                                                  info=_HELP["precision"], elem_id="precision")
                     knobs["remask"] = remask
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
@@ -137,7 +138,7 @@ def build_app(model: DemoModel):
                 with gr.Row():
                     back = gr.Button("◀ step", elem_id="back")
                     play = gr.Button("▶ play", elem_id="play")
-                    pause = gr.Button("⏸ pause", elem_id="pause")
+                    pause = gr.Button("‖ pause", elem_id="pause")
                     fwd = gr.Button("step ▶", elem_id="fwd")
                 final = gr.Textbox(label="Final text", interactive=False, elem_id="final")
                 timing = gr.Markdown(elem_id="timing")
@@ -178,8 +179,10 @@ def build_app(model: DemoModel):
                         gr.Timer(active=False))
             pages = [frame_html(f, model) for f in run.frames]
             last = len(pages) - 1
-            info = (f"{run.frames[-1].step} steps · {run.model_calls} model calls · {run.seconds:.2f} s · "
-                    f"sampler `{run.sampler}` · schedule `{settings.schedule}` · seed {settings.seed}")
+            knobs_used = ", ".join(f"{k}={v}" for k, v in run.sampler.items() if k != "name")
+            info = (f"**{run.sampler.get('name', settings.sampler)}** · {run.frames[-1].step} steps · "
+                    f"{run.model_calls} model calls · {run.seconds:.2f} s · schedule {settings.schedule} · "
+                    f"seed {settings.seed}  \n`{knobs_used}`")
             return ("", pages, gr.update(minimum=0, maximum=max(last, 1), value=last), pages[last], run.text, info,
                     gr.Timer(active=False))
 

@@ -330,7 +330,7 @@ def frame_text(frame: Frame, model: DemoModel, colour: bool = False) -> str:
 FRAME_CSS = """
 .frame { font-family: monospace; line-height: 1.9; white-space: normal; word-break: break-all; }
 .frame .tok { padding: 1px 0; border-radius: 3px; }
-.frame .tok.mask { color: #555; font-size: 0.8em; margin: 0 1px; }
+.frame .tok.mask { color: #555; font-size: 0.8em; margin: 0 1px; display: inline-block; }
 .frame .tok.changed { outline: 2px solid #1f5fd6; }
 .frame-head { font-weight: 600; margin-bottom: 4px; }
 """
