@@ -26,7 +26,7 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "gradio>=5", "playwright>=1.40"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "gradio>=5", "playwright>=1.40", "lm-eval>=0.4"],
         "demo": ["gradio>=5"],
         "gpu": ["flash-attn"],
         "eval": ["mauve-text", "lm-eval"],

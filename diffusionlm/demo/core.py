@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 
 from ..samplers import SAMPLERS, get_sampler
+from ..samplers.lad import LAD
 
 __all__ = [
     "DemoInputError",
@@ -80,18 +81,18 @@ class DemoSettings:
     precision: str = "float64"  # categorical draws
     # ACS
     eta: float = 0.1
-    # LAD
-    eta0: float = 1.0
-    sharpness: float = 1.0
-    remask: bool = True
-    confidence: bool = False
-    block_size: Optional[int] = None
-    edit_previous: bool = False
-    temperature: float = 1.0
-    top_k: Optional[int] = None
-    top_p: float = 1.0
-    eos_bias: float = 0.0
-    patience: Optional[int] = 3
+    # LAD (its own defaults)
+    eta0: float = LAD.eta0
+    sharpness: float = LAD.sharpness
+    remask: bool = LAD.remask
+    confidence: bool = LAD.confidence
+    block_size: Optional[int] = LAD.block_size
+    edit_previous: bool = LAD.edit_previous
+    temperature: float = LAD.temperature
+    top_k: Optional[int] = LAD.top_k
+    top_p: float = LAD.top_p
+    eos_bias: float = LAD.eos_bias
+    patience: Optional[int] = LAD.patience
     greedy: bool = False  # AR
 
 

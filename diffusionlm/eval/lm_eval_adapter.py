@@ -88,17 +88,9 @@ DEFAULT_CONTINUOUS_SAMPLES = 32
 
 def load_run(run_dir: "str | Path"):
     """(DiffusionLM, tokenizer) of a directory written by ``diffusionlm train``."""
-    from ..config import RunConfig, build
+    from ..config import load_run as load
 
-    run_dir = Path(run_dir)
-    cfg_file = run_dir / "run.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file} not found: give a directory written by `diffusionlm train`")
-    run = RunConfig.from_dict(json.loads(cfg_file.read_text()))
-    if run.model.kind == "transformer" and (run_dir / "model").exists():
-        run.model.path = str(run_dir / "model")
-    built = build(run)
-    built.lm.model.eval()
+    _, built = load(run_dir)
     return built.lm, built.tokenizer
 
 
