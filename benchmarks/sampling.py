@@ -47,12 +47,21 @@ def ideal_ratio(schedule, d: int, cfg) -> float:
     return full / fed
 
 
-def run_diffusion(preset: str, d: int, batch: int, N: int) -> list[dict]:
+#: the schedules timed, by the names --schedules takes
+SCHEDULES = {
+    "block_quarter": lambda d: Block(d // 4, d // 4),
+    "block16": lambda d: Block(16, 16),
+    "slide16": lambda d: Slide(16),
+    "quench": lambda d: Quench(),
+}
+
+
+def run_diffusion(preset: str, d: int, batch: int, N: int, schedules=tuple(SCHEDULES)) -> list[dict]:
     cfg = TransformerConfig.preset(preset, vocab_size=N + 1, input_vocab_size=N + 2, max_positions=d)
     torch.manual_seed(0)
     model = DiffusionTransformer(cfg).eval()
     rows = []
-    for schedule in (Block(d // 4, d // 4), Block(16, 16), Slide(16), Quench()):
+    for schedule in (SCHEDULES[name](d) for name in schedules):
         lm = DiffusionLM(model, Absorb(N), schedule)
         res = {"preset": preset, "d": d, "batch": batch, "schedule": repr(schedule), "steps": schedule.num_steps(d)}
         toks = {}
@@ -121,14 +130,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument("--ar-tokens", type=int, default=128)
+    ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
+    ap.add_argument("--no-ar", action="store_true", help="skip AR vs HF generate()")
     ap.add_argument("--out", default="benchmarks/out/sampling.json")
     args = ap.parse_args()
     results = {"threads": torch.get_num_threads(), "diffusion": [], "ar": []}
     for item in args.configs:
         preset, d, *b = item.split(":")
-        results["diffusion"] += run_diffusion(preset, int(d), int(b[0]) if b else args.batch, args.vocab)
-    results["ar"].append(run_ar(4, 128, 4, args.ar_tokens, args.batch))
-    results["ar"].append(run_ar(12, 768, 12, args.ar_tokens, args.batch))
+        results["diffusion"] += run_diffusion(preset, int(d), int(b[0]) if b else args.batch, args.vocab, args.schedules)
+    if not args.no_ar:
+        results["ar"].append(run_ar(4, 128, 4, args.ar_tokens, args.batch))
+        results["ar"].append(run_ar(12, 768, 12, args.ar_tokens, args.batch))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
