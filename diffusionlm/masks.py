@@ -30,6 +30,8 @@ are shared between callers: do not modify them in place.
 from __future__ import annotations
 
 import functools
+import hashlib
+from collections import OrderedDict
 from enum import Enum
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -56,6 +58,7 @@ __all__ = [
     "training_mask",
     "two_halves_mask",
     "two_halves_inputs",
+    "clear_caches",
 ]
 
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -435,17 +438,55 @@ def inference_mask(
     return StepMask(rows.to(dev), mask)
 
 
+#: dense training masks of the last few distinct sets of batch rows (see _dense_per_row)
+_ROWS_CACHE: "OrderedDict[tuple, Tensor]" = OrderedDict()
+_ROWS_CACHE_SIZE = 16
+
+
+def _dense_per_row(key: Tensor, tag: tuple, build: Callable[[Tensor], Tensor]) -> Tensor:
+    """Dense masks [B, 1, L, L] that depend on each batch row only through its `key` row [B, K].
+
+    Built once per distinct row (``torch.unique``) and remembered for the last few distinct sets:
+    where the draws repeat (two-halves under Block, Quench or Flat: one mask for every row of every
+    batch) the mask is paid for once, not per batch (at d = 4096 a dense [8, 1, 2d, 2d] build is
+    seconds). `build(unique_rows)` returns the [U, 1, L, L] masks of the unique rows. When all rows
+    agree the result is an expanded (read-only) view of one cached mask.
+    """
+    uniq, inv = torch.unique(key, dim=0, return_inverse=True)
+    ck = (tag, tuple(uniq.shape), str(uniq.device), hashlib.sha1(uniq.cpu().numpy().tobytes()).hexdigest())
+    m = _ROWS_CACHE.get(ck)
+    if m is None:
+        m = build(uniq)
+        _ROWS_CACHE[ck] = m
+        if len(_ROWS_CACHE) > _ROWS_CACHE_SIZE:
+            _ROWS_CACHE.popitem(last=False)
+    else:
+        _ROWS_CACHE.move_to_end(ck)
+    B = key.shape[0]
+    return m.expand(B, *m.shape[1:]) if m.shape[0] == 1 else m[inv]
+
+
+def clear_caches() -> None:
+    """Forget every cached mask (inference steps, step categories, training rows)."""
+    for fn in (inference_mask, step_categories, _category_table):
+        fn.cache_clear()
+    _ROWS_CACHE.clear()
+
+
 def training_mask(
     categories: Tensor, kind: str = "dense", device: Device = None, block_size: int = 128
 ):
     """Mask for per-sequence training draws: :func:`inference_mask_mod` of each row's categories
     ``[B, d]`` (from :func:`categories_from_levels` of a ``draw``), worthless rows kept (they
-    attend only themselves and nobody attends them). Dense bool [B, 1, d, d] or a BlockMask.
+    attend only themselves and nobody attends them). Dense bool [B, 1, d, d] (built once per
+    distinct row of categories, see :func:`_dense_per_row`) or a BlockMask.
     """
     cats = _check_categories(categories)
     if device is not None:
         cats = cats.to(device)
     B, d = cats.shape
+    if kind == "dense":
+        return _dense_per_row(cats, ("training", d), lambda u: dense_mask(inference_mask_mod(u), u.shape[0], d, device=device))
     mod = inference_mask_mod(cats)
     return _materialize(mod, B if B > 1 else None, d, kind, device, block_size)
 
@@ -459,12 +500,26 @@ def two_halves_mask(
     block_size: int = 128,
 ):
     """Mask of the two-halves layout (:func:`two_halves_mask_mod`) for segment ids ``[B or 1, d]``:
-    dense bool [B, 1, 2d, 2d] or a BlockMask (batch-independent when one row of ids is given).
+    dense bool [B, 1, 2d, 2d] (built once per distinct row of segment ids and categories, see
+    :func:`_dense_per_row`) or a BlockMask (batch-independent when one row of ids is given).
     """
     if device is not None:
         segment = torch.as_tensor(segment).to(device)
         categories = None if categories is None else torch.as_tensor(categories).to(device)
     mod = two_halves_mask_mod(segment, block_causal=block_causal, categories=categories)
+    if kind == "dense":
+        seg = _check_segment(segment)
+        n, d = max(mod.batch_size or 1, seg.shape[0]), seg.shape[1]
+        key = seg.expand(n, d)
+        if categories is not None:
+            cats = _check_categories(categories).to(seg.device, torch.long)
+            key = torch.cat([key, cats.expand(n, d)], 1)
+
+        def build(u: Tensor) -> Tensor:
+            cats_u = None if categories is None else u[:, d:]
+            return dense_mask(two_halves_mask_mod(u[:, :d], block_causal, cats_u), u.shape[0], 2 * d, device=device)
+
+        return _dense_per_row(key, ("two_halves", d, bool(block_causal)), build)
     return _materialize(mod, mod.batch_size, mod.q_len, kind, device, block_size)
 
 

@@ -514,6 +514,30 @@ def test_cached_builders_return_identical_objects():
     assert inference_mask(c, 7, 2) is inference_mask(Custom(c.table_.clone()), 7, 2)
 
 
+@pytest.mark.parametrize("name", ["block", "slide", "quench", "flat"])
+def test_training_masks_built_once_per_distinct_row_and_equal_to_direct(name):
+    """The dense training masks are built per distinct (segment, categories) row and remembered;
+    every row still equals the mask_mod evaluated directly for that row."""
+    d, B = 24, 6
+    s = {"block": Block(8, 2), "slide": Slide(4), "quench": Quench(), "flat": Flat(steps=6)}[name]
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        draw = s.draw_segments(B, d, generator=g)
+        cats = categories_from_levels(draw.level, draw.next_level)
+        m = two_halves_mask(draw.segment, categories=cats)
+        direct = dense_mask(two_halves_mask_mod(draw.segment, categories=cats), B, 2 * d)
+        assert m.shape == (B, 1, 2 * d, 2 * d) and torch.equal(m, direct)
+        per_seq = s.draw(B, d, generator=g)
+        c2 = categories_from_levels(per_seq.level, per_seq.next_level)
+        t = training_mask(c2)
+        assert t.shape == (B, 1, d, d) and torch.equal(t, dense_mask(inference_mask_mod(c2), B, d))
+    # identical rows: one mask, shared by every row and by the next call with the same rows
+    seg = torch.arange(d)[None].div(8, rounding_mode="floor").expand(B, d)
+    cats = torch.full((B, d), ACTIVE)
+    a, b = two_halves_mask(seg, categories=cats), two_halves_mask(seg.clone(), categories=cats.clone())
+    assert a.data_ptr() == b.data_ptr() and a.stride(0) == 0 and torch.equal(a[0], a[B - 1])
+
+
 def test_errors():
     with pytest.raises(ValueError, match="code 3"):
         inference_mask_mod(torch.tensor([[0, 1, 3]]))
