@@ -288,15 +288,31 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
 
 def load_run(path: "str | Path", data: bool = False) -> "tuple[RunConfig, BuiltRun]":
     """A run directory written by `diffusionlm train` (or `diffusionlm compare`, one per variant):
-    its run.json rebuilt, with the trained weights from model/ when present, in eval mode."""
+    its run.json rebuilt with the trained weights, from model/ when present, else from the newest
+    checkpoint; in eval mode. FileNotFoundError when the directory holds neither."""
     run_dir = Path(path)
     cfg_file = run_dir / "run.json"
     if not cfg_file.exists():
         raise FileNotFoundError(f"{cfg_file} not found: give a directory written by `diffusionlm train`")
     run = RunConfig.from_dict(json.loads(cfg_file.read_text()))
-    if run.model.kind == "transformer" and (run_dir / "model").exists():
+    final = run.model.kind == "transformer" and (run_dir / "model").exists()
+    if final:
         run.model.path = str(run_dir / "model")
     built = build(run, data=data)
+    if not final:
+        # no final weights (an HF / LoRA run, or training still under way): the newest checkpoint;
+        # never a silently untrained model
+        from .training.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(
+                f"{run_dir} holds no trained weights: neither model/ (written when training ends) nor a "
+                f"checkpoint (LATEST): train it first, or give the run directory of a finished run"
+            )
+        from safetensors.torch import load_file
+
+        built.lm.model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
     built.lm.model.eval()
     return run, built
 

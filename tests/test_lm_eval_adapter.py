@@ -186,7 +186,7 @@ def test_generate_until_with_a_diffusion_sampler_keeps_the_context():
 
 
 def test_a_trained_run_directory(tmp_path):
-    """run=<dir of diffusionlm train> (here: its run.json and a fresh tiny model), as the harness
+    """run=<dir of diffusionlm train> (here: its run.json and a fresh tiny model in model/), as the harness
     passes it in model_args."""
     import json
 
@@ -199,6 +199,9 @@ def test_a_trained_run_directory(tmp_path):
         "schedule": {"name": "flat", "steps": 4},
     })
     (tmp_path / "run.json").write_text(json.dumps(run.to_dict()))
+    from diffusionlm.config import build
+
+    build(run, data=False).lm.model.save_pretrained(str(tmp_path / "model"))  # what training leaves
     if HAVE_LM_EVAL:
         model = DiffusionLMEval.create_from_arg_string(f"run={tmp_path},num_samples=2,seed=3", {"batch_size": 4})
     else:

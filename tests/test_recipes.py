@@ -194,6 +194,29 @@ def test_diffugpt_recipe_trains(corpus):
     assert after < 0.8 * before, (before, after, losses[::10])
 
 
+def test_a_run_without_final_weights_loads_its_newest_checkpoint(tmp_path, corpus):
+    """An HF / LoRA run writes no model/ directory: load_run (sample, eval, demo) takes the newest
+    checkpoint's weights, and refuses a directory with neither rather than use untrained ones."""
+    from diffusionlm.config import load_run
+    from diffusionlm.training.checkpoint import save_checkpoint
+
+    run = RunConfig.from_file(DIFFUGPT, hf_gpt2(vocab=259, positions=64, **BYTE_SPECIALS)
+                              + ["data.tokenizer=byte", f"data.corpus={corpus}", "data.length=32"])
+    (tmp_path / "run.json").write_text(json.dumps(run.to_dict()))
+    with pytest.raises(FileNotFoundError, match="holds no trained weights"):
+        load_run(tmp_path)
+    torch.manual_seed(1)
+    trained = build(run, data=False).lm.model
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_checkpoint(tmp_path, 7, trained.state_dict(), {}, {"step": 7})
+    _, built = load_run(tmp_path)
+    for (n, a), (_, b) in zip(trained.state_dict().items(), built.lm.model.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert not built.lm.model.training
+
+
 def test_diffugpt_recipe_with_its_gpt2_tokenizer(corpus):
     # the recipe's tokenizer (GPT-2 BPE from the data folder, 50257 ids) on a GPT-2-vocabulary model
     over = hf_gpt2(vocab=50257, positions=64, bos_token_id=50256, eos_token_id=50256)
