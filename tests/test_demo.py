@@ -118,11 +118,35 @@ def test_bad_settings_become_one_sentence(bad, message):
         generate(tiny_model(), DemoSettings(**{"length": 24, **bad}))
 
 
+def test_chat_template_wraps_the_prompt():
+    tok = load_tokenizer("data:tokenizers/gpt2")
+    tok.hf.chat_template = ("{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}"
+                            "{% if add_generation_prompt %}<a>{% endif %}")
+    V = tok.vocab_size
+    torch.manual_seed(0)
+    cfg = TransformerConfig.preset("tiny", vocab_size=V + 1, input_vocab_size=V + 2, max_positions=32,
+                                   n_layers=1, hidden=16, n_heads=2, cond_dim=8)
+    model = DemoModel(DiffusionLM(DiffusionTransformer(cfg).eval(), Absorb(V), Flat(), bos_id=tok.bos_id), tok, "t")
+    want = tok.encode("<u>hi</u><a>")
+    run = generate(model, DemoSettings(prompt="hi", chat_template=True, length=24, steps=3, sampler="lad"))
+    assert run.frames[0].tokens[: len(want)] == want and run.tokens[: len(want)] == want
+    plain = generate(model, DemoSettings(prompt="hi", length=24, steps=3, sampler="lad"))
+    assert plain.frames[0].tokens[:1] == tok.encode("hi")[:1] and not plain.frames[0].fixed[len(tok.encode("hi"))]
+    # a tokenizer without a template: the prompt as is
+    assert generate(tiny_model(), DemoSettings(prompt="ab", chat_template=True, length=8, steps=2)).tokens[:2] == TOK.encode("ab")
+
+
 def test_simple_mode_picks_lad_for_a_structural_model():
     from diffusionlm.demo.app import simple_sampler
 
     assert simple_sampler(tiny_model(), True) == "acs" and simple_sampler(tiny_model(), False) == "mdlm"
     assert simple_sampler(tiny_model(Structural(N)), False) == "lad"
+    from diffusionlm.demo.app import _settings
+
+    s = _settings(tiny_model(Structural(N)), "Simple", {"prompt": "q", "steps": 4.0, "remask": False})
+    assert s.sampler == "lad" and s.chat_template and not s.remask and s.steps == 4
+    with pytest.raises(DemoInputError, match="steps must be a whole number, got 2.5"):
+        _settings(tiny_model(), "Simple", {"prompt": "", "steps": 2.5, "remask": True})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 Simple mode shows a prompt, the number of steps and re-masking on / off: re-masking picks ACS
 (already decoded tokens may be re-drawn, eta = 0.1) and off picks plain MDLM; a model trained
 with a process that has no likelihood (Structural, LAD) uses the LAD sampler with or without
-scheduled re-masking. Advanced mode exposes every registered sampler, the hyperschedule and its
+scheduled re-masking, on the prompt wrapped in the tokenizer's chat template (when it has one). Advanced mode exposes every registered sampler, the hyperschedule and its
 rate, and each sampler's own knobs (only the chosen sampler's knobs are shown). Everything the
 page shows comes from `diffusionlm.demo.core.generate`: the sampler's own history.
 """
@@ -67,13 +67,15 @@ def _settings(model: DemoModel, mode: str, values: dict) -> DemoSettings:
     if steps is None:
         raise DemoInputError("steps is empty: give a whole number >= 1")
     if mode == "Simple":
+        sampler = simple_sampler(model, bool(values["remask"]))
         return dataclasses.replace(base, prompt=values["prompt"] or "", steps=steps, remask=bool(values["remask"]),
-                                   sampler=simple_sampler(model, bool(values["remask"])))
+                                   sampler=sampler, chat_template=sampler == "lad")  # LAD models take instructions
     length = _int_or_none(values["length"], "length")
     if length is None:
         raise DemoInputError("length is empty: give a whole number >= 1")
     rate = values["rate"]
-    kw = dict(prompt=values["prompt"] or "", steps=steps, length=length, sampler=values["sampler"],
+    kw = dict(prompt=values["prompt"] or "", chat_template=bool(values["chat_template"]), steps=steps, length=length,
+              sampler=values["sampler"],
               schedule=values["schedule"], width=_int_or_none(values["width"], "width"),
               rate=None if rate in (None, "", 0) else float(rate), seed=_int_or_none(values["seed"], "seed") or 0)
     for k in ADVANCED_KNOBS:
@@ -117,6 +119,9 @@ def build_app(model: DemoModel):
                     width = gr.Number(value=d0.width, label="Block / slide width", elem_id="width")
                     rate = gr.Number(value=0, label="Rate (tokens per step; 0: use Steps)", elem_id="rate")
                     seed = gr.Number(value=d0.seed, label="Seed", elem_id="seed")
+                    chat = gr.Checkbox(value=d0.chat_template, label="chat template", elem_id="chat_template",
+                                       info="wrap the prompt in the tokenizer's chat template (instruction models "
+                                            "such as LAD); no effect when the tokenizer has none")
                     knobs = {}
                     numbers = [k for k in ADVANCED_KNOBS if not isinstance(getattr(d0, k), (bool, str))]
                     flags = [k for k in ADVANCED_KNOBS if isinstance(getattr(d0, k), bool) and k != "remask"]
@@ -166,10 +171,10 @@ def build_app(model: DemoModel):
         sampler.change(visibility, [mode, sampler], vis_out)
 
         # -- generation ----------------------------------------------------------------------
-        inputs = [mode, prompt, steps, length, sampler, schedule, width, rate, seed] + [knobs[k] for k in ADVANCED_KNOBS]
+        inputs = [mode, prompt, steps, length, sampler, schedule, width, rate, seed, chat] + [knobs[k] for k in ADVANCED_KNOBS]
 
         def on_generate(mode_v, *vals):
-            values = dict(zip(["prompt", "steps", "length", "sampler", "schedule", "width", "rate", "seed"]
+            values = dict(zip(["prompt", "steps", "length", "sampler", "schedule", "width", "rate", "seed", "chat_template"]
                               + list(ADVANCED_KNOBS), vals))
             try:
                 settings = _settings(model, mode_v, values)

@@ -71,6 +71,7 @@ class DemoSettings:
     """Every knob the demo offers. Sampler knobs not declared by the chosen sampler are ignored."""
 
     prompt: str = ""
+    chat_template: bool = False  # wrap the prompt in the tokenizer's chat template (instruction models)
     length: int = 64
     sampler: str = "mdlm"
     steps: int = 32  # MDLM / ACS / SEDD steps, LAD iterations (AR: one per new token, not used)
@@ -249,8 +250,13 @@ def generate(model: DemoModel, settings: DemoSettings) -> DemoRun:
     Raises DemoInputError (a ValueError) naming the problem for any setting it cannot run."""
     from ..lm import DiffusionLM
 
+    from ..data.instruct import templated_prompt
+
     tok = model.tokenizer
-    prompt_ids = tok.encode(settings.prompt) if settings.prompt else []
+    text = settings.prompt
+    if settings.chat_template and text:
+        text = templated_prompt(tok, text)  # as is when the tokenizer has no template
+    prompt_ids = tok.encode(text) if text else []
     _check(settings, model, prompt_ids)
     lm = model.lm
     schedule = _schedule(settings, model)
