@@ -31,7 +31,8 @@ _HELP = {
     "eta": "ACS: re-draw decoded tokens with probability eta (1 - p_transfer)",
     "eta0": "LAD: initial re-masking fraction",
     "sharpness": "LAD: decay sharpness s of the re-masking schedule",
-    "remask": "re-masking (LAD: scheduled re-masking; off: self-refinement)",
+    "remask": "on: decoded tokens may be re-masked and re-drawn (simple mode: ACS, or LAD's schedule); "
+              "off: kept once decoded (MDLM; LAD self-refinement)",
     "confidence": "LAD: re-mask the least confident positions",
     "block_size": "LAD: semi-autoregressive block size (0: one block)",
     "edit_previous": "LAD: earlier blocks stay editable",
