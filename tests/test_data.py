@@ -40,7 +40,6 @@ from diffusionlm.data import corpus as corpus_mod
 from diffusionlm.data.paths import ENV_VAR, repo_root
 
 DATA = data_dir()
-needs_data = pytest.mark.skipif(not (DATA / "SOURCES.md").exists(), reason=f"offline data not found at {DATA}")
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}"
@@ -133,7 +132,6 @@ def _count_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n")
 
 
-@needs_data
 @pytest.mark.parametrize(
     "name, count, file",
     [
@@ -155,7 +153,6 @@ def test_eval_sets_document_counts(name, count, file):
     assert name in DATASETS and str(count) in DATASETS[name]["documents"]
 
 
-@needs_data
 def test_eval_sets_detokenization_rules():
     ptb_raw = load_corpus("ptb", "test", detokenize=False)
     ptb = load_corpus("ptb", "test")
@@ -188,7 +185,6 @@ def test_eval_sets_detokenization_rules():
     assert ag[0].startswith("Fears for T N pension after talks Unions representing workers")
 
 
-@needs_data
 def test_eval_sets_only_test_split_offline():
     with pytest.raises(ValueError, match="only the test split"):
         load_corpus("ptb", "train")
@@ -220,7 +216,6 @@ def test_describe_datasets_table():
 # ---------------------------------------------------------------------------------------------
 # local files
 
-@needs_data
 def test_tinyshakespeare_fraction_split():
     text = (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
     parts = [load_corpus("tinyshakespeare", s) for s in ("train", "validation", "test")]
@@ -257,7 +252,7 @@ def test_local_text_jsonl_and_folder(tmp_path):
 
 
 def test_hf_datasets_local_text_and_json(tmp_path, monkeypatch):
-    datasets = pytest.importorskip("datasets")
+    import datasets
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
@@ -276,7 +271,6 @@ def test_hf_datasets_local_text_and_json(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # tokenizers
 
-@needs_data
 def test_gpt2_from_local_files(gpt2):
     assert isinstance(gpt2, HFTokenizer)
     assert gpt2.encode("Hello world") == [15496, 995]
@@ -287,7 +281,6 @@ def test_gpt2_from_local_files(gpt2):
     assert gpt2.encode_batch(["Hello world", " Hello"]) == [[15496, 995], [18435]]
 
 
-@needs_data
 def test_bert_vocab_txt():
     bert = load_tokenizer(DATA / "tokenizers" / "bert-base-uncased")
     assert bert.vocab_size == 30522 and bert.eos_id == 102 and bert.bos_id == 101 and bert.pad_id == 0
@@ -349,7 +342,6 @@ def test_byte_tokenizer_save_load(tmp_path):
     assert as_tokenizer(tok) is tok
 
 
-@needs_data
 def test_train_bpe_on_tinyshakespeare(tmp_path):
     text = (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
     docs = text[:400_000].split("\n\n")
@@ -421,7 +413,6 @@ def test_pad_rule_rows_eos_and_no_truncation():
     TokenBlocks(docs[:2], tok, L, rule="pad", long_docs="raise")  # fits: no error
 
 
-@needs_data
 def test_blocks_on_real_ptb_with_gpt2(gpt2):
     docs = load_corpus("ptb", "test")
     b = TokenBlocks(docs, gpt2, 1024, rule="wrap")
@@ -434,7 +425,6 @@ def test_blocks_on_real_ptb_with_gpt2(gpt2):
     assert len(p) == 200 and p.split_docs == 0  # PTB sentences fit 128 GPT-2 tokens
 
 
-@needs_data
 def test_check_vocab_errors(gpt2):
     with pytest.raises(ValueError, match="tokenizer has 50257 ids but the model takes 258"):
         check_vocab(gpt2, 258)
@@ -501,7 +491,6 @@ def test_batch_stream_shards_partition_global_batches():
 # ---------------------------------------------------------------------------------------------
 # instruction data
 
-@needs_data
 def test_instruction_format_gsm8k_chat_template(chat_gpt2, gsm8k):
     tok = chat_gpt2
     for ex in gsm8k[:8]:
@@ -523,7 +512,6 @@ def test_instruction_format_gsm8k_chat_template(chat_gpt2, gsm8k):
     assert tok.decode(sys_ids[: int((~sys_mask).sum())]) == "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n"
 
 
-@needs_data
 def test_instruction_format_without_template(gpt2, gsm8k):
     q, a = gsm8k[0]["question"], gsm8k[0]["answer"]
     assert not gpt2.chat_template
@@ -537,7 +525,6 @@ def test_instruction_format_without_template(gpt2, gsm8k):
     assert mask.tolist() == [False] * 11 + [True, True]
 
 
-@needs_data
 def test_instruction_eos_not_doubled_and_too_long(chat_gpt2, gsm8k):
     eos_template = (
         "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}"

@@ -162,7 +162,7 @@ def test_load_a_run_directory_and_an_hf_directory(tmp_path):
     s = DemoSettings(prompt="x", length=20, steps=5)
     assert generate(loaded, s).tokens == generate(model, s).tokens  # the same weights
 
-    transformers = pytest.importorskip("transformers")
+    import transformers
     hf_tok = load_tokenizer("data:tokenizers/gpt2").hf
     cfg = transformers.GPT2Config(vocab_size=len(hf_tok), n_positions=32, n_embd=16, n_layer=1, n_head=2)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "hf")
@@ -204,8 +204,6 @@ def browser_page():
     if find_chromium() is None:
         pytest.skip("no Chromium on this machine: scripts/test.sh installs Debian's chromium; "
                     "it could not be installed here (no apt or no root)")
-    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[test]'")
-    pytest.importorskip("playwright", reason="playwright is not installed: pip install -e '.[test]'")
     from diffusionlm.demo import launch
     from diffusionlm.demo.browser import DemoBrowser
 

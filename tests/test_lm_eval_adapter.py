@@ -224,8 +224,8 @@ def test_clear_errors():
         DiffusionLMEval(ar_lm())
 
 
-@pytest.mark.skipif(not HAVE_LM_EVAL, reason="lm-eval is not installed (pip install lm-eval): registration untested")
 def test_registered_with_the_harness():
+    assert HAVE_LM_EVAL, "lm-eval is a test extra (pip install -e '.[test]')"
     from lm_eval.api.model import LM
     from lm_eval.api.registry import get_model
 

@@ -9,8 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch the netwo
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+import peft  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from diffusionlm.lm import DiffusionLM  # noqa: E402
