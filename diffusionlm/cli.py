@@ -150,6 +150,8 @@ def cmd_demo(args) -> dict:
 
 
 def main(argv=None) -> int:
+    from .demo.core import DEFAULT_MODEL_DIR
+
     ap = argparse.ArgumentParser(prog="diffusionlm", description="discrete diffusion language models")
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train from a recipe (JSON) with key=value overrides")
@@ -199,7 +201,7 @@ def main(argv=None) -> int:
     m = sub.add_parser("demo", help="watch a model denoise step by step in the browser (Gradio)")
     m.add_argument("--model", help="a run directory (run.json), a Hugging Face model directory or hub id; "
                                    "omitted: the main job's MDLM model, trained first if missing")
-    m.add_argument("--default-dir", default="runs/compare/models/mdlm", help="where the default model lives")
+    m.add_argument("--default-dir", default=DEFAULT_MODEL_DIR, help="where the default model lives")
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--port", type=int, default=7860)
     m.set_defaults(fn=cmd_demo)

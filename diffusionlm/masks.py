@@ -200,6 +200,19 @@ def inference_mask_mod(categories: Tensor) -> MaskMod:
     return _annotate(mask_mod, n if n > 1 else None, L, L, cats.device)
 
 
+def _two_halves_rows(segment: Tensor, categories: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    """Segment ids and categories checked and, when both are given, broadcast to one [n, d]."""
+    seg = _check_segment(segment)
+    if categories is None:
+        return seg, None
+    n, d = seg.shape
+    cats = _check_categories(categories).to(seg.device)
+    if cats.shape[1] != d or (cats.shape[0] != n and 1 not in (n, cats.shape[0])):
+        raise ValueError(f"categories {tuple(cats.shape)} do not match segment ids {tuple(seg.shape)}")
+    n = max(n, cats.shape[0])
+    return seg.expand(n, d), cats.expand(n, d)
+
+
 def two_halves_mask_mod(
     segment: Tensor, block_causal: bool = False, categories: Optional[Tensor] = None
 ) -> MaskMod:
@@ -221,15 +234,9 @@ def two_halves_mask_mod(
     a segment, settled rows attend settled rows causally, nobody attends a worthless row, a
     worthless row attends only itself (and no clean row).
     """
-    seg = _check_segment(segment)
+    seg, cats = _two_halves_rows(segment, categories)
     n, d = seg.shape
-    cats = None
-    if categories is not None:
-        cats = _check_categories(categories).to(seg.device)
-        if cats.shape[1] != d or (cats.shape[0] != n and 1 not in (n, cats.shape[0])):
-            raise ValueError(f"categories {tuple(cats.shape)} do not match segment ids {tuple(seg.shape)}")
-        n = max(n, cats.shape[0])
-        seg, cats = seg.expand(n, d), cats.expand(n, d)
+    if cats is not None:
         cat_of = _lookup(cats)
     seg_of = _lookup(seg)
     L = 2 * d
@@ -506,20 +513,17 @@ def two_halves_mask(
     if device is not None:
         segment = torch.as_tensor(segment).to(device)
         categories = None if categories is None else torch.as_tensor(categories).to(device)
-    mod = two_halves_mask_mod(segment, block_causal=block_causal, categories=categories)
     if kind == "dense":
-        seg = _check_segment(segment)
-        n, d = max(mod.batch_size or 1, seg.shape[0]), seg.shape[1]
-        key = seg.expand(n, d)
-        if categories is not None:
-            cats = _check_categories(categories).to(seg.device, torch.long)
-            key = torch.cat([key, cats.expand(n, d)], 1)
+        seg, cats = _two_halves_rows(segment, categories)
+        d = seg.shape[1]
+        key = seg if cats is None else torch.cat([seg, cats], 1)
 
         def build(u: Tensor) -> Tensor:
-            cats_u = None if categories is None else u[:, d:]
+            cats_u = None if cats is None else u[:, d:]
             return dense_mask(two_halves_mask_mod(u[:, :d], block_causal, cats_u), u.shape[0], 2 * d, device=device)
 
         return _dense_per_row(key, ("two_halves", d, bool(block_causal)), build)
+    mod = two_halves_mask_mod(segment, block_causal=block_causal, categories=categories)
     return _materialize(mod, mod.batch_size, mod.q_len, kind, device, block_size)
 
 

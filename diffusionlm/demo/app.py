@@ -16,7 +16,7 @@ page shows comes from `diffusionlm.demo.core.generate`: the sampler's own histor
 from __future__ import annotations
 
 import dataclasses
-import os
+import math
 from typing import Any, Optional
 
 from ..samplers import SAMPLERS
@@ -53,11 +53,15 @@ def simple_sampler(model: DemoModel, remask: bool) -> str:
     return "acs" if remask else "mdlm"
 
 
+#: each DemoSettings field's declared type ("float", "Optional[int]", ...): how a form value is read
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(DemoSettings)}
+
+
 def _int_or_none(x: Any, name: str) -> Optional[int]:
     if x is None or x == "":
         return None
     f = float(x)
-    if f != int(f):
+    if not math.isfinite(f) or f != int(f):
         raise DemoInputError(f"{name} must be a whole number, got {x!r}")
     return int(f)
 
@@ -81,9 +85,9 @@ def _settings(model: DemoModel, mode: str, values: dict) -> DemoSettings:
               rate=None if rate in (None, "", 0) else float(rate), seed=_int_or_none(values["seed"], "seed") or 0)
     for k in ADVANCED_KNOBS:
         v = values[k]
-        if k in ("block_size", "top_k", "patience"):
+        if _FIELD_TYPES[k] == "Optional[int]":
             v = _int_or_none(v, k) or None  # 0 (or empty) is "off"
-        elif k in ("eta", "eta0", "sharpness", "temperature", "top_p", "eos_bias"):
+        elif _FIELD_TYPES[k] == "float":
             if v is None or v == "":
                 raise DemoInputError(f"{k} is empty: give a number")
             v = float(v)
@@ -96,7 +100,6 @@ def build_app(model: DemoModel):
 
     names = sorted(SAMPLERS)
     d0 = DemoSettings()
-    knob_names = ("steps",) + ADVANCED_KNOBS
 
     with gr.Blocks(title="diffusionlm demo", analytics_enabled=False) as app:
         gr.Markdown(
@@ -124,8 +127,8 @@ def build_app(model: DemoModel):
                                        info="wrap the prompt in the tokenizer's chat template (instruction models "
                                             "such as LAD); no effect when the tokenizer has none")
                     knobs = {}
-                    numbers = [k for k in ADVANCED_KNOBS if not isinstance(getattr(d0, k), (bool, str))]
-                    flags = [k for k in ADVANCED_KNOBS if isinstance(getattr(d0, k), bool) and k != "remask"]
+                    numbers = [k for k in ADVANCED_KNOBS if _FIELD_TYPES[k] in ("float", "Optional[int]")]
+                    flags = [k for k in ADVANCED_KNOBS if _FIELD_TYPES[k] == "bool" and k != "remask"]
                     with gr.Row():  # the number knobs flow into as many columns as fit
                         for k in numbers:
                             v = getattr(d0, k)
@@ -155,28 +158,22 @@ def build_app(model: DemoModel):
         def visibility(mode_v, sampler_v):
             adv = mode_v == "Advanced"
             own = set(sampler_knobs(sampler_v)) if adv else set()
-            ups = [gr.update(visible=adv)]
-            for k in ADVANCED_KNOBS:
-                if k == "remask":
-                    continue
-                ups.append(gr.update(visible=k in own))
-            ups.append(gr.update(visible=(not adv) or "remask" in own))
-            ups.append(gr.update(visible=(not adv) or "steps" in own))
+            shown = {advanced: adv, remask: (not adv) or "remask" in own, steps: (not adv) or "steps" in own}
+            shown.update({knobs[k]: k in own for k in ADVANCED_KNOBS if k != "remask"})
             # the hyperschedule and its rate drive the level samplers only (not LAD, not AR)
-            ups += [gr.update(visible="rate" in own)] * 3
-            return ups
+            shown.update({c: "rate" in own for c in (schedule, width, rate)})
+            return {c: gr.update(visible=v) for c, v in shown.items()}
 
-        vis_out = ([advanced] + [knobs[k] for k in ADVANCED_KNOBS if k != "remask"] + [remask, steps]
-                   + [schedule, width, rate])
-        mode.change(visibility, [mode, sampler], vis_out)
-        sampler.change(visibility, [mode, sampler], vis_out)
+        toggled = list(dict.fromkeys([advanced, remask, steps, schedule, width, rate, *knobs.values()]))
+        mode.change(visibility, [mode, sampler], toggled)
+        sampler.change(visibility, [mode, sampler], toggled)
 
         # -- generation ----------------------------------------------------------------------
-        inputs = [mode, prompt, steps, length, sampler, schedule, width, rate, seed, chat] + [knobs[k] for k in ADVANCED_KNOBS]
+        form = {"prompt": prompt, "steps": steps, "length": length, "sampler": sampler, "schedule": schedule,
+                "width": width, "rate": rate, "seed": seed, "chat_template": chat, **knobs}
 
         def on_generate(mode_v, *vals):
-            values = dict(zip(["prompt", "steps", "length", "sampler", "schedule", "width", "rate", "seed", "chat_template"]
-                              + list(ADVANCED_KNOBS), vals))
+            values = dict(zip(form, vals))
             try:
                 settings = _settings(model, mode_v, values)
                 run = generate(model, settings)
@@ -192,7 +189,8 @@ def build_app(model: DemoModel):
             return ("", pages, gr.update(minimum=0, maximum=max(last, 1), value=last), pages[last], run.text, info,
                     gr.Timer(active=False))
 
-        go.click(on_generate, inputs, [error, frames, step, view, final, timing, timer], show_progress_on=[view])
+        go.click(on_generate, [mode, *form.values()], [error, frames, step, view, final, timing, timer],
+                 show_progress_on=[view])
 
         # -- playback ------------------------------------------------------------------------
         def show(pages, k):
@@ -224,7 +222,6 @@ def launch(model: DemoModel, host: str = "127.0.0.1", port: Optional[int] = None
     """Serve the demo; returns (app, local_url). `block=False` returns at once (tests)."""
     import gradio as gr
 
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app = build_app(model)
     # system fonts: the default theme fetches Google fonts, which an offline machine cannot reach
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])

@@ -35,6 +35,7 @@ __all__ = [
     "DemoRun",
     "Frame",
     "SCHEDULE_CHOICES",
+    "DEFAULT_MODEL_DIR",
     "load_demo_model",
     "sampler_kwargs",
     "sampler_knobs",
@@ -45,6 +46,8 @@ __all__ = [
 
 #: hyperschedules offered for sampling; "trained" keeps the one the model was trained with
 SCHEDULE_CHOICES = ("trained", "flat", "block", "slide", "quench")
+#: where the main job (`diffusionlm compare`) saves its MDLM variant: the demo's default model
+DEFAULT_MODEL_DIR = "runs/compare/models/mdlm"
 
 
 class DemoInputError(ValueError):
@@ -126,7 +129,7 @@ class DemoRun:
 # ---------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------
-def load_demo_model(spec: "str | Path | None" = None, default_dir: "str | Path" = "runs/compare/models/mdlm") -> DemoModel:
+def load_demo_model(spec: "str | Path | None" = None, default_dir: "str | Path" = DEFAULT_MODEL_DIR) -> DemoModel:
     """A run directory (run.json: `diffusionlm train` or `compare`), or a Hugging Face causal LM
     (local directory or hub id) wrapped as a SHIFTED Absorb denoiser (DiffuGPT's convention).
     With no spec: the main job's MDLM variant in `default_dir`, trained there first if missing."""
@@ -231,7 +234,7 @@ def _check(settings: DemoSettings, model: DemoModel, prompt_ids: list) -> None:
         raise DemoInputError(f"length must be a whole number >= 1, got {L!r}")
     if L > model.max_length:
         raise DemoInputError(f"length {L} is beyond the model's {model.max_length} positions")
-    if settings.sampler != "ar" and (not isinstance(settings.steps, int) or settings.steps < 1):
+    if "steps" in sampler_knobs(settings.sampler) and (not isinstance(settings.steps, int) or settings.steps < 1):
         raise DemoInputError(f"steps must be a whole number >= 1, got {settings.steps!r}")
     if len(prompt_ids) >= L:
         raise DemoInputError(
@@ -248,9 +251,8 @@ def _check(settings: DemoSettings, model: DemoModel, prompt_ids: list) -> None:
 def generate(model: DemoModel, settings: DemoSettings) -> DemoRun:
     """Run the chosen sampler once (batch 1, seeded) and keep its history as frames.
     Raises DemoInputError (a ValueError) naming the problem for any setting it cannot run."""
-    from ..lm import DiffusionLM
-
     from ..data.instruct import templated_prompt
+    from ..lm import DiffusionLM
 
     tok = model.tokenizer
     text = settings.prompt
@@ -311,14 +313,14 @@ def _colour(conf: float) -> str:
 
 
 def frame_html(frame: Frame, model: DemoModel) -> str:
-    spans = []
+    spans, masked = [], 0
     for i, t, text, kind, conf, changed in _pieces(frame, model):
+        masked += kind == "mask"
         shown = "[MASK]" if kind == "mask" else html.escape(text).replace("\n", "↵").replace(" ", "&nbsp;")
         cls = f"tok {kind}" + (" changed" if changed else "")
         bg = "#d0d0d0" if kind == "mask" else ("#dbe8ff" if kind == "prompt" else _colour(conf))
-        title = "MASK" if kind == "mask" else (f"prompt" if kind == "prompt" else f"p = {conf:.3f}")
+        title = "MASK" if kind == "mask" else ("prompt" if kind == "prompt" else f"p = {conf:.3f}")
         spans.append(f'<span class="{cls}" data-pos="{i}" data-id="{t}" title="{title}" style="background:{bg}">{shown}</span>')
-    masked = sum(1 for *_, kind, _c, _ch in _pieces(frame, model) if kind == "mask")
     head = f'<div class="frame-head" data-step="{frame.step}">step {frame.step} · {masked} masked</div>'
     return head + '<div class="frame">' + "".join(spans) + "</div>"
 
