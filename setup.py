@@ -19,6 +19,7 @@ setup(
         "accelerate>=1.0",
         "einops>=0.8",
         "scipy>=1.11",
+        "huggingface_hub>=0.24",
         "safetensors>=0.4",
         "tqdm>=4.66",
         "matplotlib>=3.8",
@@ -32,5 +33,9 @@ setup(
         "eval": ["mauve-text", "lm-eval"],
         "logging": ["wandb", "tensorboard"],
     },
-    entry_points={"console_scripts": ["diffusionlm=diffusionlm.cli:main"]},
+    entry_points={
+        "console_scripts": ["diffusionlm=diffusionlm.cli:main"],
+        # lm-eval releases after 0.4.13 discover models here (0.4.13 itself: `diffusionlm lm-eval`)
+        "lm_eval.models": ["diffusionlm=diffusionlm.eval.lm_eval_adapter:DiffusionLMEval"],
+    },
 )

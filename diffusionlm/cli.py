@@ -1,13 +1,26 @@
-"""Command line: `diffusionlm train | sample | eval | compare | demo`.
+"""Command line: `diffusionlm train | sample | eval | compare | demo | export | lm-eval`.
 
     diffusionlm train --config recipes/scratch.json train.steps=500 data.length=256
-    diffusionlm sample --run runs/scratch --sampler mdlm --steps 64 --num 4 --show-steps
-    diffusionlm eval --run runs/scratch --dataset ptb --samples 16
+    diffusionlm sample --model runs/scratch --sampler mdlm --steps 64 --num 4 --show-steps
+    diffusionlm eval --model runs/scratch --dataset ptb --samples 16
+    diffusionlm sample --model path/to/hf-gpt2 --process absorb --schedule quench --sampler ar --length 32
     diffusionlm compare --budget-minutes 6            # the main job (see diffusionlm.compare)
     diffusionlm demo --model runs/compare/models/mdlm  # the browser demo (see diffusionlm.demo)
+    diffusionlm export --model runs/lad out/lad --merge [--push-to-hub me/lad]
+    diffusionlm lm-eval --model diffusionlm --model_args pretrained=out/mdlm --tasks lambada_openai
+
+Every command that runs a model takes any kind of model through one loader
+(`diffusionlm.hub.load_model`): a run directory, a saved composition, a Hugging Face causal-LM
+directory or hub id (then `--process`, `--schedule`, `--layout` say how to read it).
 
 `train` writes into train.out_dir (default runs/<config name>): checkpoints, metrics.jsonl,
-run.json (the resolved configuration), model/ (the final weights), results.json.
+run.json (the resolved configuration), results.json, and model/ at the end: a saved
+composition (`DiffusionLM.save_pretrained`; an HF backbone with LoRA saves its adapter only,
+or merged weights with `--merge`).
+
+Exit status: 0 done, 2 a usage error (argparse: unknown option, bad choice), 1 any other error,
+reported as ONE line `diffusionlm <command>: error: <what>` (DIFFUSIONLM_TRACEBACK=1 shows the
+traceback instead). Runs estimated to take over 30 minutes here (timed on one step) say so first.
 """
 from __future__ import annotations
 
@@ -21,28 +34,88 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["main"]
+__all__ = ["main", "USER_ERRORS"]
+
+
+def _user_errors() -> tuple:
+    from safetensors import SafetensorError
+
+    from .training.trainer import NonFiniteLossError
+
+    return (ValueError, TypeError, OSError, SafetensorError, NonFiniteLossError)
+
+
+#: exceptions reported as one line with exit status 1 (bad input, missing files, a stopped run)
+USER_ERRORS = _user_errors()
 
 
 def _dist_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _device(name: str):
+    """--device: "auto" is CUDA when available, else CPU; anything else is checked."""
+    from .hub import _device as check
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return check(name)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+def _train_estimate(built, run, stages: list, device) -> tuple[float, str]:
+    """(seconds, one line) for every stage of the run, from one timed micro-batch per layout."""
+    from .estimate import describe, train_step_seconds
+    from .schedules import hyperschedule
+
+    built.lm.model.to(device)
+    timed: dict = {}
+    total, steps = 0.0, 0
+    lm = built.lm
+    for stage in stages:
+        if "schedule" in stage:
+            lm = dataclasses.replace(lm, schedule=hyperschedule(stage["schedule"]))
+        kw = {**dataclasses.asdict(run.train), **{k: v for k, v in stage.items() if k != "schedule"}}
+        key = (repr(lm.schedule), bool(kw["two_halves"]), kw["batch_size"])
+        if key not in timed:
+            timed[key] = train_step_seconds(lm, kw["batch_size"], run.data.length, two_halves=key[1])
+        n = kw["steps"] * kw["grad_accum"]
+        total += n * timed[key]
+        steps += n
+    line = describe("training", total, steps, "micro-batches", total / max(steps, 1), device,
+                    "checkpoints resume it (the same command again)")
+    return total, line
+
+
 def cmd_train(args) -> dict:
     from .config import RunConfig, build
+    from .estimate import LONG_RUN_SECONDS
     from .schedules import hyperschedule
     from .training import TrainConfig, Trainer
 
     run = RunConfig.from_file(args.config, args.overrides)
     if run.train.out_dir is None:
         run.train.out_dir = str(Path("runs") / (Path(args.config).stem if args.config else "default"))
+    device = _device(args.device)
     rank, world = _dist_env()
     built = build(run, rank=rank, world_size=world)
+    stages = run.stages or [{}]
+    if rank == 0:
+        seconds, line = _train_estimate(built, run, stages, device)
+        if args.dry_run or seconds > LONG_RUN_SECONDS:
+            _say(line)
+        if args.dry_run:
+            return {"estimate_seconds": seconds}
     out = Path(run.train.out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(run.to_dict(), indent=2))
-    stages = run.stages or [{}]
     results = {"stages": []}
     for i, stage in enumerate(stages):
         stage = dict(stage)
@@ -53,40 +126,104 @@ def cmd_train(args) -> dict:
             train_kw["out_dir"] = str(out / f"stage-{i + 1}")
         cfg = TrainConfig(**train_kw)
         t0 = time.perf_counter()
-        trainer = Trainer(built.lm, cfg, built.train_stream, built.val_batches)
+        trainer = Trainer(built.lm, cfg, built.train_stream, built.val_batches, device=device)
         hist = trainer.fit()
         final = trainer.evaluate() if built.val_batches else {}
-        results["stages"].append({"schedule": repr(built.lm.schedule), "steps": cfg.steps,
-                                  "final_loss": hist[-1]["loss"] if hist else None, **final,
-                                  "seconds": time.perf_counter() - t0})
+        results["stages"].append({"schedule": repr(built.lm.schedule), "steps": cfg.steps, "batch_size": cfg.batch_size,
+                                  "grad_accum": cfg.grad_accum, "final_loss": hist[-1]["loss"] if hist else None,
+                                  **final, "seconds": time.perf_counter() - t0})
     if rank == 0:
-        model = trainer.module
-        if hasattr(model, "save_pretrained"):
-            model.save_pretrained(str(out / "model"))
+        results["model"] = _save_trained(built, run, results, out / "model", merge=args.merge, world=world, recipe=args.config)
         (out / "results.json").write_text(json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
     return results
 
 
-def cmd_sample(args) -> dict:
+def _save_trained(built, run, results: dict, target: Path, merge: bool, world: int, recipe) -> dict:
+    """The trained model as a saved composition (with its training facts and last evaluation)."""
+    from .lm import DiffusionLM
+    from .models.lora import is_peft
+
+    lm = built.lm  # a DDP-wrapped model is saved as the module inside it
+    stages = results["stages"]
+    steps = sum(s["steps"] for s in stages)
+    tokens = sum(s["steps"] * s["batch_size"] * s["grad_accum"] for s in stages) * run.data.length * world
+    d = run.data
+    training = {"data": {"corpus": d.instruct or d.corpus, "tokenizer": d.tokenizer, "length": d.length, "rule": d.rule},
+                "steps": steps, "tokens": tokens, "batch_size": run.train.batch_size * world,
+                "seconds": round(sum(s["seconds"] for s in stages), 1), "recipe": recipe,
+                "stages": [{"schedule": s["schedule"], "steps": s["steps"]} for s in stages]}
+    evaluation = {k: v for k, v in stages[-1].items() if k.startswith("val_")}
+    base_from_config = run.model.kind == "hf" and run.model.path is None
+    if is_peft(lm.model) and base_from_config and not merge:
+        _say(f"saving {target} merged: the LoRA base was built from model.hf_config (no directory or hub id to "
+             "apply an adapter to again)")
+        merge = True
+    DiffusionLM.save_pretrained(lm, target, tokenizer=built.tokenizer, merge=merge, training=training,
+                                evaluation=evaluation)
+    return {"path": str(target), "merged": bool(merge)}
+
+
+# ---------------------------------------------------------------------------------------------
+# loading (sample, eval, demo, export)
+# ---------------------------------------------------------------------------------------------
+def _load(args):
+    from .hub import load_model
+
+    return load_model(args.model, process=args.process, schedule=args.schedule, layout=args.layout,
+                      base=args.base, device=_device(args.device))
+
+
+def _sampler(name: str, options: "str | None", steps):
+    """A registry sampler from --sampler, --options (JSON) and --steps, with one-line errors for
+    options it does not take."""
     from . import samplers
-    from .config import load_run
+
+    cls = samplers.get_sampler(name)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    if options:
+        try:
+            kwargs = json.loads(options)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--options {options!r} is not valid JSON: {err}") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--options must be a JSON object of {name} options, got {options!r}")
+    unknown = [k for k in kwargs if k not in fields]
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {name}; its options: {', '.join(fields)}")
+    if isinstance(kwargs.get("dtype"), str):
+        if kwargs["dtype"] not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {kwargs['dtype']!r}")
+        kwargs["dtype"] = getattr(torch, kwargs["dtype"])
+    if steps is not None:
+        key = "steps" if "steps" in fields else "iterations" if "iterations" in fields else None
+        if key is None:
+            raise ValueError(f"the {name} sampler takes no --steps (it fixes its own steps; its options: {', '.join(fields)})")
+        kwargs[key] = steps
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"sampler {name}: {err}") from None
+
+
+def cmd_sample(args) -> dict:
     from .demo.core import DemoModel, Frame, frame_text
 
-    run, built = load_run(args.run)
-    tok = built.tokenizer
-    cls = samplers.get_sampler(args.sampler)
-    kwargs = json.loads(args.options) if args.options else {}
-    if args.steps is not None:
-        kwargs["steps" if args.sampler != "lad" else "iterations"] = args.steps
-    sampler = cls(**kwargs)
+    sampler = _sampler(args.sampler, args.options, args.steps)
+    m = _load(args)
+    tok = m.tokenizer
+    length = m.require_length(args.length)
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1, got {args.num}")
     prompt = None
     if args.prompt:
-        prompt = torch.tensor([tok.encode(args.prompt)])
-    length = args.length or run.data.length
+        ids = tok.encode(args.prompt)
+        if len(ids) >= length:
+            raise ValueError(f"the prompt is {len(ids)} tokens, not shorter than --length {length}")
+        prompt = torch.tensor([ids])
     g = torch.Generator().manual_seed(args.seed)
-
-    view = DemoModel(built.lm, tok, args.run)
+    view = DemoModel(m.lm, tok, m.name)
     P = 0 if prompt is None else prompt.shape[1]
     fixed = [i < P for i in range(length)]
     colour = sys.stdout.isatty()
@@ -95,27 +232,71 @@ def cmd_sample(args) -> dict:
         if args.show_steps:
             print(frame_text(Frame.from_record(rec, fixed), view, colour=colour), flush=True)
 
-    out = sampler.sample(built.lm, batch_size=args.num, length=length, prompt=prompt, generator=g, callback=show)
+    dev = next(iter(m.lm.model.parameters())).device
+    out = sampler.sample(m.lm, batch_size=args.num, length=length, prompt=None if prompt is None else prompt.to(dev),
+                         generator=g, callback=show)
     texts = [tok.decode(row.tolist()) for row in out.tokens]
-    result = {"sampler": sampler.to_dict() if hasattr(sampler, "to_dict") else args.sampler, "seconds": out.seconds,
-              "model_calls": out.num_model_calls, "samples": texts}
+    result = {"model": m.name, "sampler": sampler.to_dict() if hasattr(sampler, "to_dict") else args.sampler,
+              "seconds": out.seconds, "model_calls": out.num_model_calls, "samples": texts}
     print(json.dumps(result, indent=2, default=str))
     return result
 
 
+def _check_output_file(path: "str | None", overwrite: bool) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--out {p} is a directory: give a file name")
+    if p.exists() and not overwrite:
+        raise ValueError(f"--out {p} exists: pass --overwrite to replace it")
+    if not p.parent.exists():
+        raise ValueError(f"--out {p}: its directory {p.parent} does not exist")
+
+
 def cmd_eval(args) -> dict:
     """The likelihood suite (diffusionlm.eval.likelihood): NLL bound / PPL on a dataset's split."""
-    from .config import load_run
-    from .eval.likelihood import evaluate_likelihood
+    from .estimate import LONG_RUN_SECONDS, bound_forward_seconds, describe
+    from .eval.likelihood import dataset_blocks, evaluate_likelihood
 
-    run, built = load_run(args.run)
+    _check_output_file(args.out, args.overwrite)
+    m = _load(args)
+    length = m.require_length(args.length)
+    blocks, _ = dataset_blocks(args.dataset, m.tokenizer, length, args.split)
+    rows = len(blocks.ids) if args.max_blocks is None else min(args.max_blocks, len(blocks.ids))
+    calls = -(-rows // args.batch_size) * args.samples
+    per_call = bound_forward_seconds(m.lm, min(args.batch_size, rows), length)
+    seconds = calls * per_call
+    if args.dry_run or seconds > LONG_RUN_SECONDS:
+        _say(describe(f"evaluating {rows:,d} rows of {args.dataset} ({args.samples} draws each)", seconds, calls,
+                      "batched forwards", per_call, next(iter(m.lm.model.parameters())).device,
+                      "--max-blocks or --samples make it shorter"))
+    if args.dry_run:
+        return {"estimate_seconds": seconds}
     result = evaluate_likelihood(
-        built.lm, args.dataset, built.tokenizer, run.data.length, split=args.split, num_samples=args.samples,
+        m.lm, args.dataset, m.tokenizer, length, split=args.split, num_samples=args.samples,
         batch_size=args.batch_size, seed=args.seed, max_blocks=args.max_blocks, progress=True,
     )
+    result["model"] = m.name
     print(json.dumps(result, indent=2, default=str))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def cmd_export(args) -> dict:
+    """Write any model as a saved composition (LoRA adapter, or merged with --merge); optionally
+    upload it (DiffusionLM.push_to_hub)."""
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise ValueError(f"{out} exists{' and is not empty' if out.is_dir() else ''}: pass --overwrite to replace it")
+    m = _load(args)
+    lm = m.lm
+    lm.save_pretrained(out, tokenizer=m.tokenizer, merge=args.merge)
+    result = {"model": m.name, "saved": str(out), "merged": bool(args.merge)}
+    if args.push_to_hub:
+        result["commit"] = str(lm.push_to_hub(args.push_to_hub, tokenizer=m.tokenizer, merge=args.merge, private=args.private))
+    print(json.dumps(result, indent=2))
     return result
 
 
@@ -143,46 +324,111 @@ def cmd_demo(args) -> dict:
         import gradio  # noqa: F401
     except ImportError as err:
         raise ValueError("the demo needs Gradio: pip install 'diffusionlm[demo]'") from err
-    model = load_demo_model(args.model, default_dir=args.default_dir)
+    model = load_demo_model(args.model, default_dir=args.default_dir, process=args.process, schedule=args.schedule,
+                            layout=args.layout, base=args.base, device=_device(args.device))
     print(f"serving {model.name} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     launch(model, host=args.host, port=args.port, block=True)
     return {}
 
 
-def main(argv=None) -> int:
-    from .demo.core import DEFAULT_MODEL_DIR
+def cmd_lm_eval(argv: list) -> int:
+    """lm-eval's own command line (0.4.13: it finds models only in its registry) with ours
+    registered as "diffusionlm"; every argument passes through."""
+    try:
+        import lm_eval.__main__ as lm_eval_main
+    except ImportError as err:
+        raise ValueError("lm-eval is not installed: pip install 'diffusionlm[eval]'") from err
+    from .eval import lm_eval_adapter  # noqa: F401  (registers "diffusionlm")
 
-    ap = argparse.ArgumentParser(prog="diffusionlm", description="discrete diffusion language models")
-    sub = ap.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train from a recipe (JSON) with key=value overrides")
+    saved = sys.argv
+    sys.argv = ["lm-eval", *argv]
+    try:
+        lm_eval_main.cli_evaluate()
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the parser
+# ---------------------------------------------------------------------------------------------
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in --help (and descriptions kept as written)."""
+
+
+def _model_options(p, required: bool = True, name_help: str = "") -> None:
+    from .processes import PROCESSES
+    from .schedules import HYPERSCHEDULES
+
+    p.add_argument("--model", "--run", dest="model", required=required, metavar="MODEL",
+                   help="a run directory, a saved composition, a Hugging Face causal-LM directory or hub id" + name_help)
+    p.add_argument("--process", metavar="NAME|JSON",
+                   help=f"plain HF models: the process ({', '.join(PROCESSES)}; or JSON with its keys); default absorb")
+    p.add_argument("--schedule", metavar="NAME|JSON",
+                   help=f"the hyperschedule to run under ({', '.join(HYPERSCHEDULES)}; or JSON such as "
+                        "'{\"name\": \"block\", \"width\": 16}'); default: the trained one (flat for a plain HF model)")
+    p.add_argument("--layout", choices=["aligned", "shifted"], help="plain HF models: how rows read tokens; default shifted")
+    p.add_argument("--base", help="a LoRA adapter's base model, where it is not where it was trained (checked)")
+    _device_option(p)
+
+
+def _device_option(p) -> None:
+    p.add_argument("--device", default="auto", help="where the model runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import samplers
+    from .demo.core import DEFAULT_MODEL_DIR
+    from .eval.likelihood import known_datasets
+    from .hub import library_version
+
+    ap = argparse.ArgumentParser(prog="diffusionlm", description="discrete diffusion language models", formatter_class=_Help)
+    ap.add_argument("--version", action="version", version=f"diffusionlm {library_version()}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help):
+        return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+
+    t = command("train", "train from a recipe (JSON) with section.key=value overrides")
     t.add_argument("--config", help="recipe file (JSON); omitted: the defaults")
-    t.add_argument("overrides", nargs="*", help="section.key=value")
+    t.add_argument("overrides", nargs="*", help="section.key=value (e.g. train.steps=500 data.length=256)")
+    t.add_argument("--merge", action="store_true", help="LoRA on an HF backbone: save merged weights, not the adapter")
+    t.add_argument("--dry-run", action="store_true", help="print the time estimate (one timed step) and stop")
+    _device_option(t)
     t.set_defaults(fn=cmd_train)
-    s = sub.add_parser("sample", help="generate from a trained run")
-    s.add_argument("--run", required=True)
-    s.add_argument("--sampler", default="mdlm")
-    s.add_argument("--steps", type=int)
-    s.add_argument("--length", type=int)
-    s.add_argument("--num", type=int, default=1)
-    s.add_argument("--prompt")
+
+    s = command("sample", "generate text from any model")
+    _model_options(s)
+    s.add_argument("--sampler", default="mdlm", choices=sorted(samplers.SAMPLERS))
+    s.add_argument("--steps", type=int, help="sampling steps (LAD: iterations); default: the sampler's own")
+    s.add_argument("--length", type=int, help="tokens per sample, prompt included; default: the trained length")
+    s.add_argument("--num", type=int, default=1, help="number of samples")
+    s.add_argument("--prompt", help="text the samples start with")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--options", help="sampler keyword arguments as JSON")
+    s.add_argument("--options", help="sampler options as JSON, e.g. '{\"eta\": 0.1}' for acs")
     s.add_argument("--show-steps", action="store_true", help="print every step (MASK as _)")
     s.set_defaults(fn=cmd_sample)
-    e = sub.add_parser("eval", help="NLL upper bound / perplexity of a trained run on a dataset")
-    e.add_argument("--run", required=True)
-    e.add_argument("--dataset", default="ptb")
-    e.add_argument("--split", default="test")
-    e.add_argument("--samples", type=int, default=8)
+
+    e = command("eval", "NLL upper bound / perplexity of any model on a dataset")
+    _model_options(e)
+    e.add_argument("--dataset", default="ptb", choices=known_datasets())
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--samples", type=int, default=8, help="Monte-Carlo draws M of the bound per row")
     e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--max-blocks", type=int)
+    e.add_argument("--length", type=int, help="row length; default: the trained length")
+    e.add_argument("--max-blocks", type=int, help="score only the first rows; default: all")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", help="write the results JSON here")
+    e.add_argument("--out", help="also write the results JSON to this file")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    e.add_argument("--dry-run", action="store_true", help="print the time estimate (one timed forward) and stop")
     e.set_defaults(fn=cmd_eval)
-    c = sub.add_parser("compare", help="the main job: train, evaluate and compare AR vs diffusion variants")
+
+    c = command("compare", "the main job: train, evaluate and compare AR vs diffusion variants")
     c.add_argument("--corpus", default="stdlib")
     c.add_argument("--tokenizer", default="byte")
-    c.add_argument("--preset", default="tiny")
+    c.add_argument("--preset", default="tiny", choices=["tiny", "gpt2-small"])
     c.add_argument("--length", type=int, default=128)
     c.add_argument("--batch-size", type=int, default=16)
     c.add_argument("--train-steps", type=int, default=150, help="optimizer steps per variant")
@@ -193,24 +439,57 @@ def main(argv=None) -> int:
     c.add_argument("--num-samples", type=int, default=16)
     c.add_argument("--steps", type=int, nargs="+", default=[16, 64])
     c.add_argument("--variants", nargs="+", default=["ar", "mdlm", "block", "gamma", "epsilon"])
-    c.add_argument("--judge", help="a local Hugging Face causal LM directory (default: the trained AR variant)")
+    c.add_argument("--judge", help="the causal LM that scores samples: an HF directory or hub id, or a run / saved "
+                                   "composition trained as AR (absorb + quench, shifted); default: the trained ar variant")
     c.add_argument("--out", default="runs/compare")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     c.set_defaults(fn=cmd_compare)
-    m = sub.add_parser("demo", help="watch a model denoise step by step in the browser (Gradio)")
-    m.add_argument("--model", help="a run directory (run.json), a Hugging Face model directory or hub id; "
-                                   "omitted: the main job's MDLM model, trained first if missing")
+
+    m = command("demo", "watch a model denoise step by step in the browser (Gradio)")
+    _model_options(m, required=False, name_help="; omitted: the main job's MDLM model, trained first if missing")
     m.add_argument("--default-dir", default=DEFAULT_MODEL_DIR, help="where the default model lives")
     m.add_argument("--host", default="127.0.0.1")
     m.add_argument("--port", type=int, default=7860)
     m.set_defaults(fn=cmd_demo)
-    args = ap.parse_args(argv)
+
+    x = command("export", "save any model as a composition folder (and optionally upload it to the Hub)")
+    _model_options(x)
+    x.add_argument("out", help="the folder to write")
+    x.add_argument("--merge", action="store_true", help="LoRA on an HF backbone: merged weights, not the adapter")
+    x.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty folder")
+    x.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload it to this Hub repository (needs a login)")
+    x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    x.set_defaults(fn=cmd_export)
+
+    command("lm-eval", "lm-evaluation-harness's own command line with our model registered as 'diffusionlm' "
+                       "(every argument passes through: diffusionlm lm-eval --help)")
+    return ap
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
     try:
+        if command == "lm-eval":
+            return cmd_lm_eval(argv[1:])
+        args = build_parser().parse_args(argv)  # usage errors: argparse prints them, exit status 2
         args.fn(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"diffusionlm {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        _say(f"diffusionlm {command}: interrupted")
+        return 130
+    except USER_ERRORS as err:
+        if os.environ.get("DIFFUSIONLM_TRACEBACK"):
+            raise
+        print(f"diffusionlm {command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
     return 0
 
 

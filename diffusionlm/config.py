@@ -193,6 +193,35 @@ def build_tokenizer(spec: DataSpec):
     return load_tokenizer(spec.tokenizer)
 
 
+def build_part(kind: str, factory, spec: Any):
+    """`factory(spec)` for a registry part ("process", "schedule"), with an unknown or missing
+    key reported as one ValueError naming the part, the key and the valid keys."""
+    import inspect
+
+    try:
+        return factory(spec)
+    except TypeError as err:
+        name = spec.get("name") if isinstance(spec, dict) else spec
+        registry = _registry(kind)
+        cls = registry.get(name)
+        if cls is None or not isinstance(spec, dict):
+            raise ValueError(f"{kind} {spec!r}: {err}") from None
+        valid = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+        bad = [k for k in spec if k != "name" and k not in valid]
+        what = f"unknown key(s) {', '.join(bad)}" if bad else str(err)
+        raise ValueError(f"{kind} {name}: {what}; its keys: {', '.join(valid) or '(none)'}") from None
+
+
+def _registry(kind: str) -> dict:
+    if kind == "process":
+        from .processes import PROCESSES
+
+        return PROCESSES
+    from .schedules import HYPERSCHEDULES
+
+    return HYPERSCHEDULES
+
+
 def build_process(spec: dict, tokenizer, mask_id: Optional[int] = None):
     from .processes import process
 
@@ -200,7 +229,7 @@ def build_process(spec: dict, tokenizer, mask_id: Optional[int] = None):
     spec.setdefault("vocab_size", tokenizer.vocab_size)
     if mask_id is not None and spec.get("name") != "uniform":
         spec.setdefault("mask_id", mask_id)
-    return process(spec)
+    return build_part("process", process, spec)
 
 
 def build_model(spec: ModelSpec, proc, tokenizer, length: int):
@@ -230,11 +259,12 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
             model = AutoModelForCausalLM.from_pretrained(spec.path, attn_implementation=spec.attn_implementation)
         else:
             raise ValueError("model.kind=hf needs model.path (a local directory or hub id) or model.hf_config")
-        if spec.lora:
+        denoiser = HFDenoiser.from_model(model, mask=spec.mask, tokenizer=getattr(tokenizer, "hf", None))
+        if spec.lora:  # after the MASK row is added, so that the adapter carries it (models.lora)
             from .models.lora import apply_lora
 
-            model = apply_lora(model, **spec.lora)
-        return HFDenoiser.from_model(model, mask=spec.mask, tokenizer=getattr(tokenizer, "hf", None))
+            apply_lora(denoiser, **spec.lora)
+        return denoiser
     raise ValueError(f"unknown model.kind {spec.kind!r}; known: transformer, hf")
 
 
@@ -264,7 +294,8 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
     bos = getattr(tok, "bos_id", None)
     if bos is None:
         bos = getattr(tok, "eos_id", None)
-    lm = DiffusionLM(model, proc, hyperschedule(run.schedule), layout=run.layout, bos_id=bos, annealing=annealing)
+    lm = DiffusionLM(model, proc, build_part("schedule", hyperschedule, run.schedule), layout=run.layout, bos_id=bos,
+                     annealing=annealing)
     if run.data.length > (lm.max_positions or run.data.length):
         raise ValueError(f"data.length {run.data.length} exceeds the model's {lm.max_positions} positions")
     if not data:
@@ -286,35 +317,57 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
     return BuiltRun(tok, lm, stream, val)
 
 
-def load_run(path: "str | Path", data: bool = False) -> "tuple[RunConfig, BuiltRun]":
-    """A run directory written by `diffusionlm train` (or `diffusionlm compare`, one per variant):
-    its run.json rebuilt with the trained weights, from model/ when present, else from the newest
-    checkpoint; in eval mode. FileNotFoundError when the directory holds neither."""
+def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple[RunConfig, BuiltRun]":
+    """A run directory written by `diffusionlm train` (or `diffusionlm compare`, one per variant),
+    in eval mode: its model/ when training ended (a saved composition, or the bare transformer
+    of older runs, rebuilt with run.json), else the newest checkpoint's weights on the model
+    run.json builds. FileNotFoundError naming what is missing when there is neither. `base`: a
+    LoRA adapter's base elsewhere (see diffusionlm.hub)."""
     run_dir = Path(path)
     cfg_file = run_dir / "run.json"
-    if not cfg_file.exists():
-        raise FileNotFoundError(f"{cfg_file} not found: give a directory written by `diffusionlm train`")
-    run = RunConfig.from_dict(json.loads(cfg_file.read_text()))
-    final = run.model.kind == "transformer" and (run_dir / "model").exists()
+    if not cfg_file.is_file():
+        what = "is a directory" if cfg_file.is_dir() else "is missing"
+        raise FileNotFoundError(f"{cfg_file} {what}: give a directory written by `diffusionlm train`")
+    try:
+        run = RunConfig.from_dict(json.loads(cfg_file.read_text()))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_file} is not valid JSON: {err}") from None
+    model_dir = run_dir / "model"
+    composition = (model_dir / "config.json").is_file() and '"diffusionlm-composition"' in (model_dir / "config.json").read_text()
+    if composition:
+        from .hub import SavedComposition
+
+        p = SavedComposition.from_pretrained(model_dir, base=base).payload
+        return run, BuiltRun(p.tokenizer, p.lm, None, [])
+    final = run.model.kind == "transformer" and model_dir.exists()
     if final:
-        run.model.path = str(run_dir / "model")
-    built = build(run, data=data)
-    if not final:
-        # no final weights (an HF / LoRA run, or training still under way): the newest checkpoint;
-        # never a silently untrained model
-        from .training.checkpoint import latest_checkpoint
+        run.model.path = str(model_dir)
+    try:
+        built = build(run, data=data)
+        if not final:
+            # no final weights (training still under way): the newest checkpoint; never a silently untrained model
+            from .training.checkpoint import latest_checkpoint
 
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(
-                f"{run_dir} holds no trained weights: neither model/ (written when training ends) nor a "
-                f"checkpoint (LATEST): train it first, or give the run directory of a finished run"
-            )
-        from safetensors.torch import load_file
+            ckpt = latest_checkpoint(run_dir)
+            if ckpt is None:
+                raise FileNotFoundError(
+                    f"{run_dir} holds no trained weights: neither model/ (written when training ends) nor a "
+                    f"checkpoint (LATEST): train it first, or give the run directory of a finished run"
+                )
+            from safetensors.torch import load_file
 
-        built.lm.model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+            built.lm.model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    except safetensors_errors() as err:
+        raise ValueError(f"{run_dir}: a weights file is corrupt or truncated ({err})") from None
     built.lm.model.eval()
     return run, built
+
+
+def safetensors_errors() -> tuple:
+    """What safetensors raises on a corrupt or truncated file."""
+    from safetensors import SafetensorError
+
+    return (SafetensorError,)
 
 
 def _instruction_data(run: RunConfig, tok, rank: int, world_size: int):

@@ -33,6 +33,7 @@ from .masks import (
     two_halves_inputs,
     two_halves_mask,
 )
+from .hub import CompositionHubMixin
 from .models.base import output_size
 from .processes.base import Corruption, Process, check_ids, real_token_nll
 from .schedules.hyper import ACTIVE, SETTLED, Flat, Hyperschedule, LevelDraw
@@ -64,7 +65,7 @@ def _logits(out: Any) -> Tensor:
 
 
 @dataclass
-class DiffusionLM:
+class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / push_to_hub (diffusionlm.hub)
     model: Any
     process: Process
     schedule: Hyperschedule

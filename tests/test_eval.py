@@ -378,7 +378,7 @@ def test_judge_from_a_local_directory(judge, tmp_path):
     a = generative_perplexity(TEXTS, str(tmp_path), batch_size=3)
     b = generative_perplexity(TEXTS, model, tok, batch_size=3)
     assert a["gen_ppl"] == pytest.approx(b["gen_ppl"], rel=1e-6)
-    with pytest.raises(FileNotFoundError, match="not a local directory"):
+    with pytest.raises(FileNotFoundError, match="missing: no such file or directory"):
         generative_perplexity(TEXTS, str(tmp_path / "missing"))
 
 

@@ -134,8 +134,14 @@ def test_save_and_load_adapters_round_trip(tmp_path):
     from safetensors.torch import load_file
 
     saved = load_file(str(tmp_path / "adapters" / "adapter_model.safetensors"))
-    assert saved and all("lora_" in k for k in saved)  # the adapters alone
-    assert sum(t.numel() for t in saved.values()) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # the adapters alone, plus the added MASK row of the embeddings and of the untied head (peft
+    # trainable tokens, frozen): the adapter is self-contained
+    rows = [k for k in saved if "trainable_tokens_delta" in k]
+    assert saved and all("lora_" in k for k in saved if k not in rows)
+    assert sorted(k.split(".token_adapter")[0].rsplit(".", 1)[-1] for k in rows) == ["embed_tokens", "lm_head"]
+    hidden = model.model.get_input_embeddings().weight.shape[1]
+    n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(t.numel() for t in saved.values()) == n_lora + 2 * hidden
 
     loaded = load_adapters(HFDenoiser.from_model(llama(), mask="add"), tmp_path / "adapters")
     assert isinstance(loaded, HFDenoiser) and loaded.mask_id == V

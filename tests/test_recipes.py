@@ -327,10 +327,10 @@ def test_unknown_keys_name_the_closest_valid_key(tmp_path):
 
 def test_cli_reports_config_errors_before_training(tmp_path, capsys):
     out = tmp_path / "never"
-    assert cli_main(["train", "--config", str(SCRATCH), "train.stpes=3", f"train.out_dir={out}"]) == 2
+    assert cli_main(["train", "--config", str(SCRATCH), "train.stpes=3", f"train.out_dir={out}"]) == 1
     assert "did you mean train.steps?" in capsys.readouterr().err
     missing = tmp_path / "nope.json"
-    assert cli_main(["train", "--config", str(missing)]) == 2
+    assert cli_main(["train", "--config", str(missing)]) == 1
     assert f"config file not found: {missing}" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="config file not found"):
         RunConfig.from_file(missing)

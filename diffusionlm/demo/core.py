@@ -129,31 +129,20 @@ class DemoRun:
 # ---------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------
-def load_demo_model(spec: "str | Path | None" = None, default_dir: "str | Path" = DEFAULT_MODEL_DIR) -> DemoModel:
-    """A run directory (run.json: `diffusionlm train` or `compare`), or a Hugging Face causal LM
-    (local directory or hub id) wrapped as a SHIFTED Absorb denoiser (DiffuGPT's convention).
-    With no spec: the main job's MDLM variant in `default_dir`, trained there first if missing."""
-    from ..config import DataSpec, ModelSpec, RunConfig, build, load_run
+def load_demo_model(spec: "str | Path | None" = None, default_dir: "str | Path" = DEFAULT_MODEL_DIR, **load_kw: Any) -> DemoModel:
+    """Any kind of model (`diffusionlm.hub.load_model`: a run directory, a saved composition, a
+    Hugging Face causal LM directory or hub id, read by default as a SHIFTED Absorb denoiser, as
+    DiffuGPT does; `load_kw`: process / schedule / layout / base / device). With no spec: the main
+    job's MDLM variant in `default_dir`, trained there first if missing."""
+    from ..hub import load_model
 
     if spec is None:
         path = Path(default_dir)
         if not (path / "run.json").exists():
             train_default_model(path)
         spec = path
-    path = Path(spec)
-    if (path / "run.json").exists():
-        _, built = load_run(path)
-        return DemoModel(built.lm, built.tokenizer, str(path))
-    if path.exists() and not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} holds neither run.json (a diffusionlm run) nor config.json (a Hugging Face model)")
-    run = RunConfig(model=ModelSpec(kind="hf", path=str(spec)), process={"name": "absorb"}, schedule={"name": "flat"},
-                    layout="shifted", data=DataSpec(tokenizer=str(spec), length=1))  # length: training only
-    try:
-        built = build(run, data=False)
-    except OSError as err:  # hub id with no network, or a broken directory
-        raise FileNotFoundError(f"cannot load a model from {spec!r}: {err}") from err
-    built.lm.model.eval()
-    return DemoModel(built.lm, built.tokenizer, str(spec))
+    loaded = load_model(spec, **{k: v for k, v in load_kw.items() if v is not None})
+    return DemoModel(loaded.lm, loaded.tokenizer, str(spec))
 
 
 def train_default_model(path: "str | Path") -> None:

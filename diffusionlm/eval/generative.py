@@ -25,9 +25,10 @@ Definitions (hyperschedules paper, appendix C.2, Algorithm 2; docs/EVALUATION.md
   S (default C // 2), windows start at 0, S, 2S, ... and each scores the tokens not yet scored
   that it holds, so every token is scored exactly once, with at least C - S tokens of context
   once the first window is full.
-* **Judge.** Any Hugging Face causal LM object (with its tokenizer), or a LOCAL directory path
-  (``AutoModelForCausalLM.from_pretrained(dir)``; the tokenizer from the same directory unless
-  given). Hub names are not resolved here: load the model yourself and pass the object.
+* **Judge.** Any Hugging Face causal LM object (with its tokenizer), or any kind of model by name
+  (:func:`diffusionlm.hub.load_judge`: an HF directory or hub id as it is; a run directory or
+  saved composition trained as AR, Absorb + Quench SHIFTED, read causally); its own tokenizer
+  unless one is given.
 * **fp64 vs fp32 sampling.** ``sample_and_judge`` draws the samples with the sampler's
   categorical draws in each of ``dtypes`` (float64 is the toolkit's default; float32 truncates
   the low-probability tail and flatters gen PPL, Zheng et al. 2024), from the same seed, and
@@ -54,18 +55,12 @@ __all__ = ["generative_perplexity", "sample_and_judge", "load_judge", "judge_enc
 
 def load_judge(judge_model: Any, judge_tokenizer: Any = None) -> Tuple[Any, Any]:
     """(model, HF-style tokenizer) from an object or a local directory (see the module docstring)."""
-    if isinstance(judge_model, (str, Path)):
-        path = Path(judge_model).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"judge {str(judge_model)!r} is not a local directory; hub names are not resolved here: "
-                "load it yourself (AutoModelForCausalLM.from_pretrained(...)) and pass the model object"
-            )
-        from transformers import AutoModelForCausalLM
+    if isinstance(judge_model, (str, Path)):  # any kind of model (diffusionlm.hub.load_judge)
+        from ..hub import load_judge as load_any
 
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+        model, own = load_any(judge_model)
         if judge_tokenizer is None:
-            judge_tokenizer = str(path)
+            judge_tokenizer = own
     else:
         model = judge_model
     if judge_tokenizer is None:

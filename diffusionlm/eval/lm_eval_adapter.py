@@ -6,7 +6,15 @@
 
     # with lm-eval installed, importing this module registers the model as "diffusionlm":
     import diffusionlm.eval.lm_eval_adapter, lm_eval
-    lm_eval.simple_evaluate(model="diffusionlm", model_args="run=runs/scratch", tasks=["lambada_openai"])
+    lm_eval.simple_evaluate(model="diffusionlm", model_args="pretrained=runs/scratch", tasks=["lambada_openai"])
+
+    # from the shell: lm-eval's own command line with the model registered (lm-eval 0.4.13 finds
+    # models only in its registry; newer releases read the `lm_eval.models` entry point in setup.py)
+    diffusionlm lm-eval --model diffusionlm --model_args pretrained=out/mdlm --tasks lambada_openai
+
+``pretrained`` is any kind of model (:func:`diffusionlm.hub.load_model`: a run directory, a saved
+composition, a Hugging Face causal-LM directory or hub id, with ``process``, ``schedule``,
+``layout`` for the latter); ``run`` is its older name.
 
 Without ``lm_eval`` the class works standalone (its methods take plain tuples); with it, the
 class subclasses ``lm_eval.api.model.LM`` and requests may be the harness's ``Instance``
@@ -86,12 +94,12 @@ __all__ = ["DiffusionLMEval", "HAVE_LM_EVAL", "load_run"]
 DEFAULT_CONTINUOUS_SAMPLES = 32
 
 
-def load_run(run_dir: "str | Path"):
-    """(DiffusionLM, tokenizer) of a directory written by ``diffusionlm train``."""
-    from ..config import load_run as load
+def load_run(spec: "str | Path", **load_kw: Any):
+    """(DiffusionLM, tokenizer) of any kind of model (``diffusionlm.hub.load_model``)."""
+    from ..hub import load_model
 
-    _, built = load(run_dir)
-    return built.lm, built.tokenizer
+    m = load_model(spec, **{k: v for k, v in load_kw.items() if v is not None})
+    return m.lm, m.tokenizer
 
 
 def _int_or_none(v: Any, name: str) -> Optional[int]:
@@ -128,7 +136,11 @@ class DiffusionLMEval(_LMBase):
         lm: Any = None,
         tokenizer: Any = None,
         *,
+        pretrained: Optional[str] = None,
         run: Optional[str] = None,
+        process: Optional[str] = None,
+        schedule: Optional[str] = None,
+        layout: Optional[str] = None,
         num_samples: Any = None,
         seed: Any = 0,
         batch_size: Any = 16,
@@ -144,12 +156,19 @@ class DiffusionLMEval(_LMBase):
         from ..data import load_tokenizer
         from ..samplers import get_sampler
 
-        if run is not None:
+        if pretrained is not None and run is not None:
+            raise ValueError("give pretrained (or its older name run), not both")
+        spec = pretrained if pretrained is not None else run
+        if spec is not None:
             if lm is not None:
-                raise ValueError("give either lm (with tokenizer) or run, not both")
-            lm, tokenizer = load_run(run)
+                raise ValueError("give either lm (with tokenizer) or pretrained, not both")
+            dev = None if device in (None, "", "auto") else device
+            lm, tokenizer = load_run(spec, process=process, schedule=schedule, layout=layout, device=dev)
+        elif any(v is not None for v in (process, schedule, layout)):
+            raise ValueError("process / schedule / layout say how to read pretrained=<model>; give it")
         if lm is None:
-            raise ValueError("give lm (a DiffusionLM) and its tokenizer, or run=<directory of diffusionlm train>")
+            raise ValueError("give lm (a DiffusionLM) and its tokenizer, or pretrained=<a model: run directory, "
+                             "saved composition, HF directory or hub id>")
         if tokenizer is None:
             raise ValueError("give the tokenizer of the lm's token ids")
         check_likelihood(lm)

@@ -40,6 +40,20 @@ MASK token
     string>` with `tokenizer=` takes an existing token that must encode to exactly one id;
     `mask_id=<int>` takes an id directly. `vocab_size` is the output size of the (resized) head.
 
+Saving (`save_pretrained(dir, merge=False)` / `HFDenoiser.from_pretrained(dir)`)
+    The folder holds the HF model's own files plus `denoiser.json` (MASK id, reserved id, whether
+    the MASK row was added, the base a LoRA adapter belongs to):
+
+    * a plain model: `model.save_pretrained(dir)`, loadable by `AutoModelForCausalLM` alone (the
+      resized embeddings with their MASK row included);
+    * a LoRA (peft) model: the ADAPTER only, in peft's format (`adapter_config.json` +
+      `adapter_model.safetensors`), loadable by `peft.PeftModel.from_pretrained(base, dir)` on the
+      base (resized by one row first when MASK was added: the MASK rows travel in the adapter as
+      peft trainable tokens, see `models.lora.apply_lora`). The base is named by its directory or
+      hub id and fingerprinted (architecture, sizes, sha256 of its input embeddings); loading on
+      another base is refused naming both;
+    * `merge=True`: LoRA merged into a copy of the weights, saved as a plain model.
+
 KV cache
     The settled prefix is cached in a `transformers.DynamicCache`. The cache is a value passed in
     and returned, never state kept in the module: the adapter works on a shallow copy of the given
@@ -57,6 +71,10 @@ implicit in the number of MASK tokens).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -67,10 +85,13 @@ from ..masks import additive_mask
 from .attention import _dense_from_block_mask, _is_block_mask, causal_mask
 from .base import DenoiserOutput
 
-__all__ = ["HFDenoiser", "AttentionAnnealing", "annealed_mask", "SUPPORTED_ATTENTION"]
+__all__ = ["HFDenoiser", "AttentionAnnealing", "annealed_mask", "SUPPORTED_ATTENTION", "base_fingerprint"]
 
 #: attention implementations whose dense 4-D masks are honoured (and how they are passed)
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+#: what `HFDenoiser.save_pretrained` writes beside the HF files, and its format version
+DENOISER_FILE = "denoiser.json"
+DENOISER_FORMAT_VERSION = 1
 
 
 def _attn_impl(config: Any) -> str:
@@ -143,6 +164,8 @@ class HFDenoiser(nn.Module):
         if mask_id is not None and mask_id != self.vocab_size - 1:
             self.reserved_id, mask_id = mask_id, self.vocab_size  # virtual MASK after the real ids
         self.mask_id = mask_id
+        #: the MASK row was added to the embeddings (mask="add"): an adapter must carry it
+        self.mask_added = False
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -172,7 +195,9 @@ class HFDenoiser(nn.Module):
         if not isinstance(mask, str):
             raise TypeError(f"mask must be 'add' or a token string, got {type(mask).__name__}")
         if mask == "add":
-            return cls(model, cls._add_mask_row(model))
+            out = cls(model, cls._add_mask_row(model))
+            out.mask_added = True
+            return out
         if tokenizer is None:
             raise ValueError(f"mask={mask!r} names a token: pass tokenizer= to look up its id (or use mask_id=)")
         enc = tokenizer.encode(mask, add_special_tokens=False)
@@ -245,6 +270,98 @@ class HFDenoiser(nn.Module):
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config)
+
+    # -- saving ------------------------------------------------------------------------
+    def save_pretrained(self, directory: "str | os.PathLike", merge: bool = False) -> dict:
+        """Write the model into `directory` (see the module docstring); returns denoiser.json's dict.
+
+        A LoRA model saves its adapter only, unless `merge`; a LoRA model whose base was built
+        from a config (no directory or hub id to reload it from) can only be saved merged."""
+        from .lora import is_peft, peft_model_of, save_adapters
+
+        os.makedirs(directory, exist_ok=True)
+        meta: dict = {
+            "format": "diffusionlm-hf-denoiser", "format_version": DENOISER_FORMAT_VERSION,
+            "mask_id": self.mask_id, "reserved_id": self.reserved_id, "mask_added": self.mask_added,
+            "attn_implementation": self.attn_implementation,
+        }
+        if is_peft(self.model) and not merge:
+            peft_model = peft_model_of(self)
+            base = peft_model.peft_config[peft_model.active_adapter].base_model_name_or_path
+            if not base:
+                raise ValueError(
+                    "this LoRA model's base was built from a config, not loaded from a directory or hub id, so an "
+                    "adapter alone could never be applied to it again: save it merged (merge=True, --merge)"
+                )
+            save_adapters(self, directory, with_embeddings=self.mask_added and not _mask_rows_in_adapter(peft_model))
+            meta.update(weights="adapter", base=base,
+                        base_fingerprint=base_fingerprint(peft_model.get_base_model(), self._base_rows()))
+        else:
+            model = self.model
+            if is_peft(model):
+                model = copy.deepcopy(peft_model_of(self)).merge_and_unload()
+            model.save_pretrained(str(directory))
+            meta.update(weights="full", base=None, base_fingerprint=None)
+        Path(directory, DENOISER_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
+
+    def _base_rows(self) -> int:
+        """Rows of the input embeddings before the MASK row was added."""
+        return int(self.model.get_input_embeddings().weight.shape[0]) - int(self.mask_added)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: "str | os.PathLike", *, base: Any = None, attn_implementation: Optional[str] = None,
+        resolve: Any = None,
+    ) -> "HFDenoiser":
+        """Load a folder written by :meth:`save_pretrained`. An adapter is applied to its base: `base`
+        (a model object, a directory or a hub id) or else the one it names; `resolve` maps a base
+        name to a local directory (default: unchanged). ValueError naming both when the base given
+        is not the one the adapter was trained on."""
+        from transformers import AutoModelForCausalLM
+
+        directory = Path(directory)
+        meta_file = directory / DENOISER_FILE
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"{meta_file} is missing: {directory} was not written by HFDenoiser.save_pretrained")
+        meta = json.loads(meta_file.read_text())
+        version = meta.get("format_version", 1)
+        if not isinstance(version, int) or version > DENOISER_FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_file} has format version {version!r}, newer than this diffusionlm reads "
+                f"(up to {DENOISER_FORMAT_VERSION}): upgrade diffusionlm"
+            )
+        impl = attn_implementation or meta.get("attn_implementation") or "sdpa"
+        if meta.get("weights") == "adapter":
+            from .lora import load_adapters
+
+            name = meta.get("base")
+            if base is None:
+                base = name
+            given = base if isinstance(base, (str, os.PathLike)) else getattr(getattr(base, "config", None), "_name_or_path", type(base).__name__)
+            if isinstance(base, (str, os.PathLike)):
+                path = resolve(str(base)) if resolve is not None else str(base)
+                base = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=impl)
+            expected = meta.get("base_fingerprint")
+            if expected:
+                found = base_fingerprint(base, expected.get("rows"))
+                if found != expected:
+                    diff = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+                    raise ValueError(
+                        f"the adapter in {directory} was trained on base {name!r} but the base given, {str(given)!r}, "
+                        f"differs in {', '.join(diff)} ({_short(expected, diff)} vs {_short(found, diff)})"
+                    )
+            if meta.get("mask_added"):
+                cls._add_mask_row(base)  # its values come from the adapter (peft trainable tokens)
+            model = load_adapters(base, directory)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(directory), attn_implementation=impl)
+        reserved = meta.get("reserved_id")
+        out = cls(model, reserved if reserved is not None else meta.get("mask_id"))
+        out.mask_added = bool(meta.get("mask_added"))
+        if out.mask_id != meta.get("mask_id"):
+            raise ValueError(f"{meta_file} says MASK is {meta.get('mask_id')} but the weights give {out.mask_id}")
+        return out
 
     # -- checks --------------------------------------------------------------------------
     def _check(self, input_ids: Tensor, position_ids: Optional[Tensor], cache: Any, cache_commit: int):
@@ -397,6 +514,28 @@ class HFDenoiser(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mask_id={self.mask_id}, vocab_size={self.vocab_size}, attn={self.attn_implementation}"
+
+
+def base_fingerprint(model: Any, rows: Optional[int] = None) -> dict:
+    """What identifies the base a LoRA adapter was trained on: architecture, sizes, and the sha256
+    of the first `rows` rows of its input embeddings (float32 bytes; default all rows)."""
+    cfg = model.config
+    w = model.get_input_embeddings().weight
+    rows = int(w.shape[0]) if rows is None else int(rows)
+    digest = hashlib.sha256(w[:rows].detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
+    return {
+        "model_type": getattr(cfg, "model_type", None), "rows": rows, "hidden_size": int(w.shape[1]),
+        "num_hidden_layers": getattr(cfg, "num_hidden_layers", None), "embedding_sha256": digest,
+    }
+
+
+def _short(fp: dict, keys: list) -> str:
+    return ", ".join(f"{k}={str(fp.get(k))[:12]}" for k in keys)
+
+
+def _mask_rows_in_adapter(peft_model: Any) -> bool:
+    cfg = peft_model.peft_config[peft_model.active_adapter]
+    return getattr(cfg, "trainable_token_indices", None) is not None
 
 
 # ----------------------------------------------------------------------------------------

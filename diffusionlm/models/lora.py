@@ -19,9 +19,15 @@ one. On an HFDenoiser the LoRA layers are injected into the wrapped HF model, wh
 HFDenoiser object is returned (its forward, MASK id and cache handling are unchanged; the peft
 model forwards every keyword to the HF model). On a raw HF model, the `peft.PeftModel` is
 returned, to be wrapped with `HFDenoiser(peft_model, mask_id)` afterwards. Either way, resize the
-embeddings (add MASK) BEFORE applying LoRA, and rebuild the base the same way before
-`load_adapters` (the MASK row of `mask="add"` is the mean embedding: deterministic given the
-base weights). The embeddings are not part of the saved adapters.
+embeddings (add MASK) BEFORE applying LoRA.
+
+The MASK row: on an HFDenoiser whose MASK row was added (`mask="add"`), apply_lora registers that
+row of the input embeddings (and of an untied head) as peft *trainable tokens*
+(`LoraConfig.trainable_token_indices`), frozen unless `train_mask_row=True`. peft then saves the
+row's values with the adapter (a few KB, not the embedding matrix), so the adapter is
+self-contained: `PeftModel.from_pretrained(base, dir)` on the base resized by one row (with any
+initialisation) restores the exact MASK embedding. Without that (LoRA applied before the row was
+added) `save_adapters(..., with_embeddings=True)` saves the whole resized embeddings instead.
 
 GPT-2-style models fuse q, k and v into one `c_attn` (a transformers `Conv1D`): pass
 `target_modules=("c_attn",)`; the fan-in/fan-out convention of Conv1D is set automatically.
@@ -33,7 +39,7 @@ from typing import Any, Optional, Sequence
 
 import torch.nn as nn
 
-__all__ = ["apply_lora", "lora_audit", "save_adapters", "load_adapters", "linear_module_names", "peft_model_of"]
+__all__ = ["apply_lora", "lora_audit", "save_adapters", "load_adapters", "linear_module_names", "peft_model_of", "is_peft"]
 
 
 def _is_denoiser(model: Any) -> bool:
@@ -55,6 +61,16 @@ def linear_module_names(model: nn.Module) -> list[str]:
     `model`: the names `target_modules` may use."""
     kinds = (nn.Linear,) + _conv1d_type()
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if name and isinstance(m, kinds)})
+
+
+def is_peft(model: Any) -> bool:
+    """Whether `model` (an HF model, a PeftModel or an HFDenoiser) carries peft adapters."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    inner = model.model if _is_denoiser(model) else model
+    return isinstance(inner, PeftModel)
 
 
 def peft_model_of(model: Any):
@@ -98,6 +114,7 @@ def apply_lora(
     target_modules: Sequence[str] = ("q_proj", "v_proj"),
     dropout: float = 0.0,
     modules_to_save: Optional[Sequence[str]] = None,
+    train_mask_row: bool = False,
 ):
     """Inject LoRA adapters (peft `LoraConfig` + `get_peft_model`) and freeze everything else.
 
@@ -109,6 +126,8 @@ def apply_lora(
                     listing the model's Linear module names
     dropout         LoRA dropout (LAD: 0)
     modules_to_save extra modules trained in full and saved with the adapters (e.g. ('lm_head',))
+    train_mask_row  on an HFDenoiser with an added MASK row: train that row too (default: frozen;
+                    it is saved with the adapter either way, see the module docstring)
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -126,6 +145,7 @@ def apply_lora(
     if not target_modules:
         raise ValueError("target_modules is empty")
     fan_in_fan_out = _check_targets(base, target_modules)
+    tokens = _mask_token_targets(base, denoiser.mask_id, modules_to_save) if denoiser is not None and denoiser.mask_added else None
     config = LoraConfig(
         r=r,
         lora_alpha=r if alpha is None else alpha,
@@ -134,12 +154,34 @@ def apply_lora(
         bias="none",
         fan_in_fan_out=fan_in_fan_out,
         modules_to_save=list(modules_to_save) if modules_to_save else None,
+        trainable_token_indices=tokens,
     )
     peft_model = get_peft_model(base, config)
+    if tokens is not None and not train_mask_row:
+        for name, p in peft_model.named_parameters():
+            if "trainable_tokens_delta" in name:
+                p.requires_grad_(False)
     if denoiser is not None:
         denoiser.model = peft_model
         return denoiser
     return peft_model
+
+
+def _mask_token_targets(base: nn.Module, mask_id: int, modules_to_save: Optional[Sequence[str]]):
+    """trainable_token_indices for the MASK row: the input embeddings, plus an untied head (a tied
+    head follows the embeddings). Layers saved in full (modules_to_save) need no row of their own."""
+    emb, head = base.get_input_embeddings(), base.get_output_embeddings()
+    names = {id(m): n for n, m in base.named_modules()}
+    full = set(modules_to_save or ())
+    targets = {}
+    for layer in (emb, head):
+        if layer is None or (layer is head and head.weight is emb.weight):
+            continue
+        name = names[id(layer)]
+        if name in full or name.rsplit(".", 1)[-1] in full:
+            continue
+        targets[name] = [int(mask_id)]
+    return targets or None
 
 
 def lora_audit(model: Any, echo: bool = False) -> str:
@@ -166,12 +208,14 @@ def lora_audit(model: Any, echo: bool = False) -> str:
     return table
 
 
-def save_adapters(model: Any, directory: "str | os.PathLike") -> None:
+def save_adapters(model: Any, directory: "str | os.PathLike", with_embeddings: bool = False) -> None:
     """Save the LoRA adapters alone (adapter_config.json + adapter_model.safetensors) into
-    `directory`, via peft's save_pretrained. Embedding layers are never included."""
+    `directory`, via peft's save_pretrained: LoRA matrices, modules_to_save, trainable token rows
+    (the MASK row, see the module docstring). The embedding matrices only `with_embeddings`
+    (peft never asks the Hub here: the choice is explicit)."""
     peft_model = peft_model_of(model)
     os.makedirs(directory, exist_ok=True)
-    peft_model.save_pretrained(str(directory), save_embedding_layers=False)
+    peft_model.save_pretrained(str(directory), save_embedding_layers=bool(with_embeddings))
 
 
 def load_adapters(base_model: Any, directory: "str | os.PathLike", is_trainable: bool = False):
@@ -189,7 +233,18 @@ def load_adapters(base_model: Any, directory: "str | os.PathLike", is_trainable:
     base = denoiser.model if denoiser is not None else base_model
     if isinstance(base, PeftModel):
         raise ValueError("the base model already carries peft adapters")
-    peft_model = PeftModel.from_pretrained(base, directory, is_trainable=is_trainable)
+    try:
+        peft_model = PeftModel.from_pretrained(base, directory, is_trainable=is_trainable)
+    except RuntimeError as err:  # shapes that do not fit: another base
+        import json
+
+        trained_on = json.loads(open(os.path.join(directory, "adapter_config.json")).read()).get("base_model_name_or_path")
+        given = getattr(getattr(base, "config", None), "_name_or_path", None) or type(base).__name__
+        first = str(err).strip().splitlines()
+        detail = next((l.strip() for l in first if "size mismatch" in l), first[0] if first else "")
+        raise ValueError(
+            f"the adapter in {directory!r} (trained on base {trained_on!r}) does not fit the base given ({given!r}): {detail}"
+        ) from None
     if denoiser is not None:
         denoiser.model = peft_model
         return denoiser
