@@ -354,8 +354,16 @@ def cmd_lm_eval(argv: list) -> int:
 # ---------------------------------------------------------------------------------------------
 # the parser
 # ---------------------------------------------------------------------------------------------
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every option's default in --help (and descriptions kept as written)."""
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in --help ("(default: X)"; options whose default is None say in
+    their help what happens when they are omitted), descriptions kept as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        omitted = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        if not omitted and "%(default)" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _model_options(p, required: bool = True, name_help: str = "") -> None:
@@ -365,12 +373,13 @@ def _model_options(p, required: bool = True, name_help: str = "") -> None:
     p.add_argument("--model", "--run", dest="model", required=required, metavar="MODEL",
                    help="a run directory, a saved composition, a Hugging Face causal-LM directory or hub id" + name_help)
     p.add_argument("--process", metavar="NAME|JSON",
-                   help=f"plain HF models: the process ({', '.join(PROCESSES)}; or JSON with its keys); default absorb")
+                   help=f"plain HF models: the process ({', '.join(PROCESSES)}; or JSON with its keys) (default: absorb)")
     p.add_argument("--schedule", metavar="NAME|JSON",
                    help=f"the hyperschedule to run under ({', '.join(HYPERSCHEDULES)}; or JSON such as "
-                        "'{\"name\": \"block\", \"width\": 16}'); default: the trained one (flat for a plain HF model)")
-    p.add_argument("--layout", choices=["aligned", "shifted"], help="plain HF models: how rows read tokens; default shifted")
-    p.add_argument("--base", help="a LoRA adapter's base model, where it is not where it was trained (checked)")
+                        "'{\"name\": \"block\", \"width\": 16}') (default: the trained one; flat for a plain HF model)")
+    p.add_argument("--layout", choices=["aligned", "shifted"], help="plain HF models: how rows read tokens (default: shifted)")
+    p.add_argument("--base", help="a LoRA adapter's base model, when it is not where it was trained (checked against it) "
+                                        "(default: the one the adapter names)")
     _device_option(p)
 
 
@@ -392,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
 
     t = command("train", "train from a recipe (JSON) with section.key=value overrides")
-    t.add_argument("--config", help="recipe file (JSON); omitted: the defaults")
+    t.add_argument("--config", help="recipe file (JSON) (default: none, the built-in defaults)")
     t.add_argument("overrides", nargs="*", help="section.key=value (e.g. train.steps=500 data.length=256)")
     t.add_argument("--merge", action="store_true", help="LoRA on an HF backbone: save merged weights, not the adapter")
     t.add_argument("--dry-run", action="store_true", help="print the time estimate (one timed step) and stop")
@@ -401,56 +410,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("sample", "generate text from any model")
     _model_options(s)
-    s.add_argument("--sampler", default="mdlm", choices=sorted(samplers.SAMPLERS))
-    s.add_argument("--steps", type=int, help="sampling steps (LAD: iterations); default: the sampler's own")
-    s.add_argument("--length", type=int, help="tokens per sample, prompt included; default: the trained length")
+    s.add_argument("--sampler", default="mdlm", choices=sorted(samplers.SAMPLERS), help="the sampler")
+    s.add_argument("--steps", type=int, help="sampling steps (LAD: iterations) (default: the sampler's own)")
+    s.add_argument("--length", type=int, help="tokens per sample, prompt included (default: the trained length)")
     s.add_argument("--num", type=int, default=1, help="number of samples")
-    s.add_argument("--prompt", help="text the samples start with")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--options", help="sampler options as JSON, e.g. '{\"eta\": 0.1}' for acs")
+    s.add_argument("--prompt", help="text the samples start with (default: none)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampler's generator")
+    s.add_argument("--options", help="sampler options as JSON, e.g. '{\"eta\": 0.1}' for acs (default: none)")
     s.add_argument("--show-steps", action="store_true", help="print every step (MASK as _)")
     s.set_defaults(fn=cmd_sample)
 
     e = command("eval", "NLL upper bound / perplexity of any model on a dataset")
     _model_options(e)
-    e.add_argument("--dataset", default="ptb", choices=known_datasets())
-    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--dataset", default="ptb", choices=known_datasets(), help="evaluation data (rules: docs/EVALUATION.md)")
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"], help="the dataset's split")
     e.add_argument("--samples", type=int, default=8, help="Monte-Carlo draws M of the bound per row")
-    e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--length", type=int, help="row length; default: the trained length")
-    e.add_argument("--max-blocks", type=int, help="score only the first rows; default: all")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", help="also write the results JSON to this file")
+    e.add_argument("--batch-size", type=int, default=8, help="rows per forward")
+    e.add_argument("--length", type=int, help="row length (default: the trained length)")
+    e.add_argument("--max-blocks", type=int, help="score only the first rows (default: all)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo draws")
+    e.add_argument("--out", help="also write the results JSON to this file (default: stdout only)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.add_argument("--dry-run", action="store_true", help="print the time estimate (one timed forward) and stop")
     e.set_defaults(fn=cmd_eval)
 
     c = command("compare", "the main job: train, evaluate and compare AR vs diffusion variants")
-    c.add_argument("--corpus", default="stdlib")
-    c.add_argument("--tokenizer", default="byte")
-    c.add_argument("--preset", default="tiny", choices=["tiny", "gpt2-small"])
-    c.add_argument("--length", type=int, default=128)
-    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--corpus", default="stdlib", help="training corpus (a name or a local text file)")
+    c.add_argument("--tokenizer", default="byte", help="tokenizer spec (byte, data:tokenizers/gpt2, a folder)")
+    c.add_argument("--preset", default="tiny", choices=["tiny", "gpt2-small"], help="transformer size")
+    c.add_argument("--length", type=int, default=128, help="sequence length")
+    c.add_argument("--batch-size", type=int, default=16, help="training batch size")
     c.add_argument("--train-steps", type=int, default=150, help="optimizer steps per variant")
     c.add_argument("--budget-minutes", type=float, default=8.0,
                    help="cap on total training time, shared by the variants (0: no cap)")
-    c.add_argument("--eval-blocks", type=int, default=32)
+    c.add_argument("--eval-blocks", type=int, default=32, help="test rows scored by the NLL bound")
     c.add_argument("--eval-samples", type=int, default=4, help="Monte-Carlo draws M of the bound")
-    c.add_argument("--num-samples", type=int, default=16)
-    c.add_argument("--steps", type=int, nargs="+", default=[16, 64])
-    c.add_argument("--variants", nargs="+", default=["ar", "mdlm", "block", "gamma", "epsilon"])
+    c.add_argument("--num-samples", type=int, default=16, help="generated sequences per variant and steps")
+    c.add_argument("--steps", type=int, nargs="+", default=[16, 64], help="sampling steps of the diffusion variants")
+    c.add_argument("--variants", nargs="+", default=["ar", "mdlm", "block", "gamma", "epsilon"], help="variants to train")
     c.add_argument("--judge", help="the causal LM that scores samples: an HF directory or hub id, or a run / saved "
-                                   "composition trained as AR (absorb + quench, shifted); default: the trained ar variant")
-    c.add_argument("--out", default="runs/compare")
-    c.add_argument("--seed", type=int, default=0)
+                                   "composition trained as AR (absorb + quench, shifted) (default: the trained ar variant)")
+    c.add_argument("--out", default="runs/compare", help="output folder")
+    c.add_argument("--seed", type=int, default=0, help="seed of every variant")
     c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     c.set_defaults(fn=cmd_compare)
 
     m = command("demo", "watch a model denoise step by step in the browser (Gradio)")
-    _model_options(m, required=False, name_help="; omitted: the main job's MDLM model, trained first if missing")
+    _model_options(m, required=False, name_help=" (default: the main job's MDLM model, trained first if missing)")
     m.add_argument("--default-dir", default=DEFAULT_MODEL_DIR, help="where the default model lives")
-    m.add_argument("--host", default="127.0.0.1")
-    m.add_argument("--port", type=int, default=7860)
+    m.add_argument("--host", default="127.0.0.1", help="address to serve on (keep it local)")
+    m.add_argument("--port", type=int, default=7860, help="port to serve on")
     m.set_defaults(fn=cmd_demo)
 
     x = command("export", "save any model as a composition folder (and optionally upload it to the Hub)")
@@ -458,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("out", help="the folder to write")
     x.add_argument("--merge", action="store_true", help="LoRA on an HF backbone: merged weights, not the adapter")
     x.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty folder")
-    x.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload it to this Hub repository (needs a login)")
+    x.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload it to this Hub repository (needs a login) (default: no upload)")
     x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     x.set_defaults(fn=cmd_export)
 
