@@ -339,6 +339,8 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
 
         p = SavedComposition.from_pretrained(model_dir, base=base).payload
         return run, BuiltRun(p.tokenizer, p.lm, None, [])
+    if base is not None:
+        raise ValueError(f"a LoRA base was given, but {run_dir} holds no saved composition with an adapter")
     final = run.model.kind == "transformer" and model_dir.exists()
     if final:
         run.model.path = str(model_dir)

@@ -15,21 +15,14 @@ import torch
 
 from diffusionlm import hub
 from diffusionlm.cli import main
-from diffusionlm.data import data_path
 
 from test_hub import TOK, hf_dir, llama_base, lora_composition, tiny_composition  # noqa: F401  (fixtures too)
+from test_recipes import corpus  # noqa: F401  (a fixture: a small local text file)
 
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.preset=tiny", 'model.overrides={"n_layers": 1, "hidden": 32, "n_heads": 2, "cond_dim": 16}']
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(data_path("tinyshakespeare", "input.txt").read_text(encoding="utf-8")[:6000])
-    return path
 
 
 @pytest.fixture(scope="module")
