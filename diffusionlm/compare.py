@@ -73,6 +73,8 @@ class CompareConfig:
             raise ValueError("budget_minutes must be > 0")
         if self.train_steps < 1:
             raise ValueError(f"train_steps must be >= 1, got {self.train_steps}")
+        if self.eval_samples < 1:  # checked here, before any training (issue 14)
+            raise ValueError(f"eval_samples (--eval-samples, M) must be >= 1, got {self.eval_samples}")
         self.steps = tuple(int(s) for s in self.steps)
         if any(s < 1 for s in self.steps):
             raise ValueError(f"sampling steps must be >= 1, got {self.steps}")

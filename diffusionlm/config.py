@@ -343,24 +343,22 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
         raise ValueError(f"a LoRA base was given, but {run_dir} holds no saved composition with an adapter")
     final = run.model.kind == "transformer" and model_dir.exists()
     if final:
-        run.model.path = str(model_dir)
-    try:
-        built = build(run, data=data)
-        if not final:
-            # no final weights (training still under way): the newest checkpoint; never a silently untrained model
-            from .training.checkpoint import latest_checkpoint
+        run.model.path = str(run_dir / "model")
+    built = build(run, data=data)
+    if not final:
+        # no final weights (an HF / LoRA run, or training still under way): the newest checkpoint;
+        # never a silently untrained model
+        from .training.checkpoint import latest_checkpoint
 
-            ckpt = latest_checkpoint(run_dir)
-            if ckpt is None:
-                raise FileNotFoundError(
-                    f"{run_dir} holds no trained weights: neither model/ (written when training ends) nor a "
-                    f"checkpoint (LATEST): train it first, or give the run directory of a finished run"
-                )
-            from safetensors.torch import load_file
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(
+                f"{run_dir} holds no trained weights: neither model/ (written when training ends) nor a "
+                f"checkpoint (LATEST): train it first, or give the run directory of a finished run"
+            )
+        from safetensors.torch import load_file
 
-            built.lm.model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-    except safetensors_errors() as err:
-        raise ValueError(f"{run_dir}: a weights file is corrupt or truncated ({err})") from None
+        built.lm.model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
     built.lm.model.eval()
     return run, built
 

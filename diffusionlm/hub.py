@@ -72,6 +72,9 @@ CONFIG_NAME = "config.json"
 BACKBONE_DIR = "backbone"
 HUB_TAGS = ["diffusionlm", "discrete-diffusion", "text-generation"]
 CARD_MARK = "saved by diffusionlm"  # in every generated model card
+#: what tokenizers write (diffusionlm.data.tokenizers; Hugging Face's save_pretrained)
+TOKENIZER_FILES = ("byte_tokenizer.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "chat_template.jinja")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -168,6 +171,8 @@ def _write(directory: Path, p: _Payload) -> None:
         meta = model.save_pretrained(str(target), merge=p.merge)
         backbone = {"kind": kind, "path": BACKBONE_DIR, "weights": meta["weights"], "base": meta["base"],
                     "model_type": getattr(model.config, "model_type", None), "mask_id": meta["mask_id"]}
+    for name in TOKENIZER_FILES:  # an earlier save's tokenizer of another kind must not be read back
+        (directory / name).unlink(missing_ok=True)
     tok.save(directory)
     p.backbone = backbone
     (directory / CONFIG_NAME).write_text(json.dumps(_config(p), indent=2, default=str) + "\n")
@@ -592,7 +597,7 @@ def load_model(
     for a plain HF model (default absorb / shifted); `schedule`: the hyperschedule to run under
     (default: the trained one; flat for a plain HF model); `base`: a LoRA adapter's base
     elsewhere; `device`: where to put the model."""
-    from .config import load_run
+    from .config import load_run, safetensors_errors
 
     dev = _device(device)
     process, schedule = parse_part(process, "process"), parse_part(schedule, "schedule")
@@ -603,7 +608,10 @@ def load_model(
                          "model directory) or a hub id")
     if (path / "run.json").is_file():
         _no_overrides(name, "run directory", process, layout)
-        run, built = load_run(path, base=base)
+        try:
+            run, built = load_run(path, base=base)
+        except safetensors_errors() as err:
+            raise ValueError(f"{path}: a weights file is corrupt or truncated ({err})") from None
         loaded = LoadedModel(built.lm, built.tokenizer, name, "run", path, run.data.length,
                              getattr(built.lm, "card_info", None) or {})
     elif (path / CONFIG_NAME).is_file():
