@@ -343,3 +343,34 @@ def test_setup_declares_the_lm_eval_entry_point():
     from diffusionlm.eval.lm_eval_adapter import DiffusionLMEval
 
     assert name == "diffusionlm" and getattr(importlib.import_module(module), attr) is DiffusionLMEval
+
+
+def test_export_an_hf_directory_and_push_it(tmp_path, capsys, monkeypatch, hf_dir):  # noqa: F811
+    """`export` turns any model into a saved composition; --push-to-hub uploads it (HfApi replaced)."""
+    uploads = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            from types import SimpleNamespace
+
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, repo_id, repo_type, folder_path, **kw):
+            uploads.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            return f"https://huggingface.co/{repo_id}/commit/1"
+
+    import huggingface_hub.hub_mixin
+
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeApi)
+    rc, out, err = run_cli(capsys, ["export", "--model", hf_dir, "--schedule", "quench", tmp_path / "c", "--push-to-hub", "me/g2"])
+    assert rc == 0, err
+    assert json.loads(out)["commit"] == "https://huggingface.co/me/g2/commit/1"
+    assert uploads == [("me/g2", ["README.md", "backbone", "config.json", "tokenizer.json", "tokenizer_config.json"])]
+    a, b = hub.load_model(hf_dir, schedule="quench"), hub.load_model(tmp_path / "c")
+    assert b.kind == "composition" and b.lm.schedule == a.lm.schedule and b.lm.layout == a.lm.layout
+    ids = torch.randint(0, a.tokenizer.vocab_size, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(a.lm.model(ids).logits, b.lm.model(ids).logits)
