@@ -2,23 +2,40 @@
 
     lm = DiffusionLM(model, Absorb(N), Block(16), layout="aligned")
     lm.loss(x0).loss.backward()          # training objective of a batch
-    lm.nll_bound(x0, num_samples=M)      # Monte-Carlo NLL upper bound per sequence
+    lm.nll_bound(x0, num_samples=M)      # NLL upper bound per sequence, with a valid stderr
 
 Training loss (per batch): draw one step k per sequence (continuous time: l ~ U(0, 1)), corrupt
 x0 at the step's levels, run the model under the step's attention mask, and average the
 process's per-token loss over B * d (one normalisation for every process and schedule). Only
-active positions carry loss; `settled_weight` (the paper's beta_1) adds plain CE on settled ones.
-With `layout="two_halves"` every segment is trained at once ([x_noisy ; x_clean] input).
+active positions carry loss. The hyperschedules paper's eq. 10 adds beta_1 x CE on settled
+positions: `settled_weight` is beta_1, and `settled_weighting="eq11"` multiplies position i's
+settled CE by eq. 11's
 
-NLL bound (per sequence y, d tokens):
-    discrete schedule:   NLL(y) <= d KL(q_1 || prior) + sum_{k=1..T} E KL(q(x_k | x_{k-1}, y) || p_theta)
-    continuous (Flat()): NLL(y) <= d KL(q_1 || prior) + integral_0^1 E[process.continuous_bound] dl
-estimated with M stratified draws of k (or l) per sequence: draw m uses u = (m + U) / M with
-one U per sequence (low discrepancy), weight T per step. For Quench with M = T every step is
-drawn exactly once, so for Absorb (whose x_{k-1} is then deterministic) the estimate is exact.
+    w(i) = floor(i / omega) / (ceil(d / omega) - 1)      (w = 1 when ceil(d / omega) = 1)
+
+with omega the schedule's window width at length d (`settled_weighting="uniform"`: w = 1).
+With `layout="two_halves"` every segment is trained at once ([x_noisy ; x_clean] input); there
+the paper needs no settled reweighting and beta_1 is refused (not silently dropped).
+
+Model inputs: besides ids, positions, mask and the levels, the backbone gets whatever the process
+asks for (`model_inputs`): GammaHybrid(weighted_embedding=True) gives eq. 12's per-position
+embedding weight w = e^{-gamma sigma_bar(l)} as `embedding_weight`, in the loss, the bound and
+(through the samplers' driver) sampling. A backbone that cannot take it is refused at composition.
+
+A process that constrains the hyperschedule or layout says so (`process.check_schedule`,
+`process.check_two_halves`: Structural honours only Flat and no two-halves layout); the
+composition calls them, so a combination it cannot honour is an error naming both.
+
+NLL bound: `nll_bound` is `diffusionlm.eval.bound.conditional_nll_bound` with nothing fixed --
+the one estimator of every caller (exact when every step is enumerated and the corruption is
+deterministic; otherwise stratified over steps with R independent random shifts and a stderr
+from the spread of the replicates; EpsilonHybrid's clean-up steps computed exactly, on their own
+line). See that module for the definitions.
 """
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
@@ -33,12 +50,13 @@ from .masks import (
     two_halves_inputs,
     two_halves_mask,
 )
+from .eval.bound import BoundOutput, conditional_nll_bound
 from .hub import CompositionHubMixin
 from .models.base import output_size
 from .processes.base import Corruption, Process, check_ids, real_token_nll
-from .schedules.hyper import ACTIVE, SETTLED, Flat, Hyperschedule, LevelDraw
+from .schedules.hyper import ACTIVE, SETTLED, Hyperschedule
 
-__all__ = ["DiffusionLM", "LossOutput", "BoundOutput"]
+__all__ = ["DiffusionLM", "LossOutput", "BoundOutput", "SETTLED_WEIGHTINGS", "eq11_weights"]
 
 
 class LossOutput(NamedTuple):
@@ -48,20 +66,30 @@ class LossOutput(NamedTuple):
     draw: Any
 
 
-class BoundOutput(NamedTuple):
-    nll: Tensor  # [B] estimated NLL upper bound of each sequence (nats, summed over tokens)
-    stderr: Tensor  # [B] standard error of that estimate over the M draws
-    num_tokens: Tensor  # [B] tokens the bound covers
-    samples: Tensor  # [B, M] the per-draw estimates
-
-    @property
-    def ppl(self) -> Tensor:
-        """Perplexity bound of the batch: exp(total NLL / total tokens)."""
-        return torch.exp(self.nll.sum() / self.num_tokens.sum())
-
-
 def _logits(out: Any) -> Tensor:
     return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, tuple) else out
+
+
+SETTLED_WEIGHTINGS = ("uniform", "eq11")
+
+
+def eq11_weights(d: int, omega: int) -> Tensor:
+    """The hyperschedules paper's eq. 11: w(i) = floor(i / omega) / (ceil(d / omega) - 1), [d]
+    float32; all 1 when ceil(d / omega) = 1."""
+    blocks = math.ceil(d / omega)
+    if blocks == 1:
+        return torch.ones(d)
+    return (torch.arange(d) // omega).float() / (blocks - 1)
+
+
+def _accepts(model: Any, name: str) -> bool:
+    """Whether the model's forward takes keyword `name` (or **kwargs)."""
+    fn = getattr(model, "forward", None) or model
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
 @dataclass
@@ -71,7 +99,10 @@ class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / p
     schedule: Hyperschedule
     layout: "Layout | str" = Layout.ALIGNED
     bos_id: Optional[int] = None
+    #: beta_1 of the hyperschedules paper's eq. 10: weight of the plain CE on settled positions
     settled_weight: float = 0.0
+    #: how settled positions are weighted inside that CE: "uniform" or "eq11" (paper's eq. 11)
+    settled_weighting: str = "uniform"
     max_positions: Optional[int] = None
     #: DiffuGPT's attention-mask annealing (e.g. models.hf.AttentionAnnealing): during training,
     #: where the schedule asks for full attention, use causal OR Bernoulli(ratio(step)) instead
@@ -83,16 +114,66 @@ class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / p
         self.layout = Layout(self.layout)
         # Checked here, at composition, not as a shape error deep inside a forward pass.
         self.process.check_model_vocab(output_size(self.model))
+        check_schedule = getattr(self.process, "check_schedule", None)
+        if callable(check_schedule):
+            check_schedule(self.schedule)
+        self._check_model_inputs()
         if self.layout is Layout.SHIFTED:
             if self.bos_id is None:
                 raise ValueError("the SHIFTED layout needs bos_id: row 0 reads it")
             if not isinstance(self.bos_id, int) or self.bos_id < 0:
                 raise ValueError(f"bos_id must be a non-negative int, got {self.bos_id!r}")
+        if isinstance(self.settled_weight, bool) or not isinstance(self.settled_weight, (int, float)) or not (
+            math.isfinite(self.settled_weight) and self.settled_weight >= 0
+        ):
+            raise ValueError(f"settled_weight (beta_1) must be a finite number >= 0, got {self.settled_weight!r}")
+        if self.settled_weighting not in SETTLED_WEIGHTINGS:
+            raise ValueError(f"settled_weighting must be one of {SETTLED_WEIGHTINGS}, got {self.settled_weighting!r}")
         if self.max_positions is None:
             cfg = getattr(self.model, "config", None)
             self.max_positions = getattr(cfg, "max_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
+    def _check_model_inputs(self) -> None:
+        """The eq. 12 weighted embedding: the process asks for it iff the backbone expects it."""
+        asks = self.process_asks_embedding_weight
+        cfg = getattr(self.model, "config", None)
+        gamma = getattr(cfg, "weighted_embedding_gamma", None)
+        name = type(self.model).__name__
+        if asks:
+            if not _accepts(self.model, "embedding_weight"):
+                raise ValueError(
+                    f"{self.process!r} asks for the eq. 12 weighted embedding, but the backbone {name} takes no "
+                    "embedding_weight input"
+                )
+            mask_id = getattr(cfg, "mask_id", self.process.mask_id)
+            if mask_id != self.process.mask_id:
+                raise ValueError(
+                    f"the eq. 12 embedding mixes in f(MASK): the backbone's mask_id {mask_id!r} is not the "
+                    f"process's {self.process.mask_id!r}"
+                )
+            if gamma is not None and abs(gamma - getattr(self.process, "gamma", gamma)) > 1e-12:
+                raise ValueError(
+                    f"the backbone's weighted_embedding_gamma {gamma} is not the process's gamma {self.process.gamma}"
+                )
+        elif gamma is not None:
+            raise ValueError(
+                f"the backbone {name} expects the eq. 12 weighted embedding (weighted_embedding_gamma={gamma}) but "
+                f"{self.process!r} does not provide it: use a process with weighted_embedding=True"
+            )
+
     # -- plumbing --------------------------------------------------------------------
+    @property
+    def process_asks_embedding_weight(self) -> bool:
+        return bool(getattr(self.process, "weighted_embedding", False))
+
+    def model_inputs(self, levels: Tensor) -> dict:
+        """Extra backbone inputs the process asks for at per-position `levels` [B, L]: eq. 12's
+        {"embedding_weight": w} for a weighted-embedding process, {} otherwise. Every model call of
+        the composition and of the samplers' driver adds these."""
+        if not self.process_asks_embedding_weight:
+            return {}
+        return {"embedding_weight": self.process.embedding_weight(levels)}
+
     def _check_batch(self, x0: Tensor) -> None:
         if x0.dim() != 2:
             raise ValueError(f"expected a [B, d] batch of token ids, got shape {tuple(x0.shape)}")
@@ -106,12 +187,10 @@ class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / p
         ids = shift_inputs(x_t, self.layout, self.bos_id)
         if position_ids is None:
             position_ids = torch.arange(L, device=x_t.device)[None].expand(B, L)
-        out = self.model(
-            ids,
-            position_ids=position_ids,
-            attention_mask=mask,
-            levels=levels,
-        )
+        return self._call(ids, position_ids, mask, levels)
+
+    def _call(self, ids: Tensor, position_ids: Tensor, mask: Any, levels: Tensor) -> Tensor:
+        out = self.model(ids, position_ids=position_ids, attention_mask=mask, levels=levels, **self.model_inputs(levels))
         return _logits(out)
 
     def _mask_for(self, draw) -> tuple[Tensor, Any]:
@@ -133,11 +212,20 @@ class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / p
         fixes each sequence's step instead of drawing it."""
         self._check_batch(x0)
         B, d = x0.shape
-        if not self.process.likelihood:
-            return self._structural_loss(x0, generator, response_mask)
         if two_halves:
-            return self._two_halves_loss(x0, generator)
+            check = getattr(self.process, "check_two_halves", None)
+            if callable(check):
+                check(self.schedule)
+            if self.settled_weight:
+                raise ValueError(
+                    f"settled_weight (beta_1) = {self.settled_weight} applies to the per-sequence layout; the "
+                    "two-halves layout trains every segment at once and has no settled CE term: use two_halves=False "
+                    "or settled_weight=0"
+                )
+            return self._two_halves_loss(x0, generator, response_mask)
         draw = self.schedule.draw(B, d, generator=generator, u=u, device=x0.device)
+        if not self.process.likelihood:
+            return self._structural_loss(x0, draw, generator, response_mask)
         level = self.process.training_level(draw, generator)
         corr = self.process.corrupt(x0, level, generator=generator)
         cats, mask = self._mask_for(draw)
@@ -147,75 +235,61 @@ class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / p
         per_token = self.process.loss(logits, x0, corr, level, draw if draw.next_level is not None else None)
         per_token = torch.where(cats == ACTIVE, per_token, torch.zeros_like(per_token))
         if self.settled_weight:
-            ce = real_token_nll(logits, x0, self.process.vocab_size)
-            per_token = per_token + self.settled_weight * torch.where(cats == SETTLED, ce, torch.zeros_like(ce))
+            per_token = per_token + self._settled_ce(logits, x0, cats)
         if response_mask is not None:
             per_token = per_token * response_mask
         return LossOutput(per_token.sum() / (B * d), per_token, corr, draw)
 
-    def _two_halves_loss(self, x0: Tensor, generator: Optional[torch.Generator]) -> LossOutput:
+    def _settled_ce(self, logits: Tensor, x0: Tensor, cats: Tensor) -> Tensor:
+        """beta_1 x w(i) x CE at settled positions (eq. 10 and 11), [B, d]."""
+        ce = real_token_nll(logits, x0, self.process.vocab_size)
+        w = torch.full_like(ce, float(self.settled_weight))
+        if self.settled_weighting == "eq11":
+            d = x0.shape[1]
+            w = w * eq11_weights(d, self.schedule.width(d)).to(ce.device, ce.dtype)
+        return torch.where(cats == SETTLED, w * ce, torch.zeros_like(ce))
+
+    def _two_halves_loss(self, x0: Tensor, generator: Optional[torch.Generator], response_mask=None) -> LossOutput:
         B, d = x0.shape
         draw = self.schedule.draw_segments(B, d, generator=generator, device=x0.device)
         level = self.process.training_level(draw, generator)
         corr = self.process.corrupt(x0, level, generator=generator)
-        ids, pos = two_halves_inputs(corr.ids, x0, draw.segment, Layout.ALIGNED)
-        if self.layout is Layout.SHIFTED:
-            ids, pos = two_halves_inputs(corr.ids, x0, draw.segment, self.layout, self.bos_id)
+        ids, pos = two_halves_inputs(corr.ids, x0, draw.segment, self.layout, self.bos_id)
         # inside a segment the inference rule applies (settled / worthless positions at a
         # segment's edges are treated exactly as the inference step treats them)
         cats = categories_from_levels(draw.level, draw.next_level)
         mask = two_halves_mask(draw.segment, categories=cats, device=x0.device)
         levels = torch.cat([level, torch.zeros_like(level)], 1)
-        out = self.model(
-            ids, position_ids=pos, attention_mask=mask,
-            levels=levels,
-        )
-        logits = _logits(out)[:, :d]
+        logits = self._call(ids, pos, mask, levels)[:, :d]
         per_token = self.process.loss(logits, x0, corr, level, draw)
-        active = cats == ACTIVE
-        per_token = torch.where(active, per_token, torch.zeros_like(per_token))
+        per_token = torch.where(cats == ACTIVE, per_token, torch.zeros_like(per_token))
+        if response_mask is not None:
+            per_token = per_token * response_mask
         return LossOutput(per_token.sum() / (B * d), per_token, corr, draw)
 
-    def _structural_loss(self, x0, generator, response_mask) -> LossOutput:
+    def _structural_loss(self, x0, draw, generator, response_mask) -> LossOutput:
+        """A process without likelihood (Structural): its corruption at the drawn level (the row's
+        masking fraction under Flat), plain CE over the response positions."""
         B, d = x0.shape
-        corr = self.process.corrupt(x0, response_mask=response_mask, generator=generator)
+        corr = self.process.corrupt(x0, draw.level, generator=generator, response_mask=response_mask)
         mask = None
         if self.annealing is not None:
             mask = self.annealing.mask(B, d, self.training_step, generator=generator, device=x0.device)
         logits = self.forward(corr.ids, torch.zeros(B, d, device=x0.device), mask)
-        per_token = self.process.loss(logits, x0, corr, response_mask=response_mask)
+        per_token = self.process.loss(logits, x0, corr, draw.level, draw, response_mask=response_mask)
         n = response_mask.sum() if response_mask is not None else torch.tensor(B * d)
-        return LossOutput(per_token.sum() / n.clamp_min(1), per_token, corr, None)
+        return LossOutput(per_token.sum() / n.clamp_min(1), per_token, corr, draw)
 
     # -- likelihood ------------------------------------------------------------------
-    @torch.no_grad()
     def nll_bound(
         self,
         x0: Tensor,
         num_samples: int = 16,
-        generator: Optional[torch.Generator] = None,
+        generator: "Optional[torch.Generator] | list" = None,
+        replicates: Optional[int] = None,
     ) -> BoundOutput:
-        """Monte-Carlo NLL upper bound of each sequence (see the module docstring)."""
-        if not self.process.likelihood:
-            raise ValueError(f"{self.process!r} declares no likelihood: no NLL bound or perplexity can be reported for it")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples (M) must be an int >= 1, got {num_samples!r}")
-        self._check_batch(x0)
-        B, d = x0.shape
-        U = torch.rand(B, generator=generator, dtype=torch.float64)
-        prior = float(self.process.prior_kl()) * d
-        est = torch.zeros(B, num_samples, dtype=torch.float64)
-        for m in range(num_samples):
-            u = (m + U) / num_samples
-            draw = self.schedule.draw(B, d, generator=generator, u=u, device=x0.device)
-            corr = self.process.corrupt(x0, draw.level, generator=generator)
-            cats, mask = self._mask_for(draw)
-            logits = self.forward(corr.ids, draw.level, mask).double()
-            if draw.next_level is None:
-                terms = self.process.continuous_bound(logits, x0, corr, draw.level.double())
-            else:
-                terms = self.process.step_kl(logits, x0, corr.ids, draw.level, draw.next_level) * draw.num_steps
-            est[:, m] = terms.double().sum(1).cpu() + prior
-        nll = est.mean(1)
-        stderr = est.std(1, unbiased=True) / num_samples**0.5 if num_samples > 1 else torch.full((B,), float("nan"))
-        return BoundOutput(nll, stderr, torch.full((B,), d, dtype=torch.long), est)
+        """NLL upper bound of each sequence with M = num_samples model evaluations per row:
+        `diffusionlm.eval.bound.conditional_nll_bound` with nothing fixed (module docstring)."""
+        if isinstance(x0, Tensor):
+            self._check_batch(x0)
+        return conditional_nll_bound(self, x0, num_samples, generator=generator, replicates=replicates)

@@ -181,7 +181,8 @@ def test_other_schedules_bound_is_never_below_the_nll(schedule):
     # the Monte-Carlo estimate is unbiased for the exact bound, and never far below it
     assert ((out.nll - exact).abs() <= 5 * out.stderr + 1e-9).all()
     assert (out.nll >= nll_theta - 5 * out.stderr - 1e-9).all()
-    assert float((P * out.nll).sum()) > entropy
+    # under the data, >= the entropy up to its Monte-Carlo error (rows independent)
+    assert float((P * out.nll).sum()) > entropy - 4 * float(((P * out.stderr) ** 2).sum().sqrt())
     res = evaluate_likelihood(lm, YS, num_samples=16, batch_size=81, seed=0, progress=False)["results"]["tensor"]
     assert res["nll_total"] == pytest.approx(float(exact.sum()), abs=5 * res["stderr_total"])
     assert res["nll_total"] >= float(nll_theta.sum()) - 3 * res["stderr_total"]
@@ -197,9 +198,13 @@ def test_stderr_is_reported_and_shrinks_as_m_grows():
     x = YS[::4]
     se = []
     for m in (4, 16, 64):
-        r = evaluate_likelihood(lm, x, num_samples=m, batch_size=32, seed=1, progress=False)["results"]["tensor"]
-        assert r["stderr_total"] > 0 and r["stderr"] == pytest.approx(r["stderr_total"] / r["tokens"])
-        se.append(r["stderr_total"])
+        # the 1/l weight makes the integrand heavy-tailed: compare the stderr averaged over seeds
+        var = 0.0
+        for seed in range(4):
+            r = evaluate_likelihood(lm, x, num_samples=m, batch_size=32, seed=seed, progress=False)["results"]["tensor"]
+            assert r["stderr_total"] > 0 and r["stderr"] == pytest.approx(r["stderr_total"] / r["tokens"])
+            var += r["stderr_total"] ** 2 / 4
+        se.append(math.sqrt(var))
     assert se[0] > se[1] > se[2]
     # exact in continuous time with an oracle: the estimate sits on the NLL within its error
     assert r["nll_total"] == pytest.approx(float(NLL[::4].sum()), abs=4 * r["stderr_total"])

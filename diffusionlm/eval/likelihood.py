@@ -13,18 +13,22 @@ Definitions (docs/EVALUATION.md has them all):
   ``dropped_tokens``); ``pad`` gives one document per row (long ones over several rows), padded.
   No BOS is inserted (the SHIFTED layout reads its own BOS at row 0).
 * **Bound.** For each row y, NLL(y) <= prior term + sum over the hyperschedule's steps of the
-  one-step KLs (continuous time: the integral), estimated with M stratified draws of the step
-  (:func:`diffusionlm.eval.bound.conditional_nll_bound`, the estimator of
-  ``DiffusionLM.nll_bound``). Exact for Absorb under Quench with M >= T.
+  one-step KLs (continuous time: the integral), with M model evaluations per row by the one
+  estimator of the toolkit (:func:`diffusionlm.eval.bound.corpus_bound`, the estimator of
+  ``DiffusionLM.nll_bound`` and of the compare job): exact (stderr 0) when every step fits in M
+  and the corruption is deterministic (Absorb under Quench with M >= T, Block(w, 1), ...);
+  otherwise stratified over steps with R independent random shifts. ``terms`` splits the
+  bound into its lines (prior, diffusion, and EpsilonHybrid's clean-up, computed exactly).
 * **Tokens.** Every position of a row becomes active at some step of the hyperschedule, so every
   real token is counted: ``length`` per row under ``wrap``; under ``pad`` the document's tokens
   (EOS included) and NOT the padding -- pad positions are corrupted like any other position (as in
   training) but their terms are left out of the NLL and of the count (MDLM's convention).
 * **PPL** = exp(total NLL / total tokens), the total over all rows (not a mean of per-row PPLs).
-* **Standard error.** Rows are independent, so the standard error of the total NLL is
-  sqrt(sum_b stderr_b^2) from the per-row Monte-Carlo standard errors; ``stderr`` is that over
-  the token count (the standard error of ``nll``), ``stderr_total`` the one of ``nll_total``.
-  With M = 1 there is no per-row error estimate and both are None.
+* **Standard error.** Each row's stderr comes from the spread of its R replicate estimates (0
+  where exact). Rows are independent, so the standard error of the total NLL is
+  sqrt(sum_b stderr_b^2); ``stderr`` is that over the token count (the standard error of
+  ``nll``), ``stderr_total`` the one of ``nll_total``; ``ppl_low`` / ``ppl_high`` are
+  exp(nll -+ stderr). With M = 1 there is no error estimate and they are None.
 * **Seeding.** Row i draws from a generator seeded by sha1(f"{seed}:{i}"), so the numbers
   depend on (seed, M, the data, the model) and not on ``batch_size``.
 * **Datasets.** The names of :data:`DATASETS` (stdlib, tinyshakespeare, ptb, wikitext2,
@@ -40,13 +44,12 @@ from __future__ import annotations
 import datetime
 import math
 import platform
-import sys
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .bound import check_likelihood, check_num_samples, conditional_nll_bound, row_generators
+from .bound import check_likelihood, check_num_samples, corpus_bound
 
 __all__ = [
     "evaluate_likelihood",
@@ -230,35 +233,30 @@ def lm_config(lm: Any) -> Dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------
 
-def evaluate_likelihood(
-    lm: Any,
-    dataset: Union[str, Any],
-    tokenizer: Any = None,
-    length: Optional[int] = None,
-    split: str = "test",
-    num_samples: int = 16,
-    batch_size: int = 8,
-    seed: int = 0,
-    rule: Optional[str] = None,
-    max_blocks: Optional[int] = None,
-    progress: bool = True,
-) -> Dict[str, Any]:
-    """NLL upper bound and perplexity of ``lm`` on ``dataset`` (module docstring for every rule).
+class _Rows(NamedTuple):
+    """What evaluate_likelihood scores: ids [n, d], counted positions, and their descriptions."""
 
-    dataset: a name (:func:`known_datasets`; unknown -> ValueError listing them), a
-    ``TokenBlocks``, or a [n, length] LongTensor of token ids. tokenizer: anything
-    ``load_tokenizer`` takes (needed for names). length: the row length (names only; a tensor's
-    own width otherwise). num_samples: M >= 1 draws per row. max_blocks: score only the first
-    rows. Returns ``{"results": {dataset: {...}}, "config": {...}}``.
-    """
-    from ..data import TokenBlocks, load_tokenizer
+    key: str
+    ids: Tensor
+    attention: Tensor
+    summary: Dict[str, Any]
+    data: Dict[str, Any]
+    tokenizer: Optional[Dict[str, Any]]
 
-    check_likelihood(lm)
+
+def _check_settings(num_samples, batch_size, max_blocks) -> int:
     M = check_num_samples(num_samples)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if max_blocks is not None and (not isinstance(max_blocks, int) or max_blocks < 1):
         raise ValueError(f"max_blocks must be an int >= 1 or None, got {max_blocks!r}")
+    return M
+
+
+def _rows(lm: Any, dataset: Any, tokenizer: Any, length: Optional[int], split: str, rule: Optional[str],
+          max_blocks: Optional[int]) -> _Rows:
+    """The rows of a dataset name, a TokenBlocks or a [n, length] tensor (module docstring)."""
+    from ..data import TokenBlocks, load_tokenizer
 
     tok_desc = None
     if isinstance(dataset, str):
@@ -283,11 +281,9 @@ def evaluate_likelihood(
             tok_desc = describe_tokenizer(load_tokenizer(tokenizer))
     else:
         raise TypeError(f"dataset must be a name, a TokenBlocks or a LongTensor, got {type(dataset).__name__}")
-
     if blocks is not None:
         blocks.check(lm.process.vocab_size)
-        ids, att = blocks.ids, blocks.attention
-        summary = blocks.summary()
+        ids, att, summary = blocks.ids, blocks.attention, blocks.summary()
     else:
         ids = dataset.long()
         att = torch.ones_like(ids, dtype=torch.bool)
@@ -296,62 +292,69 @@ def evaluate_likelihood(
         ids, att = ids[:max_blocks], att[:max_blocks]
     if ids.shape[0] == 0:
         raise ValueError(f"{key}: no rows to score (the data is shorter than one row of {ids.shape[1]} tokens?)")
+    return _Rows(key, ids, att, summary, data_desc, tok_desc)
 
-    dev = _device(lm.model)
-    gens = row_generators(seed, range(ids.shape[0]))
-    total_nll, total_var, total_tok = 0.0, 0.0, 0
-    starts = range(0, ids.shape[0], batch_size)
-    it = starts
-    if progress:
-        try:
-            from tqdm.auto import tqdm
 
-            it = tqdm(starts, desc=f"NLL bound {key}", unit="batch", file=sys.stderr)
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            pass
-    for i in it:
-        x = ids[i : i + batch_size].to(dev)
-        a = att[i : i + batch_size].to(dev)
-        out = conditional_nll_bound(lm, x, M, count=a, generator=gens[i : i + batch_size])
-        total_nll += float(out.nll.sum())
-        total_var += float((out.stderr**2).sum()) if M > 1 else float("nan")
-        total_tok += int(out.num_tokens.sum())
-    nll = total_nll / total_tok
-    se_total = math.sqrt(total_var) if M > 1 else float("nan")
-    result = {
+def _result(bound: Dict[str, Any]) -> Dict[str, Any]:
+    """The per-dataset numbers from corpus_bound's (stderr None: no error estimate, M = 1)."""
+    nll = bound["nll_per_token"]
+    return {
         "nll": nll,
-        "ppl": math.exp(nll),
-        "stderr": se_total / total_tok,
-        "tokens": total_tok,
-        "nll_total": total_nll,
-        "stderr_total": se_total,
+        "ppl": bound["ppl"],
+        "stderr": bound["stderr_per_token"],
+        "ppl_low": bound["ppl_low"],
+        "ppl_high": bound["ppl_high"],
+        "tokens": bound["tokens"],
+        "nll_total": bound["nll_total"],
+        "stderr_total": bound["stderr_total"],
         "bits_per_token": nll / math.log(2),
-        "rows": int(ids.shape[0]),
+        "rows": bound["rows"],
+        "exact": bound["exact"],
+        "terms": bound["terms"],
     }
+
+
+def evaluate_likelihood(
+    lm: Any,
+    dataset: Union[str, Any],
+    tokenizer: Any = None,
+    length: Optional[int] = None,
+    split: str = "test",
+    num_samples: int = 16,
+    batch_size: int = 8,
+    seed: int = 0,
+    rule: Optional[str] = None,
+    max_blocks: Optional[int] = None,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """NLL upper bound and perplexity of ``lm`` on ``dataset`` (module docstring for every rule).
+
+    dataset: a name (:func:`known_datasets`; unknown -> ValueError listing them), a
+    ``TokenBlocks``, or a [n, length] LongTensor of token ids. tokenizer: anything
+    ``load_tokenizer`` takes (needed for names). length: the row length (names only; a tensor's
+    own width otherwise). num_samples: M >= 1 model evaluations per row. max_blocks: score only
+    the first rows. Returns ``{"results": {dataset: {...}}, "config": {...}}``.
+    """
+    check_likelihood(lm)
+    M = _check_settings(num_samples, batch_size, max_blocks)
+    rows = _rows(lm, dataset, tokenizer, length, split, rule, max_blocks)
+    bound = corpus_bound(lm, rows.ids, M, batch_size=batch_size, seed=seed, progress=progress, count=rows.attention,
+                         desc=f"NLL bound {rows.key}")
     config = {
         **lm_config(lm),
         "num_samples": M,
-        "estimator": "stratified Monte Carlo over steps (u = (m + U) / M per row), "
-        "steps where no counted position moves skipped; exact for Absorb + Quench with M >= T",
+        "estimator": bound["method"],
         "seed": seed,
         "seeding": "row i uses torch.Generator().manual_seed(sha1(f'{seed}:{i}')) (batch-size independent)",
-        "length": int(ids.shape[1]),
+        "length": int(rows.ids.shape[1]),
         "split": split if isinstance(dataset, str) else None,
-        "rule": data_desc.get("rule"),
+        "rule": rows.data.get("rule"),
         "pad_positions": "corrupted as in training; not counted (rule='pad')",
-        "dataset": data_desc,
-        "detokenization": data_desc.get("detokenization"),
-        "blocks": summary,
+        "dataset": rows.data,
+        "detokenization": rows.data.get("detokenization"),
+        "blocks": rows.summary,
         "max_blocks": max_blocks,
         "batch_size": batch_size,
-        "tokenizer": tok_desc,
+        "tokenizer": rows.tokenizer,
     }
-    return {"results": {key: _jsonable(result)}, "config": _jsonable(config)}
-
-
-def _device(model: Any) -> torch.device:
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.device
-    return torch.device("cpu")
+    return {"results": {rows.key: _jsonable(_result(bound))}, "config": _jsonable(config)}

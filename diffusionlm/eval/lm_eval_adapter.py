@@ -31,11 +31,11 @@ Definitions (docs/EVALUATION.md):
 * **loglikelihood** = MINUS the Monte-Carlo NLL upper bound of the continuation given the
   context: the context positions are FIXED (clean at every step, as a sampler's prompt) and only
   the continuation's terms are counted (:func:`diffusionlm.eval.bound.conditional_nll_bound`,
-  built from the process / schedule primitives because ``DiffusionLM.nll_bound`` cannot hold
-  positions clean). So it is a LOWER bound on log p(continuation | context); exact for Absorb +
-  Quench (autoregression). ``num_samples=None`` (default): for a discrete schedule every step
-  that moves a continuation position is drawn exactly once (M = |K|; exact under Quench), for
-  continuous time M = 32. Each request is seeded from sha1(seed, context, continuation), so its
+  the toolkit's one bound estimator; ``DiffusionLM.nll_bound`` is the same with nothing fixed).
+  So it is a LOWER bound on log p(continuation | context); exact for Absorb + Quench
+  (autoregression). ``num_samples=None`` (default): for a discrete schedule every step that moves
+  a continuation position is computed exactly once (M = |K|, one replicate; exact under Quench
+  and wherever the corruption is deterministic), for continuous time M = 32. Each request is seeded from sha1(seed, context, continuation), so its
   answer does not depend on the other requests or their order.
 * **is_greedy**: for every continuation position, the model's argmax over the real tokens in the
   lowest-noise draw in which that position moves and is corrupted (MASK or a substitute) equals
@@ -59,6 +59,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..samplers.driver import model_device as _device
 from .bound import check_likelihood, conditional_nll_bound, relevant_steps, row_generators
 
 try:  # the harness is optional
@@ -263,16 +264,16 @@ class DiffusionLMEval(_LMBase):
         x0 = torch.tensor([ids], dtype=torch.long)
         fixed = torch.zeros(1, len(ids), dtype=torch.bool)
         fixed[0, : len(ctx)] = True
-        M = self.num_samples
+        M, R = self.num_samples, None
         if M is None:
             if self.lm.schedule.continuous:
                 M = DEFAULT_CONTINUOUS_SAMPLES
-            else:
-                M = max(1, int(relevant_steps(self.lm.schedule, len(ids), ~fixed)[0]))
+            else:  # every relevant step once: no step-sampling noise (the harness takes no error bar)
+                M, R = max(1, int(relevant_steps(self.lm.schedule, len(ids), ~fixed)[0])), 1
         dev = _device(self.lm.model)
         out = conditional_nll_bound(
             self.lm, x0.to(dev), M, fixed=fixed.to(dev), generator=row_generators(self.seed, [key]),
-            chunk_size=self.batch_size, track_greedy=True,
+            chunk_size=self.batch_size, track_greedy=True, replicates=R,
         )
         return -float(out.nll[0]), bool(out.greedy[0])
 
@@ -376,14 +377,6 @@ class DiffusionLMEval(_LMBase):
             self._cache("generate_until", args, text)
             results.append(text)
         return results
-
-
-def _device(model: Any) -> torch.device:
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.device
-    return torch.device("cpu")
 
 
 if HAVE_LM_EVAL:

@@ -12,6 +12,13 @@ HDCE training loss (paper eq. 8-9), per token, against -log p_theta(y | x), p_ma
 summed and divided by B * d by the composition: one normalisation under every hyperschedule.
 HDCE is a surrogate; the reported likelihood comes from the discrete-step bound (`step_kl`):
 unmasking terms against the epsilon-mixed clean token, plus the clean-up step to level 0.
+
+The clean-up term of a position (its step from a positive level to 0, where an unmasked and
+possibly substituted token becomes y: -log p_theta(y | x) at every unmasked position) dominates
+the bound whenever the denoiser is not sure its visible tokens are clean; under Flat(T) all of it
+sits in the last step. `exact_terms` marks those (step, position) pairs, and the NLL bound
+estimator (`diffusionlm.eval.bound`) computes every step holding one exactly, on its own line
+``clean-up``, instead of drawing it with probability 1/T.
 """
 from __future__ import annotations
 
@@ -57,6 +64,14 @@ class EpsilonHybrid(Process):
         leaves_clean = (level_from == 0) & (level_to > 0)
         p_sub = torch.where(leaves_clean, torch.full_like(p_mask, self.epsilon), torch.zeros_like(p_mask))
         return p_mask, p_sub
+
+    #: the name of the bound's line holding the steps `exact_terms` marks
+    exact_term_name = "clean-up"
+
+    def exact_terms(self, level_t: Tensor, level_s: Tensor) -> Tensor:
+        """Where the step level_t -> level_s holds a clean-up term (a position leaving a positive
+        level for 0): bool, the shape of the levels."""
+        return (level_t > 0) & (level_s == 0)
 
     def loss(self, logits: Tensor, x0: Tensor, corruption: Corruption, level: Tensor, draw=None) -> Tensor:
         nll = real_token_nll(logits, x0, self.vocab_size)
