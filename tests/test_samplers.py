@@ -538,7 +538,7 @@ def test_errors():
         MDLM().sample(make_lm(Absorb(N), Flat(), "aligned"), 1, 4)
 
     # samplers that do not fit the process: ValueError naming it, before any model call
-    structural = DiffusionLM(Exploding(), Structural(N), Quench())
+    structural = DiffusionLM(Exploding(), Structural(N), Flat())
     for sampler in (SEDDAnalytic(), SEDDEuler(), MDLM(), ACS(0.5)):
         with pytest.raises(ValueError, match="Structural"):
             sampler.sample(structural, 2, 6)

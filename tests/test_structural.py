@@ -69,7 +69,7 @@ def test_matches_sequential_reference(d, p_max):
     proc = Structural(N, p_max=p_max)
     x0 = torch.randint(0, N, (B, d), generator=g)
     resp = random_spans(B, d, g)
-    out = proc.corrupt(x0, resp, generator=g)
+    out = proc.corrupt(x0, response_mask=resp, generator=g)
     info = out.info
     n_changed = 0
     for b in range(B):
@@ -117,7 +117,7 @@ def test_only_response_changes_and_short_rows_untouched():
     proc = Structural(N, p_max=1.0, mask_prob=1.0)
     x0 = torch.randint(0, N, (B, d), generator=g)
     resp = random_spans(B, d, g)
-    out = proc.corrupt(x0, resp, generator=g)
+    out = proc.corrupt(x0, response_mask=resp, generator=g)
     assert torch.equal(out.ids[~resp], x0[~resp])
     short = resp.sum(1) < 2
     assert short.any()
@@ -136,7 +136,7 @@ def test_masked_count_is_floor_f_n():
     proc = Structural(N, p_max=0.0, mask_prob=0.5)
     x0 = torch.randint(0, N, (B, d), generator=g)
     resp = random_spans(B, d, g)
-    out = proc.corrupt(x0, resp, generator=g)
+    out = proc.corrupt(x0, response_mask=resp, generator=g)
     info = out.info
     n = info["response_len"]
     expect = torch.where(info["mask_fired"], torch.floor(info["mask_frac"].double() * n).long(), 0)
@@ -225,12 +225,22 @@ def test_shift_skipped_when_span_longer_than_response():
     assert torch.equal(info["shift"], info["shift_fired"] & (info["shift_len"] <= 2))
 
 
-def test_seeded_determinism_and_level_ignored():
-    proc = Structural(N)
+def test_seeded_determinism_and_the_level_is_the_mask_fraction():
+    """Same seed, same draws; a given level (one per row, as Flat draws it) replaces Algorithm 1's
+    own f and nothing else."""
+    proc = Structural(N, mask_prob=1.0)
     x0 = torch.randint(0, N, (16, 20), generator=torch.Generator().manual_seed(0))
     a = proc.corrupt(x0, generator=torch.Generator().manual_seed(42))
-    b = proc.corrupt(x0, generator=torch.Generator().manual_seed(42), level=torch.rand(16, 20))
-    assert torch.equal(a.ids, b.ids)
+    a2 = proc.corrupt(x0, generator=torch.Generator().manual_seed(42))
+    assert torch.equal(a.ids, a2.ids)
+    f = torch.rand(16, generator=torch.Generator().manual_seed(1))
+    b = proc.corrupt(x0, f[:, None].expand(16, 20), generator=torch.Generator().manual_seed(42))
+    c = proc.corrupt(x0, f, generator=torch.Generator().manual_seed(42))
+    assert torch.equal(b.ids, c.ids)
+    assert torch.equal(b.info["mask_frac"], f)
+    assert torch.equal(b.info["m"], torch.floor(f.double() * 20).long())
+    for key in ("p", "swap", "dup", "dup_dir", "shift_fired", "shift_len", "shift_start"):
+        assert torch.equal(a.info[key], b.info[key]), key  # every other draw unchanged
     assert isinstance(a, Corruption)
     assert a.ids.dtype == torch.long and a.masked.dtype == torch.bool
 
@@ -266,7 +276,7 @@ def test_loss_is_ce_on_response_only():
     proc = Structural(N)
     x0 = torch.randint(0, N, (B, d), generator=g)
     resp = random_spans(B, d, g)
-    c = proc.corrupt(x0, resp, generator=g)
+    c = proc.corrupt(x0, response_mask=resp, generator=g)
     logits = torch.randn(B, d, N + 1, generator=g)
     loss = proc.loss(logits, x0, c)
     by_hand = F.cross_entropy(logits[..., :N].reshape(-1, N), x0.reshape(-1), reduction="none").reshape(B, d)
@@ -300,11 +310,20 @@ def test_errors():
     with pytest.raises(ValueError, match="out of range"):
         proc.corrupt(torch.tensor([[0, -1, 1]]))
     with pytest.raises(ValueError, match="contiguous"):
-        proc.corrupt(torch.zeros(2, 5, dtype=torch.long), torch.tensor([[1, 1, 1, 0, 0], [1, 0, 1, 0, 0]]).bool())
+        proc.corrupt(torch.zeros(2, 5, dtype=torch.long), response_mask=torch.tensor([[1, 1, 1, 0, 0], [1, 0, 1, 0, 0]]).bool())
     with pytest.raises(ValueError, match="does not fit"):
-        proc.corrupt(torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 4, dtype=torch.bool))
+        proc.corrupt(torch.zeros(2, 5, dtype=torch.long), response_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool"):
+        proc.corrupt(torch.zeros(2, 5, dtype=torch.long), response_mask=torch.rand(2, 5))
+    # the old positional response mask is pointed at the keyword, not silently read as a level
+    with pytest.raises(TypeError, match="response_mask="):
+        proc.corrupt(torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="one level per row"):
         proc.corrupt(torch.zeros(2, 5, dtype=torch.long), torch.rand(2, 5))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        proc.corrupt(torch.zeros(2, 5, dtype=torch.long), torch.full((2,), 1.5))
+    with pytest.raises(ValueError, match="does not fit"):
+        proc.corrupt(torch.zeros(2, 5, dtype=torch.long), torch.rand(3))
     for bad in (-0.1, 1.5, float("nan"), "0.5", True):
         with pytest.raises(ValueError, match="p_max"):
             Structural(N, p_max=bad)
@@ -317,3 +336,67 @@ def test_errors():
         Structural(N, mask_id=3)
     with pytest.raises(ValueError, match="vocab_size"):
         Structural(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# the process contract inside a composition
+
+
+def _tiny_lm(schedule):
+    from diffusionlm.lm import DiffusionLM
+    from diffusionlm.models import DiffusionTransformer, TransformerConfig
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig.preset("tiny", vocab_size=N + 1, n_layers=1, hidden=16, n_heads=2, max_positions=32)
+    return DiffusionLM(DiffusionTransformer(cfg), Structural(N), schedule)
+
+
+def test_same_signatures_as_every_process():
+    """corrupt(x0, level, generator) / loss(logits, x0, corruption, level, draw) as Absorb's."""
+    import inspect
+
+    from diffusionlm.processes import Absorb
+
+    for name in ("corrupt", "loss"):
+        mine = list(inspect.signature(getattr(Structural, name)).parameters.values())
+        theirs = list(inspect.signature(getattr(Absorb, name)).parameters.values())
+        positional = [p.name for p in mine if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert positional == [p.name for p in theirs], name
+        assert all(p.kind is p.KEYWORD_ONLY for p in mine if p.name == "response_mask")
+
+
+@pytest.mark.parametrize("schedule", ["quench", "block", "slide", "custom", "retimed"])
+def test_a_schedule_it_cannot_honour_is_refused_naming_both(schedule):
+    from diffusionlm.schedules import Block, Custom, Quench, Slide
+
+    make = {"quench": Quench, "block": lambda: Block(4), "slide": lambda: Slide(3),
+            "custom": lambda: Custom([[1, 1], [0, 1], [0, 0]]), "retimed": lambda: Quench().with_steps(3)}[schedule]
+    sched = make()
+    with pytest.raises(ValueError, match=r"Structural\(.*cannot honour the hyperschedule " + type(sched).__name__):
+        _tiny_lm(sched)
+
+
+def test_two_halves_is_refused_naming_both():
+    from diffusionlm.schedules import Flat
+
+    lm = _tiny_lm(Flat())
+    with pytest.raises(ValueError, match=r"Structural\(.*cannot honour two_halves=True under Flat"):
+        lm.loss(torch.zeros(2, 6, dtype=torch.long), two_halves=True)
+
+
+@pytest.mark.parametrize("steps", [None, 4])
+def test_the_composition_feeds_the_flat_level_as_the_mask_fraction(steps):
+    """Under Flat the composition's drawn level is Algorithm 1's f: continuous time gives
+    f ~ U(0, 1) (the paper's draw), Flat(steps=T) f on the grid {1/T, ..., 1}."""
+    from diffusionlm.schedules import Flat
+
+    lm = _tiny_lm(Flat(steps=steps))
+    x0 = torch.randint(0, N, (400, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = lm.loss(x0, generator=torch.Generator().manual_seed(1))
+    f = out.corruption.info["mask_frac"]
+    assert torch.equal(f, out.draw.level[:, 0])
+    if steps is None:
+        assert abs(float(f.mean()) - 0.5) < 4 / math.sqrt(12 * 400)
+    else:
+        assert set((f * steps).round().long().tolist()) == {1, 2, 3, 4}

@@ -14,7 +14,7 @@ within the span, as in the paper:
 
     p ~ U[0, p_max]                                   (the paper: p_max = 0.5)
     1. masking, with prob mask_prob (paper: 1/2):
-         f ~ U(0, 1),  m = floor(f n);  choose m span positions uniformly without
+         f ~ U(0, 1) (the row's level, drawn by a Flat hyperschedule),  m = floor(f n);  choose m span positions uniformly without
          replacement and set them to MASK
     2. swapping: for i = 1 .. n-1, in order: with prob p/4 swap x_i and x_{i+1}
          (sequential: a token swapped forward at i can be swapped again at i+1, so it
@@ -28,6 +28,13 @@ within the span, as in the paper:
          (skipped when s > n)
 
 Masking comes first, so MASK tokens can be moved, duplicated or overwritten by steps 2-4.
+
+The process contract: ``corrupt(x0, level, generator, *, response_mask=None)`` and
+``loss(logits, x0, corruption, level, draw, *, response_mask=None)`` as every other process. The
+hyperschedule is honoured by taking its level as f, which needs one level per row: Flat() (l ~
+U(0, 1): exactly Algorithm 1) or Flat(steps=T). Any other hyperschedule, and the two-halves
+layout, are refused at composition (``check_schedule`` / ``check_two_halves``) with an error
+naming the process and what it cannot honour.
 
 Everything is vectorized over rows and positions (gathers and cumulative maxima; no Python loop
 over either):
@@ -49,7 +56,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import ClassVar, Optional
+from typing import ClassVar, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +92,70 @@ def _check_prob(value, what: str, hint: str = "") -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{what} must be in [0, 1]{hint}, got {value!r}")
     return float(value)
+
+
+class _Span(NamedTuple):
+    """Each row's response span: mask [B, d], start lo [B], length n [B], end hi [B], active
+    (n >= 2) [B], and the position index [B, d]."""
+
+    mask: Tensor
+    lo: Tensor
+    n: Tensor
+    hi: Tensor
+    active: Tensor
+    idx: Tensor
+
+    @property
+    def in_span(self) -> Tensor:
+        return self.mask & self.active[:, None]
+
+
+def _gather(x: Tensor, src: Tensor) -> Tensor:
+    return x.gather(1, src.clamp(0, max(x.shape[1] - 1, 0)))
+
+
+def _swap_step(x: Tensor, span: _Span, coin: Tensor) -> tuple[Tensor, Tensor]:
+    """2. Sequential adjacent swaps at k = lo .. hi-2: a run of events at i .. j moves x[i] to
+    j+1 and shifts i+1 .. j+1 left (c(k): the last index <= k without an event)."""
+    idx, d = span.idx, x.shape[1]
+    swap = span.in_span & (idx < (span.hi - 1)[:, None]) & coin
+    last_plain = torch.where(swap, torch.full_like(idx, -1), idx).cummax(1).values
+    prev_swap = F.pad(swap, (1, 0))[:, :d]
+    prev_last = F.pad(last_plain, (1, 0), value=-1)[:, :d]
+    src = torch.where(swap, idx + 1, torch.where(prev_swap, prev_last + 1, idx))
+    return _gather(x, src), swap
+
+
+def _duplicate_step(y: Tensor, span: _Span, coin: Tensor, direction: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """3. Sequential duplication from a neighbour: a right copy reads y[i+1]; a left copy the final
+    value of the nearest position before it that is not itself a left copy."""
+    idx = span.idx
+    dup = span.in_span & coin
+    dup_dir = torch.where(direction < 0.5, -torch.ones_like(idx), torch.ones_like(idx))
+    left = dup & (dup_dir < 0) & (idx > span.lo[:, None])
+    right = dup & (dup_dir > 0) & (idx < (span.hi - 1)[:, None])
+    base = _gather(y, torch.where(right, idx + 1, idx))
+    anchor = torch.where(left, torch.full_like(idx, -1), idx).cummax(1).values
+    return base.gather(1, anchor.clamp(min=0)), dup, dup_dir
+
+
+def _shift_step(z: Tensor, span: _Span, fired: Tensor, draws: Tensor) -> tuple[Tensor, dict]:
+    """4. One span shift per row: copy x[start : start+s] onto x[target : target+s] (skipped when
+    s > n); draws = (s, delta, direction, start) uniforms [4, B]."""
+    idx, n, lo = span.idx, span.n, span.lo
+    s = 1 + torch.floor(draws[0] * 3).long().clamp(max=2)
+    delta = 1 + torch.floor(draws[1] * 4).long().clamp(max=3)
+    sdir = torch.where(draws[2] < 0.5, -torch.ones_like(s), torch.ones_like(s))
+    room = (n - s).clamp(min=0)  # largest 0-based start
+    start = torch.minimum(torch.floor(draws[3].double() * (room + 1).double()).long(), room)
+    target = torch.minimum((start + sdir * delta).clamp(min=0), room)
+    shift = fired & (s <= n)
+    tg = (lo + target)[:, None]
+    in_target = shift[:, None] & (idx >= tg) & (idx < tg + s[:, None])
+    src = torch.where(in_target, (lo + start)[:, None] + (idx - tg), idx)
+    info = {"shift": shift, "shift_fired": fired, "shift_len": s, "shift_delta": delta, "shift_dir": sdir,
+            "shift_start": start, "shift_target": target}
+    return _gather(z, src), info
 
 
 class Structural(Process):
@@ -166,19 +237,47 @@ class Structural(Process):
             )
         return mask, start, length
 
+    # -- the hyperschedule contract ---------------------------------------------------------
+    def check_schedule(self, schedule) -> None:
+        """Composition-time check: Structural honours only a Flat hyperschedule.
+
+        Algorithm 1 draws ONE masking fraction f ~ U(0, 1) per row; a hyperschedule honoured by
+        this process supplies that f as the row's level, which needs the same level at every
+        position: Flat() (continuous: l ~ U(0, 1), exactly Algorithm 1) or Flat(steps=T) (f on the
+        grid 1/T .. 1). Per-position schedules (Quench, Block, Slide, Custom, Retimed) are refused.
+        """
+        from ..schedules.hyper import Flat
+
+        if not isinstance(schedule, Flat):
+            raise ValueError(
+                f"{self!r} cannot honour the hyperschedule {schedule!r}: its corruption (LAD Algorithm 1) "
+                "takes one masking fraction per row, i.e. the same level at every position, which only "
+                "Flat() or Flat(steps=T) gives; compose it with Flat()"
+            )
+
+    def check_two_halves(self, schedule=None) -> None:
+        """Structural cannot be trained in the two-halves layout (no per-segment levels)."""
+        raise ValueError(
+            f"{self!r} cannot honour two_halves=True{' under ' + repr(schedule) if schedule is not None else ''}: "
+            "the two-halves layout trains one level per segment, while LAD Algorithm 1 corrupts whole "
+            "rows with one masking fraction; train it with two_halves=False"
+        )
+
     # -- the forward corruption ---------------------------------------------------------------
     def corrupt(
         self,
         x0: Tensor,
-        response_mask: Optional[Tensor] = None,
-        generator: Optional[torch.Generator] = None,
         level: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        *,
+        response_mask: Optional[Tensor] = None,
     ) -> Corruption:
         """Apply Algorithm 1 to every row of x0 [B, d], on its response span only.
 
-        response_mask [B, d] bool marks the response (None: the whole row); it must be one
-        contiguous span per row. `level` is accepted for interface compatibility and ignored:
-        the structural corruption has no noise level.
+        The `Process` signature: `level` is the row's masking fraction f ([B, d] with one value
+        per row, [B, 1] or [B]; in [0, 1]), as a Flat hyperschedule draws it; None draws
+        f ~ U(0, 1) here (Algorithm 1 on its own). response_mask [B, d] bool (keyword) marks the
+        response (None: the whole row); it must be one contiguous span per row.
 
         Returns Corruption(ids, masked, substituted, info) with
             masked       the final token is MASK,
@@ -197,100 +296,91 @@ class Structural(Process):
             raise ValueError(f"x0 must be a [B, d] tensor, got {getattr(x0, 'shape', type(x0))}")
         check_ids(x0, self.vocab_size, "clean ids")
         x0 = x0.long()
-        device = x0.device
         B, d = x0.shape
+        frac = self._row_level(level, B, d, x0.device)
         resp, lo, n = self.response_span(x0, response_mask)
-        hi = lo + n
-        active = n >= 2
-        idx = torch.arange(d, device=device).expand(B, d)
-        in_span = resp & active[:, None]
-
-        row = _rand((_ROW_DRAWS, B), generator, device)
-        pos = _rand((_POS_DRAWS, B, d), generator, device)
+        row = _rand((_ROW_DRAWS, B), generator, x0.device)
+        pos = _rand((_POS_DRAWS, B, d), generator, x0.device)
+        if frac is None:
+            frac = row[2]
+        span = _Span(resp, lo, n, lo + n, n >= 2, torch.arange(d, device=x0.device).expand(B, d))
         p = row[0] * self.p_max
         q = (p / 4)[:, None]
-
-        # 1. masking: m = floor(f n) positions of the span, uniformly without replacement.
-        mask_fired = (row[1] < self.mask_prob) & active
-        f = row[2]
-        m = torch.where(mask_fired, torch.floor(f.double() * n.double()).long(), torch.zeros_like(n))
-        key = torch.where(in_span, pos[0], torch.full_like(pos[0], 2.0))
-        rank = torch.argsort(torch.argsort(key, dim=1, stable=True), dim=1, stable=True)
-        mask_select = in_span & (rank < m[:, None])
-        x = torch.where(mask_select, torch.full_like(x0, self.mask_id), x0)
-
-        # 2. sequential adjacent swaps: events at k = lo .. hi-2 (pairs inside the span).
-        swap = in_span & (idx < (hi - 1)[:, None]) & (pos[1] < q)
-        last_plain = torch.where(swap, torch.full_like(idx, -1), idx).cummax(1).values
-        prev_swap = F.pad(swap, (1, 0))[:, :d]
-        prev_last = F.pad(last_plain, (1, 0), value=-1)[:, :d]
-        src = torch.where(swap, idx + 1, torch.where(prev_swap, prev_last + 1, idx))
-        y = x.gather(1, src.clamp(0, max(d - 1, 0)))
-
-        # 3. sequential duplication from a neighbour, left copies chaining.
-        dup = in_span & (pos[2] < q)
-        dup_dir = torch.where(pos[3] < 0.5, -torch.ones_like(idx), torch.ones_like(idx))
-        left = dup & (dup_dir < 0) & (idx > lo[:, None])
-        right = dup & (dup_dir > 0) & (idx < (hi - 1)[:, None])
-        base = y.gather(1, torch.where(right, idx + 1, idx).clamp(0, max(d - 1, 0)))
-        anchor = torch.where(left, torch.full_like(idx, -1), idx).cummax(1).values
-        z = base.gather(1, anchor.clamp(min=0))
-
-        # 4. one span shift per row: copy x[start : start+s] onto x[target : target+s].
-        shift_fired = (row[3] < p / 4) & active
-        s = 1 + torch.floor(row[4] * 3).long().clamp(max=2)
-        delta = 1 + torch.floor(row[5] * 4).long().clamp(max=3)
-        sdir = torch.where(row[6] < 0.5, -torch.ones_like(s), torch.ones_like(s))
-        room = (n - s).clamp(min=0)  # largest 0-based start
-        start = torch.minimum(torch.floor(row[7].double() * (room + 1).double()).long(), room)
-        target = torch.minimum((start + sdir * delta).clamp(min=0), room)
-        shift = shift_fired & (s <= n)
-        tg = (lo + target)[:, None]
-        in_target = shift[:, None] & (idx >= tg) & (idx < tg + s[:, None])
-        src = torch.where(in_target, (lo + start)[:, None] + (idx - tg), idx)
-        ids = z.gather(1, src.clamp(0, max(d - 1, 0)))
-
+        x, masking = self._mask_step(x0, span, row[1], frac, pos[0])
+        y, swap = _swap_step(x, span, pos[1] < q)
+        z, dup, dup_dir = _duplicate_step(y, span, pos[2] < q, pos[3])
+        ids, shifting = _shift_step(z, span, (row[3] < p / 4) & span.active, row[4:8])
         masked = ids == self.mask_id
         substituted = ~masked & (ids != x0)
         info = {
             "p": p,
-            "active": active,
+            "active": span.active,
             "response_mask": resp,
             "response_start": lo,
             "response_len": n,
-            "mask_fired": mask_fired,
-            "mask_frac": f,
-            "m": m,
-            "mask_select": mask_select,
+            **masking,
             "swap": swap,
             "dup": dup,
             "dup_dir": dup_dir,
-            "shift": shift,
-            "shift_fired": shift_fired,
-            "shift_len": s,
-            "shift_delta": delta,
-            "shift_dir": sdir,
-            "shift_start": start,
-            "shift_target": target,
+            **shifting,
         }
         return Corruption(ids, masked, substituted, info)
+
+    @staticmethod
+    def _row_level(level: Optional[Tensor], B: int, d: int, device) -> Optional[Tensor]:
+        """The masking fraction f [B] from a level tensor holding one value per row (or None)."""
+        if level is None:
+            return None
+        if isinstance(level, Tensor) and level.dtype == torch.bool:
+            raise TypeError(
+                "Structural.corrupt(x0, level, generator, *, response_mask=None): got a bool tensor as `level`; "
+                "pass the response mask by keyword (response_mask=...)"
+            )
+        lv = torch.as_tensor(level, device=device)
+        if not lv.is_floating_point():
+            raise TypeError(f"level must be a float tensor (the row's masking fraction), got {lv.dtype}")
+        if lv.dim() == 1:
+            lv = lv[:, None]
+        if lv.dim() != 2 or lv.shape[0] != B or lv.shape[1] not in (1, d):
+            raise ValueError(f"level of shape {tuple(lv.shape)} does not fit ids of shape {(B, d)}: give [B, d], [B, 1] or [B]")
+        if lv.numel() and (not torch.isfinite(lv).all() or (lv < 0).any() or (lv > 1).any()):
+            raise ValueError(f"levels must lie in [0, 1]; got values in [{float(lv.min()):g}, {float(lv.max()):g}]")
+        if lv.shape[1] > 1 and (lv != lv[:, :1]).any():
+            raise ValueError(
+                "Structural takes one level per row (the masking fraction of LAD Algorithm 1, as a Flat "
+                "hyperschedule draws it); got levels that vary along a row"
+            )
+        return lv[:, 0] if lv.shape[1] else torch.zeros(B, device=device)
+
+    def _mask_step(self, x0: Tensor, span: "_Span", coin: Tensor, frac: Tensor, noise: Tensor) -> tuple[Tensor, dict]:
+        """1. With prob mask_prob, m = floor(f n) span positions, uniformly without replacement."""
+        fired = (coin < self.mask_prob) & span.active
+        f = frac.to(coin.dtype)
+        m = torch.where(fired, torch.floor(f.double() * span.n.double()).long(), torch.zeros_like(span.n))
+        in_span = span.in_span
+        key = torch.where(in_span, noise, torch.full_like(noise, 2.0))
+        rank = torch.argsort(torch.argsort(key, dim=1, stable=True), dim=1, stable=True)
+        select = in_span & (rank < m[:, None])
+        x = torch.where(select, torch.full_like(x0, self.mask_id), x0)
+        return x, {"mask_fired": fired, "mask_frac": f, "m": m, "mask_select": select}
 
     # -- training loss ------------------------------------------------------------------------
     def loss(
         self,
         logits: Tensor,
         x0: Tensor,
-        corruption: Optional[Corruption] = None,
+        corruption: Optional[Corruption],
         level: Optional[Tensor] = None,
-        next_level: Optional[Tensor] = None,
+        draw=None,
+        *,
         response_mask: Optional[Tensor] = None,
     ) -> Tensor:
         """Per-token denoising cross-entropy [B, d] against the CLEAN x0, on response positions.
 
-        -log softmax(logits[..., :N])[x0] at every response position (whether or not it was
-        corrupted; the LAD objective sums over all of them), zero elsewhere. response_mask None:
-        the one recorded by `corrupt` in corruption.info, else every position. Not a likelihood
-        bound. `level` / `next_level` are ignored.
+        The `Process` signature. -log softmax(logits[..., :N])[x0] at every response position
+        (whether or not it was corrupted; the LAD objective sums over all of them), zero elsewhere.
+        response_mask (keyword) None: the one recorded by `corrupt` in corruption.info, else every
+        position. Not a likelihood bound: the CE does not depend on `level` / `draw`.
         """
         check_ids(x0, self.vocab_size, "clean ids")
         if logits.shape[:-1] != x0.shape or logits.shape[-1] < self.vocab_size:
