@@ -244,6 +244,8 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
         _reject_unknown(spec.overrides, fields, "model.overrides.")
         kw = dict(vocab_size=proc.model_vocab_size, input_vocab_size=max([proc.model_vocab_size] + [i + 1 for i in extra_ids]),
                   max_positions=length, time_conditioning=proc.time_conditioned)
+        if getattr(proc, "weighted_embedding", False):  # eq. 12: the backbone mixes in f(MASK)
+            kw.update(mask_id=proc.mask_id, weighted_embedding_gamma=proc.gamma)
         kw.update(spec.overrides)  # an explicit override wins (no "multiple values" TypeError)
         return DiffusionTransformer(TransformerConfig.preset(spec.preset, **kw))
     if spec.kind == "hf":

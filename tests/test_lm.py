@@ -148,3 +148,153 @@ def test_composition_errors():
         lm.loss(torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError):
         DiffusionLM(tiny(N + 1), Absorb(N), Flat(), layout="sideways")
+
+
+# ----------------------------------------------------------------------------------------------
+# GammaHybrid as in the hyperschedules paper: eq. 12 weighted embedding, eq. 10 / 11 settled CE
+
+
+GAMMA = 0.3
+
+
+def eq12_model(seed: int = 0, **over) -> DiffusionTransformer:
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=N + 1, input_vocab_size=N + 2, n_layers=2, hidden=32, n_heads=2, max_positions=64,
+              time_conditioning=True, mask_id=N, weighted_embedding_gamma=GAMMA)
+    cfg = TransformerConfig.preset("tiny", **{**kw, **over})
+    return DiffusionTransformer(cfg)
+
+
+class Spy:
+    """Records the keyword inputs of every call of a backbone."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+        self.vocab_size, self.config = model.vocab_size, model.config
+
+    def forward(self, ids, *, position_ids=None, attention_mask=None, levels=None, cache=None, cache_commit=0,
+                embedding_weight=None):
+        self.calls.append({"levels": levels, "embedding_weight": embedding_weight})
+        return self.model(ids, position_ids=position_ids, attention_mask=attention_mask, levels=levels, cache=cache,
+                          cache_commit=cache_commit, embedding_weight=embedding_weight)
+
+    __call__ = forward
+
+    def empty_cache(self):
+        return self.model.empty_cache()
+
+
+def test_the_eq12_embedding_weight_reaches_the_backbone_in_loss_bound_and_sampling():
+    """w = e^{-gamma sigma_bar(l)} of the levels of every call: training (per-sequence and
+    two-halves), the bound and the samplers' driver (cached and not)."""
+    from diffusionlm.samplers import get_sampler
+
+    proc = GammaHybrid(N, GAMMA, weighted_embedding=True)
+    spy = Spy(eq12_model())
+    x0 = batch(B=2, d=8)
+    for schedule in (Flat(), Block(4, 2)):
+        lm = DiffusionLM(spy, proc, schedule)
+        lm.loss(x0, generator=torch.Generator().manual_seed(0))
+        if schedule != Flat():
+            lm.loss(x0, generator=torch.Generator().manual_seed(0), two_halves=True)
+        lm.nll_bound(x0, num_samples=2, generator=torch.Generator().manual_seed(0))
+        for cache in (True, False):
+            out = get_sampler("sedd_analytic")(steps=4, cache=cache).sample(lm, 2, 8, generator=torch.Generator().manual_seed(1))
+            assert not (out.tokens == N).any()
+    assert len(spy.calls) > 10
+    for call in spy.calls:
+        lv, w = call["levels"], call["embedding_weight"]
+        assert w is not None and w.shape == lv.shape
+        expect = torch.exp(-GAMMA * proc.noise.sigma_bar(lv.double()))
+        assert torch.allclose(w.double(), expect, atol=1e-6)
+    assert any(float(c["levels"].min()) == 0 and float(c["embedding_weight"].max()) == 1 for c in spy.calls)
+
+
+def test_the_eq12_model_trains_and_samples():
+    """GammaHybrid(weighted_embedding=True) + Block, trained end to end: its seeded loss falls
+    over a few dozen steps and the SEDD sampler gives tokens, never MASK."""
+    from diffusionlm.samplers import get_sampler
+
+    proc = GammaHybrid(N, GAMMA, weighted_embedding=True)
+    lm = DiffusionLM(eq12_model(), proc, Block(4, 2), settled_weight=0.1, settled_weighting="eq11")
+    x0 = torch.arange(16)[None].expand(8, 16) % N  # a fixed pattern to learn
+
+    def seeded_loss():
+        with torch.no_grad():
+            return sum(float(lm.loss(x0, generator=torch.Generator().manual_seed(s)).loss) for s in range(6)) / 6
+
+    before = seeded_loss()
+    opt = torch.optim.Adam(lm.model.parameters(), lr=3e-3)
+    lm.model.train()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        opt.zero_grad()
+        lm.loss(x0, generator=g).loss.backward()
+        opt.step()
+    lm.model.eval()
+    after = seeded_loss()
+    assert after < 0.7 * before, (before, after)
+    out = get_sampler("sedd_analytic")(steps=8).sample(lm, 4, 16, generator=torch.Generator().manual_seed(0))
+    assert out.tokens.shape == (4, 16) and not (out.tokens == N).any() and (out.tokens < N).all()
+    assert torch.isfinite(lm.nll_bound(x0[:2], num_samples=4, generator=torch.Generator().manual_seed(0)).nll).all()
+
+
+def test_eq12_composition_errors():
+    proc = GammaHybrid(N, GAMMA, weighted_embedding=True)
+    with pytest.raises(ValueError, match="does not provide it"):  # the backbone raised deep inside before
+        DiffusionLM(eq12_model(), GammaHybrid(N, GAMMA), Flat())
+    with pytest.raises(ValueError, match="takes no embedding_weight"):
+        DiffusionLM(Oracle(proc, *toy_distribution(N, 2)), proc, Flat())
+    with pytest.raises(ValueError, match="gamma 0.5 is not the process's gamma 0.3"):
+        DiffusionLM(eq12_model(weighted_embedding_gamma=0.5), proc, Flat())
+    with pytest.raises(ValueError, match="mask_id"):
+        DiffusionLM(eq12_model(mask_id=N + 1, weighted_embedding_gamma=None), proc, Flat())
+    with pytest.raises(ValueError, match="Uniform has no MASK"):
+        GammaHybrid(N, _uniform=True, weighted_embedding=True)
+    with pytest.raises(ValueError, match="weighted_embedding"):
+        GammaHybrid(N, GAMMA, weighted_embedding="yes")
+    assert proc.config()["weighted_embedding"] is True
+    from diffusionlm.processes import process
+
+    assert process(proc.config()).config() == proc.config()
+
+
+def test_eq11_weights():
+    from diffusionlm.lm import eq11_weights
+
+    assert eq11_weights(12, 4).tolist() == [0.0] * 4 + [0.5] * 4 + [1.0] * 4
+    assert eq11_weights(10, 4).tolist() == [0.0] * 4 + [0.5] * 4 + [1.0] * 2  # ceil(10 / 4) = 3 blocks
+    assert eq11_weights(8, 8).tolist() == [1.0] * 8  # one block: w = 1
+    assert eq11_weights(5, 1).tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]  # Quench: omega = 1
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "eq11"])
+def test_settled_ce_is_beta1_times_w_i(weighting):
+    """Eq. 10: the loss adds beta_1 * w(i) * CE at the settled positions of the drawn step."""
+    from diffusionlm.lm import eq11_weights
+    from diffusionlm.processes.base import real_token_nll
+
+    model = tiny(N + 1)
+    x0 = batch(B=3, d=12)
+    u = torch.tensor([0.4, 0.7, 0.9], dtype=torch.float64)  # steps 2, 3, 3 of Block(4, 1): blocks 1, 2, 2
+    plain = DiffusionLM(model, Absorb(N), Block(4))
+    beta = DiffusionLM(model, Absorb(N), Block(4), settled_weight=0.7, settled_weighting=weighting)
+    with torch.no_grad():
+        a, b = plain.loss(x0, u=u), beta.loss(x0, u=u)
+        draw = b.draw
+        settled = draw.level == 0
+        logits = model(b.corruption.ids, levels=draw.level, attention_mask=plain._mask_for(draw)[1]).logits
+    w = eq11_weights(12, 4) if weighting == "eq11" else torch.ones(12)
+    extra = torch.where(settled, 0.7 * w * real_token_nll(logits, x0, N), torch.zeros(3, 12))
+    assert settled.any(1).all()
+    assert torch.allclose(b.per_token - a.per_token, extra, atol=1e-5)
+
+
+def test_settled_weight_errors():
+    lm = DiffusionLM(tiny(N + 1), Absorb(N), Block(4), settled_weight=0.5)
+    with pytest.raises(ValueError, match="two-halves layout"):
+        lm.loss(batch(), two_halves=True)
+    with pytest.raises(ValueError, match="settled_weighting"):
+        DiffusionLM(tiny(N + 1), Absorb(N), Block(4), settled_weighting="eq12")
+    with pytest.raises(ValueError, match="beta_1"):
+        DiffusionLM(tiny(N + 1), Absorb(N), Block(4), settled_weight=-1.0)

@@ -24,6 +24,16 @@ Scores come from the model's clean-token distribution p (mean parametrisation), 
         x = a:     s_b = p_a u / k + p_b k / u + (1 - p_a - p_b)
 
 so an oracle p gives the true ratios. Everything is O(N) per position.
+
+Weighted token embedding (hyperschedules paper, appendix B.5, eq. 12), `weighted_embedding=True`:
+a real input token at level l was left unperturbed by the uniform part with probability
+e^{-gamma sigma_bar(l)}, so the backbone embeds it as
+
+    w f(x) + (1 - w) f(MASK),   w = e^{-gamma sigma_bar(l)} = (e^{-sigma_bar(l)})^gamma
+
+`embedding_weight(level)` gives w per position (1 at level 0); the composition (`DiffusionLM`:
+training loss and bound) and the samplers' driver pass it to the backbone as `embedding_weight`
+on every call, whenever the process asks for it (None otherwise).
 """
 from __future__ import annotations
 
@@ -56,20 +66,33 @@ class GammaHybrid(Process):
         gamma: float = 0.01,
         mask_id: Optional[int] = None,
         noise: Optional[NoiseSchedule] = None,
+        weighted_embedding: bool = False,
         _uniform: bool = False,
     ):
         if _uniform:
             gamma = 1.0
         elif not 0.0 < gamma < 1.0:
             raise ValueError(f"gamma must be in (0, 1), got {gamma}")
+        if not isinstance(weighted_embedding, bool):
+            raise ValueError(f"weighted_embedding must be True or False, got {weighted_embedding!r}")
+        if weighted_embedding and _uniform:
+            raise ValueError("Uniform has no MASK: the eq. 12 weighted embedding mixes in f(MASK)")
         super().__init__(vocab_size, None if _uniform else (vocab_size if mask_id is None else mask_id), noise or LogLinear())
         self.gamma = float(gamma)
+        self.weighted_embedding = weighted_embedding
 
     def config(self) -> dict:
         return {
             "name": self.name, "vocab_size": self.vocab_size, "gamma": self.gamma,
-            "mask_id": self.mask_id, "noise": self.noise.to_dict(),
+            "mask_id": self.mask_id, "noise": self.noise.to_dict(), "weighted_embedding": self.weighted_embedding,
         }
+
+    def embedding_weight(self, level: Tensor) -> Optional[Tensor]:
+        """Eq. 12's w = e^{-gamma sigma_bar(l)} per position (float32, like `level`), or None when
+        the process does not use the weighted embedding."""
+        if not self.weighted_embedding:
+            return None
+        return self.noise.alpha(level.double()).clamp_min(0.0).pow(self.gamma).to(torch.float32)
 
     def event_probs(self, level_from: Tensor, level_to: Tensor) -> tuple[Tensor, Tensor]:
         ratio = self._keep_ratio(level_from, level_to)  # e^{-D}

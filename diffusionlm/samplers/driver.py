@@ -17,8 +17,9 @@ For a hyperschedule with level table l [T+1, d] (`schedule.table(d)`), at each s
    attend settled rows causally, active rows attend every settled and active row, nobody attends
    a worthless row) covers them; `None` (full attention) when every fed row is active. Row j
    reads token j in the ALIGNED layout and token j-1 (BOS for j = 0) in the SHIFTED one
-   (`shift_inputs`); the model gets `position_ids` = the true positions and `levels` = l[k-1]
-   of the fed rows.
+   (`shift_inputs`); the model gets `position_ids` = the true positions, `levels` = l[k-1]
+   of the fed rows, and whatever the process asks for at those levels (`lm.model_inputs`:
+   eq. 12's `embedding_weight` for a weighted-embedding GammaHybrid).
 3. KV cache (`cache=True` and a model with `empty_cache()`). The longest prefix 0..s-1 settled in
    every batch row is cached (cache.py explains why that is exact): feed rows[cached:] (the newly
    settled rows first, then the rest) with `mask[..., cached:, :]` and commit the s - cached newly
@@ -216,7 +217,7 @@ def drive(
     x = torch.where(fix, values, x)
 
     use_cache = bool(cache) and callable(getattr(model, "empty_cache", None))
-    reuse_ok = bool(cache) and ignores_levels(model)
+    reuse_ok = bool(cache) and ignores_levels(model) and not getattr(lm, "process_asks_embedding_weight", False)
     kv: Any = None
     cached = 0
     calls = 0
@@ -272,6 +273,9 @@ def drive(
                 attention_mask=m,
                 levels=lt[:, feed].float(),
             )
+            # inputs the process asks for (eq. 12's embedding weight): they follow the levels
+            extra = lm.model_inputs(kwargs["levels"]) if callable(getattr(lm, "model_inputs", None)) else {}
+            kwargs.update(extra)
             if use_cache and (kv is not None or commit > 0):
                 if kv is None:
                     kv = model.empty_cache()
