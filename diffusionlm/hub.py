@@ -101,6 +101,7 @@ def composition_dict(lm: Any) -> dict:
         "layout": lm.layout.value,
         "bos_id": lm.bos_id,
         "settled_weight": lm.settled_weight,
+        "settled_weighting": lm.settled_weighting,
         "max_positions": lm.max_positions,
     }
 
@@ -115,7 +116,7 @@ def build_composition(spec: dict, model: Any) -> Any:
     return DiffusionLM(
         model, build_part("process", process, spec["process"]), build_part("schedule", hyperschedule, spec["schedule"]),
         layout=spec.get("layout", "aligned"), bos_id=spec.get("bos_id"), settled_weight=spec.get("settled_weight", 0.0),
-        max_positions=spec.get("max_positions"),
+        settled_weighting=spec.get("settled_weighting", "uniform"), max_positions=spec.get("max_positions"),
     )
 
 

@@ -298,3 +298,22 @@ def test_settled_weight_errors():
         DiffusionLM(tiny(N + 1), Absorb(N), Block(4), settled_weighting="eq12")
     with pytest.raises(ValueError, match="beta_1"):
         DiffusionLM(tiny(N + 1), Absorb(N), Block(4), settled_weight=-1.0)
+
+
+def test_an_eq12_composition_round_trips_through_its_saved_dict():
+    """The weighted-embedding process, beta_1 and the eq. 11 weighting survive the composition
+    dict that save_pretrained writes (diffusionlm.hub)."""
+    import json
+
+    from diffusionlm import hub
+
+    lm = DiffusionLM(eq12_model().eval(), GammaHybrid(N, GAMMA, weighted_embedding=True), Block(4, 2),
+                     settled_weight=0.2, settled_weighting="eq11")
+    back = hub.build_composition(json.loads(json.dumps(hub.composition_dict(lm))), lm.model)
+    assert back.process.config() == lm.process.config() and back.process.weighted_embedding
+    assert (back.settled_weight, back.settled_weighting) == (0.2, "eq11")
+    x0 = batch(B=2, d=12)
+    with torch.no_grad():
+        a = lm.loss(x0, generator=torch.Generator().manual_seed(3)).loss
+        b = back.loss(x0, generator=torch.Generator().manual_seed(3)).loss
+    assert torch.equal(a, b)
