@@ -477,16 +477,17 @@ class DiffusionTransformer(nn.Module):
         return KVCache.empty(self.config.n_layers)
 
     # -- persistence -------------------------------------------------------------------
-    def save_pretrained(self, directory: "str | os.PathLike") -> None:
-        """Write `config.json` and `model.safetensors` into `directory` (created if needed)."""
-        from safetensors.torch import save_file
+    def save_pretrained(self, directory: "str | os.PathLike", state_dict: Optional[dict] = None) -> None:
+        """Write `config.json` and `model.safetensors` (checksummed, `diffusionlm.safeio`) into
+        `directory` (created if needed). `state_dict`: the weights to write instead of this
+        module's own (a trainer's gathered full state under FSDP)."""
+        from ..safeio import atomic_write, save_safetensors
 
         os.makedirs(directory, exist_ok=True)
         meta = {"model_type": _MODEL_TYPE, "format_version": 1, **self.config.to_dict()}
-        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
+        text = json.dumps(meta, indent=2, sort_keys=True)
+        atomic_write(os.path.join(directory, CONFIG_NAME), lambda tmp: tmp.write_text(text))
+        save_safetensors(os.path.join(directory, WEIGHTS_NAME), self.state_dict() if state_dict is None else state_dict)
 
     @classmethod
     def from_pretrained(
@@ -498,8 +499,9 @@ class DiffusionTransformer(nn.Module):
         **config_overrides: Any,
     ) -> "DiffusionTransformer":
         """Load a model written by `save_pretrained`. `config_overrides` may change runtime
-        settings such as `attention` or `dropout`."""
-        from safetensors.torch import load_file
+        settings such as `attention` or `dropout`. The weights' checksum is verified (a damaged
+        file is a `diffusionlm.safeio.CorruptFileError` naming it)."""
+        from ..safeio import load_safetensors
 
         cfg_path = os.path.join(directory, CONFIG_NAME)
         w_path = os.path.join(directory, WEIGHTS_NAME)
@@ -512,7 +514,7 @@ class DiffusionTransformer(nn.Module):
             raise ValueError(f"{cfg_path} describes a {meta.get('model_type')!r}, not a {_MODEL_TYPE!r}")
         config = TransformerConfig.from_dict({**meta, **config_overrides})
         model = cls(config)
-        model.load_state_dict(load_file(w_path, device=str(device)), strict=True)
+        model.load_state_dict(load_safetensors(w_path, device=str(device))[0], strict=True)
         model.to(device)
         if dtype is not None:
             model.to(dtype)
