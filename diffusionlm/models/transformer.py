@@ -45,6 +45,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from .attention import ATTENTION_BACKENDS, get_backend
@@ -242,16 +243,14 @@ class SelfAttention(nn.Module):
         mask: Any,
         past: tuple[Optional[Tensor], Optional[Tensor]],
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        B, L, E = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, H, L, Dh]
         new_kv = (k, v)
         k_past, v_past = past
         if k_past is not None:
             k, v = torch.cat((k_past, k), dim=2), torch.cat((v_past, v), dim=2)
         y = backend(q, k, v, mask, self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, L, E)
-        return self.proj(y), new_kv
+        return self.proj(rearrange(y, "b h l d -> b l (h d)")), new_kv
 
 
 class MLP(nn.Module):
