@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .configcheck import Bool, Choice, Dict, Int, Opt, Str, check_fields
+from .models.transformer import TransformerConfig
 from .training.trainer import TrainConfig
 
 __all__ = ["ModelSpec", "DataSpec", "RunConfig", "build", "BuiltRun", "load_run"]
@@ -33,6 +35,18 @@ class ModelSpec:
     lora: Optional[dict] = None  # {"r": 8, "target_modules": ["q_proj", "v_proj"]}
     annealing_steps: Optional[int] = None  # DiffuGPT attention-mask annealing warm-up
 
+    RULES = {
+        "kind": Choice("transformer", "hf"), "preset": Choice(*TransformerConfig.presets()), "overrides": Dict(),
+        "path": Opt(Str(), "a new model"), "hf_config": Opt(Dict(), "model.path gives the model"),
+        "attn_implementation": Choice("sdpa", "eager"), "mask": Str(), "lora": Opt(Dict(), "no LoRA"),
+        "annealing_steps": Opt(Int(0), "no annealing"),
+    }
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.RULES, "model")
+        if self.hf_config is not None and not isinstance(self.hf_config.get("model_type"), str):
+            raise ValueError(f"model.hf_config needs a \"model_type\" (e.g. \"llama\", \"gpt2\"), got keys {sorted(self.hf_config)}")
+
 
 @dataclass
 class DataSpec:
@@ -47,6 +61,15 @@ class DataSpec:
     prompt_field: str = "prompt"
     response_field: str = "response"
     all_tokens: bool = False
+
+    RULES = {
+        "corpus": Str(), "tokenizer": Str(), "length": Int(1), "rule": Choice("wrap", "pad"), "val_split": Str(),
+        "val_batches": Int(0), "instruct": Opt(Str(), "plain text from data.corpus"), "prompt_field": Str(),
+        "response_field": Str(), "all_tokens": Bool(),
+    }
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.RULES, "data")
 
 
 @dataclass
@@ -89,7 +112,10 @@ class RunConfig:
             else:
                 kw[name] = value
         run = cls(**kw)
-        run.stages = _check_stages(run.stages, run.train)
+        if run.layout not in ("aligned", "shifted"):
+            raise ValueError(f"layout = {run.layout!r}: must be one of aligned, shifted")
+        _check_schedule(run.schedule, run.data.length, "schedule")
+        run.stages = _check_stages(run.stages, run.train, run.data.length)
         return run
 
     @classmethod
@@ -109,10 +135,21 @@ def _strip_comments(d: Any) -> Any:
     return {k: v for k, v in d.items() if not (isinstance(k, str) and k.startswith("_"))} if isinstance(d, dict) else d
 
 
-def _check_stages(stages: Any, train: TrainConfig) -> list:
-    """Each stage: an optional "schedule" plus TrainConfig keys (overriding `train`)."""
+def _check_schedule(spec: Any, length: int, where: str) -> None:
+    """The hyperschedule builds and, when discrete, has a level table at the data length (a Block
+    or Slide width larger than the length is refused here, before anything is built)."""
     from .schedules import hyperschedule
 
+    try:
+        hs = build_part("schedule", hyperschedule, spec)
+        if not hs.continuous:
+            hs.table(length)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
+def _check_stages(stages: Any, train: TrainConfig, length: int) -> list:
+    """Each stage: an optional "schedule" plus TrainConfig keys (overriding `train`)."""
     if not isinstance(stages, list):
         raise ValueError(f"config key stages must be a list of objects, got {type(stages).__name__}")
     out = []
@@ -121,10 +158,7 @@ def _check_stages(stages: Any, train: TrainConfig) -> list:
         stage = _strip_comments(stage)
         _reject_unknown(stage, ["schedule"] + TrainConfig.field_names(), prefix)
         if "schedule" in stage:
-            try:
-                hyperschedule(stage["schedule"])
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{prefix}schedule: {err}") from err
+            _check_schedule(stage["schedule"], length, f"{prefix}schedule")
         rest = {k: v for k, v in stage.items() if k != "schedule"}
         try:
             TrainConfig(**{**dataclasses.asdict(train), **rest})

@@ -240,7 +240,7 @@ def test_sample_eval_and_demo_on_a_plain_hf_directory(capsys, hf_dir, tmp_path):
     from diffusionlm.demo import DemoSettings, generate, load_demo_model
 
     demo = load_demo_model(hf_dir, schedule="block")
-    run = generate(demo, DemoSettings(prompt="Hi", length=10, steps=4, schedule="trained"))
+    run = generate(demo, DemoSettings(prompt="Hi", length=16, steps=4, schedule="trained"))  # Block(16): width <= length
     assert run.text.startswith("Hi") and demo.lm.schedule.name == "block"
 
 

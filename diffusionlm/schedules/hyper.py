@@ -137,6 +137,12 @@ def _check_length(d: int) -> None:
         raise ValueError(f"sequence length must be a positive int, got {d!r}")
 
 
+def _check_width(schedule: "Hyperschedule", width: int, d: int) -> None:
+    """A block / window wider than the sequence is refused, never silently cut to the length."""
+    if width > d:
+        raise ValueError(f"{schedule!r}: width {width} exceeds the sequence length {d} (width must be <= length)")
+
+
 def _check_positive(name: str, v: int) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -432,6 +438,7 @@ class Block(Hyperschedule):
         return math.ceil(d / self.width_) * self.steps_per_block
 
     def _build_table(self, d: int) -> Tensor:
+        _check_width(self, self.width_, d)
         S = self.steps_per_block
         k = torch.arange(self.num_steps(d) + 1, dtype=torch.float64)[:, None]
         b = (torch.arange(d) // self.width_).double()[None, :]
@@ -464,6 +471,7 @@ class Slide(Hyperschedule):
 
     def _build_table(self, d: int) -> Tensor:
         w = self.width_
+        _check_width(self, w, d)
         k = torch.arange(self.num_steps(d) + 1, dtype=torch.float64)[:, None]
         i = torch.arange(d, dtype=torch.float64)[None, :]
         return ((i + w - k) / w).clamp(0.0, 1.0)

@@ -34,7 +34,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..configcheck import Bool, Choice, Int, Num, Opt, Pair, Str, check_fields
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+#: the transformers schedules the trainer can step without a metric or extra arguments
+LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                "inverse_sqrt")
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteLossError"]
 
@@ -49,36 +54,38 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 3e-4
-    lr_schedule: str = "cosine"  # any transformers.get_scheduler name
+    lr_schedule: str = "cosine"  # one of LR_SCHEDULES (transformers.get_scheduler)
     warmup_steps: int = 0
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)
-    clip: Optional[float] = 1.0
+    clip: Optional[float] = 1.0  # max gradient norm; None: no clipping
     ema: Optional[float] = None  # EMA decay, e.g. 0.9999
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: CUDA only)
     two_halves: bool = False
-    eval_every: int = 0
+    eval_every: int = 0  # 0: never
     eval_batches: int = 4
     eval_samples: int = 8
-    save_every: int = 0
-    keep_checkpoints: int = 2
+    save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2  # 0: keep all
     out_dir: Optional[str] = None
     log_every: int = 1
     seed: int = 0
     progress: bool = True
     fsdp: bool = False
 
+    RULES = {
+        "steps": Int(1), "batch_size": Int(1), "grad_accum": Int(1),
+        "lr": Num(0, lo_open=True), "lr_schedule": Choice(*LR_SCHEDULES), "warmup_steps": Int(0),
+        "weight_decay": Num(0), "betas": Pair(Num(0, 1, hi_open=True)),
+        "clip": Opt(Num(0, lo_open=True), "no clipping"), "ema": Opt(Num(0, 1, lo_open=True, hi_open=True), "no EMA"),
+        "precision": Choice("fp32", "bf16", "fp16"), "two_halves": Bool(),
+        "eval_every": Int(0), "eval_batches": Int(1), "eval_samples": Int(1),
+        "save_every": Int(0), "keep_checkpoints": Int(0), "out_dir": Opt(Str(), "no checkpoints or metrics"),
+        "log_every": Int(1), "seed": Int(0, 2**31 - 1), "progress": Bool(), "fsdp": Bool(),
+    }
+
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "log_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.ema is not None and not 0.0 < self.ema < 1.0:
-            raise ValueError(f"ema decay must be in (0, 1), got {self.ema}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        check_fields(self, self.RULES, "train")
         self.betas = tuple(self.betas)
 
     @classmethod
