@@ -40,9 +40,9 @@ __all__ = ["main", "USER_ERRORS"]
 def _user_errors() -> tuple:
     from safetensors import SafetensorError
 
-    from .training.trainer import NonFiniteLossError
+    from .training import NonFiniteError, RunDirInUse
 
-    return (ValueError, TypeError, OSError, SafetensorError, NonFiniteLossError)
+    return (ValueError, TypeError, OSError, SafetensorError, NonFiniteError, RunDirInUse)
 
 
 #: exceptions reported as one line with exit status 1 (bad input, missing files, a stopped run)
@@ -97,13 +97,14 @@ def cmd_train(args) -> dict:
     from .config import RunConfig, build
     from .estimate import LONG_RUN_SECONDS
     from .schedules import hyperschedule
-    from .training import TrainConfig, Trainer
+    from .training import RunDirLock, TrainConfig, Trainer, seed_everything
 
     run = RunConfig.from_file(args.config, args.overrides)
     if run.train.out_dir is None:
         run.train.out_dir = str(Path("runs") / (Path(args.config).stem if args.config else "default"))
     device = _device(args.device)
     rank, world = _dist_env()
+    seed_everything(run.train.seed)  # before anything random: the model's initial weights are the seed's
     built = build(run, rank=rank, world_size=world)
     stages = run.stages or [{}]
     if rank == 0:
@@ -113,8 +114,9 @@ def cmd_train(args) -> dict:
         if args.dry_run:
             return {"estimate_seconds": seconds}
     out = Path(run.train.out_dir)
+    # the run directory is ours for the whole command (each stage's Trainer re-enters the lock)
+    lock = RunDirLock(out).acquire() if rank == 0 else None
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(run.to_dict(), indent=2))
     results = {"stages": []}
     for i, stage in enumerate(stages):
@@ -136,6 +138,8 @@ def cmd_train(args) -> dict:
         results["model"] = _save_trained(built, run, results, out / "model", merge=args.merge, world=world, recipe=args.config)
         (out / "results.json").write_text(json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
+    if lock is not None:
+        lock.release()
     return results
 
 

@@ -380,6 +380,9 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
     final = run.model.kind == "transformer" and model_dir.exists()
     if final:
         run.model.path = str(run_dir / "model")
+    from .training.trainer import seed_everything
+
+    seed_everything(run.train.seed)  # a random-initialised base (hf_config) is the one training built
     built = build(run, data=data)
     if not final:
         # no final weights (an HF / LoRA run, or training still under way): the newest checkpoint;
@@ -392,9 +395,9 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
                 f"{run_dir} holds no trained weights: neither model/ (written when training ends) nor a "
                 f"checkpoint (LATEST): train it first, or give the run directory of a finished run"
             )
-        from safetensors.torch import load_file
+        from .training.checkpoint import load_model_weights
 
-        built.lm.model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        load_model_weights(built.lm.model, ckpt)  # verified; adapters only: checked against their base
     built.lm.model.eval()
     return run, built
 

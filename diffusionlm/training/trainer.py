@@ -1,6 +1,6 @@
 """Trainer: AdamW, warmup + schedule (transformers), clipping, accumulation, EMA, autocast,
 periodic validation of the NLL bound, progress bar, JSONL metrics, atomic checkpoints and exact
-resume, and a stop with a message on a non-finite loss.
+resume, a writer lock on the run directory, and a one-line stop on anything non-finite.
 
     trainer = Trainer(lm, TrainConfig(steps=1000, out_dir="runs/x"), train_stream, val_batches)
     trainer.fit()          # resumes from runs/x/LATEST when it exists
@@ -8,14 +8,29 @@ resume, and a stop with a message on a non-finite loss.
 `train_stream` yields [B, d] id tensors (or dicts with "input_ids" and optional
 "response_mask") and has `state_dict()` / `load_state_dict()` (the data position), e.g.
 `diffusionlm.data.BatchStream`. Exact resume: a checkpoint after step k holds the weights,
-optimizer, LR scheduler, EMA, every RNG state (the corruption generator, torch, python, numpy)
-and the data position, so training k steps, stopping and resuming gives the same weights and
-losses as training straight through (CPU, deterministic kernels).
+optimizer, LR scheduler, EMA, every rank's RNG states (the corruption generator, torch, python,
+numpy, CUDA) and the data position, so training k steps, stopping and resuming gives the same
+weights and losses as training straight through (CPU, deterministic kernels). A model with frozen
+parameters (LoRA, a frozen HF base) checkpoints only its trainable ones, with a checksum of the
+frozen base that a resume compares (see `diffusionlm.training.checkpoint`).
 
-Distributed: launched by `torchrun` (or `accelerate launch`), the trainer joins the process
-group (gloo on CPU, nccl on GPU), wraps the model in DistributedDataParallel (or FSDP with
-`fsdp=True` on GPUs) and seeds each rank's corruption generator with seed + rank. Each rank
-reads its own shard of the stream (the caller builds it with `rank` / `world_size`).
+Seeding: `seed_everything(seed)` (python, numpy, torch) before anything random, so a model built
+after it is the same every run (`diffusionlm train` seeds before it builds the model); the
+Trainer seeds again with seed + rank, and its corruption generator with seed + rank.
+
+Non-finite values: a NaN / infinite loss stops before its backward pass, a non-finite gradient
+norm before the optimizer step, non-finite weights after it; each raises NonFiniteError with one
+line naming the step and the last checkpoint, which is kept: nothing non-finite is ever saved.
+
+Distributed: launched by `torchrun` (see docs/TRAINING.md), the trainer joins the process group
+(gloo on CPU, nccl on GPU), wraps the model in DistributedDataParallel, or shards it with FSDP2
+(`fully_shard`, `fsdp=True`; CPU with gloo works too), and seeds each rank with seed + rank. Each
+rank reads its own shard of the stream (the caller builds it with `rank` / `world_size`).
+Checkpoints gather a full state dict (`torch.distributed.checkpoint.state_dict`, the same code
+path for one process, DDP and FSDP); rank 0 writes it; every rank reads it back on resume (one
+machine or a shared filesystem), and the run must resume with the same number of ranks.
+Decisions the ranks take (stop on a non-finite value, a refused lock) are agreed by all-reduce so
+that no rank is left waiting in a collective.
 """
 from __future__ import annotations
 
@@ -26,7 +41,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -35,17 +50,27 @@ import torch
 from torch import Tensor
 
 from ..configcheck import Bool, Choice, Int, Num, Opt, Pair, Str, check_fields
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    NonFiniteError, check_frozen, check_weights, frozen_digest, latest_checkpoint, load_checkpoint, save_checkpoint,
+)
+from .rundir import MetricsLog, RunDirInUse, RunDirLock
+
+__all__ = ["TrainConfig", "Trainer", "NonFiniteError", "NonFiniteLossError", "RunDirInUse", "seed_everything",
+           "LR_SCHEDULES"]
 
 #: the transformers schedules the trainer can step without a metric or extra arguments
 LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                 "inverse_sqrt")
 
-__all__ = ["TrainConfig", "Trainer", "NonFiniteLossError"]
+#: earlier name, kept for callers: the error covers the loss, the gradients and the weights
+NonFiniteLossError = NonFiniteError
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training stopped on a non-finite loss (nothing was saved from the bad step)."""
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (CUDA included)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 @dataclass
@@ -93,18 +118,26 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
 
-def _gen_state(g: torch.Generator) -> str:
-    return base64.b64encode(g.get_state().numpy().tobytes()).decode()
+def _b64(t: Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
 
 
-def _set_gen_state(g: torch.Generator, s: str) -> None:
-    g.set_state(torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8))
+def _unb64(s: str) -> Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
 
 
 def _world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def _local(t: Tensor) -> Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _full(t: Tensor) -> Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 class Trainer:
@@ -119,6 +152,8 @@ class Trainer:
         self.lm, self.config, self.stream = lm, config, train_stream
         self.val_batches = list(val_batches) if val_batches is not None else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 training needs a CUDA device; use bf16 or fp32 on CPU")
         self._init_distributed()
         model = lm.model
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
@@ -129,6 +164,9 @@ class Trainer:
         params = [p for p in self.module.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
+        #: only the trainable parameters are checkpointed when some are frozen (LoRA, a frozen base)
+        self.partial = any(not p.requires_grad for p in self.module.parameters())
+        self._trainable = params
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -146,15 +184,17 @@ class Trainer:
 
             self.ema = AveragedModel(self._bare(), multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
         self.generator = torch.Generator().manual_seed(config.seed + self.rank)
-        torch.manual_seed(config.seed + self.rank)
+        seed_everything(config.seed + self.rank)
         self.step = 0
         self.history: list[dict] = []
         self.last_checkpoint: Optional[Path] = None
-        if config.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("fp16 training needs a CUDA device; use bf16 or fp32 on CPU")
+        self._frozen_sha256: Optional[str] = None
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-        if config.out_dir and latest_checkpoint(config.out_dir) is not None:
-            self.resume(latest_checkpoint(config.out_dir))
+        self.metrics = MetricsLog(config.out_dir) if config.out_dir and self.rank == 0 else None
+        if config.out_dir:
+            ckpt = latest_checkpoint(config.out_dir)
+            if ckpt is not None:
+                self.resume(ckpt)
 
     # -- distributed --------------------------------------------------------------------
     def _init_distributed(self) -> None:
@@ -168,11 +208,12 @@ class Trainer:
 
     def _wrap_distributed(self) -> None:
         if self.config.fsdp:
-            if self.device.type != "cuda":
-                raise ValueError("FSDP is for GPUs; on CPU use DDP (fsdp=False)")
-            from torch.distributed.fsdp import fully_shard
+            if self.config.ema is not None:
+                raise ValueError("train.ema with train.fsdp is not supported (the EMA copy would need sharding too)")
+            from torch.distributed.fsdp import FSDPModule, fully_shard
 
-            fully_shard(self.module)
+            if not isinstance(self.module, FSDPModule):  # a later stage: already sharded
+                fully_shard(self.module)
             self.lm.model = self.module
         else:
             from torch.nn.parallel import DistributedDataParallel
@@ -181,6 +222,46 @@ class Trainer:
 
     def _bare(self) -> torch.nn.Module:
         return self.module
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True when `flag` is true on any rank (an all-reduce under torchrun)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _gather_json(self, obj: Any) -> list:
+        """Every rank's JSON-able `obj`, on every rank (byte tensors over the process group)."""
+        if self.world == 1:
+            return [obj]
+        data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8, device=self.device)
+        size = torch.tensor([data.numel()], device=self.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.world)]
+        torch.distributed.all_gather(sizes, size)
+        longest = int(max(int(s) for s in sizes))
+        padded = torch.zeros(longest, dtype=torch.uint8, device=self.device)
+        padded[: data.numel()] = data
+        bufs = [torch.zeros_like(padded) for _ in range(self.world)]
+        torch.distributed.all_gather(bufs, padded)
+        return [json.loads(bytes(b[: int(n)].cpu().tolist())) for b, n in zip(bufs, sizes)]
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Rank 0 holds the run directory's lock (the ranks agree whether it got it)."""
+        lock, refused = None, None
+        if self.config.out_dir and self.rank == 0:
+            try:
+                lock = RunDirLock(self.config.out_dir).acquire()
+            except RunDirInUse as err:
+                refused = err
+        if self._any_rank(refused is not None):
+            raise refused or RunDirInUse(f"run dir {self.config.out_dir} in use (refused on rank 0)")
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.release()
 
     # -- one step -----------------------------------------------------------------------
     def _next_batch(self) -> tuple[Tensor, Optional[Tensor]]:
@@ -197,6 +278,24 @@ class Trainer:
         dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def _stop(self, what: str) -> NonFiniteError:
+        where = self.last_checkpoint or "none (no checkpoint was saved yet)"
+        return NonFiniteError(f"{what}; training stopped. Last good checkpoint: {where}")
+
+    def _non_finite_weight(self, include_ema: bool = False) -> Optional[str]:
+        """The name of a weight holding a NaN / infinity on any rank (None: all finite)."""
+        bad = None
+        trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
+        named = [(n, p) for n, p in self.module.named_parameters() if n in trainable]
+        if include_ema and self.ema is not None:
+            named += [("ema." + n, p) for n, p in self.ema.module.named_parameters() if n in trainable]
+        for n, p in named:
+            local = _local(p.detach())
+            if local.is_floating_point() and local.numel() and not bool(torch.isfinite(local).all()):
+                bad = n
+                break
+        return bad if not self._any_rank(bad is not None) else (bad or "a weight on another rank")
+
     def train_step(self) -> dict:
         cfg = self.config
         self.module.train()
@@ -212,12 +311,9 @@ class Trainer:
             with sync, self._autocast():
                 out = self.lm.loss(x0, generator=self.generator, response_mask=resp, two_halves=cfg.two_halves)
             loss = out.loss / cfg.grad_accum
-            if not torch.isfinite(loss):
-                where = self.last_checkpoint or "none: no checkpoint was saved yet"
-                raise NonFiniteLossError(
-                    f"non-finite loss ({float(out.loss)}) at step {self.step + 1} (micro-batch {micro}); "
-                    f"training stopped without applying it. Last good checkpoint: {where}"
-                )
+            if self._any_rank(not bool(torch.isfinite(loss))):
+                raise self._stop(f"non-finite loss ({float(out.loss.detach())}) at step {self.step + 1} (micro-batch {micro}), "
+                                 f"not applied")
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
             else:
@@ -227,13 +323,18 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = None
-        if cfg.clip:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.clip))
+        if cfg.clip is not None:
+            grad_norm = float(_full(torch.nn.utils.clip_grad_norm_(self._trainable, cfg.clip)))
+            if self.scaler is None and not math.isfinite(grad_norm):  # (fp16: the scaler skips the step)
+                raise self._stop(f"non-finite gradient norm ({grad_norm}) at step {self.step + 1}, not applied")
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
+        bad = self._non_finite_weight()
+        if bad is not None:
+            raise self._stop(f"non-finite weights ({bad}) after step {self.step + 1}, not saved")
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self._bare())
@@ -245,32 +346,36 @@ class Trainer:
         """Train until `steps` (default: config.steps) optimizer steps have been taken."""
         cfg = self.config
         target = min(steps if steps is not None else cfg.steps, cfg.steps)
-        bar = None
-        if cfg.progress and self.rank == 0:
-            from tqdm.auto import tqdm
+        with self._writing():
+            if self.metrics is not None:
+                # lines an interrupted run wrote after its last checkpoint (or before its first)
+                self.metrics.keep_until(self.step)
+            bar = None
+            if cfg.progress and self.rank == 0:
+                from tqdm.auto import tqdm
 
-            bar = tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        t0, tok = time.perf_counter(), 0
-        try:
-            while self.step < target:
-                m = self.train_step()
-                tok += m["tokens"]
-                m["tokens_per_s"] = tok / max(time.perf_counter() - t0, 1e-9)
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.val_batches:
-                    m.update(self.evaluate())
-                self.history.append(m)
-                if self.step % cfg.log_every == 0 or "val_nll" in m:
-                    self._log(m)
+                bar = tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+            t0, tok = time.perf_counter(), 0
+            try:
+                while self.step < target:
+                    m = self.train_step()
+                    tok += m["tokens"]
+                    m["tokens_per_s"] = tok / max(time.perf_counter() - t0, 1e-9)
+                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.val_batches:
+                        m.update(self.evaluate())
+                    self.history.append(m)
+                    if self.metrics is not None and (self.step % cfg.log_every == 0 or "val_nll" in m):
+                        self.metrics.append(m)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{m['loss']:.4f}", **({"val_ppl": f"{m['val_ppl']:.2f}"} if "val_ppl" in m else {}))
+                    if cfg.save_every and cfg.out_dir and self.step % cfg.save_every == 0:
+                        self.save()
+            finally:
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{m['loss']:.4f}", **({"val_ppl": f"{m['val_ppl']:.2f}"} if "val_ppl" in m else {}))
-                if cfg.save_every and cfg.out_dir and self.step % cfg.save_every == 0:
-                    self.save()
-        finally:
-            if bar is not None:
-                bar.close()
-        if cfg.out_dir and (not cfg.save_every or self.step % cfg.save_every):
-            self.save()
+                    bar.close()
+            if cfg.out_dir and (not cfg.save_every or self.step % cfg.save_every):
+                self.save()
         return self.history
 
     @torch.no_grad()
@@ -288,77 +393,114 @@ class Trainer:
         self.module.train()
         return {"val_nll": nll / n, "val_ppl": math.exp(nll / n)}
 
-    def _log(self, m: dict) -> None:
-        if self.rank != 0 or not self.config.out_dir:
-            return
-        os.makedirs(self.config.out_dir, exist_ok=True)
-        with open(Path(self.config.out_dir) / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(m) + "\n")
-
     # -- checkpoints --------------------------------------------------------------------
     def _rng_state(self) -> dict:
+        """This rank's RNG states, as JSON."""
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
         return {
-            "generator": _gen_state(self.generator),
-            "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+            "generator": _b64(self.generator.get_state()),
+            "torch": _b64(torch.get_rng_state()),
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "cuda": [_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None,
         }
 
+    def _set_rng_state(self, rng: dict) -> None:
+        self.generator.set_state(_unb64(rng["generator"]))
+        torch.set_rng_state(_unb64(rng["torch"]))
+        random.setstate(_tuple(rng["python"]))
+        kind, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([_unb64(s) for s in rng["cuda"]])
+
+    def _state_options(self, **kw):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=True, ignore_frozen_params=self.partial, **kw)
+
+    def model_state_dict(self) -> dict:
+        """The full (gathered) weights on every rank: what `save_pretrained` writes. Collective
+        under FSDP: every rank calls it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True))
+
+    def _ema_state(self) -> Optional[dict]:
+        if self.ema is None:
+            return None
+        sd = self.ema.state_dict()
+        if self.partial:  # the EMA of the trained weights; its frozen copy equals the base
+            keep = {"module." + n for n, p in self._bare().named_parameters() if p.requires_grad}
+            sd = {k: v for k, v in sd.items() if k in keep or not k.startswith("module.")}
+        return sd
+
     def save(self) -> Optional[Path]:
-        """Write an atomic checkpoint of everything a resume needs (rank 0 writes)."""
+        """Write an atomic checkpoint of everything a resume needs. Every rank calls it (FSDP
+        gathers the shards, RNG states are gathered); rank 0 writes."""
         if not self.config.out_dir:
             raise ValueError("no out_dir configured: nowhere to save")
-        if self.rank == 0:
-            state = {
-                "step": self.step,
-                "data": self.stream.state_dict() if hasattr(self.stream, "state_dict") else None,
-                "config": {k: v for k, v in asdict(self.config).items()},
-                "metrics_tail": self.history[-5:],
-            }
-            opt = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": self._rng_state()}
-            if self.scaler is not None:
-                opt["scaler"] = self.scaler.state_dict()
-            self.last_checkpoint = save_checkpoint(
-                self.config.out_dir, self.step, self._bare().state_dict(), opt, state,
-                ema_state=self.ema.state_dict() if self.ema is not None else None, keep=self.config.keep_checkpoints,
-            )
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        bad = self._non_finite_weight(include_ema=True)
+        if bad is not None:
+            raise self._stop(f"non-finite weights ({bad}) at step {self.step}, not saved")
+        model_sd, optim_sd = get_state_dict(self.module, self.optimizer, options=self._state_options(cpu_offload=True))
+        rng = self._gather_json(self._rng_state())
+        if self.partial and self._frozen_sha256 is None:
+            self._frozen_sha256 = frozen_digest(self._bare())
+        with self._writing():  # re-entrant: already held inside fit()
+            if self.rank == 0:
+                state = {
+                    "step": self.step,
+                    "data": self.stream.state_dict() if hasattr(self.stream, "state_dict") else None,
+                    "config": asdict(self.config),
+                    "weights": "trainable" if self.partial else "full",
+                    "frozen_sha256": self._frozen_sha256,
+                    "world": self.world,
+                    "metrics_tail": self.history[-5:],
+                }
+                tree = {"optimizer": optim_sd, "scheduler": self.scheduler.state_dict(), "rng": rng}
+                if self.scaler is not None:
+                    tree["scaler"] = self.scaler.state_dict()
+                self.last_checkpoint = save_checkpoint(
+                    self.config.out_dir, self.step, model_sd, tree, state,
+                    ema_state=self._ema_state(), keep=self.config.keep_checkpoints,
+                )
         if self.world > 1:
             torch.distributed.barrier()
         return self.last_checkpoint
 
     def resume(self, path: "str | Path") -> None:
+        """Restore everything `save` wrote (every rank reads the checkpoint itself)."""
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
         ck = load_checkpoint(path)
-        missing, unexpected = self._bare().load_state_dict(ck["model"], strict=False)
-        real_missing = [k for k in missing if k not in ck["model"]]
-        if unexpected:
-            raise ValueError(f"checkpoint {path} holds weights this model lacks: {unexpected[:5]}")
-        tied = {k for k in real_missing if "lm_head" in k or "tok" in k or "emb" in k}
-        if set(real_missing) - tied:
-            raise ValueError(f"checkpoint {path} lacks weights: {sorted(set(real_missing) - tied)[:5]}")
-        self.optimizer.load_state_dict(ck["optimizer"]["optimizer"])
-        self.scheduler.load_state_dict(ck["optimizer"]["scheduler"])
-        if self.scaler is not None and "scaler" in ck["optimizer"]:
-            self.scaler.load_state_dict(ck["optimizer"]["scaler"])
-        if self.ema is not None and "ema" in ck:
-            self.ema.load_state_dict(ck["ema"])
-        rng = ck["optimizer"]["rng"]
-        _set_gen_state(self.generator, rng["generator"])
-        torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(rng["torch"])), dtype=torch.uint8))
-        random.setstate(_tuple(rng["python"]))
-        np.random.set_state(rng["numpy"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
         st = ck["trainer_state"]
+        if st.get("world", 1) != self.world:
+            raise ValueError(
+                f"checkpoint {path} was written by {st.get('world', 1)} processes; resume it with the same number "
+                f"(got {self.world}): each rank's random streams and data shard are part of the exact resume"
+            )
+        partial = st.get("weights") == "trainable"
+        check_weights(self._bare(), ck["model"], path, partial)
+        if partial:
+            check_frozen(self._bare(), st, path)
+            self._frozen_sha256 = st["frozen_sha256"]
+        tree = ck["optimizer"]
+        weights = {k: v.to(self.device) for k, v in ck["model"].items()}
+        set_state_dict(self.module, self.optimizer, model_state_dict=weights, optim_state_dict=tree["optimizer"],
+                       options=self._state_options(strict=False))
+        self.scheduler.load_state_dict(tree["scheduler"])
+        if self.scaler is not None and "scaler" in tree:
+            self.scaler.load_state_dict(tree["scaler"])
+        if self.ema is not None and "ema" in ck:
+            self.ema.load_state_dict(ck["ema"], strict=not partial)
+        self._set_rng_state(tree["rng"][self.rank])
         self.step = st["step"]
         if st.get("data") is not None:
             self.stream.load_state_dict(st["data"])
         self.last_checkpoint = Path(path)
-        # drop metric lines written after this checkpoint by the interrupted run
-        log = Path(self.config.out_dir or "") / "metrics.jsonl"
-        if self.config.out_dir and log.exists():
-            keep = [l for l in log.read_text().splitlines() if l and json.loads(l).get("step", 0) <= self.step]
-            log.write_text("".join(l + "\n" for l in keep))
 
 
 def _tuple(x):
