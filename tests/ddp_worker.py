@@ -3,6 +3,12 @@ and save the final weights (rank 0) and every rank's losses.
 
     torchrun --nproc_per_node 2 --master_port P tests/ddp_worker.py --out DIR --batch 4 --steps 4
     python tests/ddp_worker.py --out DIR --batch 8 --steps 4          # one process, doubled batch
+    torchrun ... tests/ddp_worker.py --resumable --out DIR --batch 4 --steps 4 [--fsdp] [--die-at 3]
+
+`--resumable` (see `run_resumable`): one stage under Flat, whose corruption draws are random and
+differ per rank, checkpointing every 2 steps; with `--die-at k` every rank SIGKILLs itself when
+step k + 1 asks for its batch (step k trained and logged, its checkpoint perhaps not written);
+run again without it, the job resumes from LATEST and must end exactly as an uninterrupted run.
 
 Under torchrun the Trainer joins the process group itself (WORLD_SIZE > 1: gloo on CPU) and wraps
 the model in DistributedDataParallel; `build(run, rank, world_size)` gives each rank its shard of
@@ -121,14 +127,73 @@ def run(out: Path, batch: int, steps: int) -> dict:
     return record
 
 
+def run_resumable(out: Path, batch: int, steps: int, fsdp: bool, die_at: int = 0) -> dict:
+    """Absorb + Flat (random levels, drawn by each rank's own generator), DDP (with EMA) or FSDP2,
+    a checkpoint every 2 steps. Writes losses-<rank>.json (this launch's steps and losses) and,
+    at the end, rank 0 writes weights.safetensors (the gathered full weights)."""
+    import signal
+
+    from diffusionlm.config import RunConfig, build
+    from diffusionlm.safeio import save_safetensors
+    from diffusionlm.training import Trainer, seed_everything
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = write_corpus(out / f"corpus-{rank}.txt")
+    over = [o for o in overrides(corpus, batch, steps) if not o.startswith(("stages=", "schedule=", "train.two_halves"))]
+    over += ['schedule={"name": "flat"}', "train.save_every=2", f"train.out_dir={out / 'run'}",
+             f"train.fsdp={'true' if fsdp else 'false'}", f"train.ema={'null' if fsdp else '0.9'}"]
+    cfg = RunConfig.from_file(None, over)
+    seed_everything(cfg.train.seed)  # as `diffusionlm train`: the same initial weights on every rank
+    built = build(cfg, rank=rank, world_size=world)
+    stream = built.train_stream
+    asked = []
+
+    class Stream:
+        def __next__(self):
+            asked.append(1)
+            if die_at and len(asked) == die_at + 1:  # (after a resume: counts this launch's steps)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return next(stream)["input_ids"]
+
+        def state_dict(self):
+            return stream.state_dict()
+
+        def load_state_dict(self, s):
+            stream.load_state_dict(s)
+
+    trainer = Trainer(built.lm, cfg.train, Stream())
+    start = trainer.step
+    if world > 1:
+        kind = "FSDPModule" if fsdp else "DistributedDataParallel"
+        assert any(c.__name__ == kind for c in type(built.lm.model).__mro__), type(built.lm.model)
+    hist = trainer.fit()
+    record = {"rank": rank, "world": world, "start": start, "steps": [m["step"] for m in hist],
+              "loss": [m["loss"] for m in hist]}
+    (out / f"losses-{rank}.json").write_text(json.dumps(record))
+    weights = trainer.model_state_dict()  # every rank: FSDP gathers
+    if rank == 0:
+        save_safetensors(out / "weights.safetensors", weights)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return record
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch", type=int, required=True, help="per-process batch size")
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--resumable", action="store_true", help="the checkpoint / kill / resume job")
+    ap.add_argument("--fsdp", action="store_true")
+    ap.add_argument("--die-at", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    run(Path(args.out), args.batch, args.steps)
+    if args.resumable:
+        run_resumable(Path(args.out), args.batch, args.steps, args.fsdp, args.die_at)
+    else:
+        run(Path(args.out), args.batch, args.steps)
     return 0
 
 
