@@ -243,8 +243,19 @@ def load_tree(stem: "str | os.PathLike", device: str = "cpu") -> Any:
 
 
 def first_non_finite(tensors: "dict[str, Tensor]") -> Optional[str]:
-    """The name of the first floating tensor holding a NaN or an infinity, or None."""
-    for k, v in tensors.items():
-        if isinstance(v, Tensor) and v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+    """The name of the first floating tensor holding a NaN or an infinity, or None.
+
+    Screened with one fused L2 norm per tensor (torch._foreach_norm: NaN and inf propagate into
+    it); only when a norm is not finite are those tensors checked element by element, since a norm
+    also overflows for huge finite values (|x| > ~1e19 in float32), which are not reported."""
+    named = [(k, v.detach()) for k, v in tensors.items()
+             if isinstance(v, Tensor) and v.is_floating_point() and v.numel()]
+    if not named:
+        return None
+    norms = torch._foreach_norm([v for _, v in named], 2)
+    if bool(torch.stack([n.float().cpu() for n in norms]).isfinite().all()):
+        return None
+    for (k, v), n in zip(named, norms):
+        if not bool(torch.isfinite(n)) and not bool(torch.isfinite(v).all()):
             return k
     return None

@@ -134,3 +134,13 @@ def test_save_pretrained_checksums_and_from_pretrained_verifies(tmp_path):
     flip(w, data_start(w) + 3)
     with pytest.raises(CorruptFileError, match=rf"{w} fails its checksum"):
         DiffusionTransformer.from_pretrained(tmp_path / "m")
+
+
+def test_first_non_finite_is_exact():
+    from diffusionlm.safeio import first_non_finite
+
+    t = {"a": torch.ones(3), "ids": torch.arange(3), "empty": torch.zeros(0), "huge": torch.full((4,), 1e30)}
+    assert first_non_finite(t) is None  # a huge but finite weight overflows a norm: not reported
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        u = {**t, "b": torch.tensor([1.0, bad]).bfloat16(), "c": torch.tensor([bad])}
+        assert first_non_finite(u) == "b"

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from ..configcheck import Bool, Choice, Int, Num, Opt, Pair, Str, check_fields
+from ..safeio import first_non_finite
 from .checkpoint import (
     NonFiniteError, check_frozen, check_weights, frozen_digest, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
@@ -283,17 +284,12 @@ class Trainer:
         return NonFiniteError(f"{what}; training stopped. Last good checkpoint: {where}")
 
     def _non_finite_weight(self, include_ema: bool = False) -> Optional[str]:
-        """The name of a weight holding a NaN / infinity on any rank (None: all finite)."""
-        bad = None
+        """The name of a trained weight holding a NaN / infinity on any rank (None: all finite)."""
         trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
-        named = [(n, p) for n, p in self.module.named_parameters() if n in trainable]
+        named = {n: _local(p) for n, p in self.module.named_parameters() if n in trainable}
         if include_ema and self.ema is not None:
-            named += [("ema." + n, p) for n, p in self.ema.module.named_parameters() if n in trainable]
-        for n, p in named:
-            local = _local(p.detach())
-            if local.is_floating_point() and local.numel() and not bool(torch.isfinite(local).all()):
-                bad = n
-                break
+            named.update({"ema." + n: _local(p) for n, p in self.ema.module.named_parameters() if n in trainable})
+        bad = first_non_finite(named)
         return bad if not self._any_rank(bad is not None) else (bad or "a weight on another rank")
 
     def train_step(self) -> dict:
