@@ -134,13 +134,30 @@ def cmd_train(args) -> dict:
         results["stages"].append({"schedule": repr(built.lm.schedule), "steps": cfg.steps, "batch_size": cfg.batch_size,
                                   "grad_accum": cfg.grad_accum, "final_loss": hist[-1]["loss"] if hist else None,
                                   **final, "seconds": time.perf_counter() - t0})
+    # FSDP: the module holds DTensor shards; every rank gathers the full weights, rank 0 saves them
+    weights = trainer.model_state_dict() if trainer.sharded else None
     if rank == 0:
+        if weights is not None:
+            built = _unsharded(built, run, weights)
         results["model"] = _save_trained(built, run, results, out / "model", merge=args.merge, world=world, recipe=args.config)
         (out / "results.json").write_text(json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
     if lock is not None:
         lock.release()
     return results
+
+
+def _unsharded(built, run, weights: dict):
+    """`built` with its model rebuilt from the run's config (not sharded) holding `weights`: what
+    an FSDP run saves, since its own module holds shards."""
+    from .config import build
+    from .training import seed_everything
+
+    seed_everything(run.train.seed)
+    lm = build(run, data=False).lm
+    lm.model.load_state_dict(weights)
+    lm.schedule = built.lm.schedule  # the last stage's
+    return dataclasses.replace(built, lm=lm)
 
 
 def _save_trained(built, run, results: dict, target: Path, merge: bool, world: int, recipe) -> dict:

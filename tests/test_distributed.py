@@ -199,3 +199,22 @@ def test_fsdp_trains_the_same_model_as_ddp(tmp_path_factory):
     assert moved > 1e-4  # steps 3-4 moved the weights: agreeing at the end means something
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
+def test_diffusionlm_train_under_torchrun_with_fsdp_keeps_the_full_model(tmp_path):
+    """`torchrun -m diffusionlm.cli train train.fsdp=true`: the final model/ is written from the
+    gathered full weights (FSDP's own state dict holds DTensor shards), equal to the last checkpoint."""
+    from diffusionlm.models import DiffusionTransformer
+    from diffusionlm.safeio import load_safetensors
+    from diffusionlm.training import latest_checkpoint
+
+    corpus = ddp_worker.write_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "run"
+    over = [o for o in ddp_worker.overrides(corpus, 2, 2) if not o.startswith(("stages=", "train.two_halves"))]
+    finish(torchrun(["-m", "diffusionlm.cli", "train", *over, "train.fsdp=true", f"train.out_dir={out}"]))
+    model = DiffusionTransformer.from_pretrained(out / "model" / "backbone")  # (a saved composition)
+    ck = load_safetensors(latest_checkpoint(out) / "model.safetensors")[0]
+    final = model.state_dict()
+    assert ck.keys() == final.keys() and all(torch.equal(ck[k], final[k]) for k in ck)

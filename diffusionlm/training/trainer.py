@@ -160,6 +160,8 @@ class Trainer:
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module  # a later stage on the same lm: wrap the bare model, not the DDP
         self.module = model.to(self.device)
+        #: the module holds shards (FSDP): its own state_dict is DTensors; model_state_dict() gathers
+        self.sharded = self.world > 1 and config.fsdp
         if self.world > 1:
             self._wrap_distributed()
         params = [p for p in self.module.parameters() if p.requires_grad]
