@@ -16,7 +16,6 @@ setup(
         "transformers>=5.0",
         "peft>=0.17",
         "datasets>=3.0",
-        "accelerate>=1.0",
         "einops>=0.8",
         "scipy>=1.11",
         "huggingface_hub>=0.24",
