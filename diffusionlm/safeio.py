@@ -40,7 +40,7 @@ from torch import Tensor
 
 __all__ = [
     "CHECKSUM_KEY", "CorruptFileError", "tensor_digest", "save_safetensors", "load_safetensors",
-    "save_tree", "load_tree", "atomic_write", "tmp_name", "fsync_dir", "first_non_finite",
+    "save_tree", "load_tree", "atomic_write", "tmp_name", "fsync_dir", "first_non_finite", "load_json_object",
 ]
 
 CHECKSUM_KEY = "diffusionlm.sha256"
@@ -226,17 +226,26 @@ def save_tree(stem: "str | os.PathLike", obj: Any) -> "tuple[Path, Path]":
     return js, st
 
 
+def load_json_object(path: "str | os.PathLike") -> dict:
+    """A JSON file holding an object; FileNotFoundError, or CorruptFileError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{path} is not valid JSON ({err}): truncated or damaged") from None
+    if not isinstance(doc, dict):
+        raise CorruptFileError(f"{path} does not hold a JSON object")
+    return doc
+
+
 def load_tree(stem: "str | os.PathLike", device: str = "cpu") -> Any:
     """Read back what `save_tree(stem, obj)` wrote (JSON and verified tensors only)."""
     stem = Path(stem)
     js = stem.with_name(stem.name + ".json")
-    if not js.is_file():
-        raise FileNotFoundError(f"{js} not found")
-    try:
-        doc = json.loads(js.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CorruptFileError(f"{js} is not valid JSON ({err}): truncated or damaged") from None
-    if not isinstance(doc, dict) or doc.get("format") != 1 or "tree" not in doc:
+    doc = load_json_object(js)
+    if doc.get("format") != 1 or "tree" not in doc:
         raise CorruptFileError(f"{js} is not a diffusionlm state file (no format 1 tree)")
     tensors, _ = load_safetensors(stem.with_name(stem.name + ".safetensors"), device=device, require_checksum=True)
     return _decode(doc["tree"], tensors, js.name)

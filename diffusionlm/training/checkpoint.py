@@ -37,8 +37,8 @@ from typing import Any, Optional
 import torch
 
 from ..safeio import (
-    CorruptFileError, atomic_write, first_non_finite, fsync_dir, load_safetensors, load_tree,
-    save_safetensors, save_tree, tensor_digest,
+    atomic_write, first_non_finite, fsync_dir, load_json_object, load_safetensors, load_tree, save_safetensors,
+    save_tree, tensor_digest,
 )
 
 __all__ = [
@@ -174,13 +174,7 @@ def _trainer_state(path: Path) -> dict:
     f = path / "trainer_state.json"
     if not f.is_file():
         raise FileNotFoundError(f"checkpoint {path} lacks trainer_state.json")
-    try:
-        state = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CorruptFileError(f"{f} is not valid JSON ({err}): truncated or damaged") from None
-    if not isinstance(state, dict):
-        raise CorruptFileError(f"{f} does not hold a JSON object")
-    return state
+    return load_json_object(f)
 
 
 def _format(path: Path, state: dict) -> int:
