@@ -403,10 +403,13 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
 
 
 def safetensors_errors() -> tuple:
-    """What safetensors raises on a corrupt or truncated file."""
+    """What a corrupt or truncated weights file raises: safetensors' own error, and
+    diffusionlm.safeio's (a damaged file, or one failing its checksum)."""
     from safetensors import SafetensorError
 
-    return (SafetensorError,)
+    from .safeio import CorruptFileError
+
+    return (SafetensorError, CorruptFileError)
 
 
 def _instruction_data(run: RunConfig, tok, rank: int, world_size: int):

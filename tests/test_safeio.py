@@ -144,3 +144,21 @@ def test_first_non_finite_is_exact():
     for bad in (float("nan"), float("inf"), -float("inf")):
         u = {**t, "b": torch.tensor([1.0, bad]).bfloat16(), "c": torch.tensor([bad])}
         assert first_non_finite(u) == "b"
+
+
+def test_a_flipped_byte_in_a_saved_composition_is_one_line_naming_the_file(tmp_path, capsys):
+    from diffusionlm.cli import main
+    from diffusionlm.data import load_tokenizer
+    from diffusionlm.lm import DiffusionLM
+    from diffusionlm.processes import Absorb
+    from diffusionlm.schedules import Flat
+
+    proc = Absorb(259)
+    model = DiffusionTransformer(TransformerConfig(vocab_size=proc.model_vocab_size, n_layers=1, n_heads=2, hidden=16,
+                                                   cond_dim=8, max_positions=16))
+    DiffusionLM(model, proc, Flat()).save_pretrained(tmp_path / "m", tokenizer=load_tokenizer("byte"))
+    w = tmp_path / "m" / "backbone" / "model.safetensors"
+    flip(w, data_start(w) + 11)
+    assert main(["sample", "--model", str(tmp_path / "m"), "--length", "8"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{w} fails its checksum" in err, err

@@ -476,17 +476,16 @@ class DiffusionTransformer(nn.Module):
         return KVCache.empty(self.config.n_layers)
 
     # -- persistence -------------------------------------------------------------------
-    def save_pretrained(self, directory: "str | os.PathLike", state_dict: Optional[dict] = None) -> None:
+    def save_pretrained(self, directory: "str | os.PathLike") -> None:
         """Write `config.json` and `model.safetensors` (checksummed, `diffusionlm.safeio`) into
-        `directory` (created if needed). `state_dict`: the weights to write instead of this
-        module's own (a trainer's gathered full state under FSDP)."""
+        `directory` (created if needed)."""
         from ..safeio import atomic_write, save_safetensors
 
         os.makedirs(directory, exist_ok=True)
         meta = {"model_type": _MODEL_TYPE, "format_version": 1, **self.config.to_dict()}
         text = json.dumps(meta, indent=2, sort_keys=True)
         atomic_write(os.path.join(directory, CONFIG_NAME), lambda tmp: tmp.write_text(text))
-        save_safetensors(os.path.join(directory, WEIGHTS_NAME), self.state_dict() if state_dict is None else state_dict)
+        save_safetensors(os.path.join(directory, WEIGHTS_NAME), self.state_dict())
 
     @classmethod
     def from_pretrained(
