@@ -1,8 +1,15 @@
 """The demo: its frames are the sampler's own history, its views show MASK / changes /
 confidence, bad input becomes a sentence, models load from a run directory or a Hugging Face
-directory, and in a real headless browser the page shows the same steps and final text."""
+directory, and in a real headless browser the page shows the same steps and final text.
+Under load: requests over the limits are refused, a run keeps a bounded number of frames, a
+cancelled run stops at its next step and releases its frames, and the queue is bounded."""
+import dataclasses
+import gc
 import math
 import socket
+import threading
+import time
+import weakref
 
 import pytest
 import torch
@@ -10,7 +17,9 @@ import torch
 from diffusionlm.cli import main
 from diffusionlm.data import load_tokenizer
 from diffusionlm.demo import (
+    DemoCancelled,
     DemoInputError,
+    DemoLimits,
     DemoModel,
     DemoSettings,
     frame_html,
@@ -30,13 +39,27 @@ TOK = load_tokenizer("byte")
 N = TOK.vocab_size
 
 
-def tiny_model(process=None, schedule=None, length=48) -> DemoModel:
+def tiny_model(process=None, schedule=None, length=48, cls=DiffusionTransformer) -> DemoModel:
     process = process or Absorb(N)
     torch.manual_seed(0)
     cfg = TransformerConfig.preset("tiny", vocab_size=process.model_vocab_size, input_vocab_size=N + 2,
                                    max_positions=length, n_layers=1, hidden=32, n_heads=2, cond_dim=16)
-    lm = DiffusionLM(DiffusionTransformer(cfg).eval(), process, schedule or Flat(), bos_id=TOK.bos_id)
+    lm = DiffusionLM(cls(cfg).eval(), process, schedule or Flat(), bos_id=TOK.bos_id)
     return DemoModel(lm, TOK, "tiny-random")
+
+
+class Watched(DiffusionTransformer):
+    """The same transformer, counting its calls; it can be slowed down and can run a hook at a call."""
+
+    delay, calls, hook = 0.0, 0, None
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        if self.hook is not None:
+            self.hook(self.calls)
+        if self.delay:
+            time.sleep(self.delay)
+        return super().forward(*args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +139,194 @@ def test_knobs_come_from_each_samplers_fields():
 def test_bad_settings_become_one_sentence(bad, message):
     with pytest.raises(DemoInputError, match=message):
         generate(tiny_model(), DemoSettings(**{"length": 24, **bad}))
+
+
+# ---------------------------------------------------------------------------------------------
+# under load: limits, bounded frames, cancellation, the queue
+# ---------------------------------------------------------------------------------------------
+LIMITS = DemoLimits(max_steps=40, max_length=32, max_batch=3, max_prompt_chars=20, max_frames=8)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(steps=41), "steps 41 is over the demo's limit of 40"),
+    (dict(sampler="lad", steps=41), "steps 41 is over the demo's limit of 40"),
+    (dict(length=33), "length 33 is over the demo's limit of 32 tokens"),
+    (dict(batch=4), r"samples \(batch\) 4 is over the demo's limit of 3"),
+    (dict(batch=0), r"samples \(batch\) must be a whole number >= 1, got 0"),
+    (dict(prompt="x" * 21), "the prompt is 21 characters; the demo takes at most 20"),
+    (dict(schedule="block", width=8, rate=0.5), "rate 0.5 tokens per step means 64 steps at length 32, over the demo's limit of 40 steps"),
+    (dict(rate=float("inf")), r"rate must be a number > 0 \(tokens per step, finite\), got inf"),
+    (dict(schedule="slide", width=30, rate=1.0), "rate 1.0 tokens per step means 61 steps"),
+    (dict(schedule="block", width=33), "the block width 33 is wider than the length 32"),
+    (dict(seed=-1), r"seed must be a whole number in \[0, 2\^63\), got -1"),
+    (dict(seed=2**63), r"seed must be a whole number in \[0, 2\^63\)"),
+])
+def test_requests_over_the_limits_are_refused_not_clamped(bad, message):
+    model = tiny_model()
+    with pytest.raises(DemoInputError, match=message):
+        generate(model, DemoSettings(**{"length": 32, "sampler": "mdlm", **bad}), LIMITS)
+
+
+def test_a_request_at_the_limits_runs_as_asked():
+    model = tiny_model()
+    run = generate(model, DemoSettings(prompt="x" * 20, length=32, steps=40, batch=3, sampler="acs"), LIMITS)
+    assert len(run.texts) == 3 and len(run.tokens) == 32 and run.frames[-1].step == 40 and run.num_frames == 41
+    at_rate = DemoSettings(length=32, schedule="block", width=8, rate=0.8, sampler="mdlm")  # 4 blocks / 0.1 per step
+    assert generate(model, at_rate, LIMITS).frames[-1].step == 40
+
+
+def test_defaults_limits_and_their_checks():
+    lim = DemoLimits()
+    assert (lim.max_steps, lim.max_length, lim.max_batch, lim.max_frames) == (256, 512, 4, 64)
+    assert lim.length_for(tiny_model()) == 48  # the model's positions are the tighter limit
+    text = lim.describe(tiny_model())
+    assert "steps 1–256" in text and "length 1–48" in text and "samples 1–4" in text and "64 of its steps" in text
+    with pytest.raises(ValueError, match="DemoLimits.max_batch must be a whole number >= 1, got 0"):
+        DemoLimits(max_batch=0)
+    with pytest.raises(ValueError, match="DemoLimits.max_frames must be >= 2"):
+        DemoLimits(max_frames=1)
+    with pytest.raises(DemoInputError, match="steps 257 is over the demo's limit of 256"):
+        generate(tiny_model(), DemoSettings(steps=257, length=8))  # generate applies the defaults
+
+
+@pytest.mark.parametrize("limit", [2, 3, 8])
+def test_frame_keeper_keeps_evenly_spaced_frames_and_the_last(limit):
+    from diffusionlm.demo.core import FrameKeeper
+
+    for n in range(1, 200):
+        converted = []
+        keeper = FrameKeeper(limit, lambda i: converted.append(i) or i)
+        for i in range(n):
+            keeper.add(i)
+        s = 1
+        while -(-n // s) > limit:  # the smallest power-of-two stride that keeps at most `limit`
+            s *= 2
+        want = list(range(0, n, s)) + ([n - 1] if (n - 1) % s else [])
+        got = keeper.frames()
+        assert got == want and keeper.stride == s and keeper.seen == n and len(got) <= limit + 1
+        assert len(set(converted)) == len(converted)  # each frame converted once at most
+
+
+@pytest.mark.parametrize("name", ["acs", "lad", "ar"])
+def test_a_long_run_keeps_a_bounded_subset_of_the_samplers_own_steps(name):
+    model = tiny_model()
+    s = DemoSettings(prompt="ab", length=32, sampler=name, steps=37, seed=5, eta=0.2, patience=None)
+    run = generate(model, s, LIMITS)
+    full = generate(model, s, dataclasses.replace(LIMITS, max_frames=1000))  # every frame
+    assert full.num_frames == len(full.frames) == run.num_frames and run.tokens == full.tokens
+    assert len(run.frames) <= LIMITS.max_frames + 1 and run.stride > 1
+    picked = list(range(0, run.num_frames, run.stride))
+    if picked[-1] != run.num_frames - 1:
+        picked.append(run.num_frames - 1)
+    assert [f.step for f in run.frames] == [full.frames[i].step for i in picked]
+    for f, i in zip(run.frames, picked):
+        assert f.tokens == full.frames[i].tokens and f.changed == full.frames[i].changed
+    assert run.frames[-1].tokens == run.tokens
+
+
+def test_batch_draws_that_many_samples_and_shows_the_first():
+    model = tiny_model()
+    run = generate(model, DemoSettings(prompt="ab", length=16, sampler="mdlm", steps=4, batch=3, seed=2))
+    prompt = torch.tensor([TOK.encode("ab")])
+    ref = get_sampler("mdlm")(steps=4).sample(model.lm, 3, length=16, prompt=prompt,
+                                              generator=torch.Generator().manual_seed(2))
+    assert run.texts == [TOK.decode(r) for r in ref.tokens.tolist()] and run.text == run.texts[0]
+    assert run.frames[-1].tokens == ref.tokens[0].tolist()
+
+
+def test_a_cancelled_run_stops_at_the_next_step_and_frees_its_frames():
+    from diffusionlm.demo.core import Frame
+
+    model = tiny_model(cls=Watched)
+    net = model.lm.model
+    flag, held = threading.Event(), []
+
+    def at_call(k):  # during the 5th model call: note the frames the run holds, then press Stop
+        if k == 5:
+            held.extend(weakref.ref(o) for o in gc.get_objects() if type(o) is Frame and id(o) not in before)
+            flag.set()
+
+    net.hook = at_call
+    before = {id(o) for o in gc.get_objects() if type(o) is Frame}
+    with pytest.raises(DemoCancelled, match="stopped after 4 steps") as err:  # LAD: one model call per step
+        generate(model, DemoSettings(length=32, sampler="lad", steps=40, patience=None), cancel=flag)
+    assert err.value.steps_done == 4 and net.calls == 5  # no model call after the step that saw the flag
+    assert len(held) == 5  # the run held the prompt frame and steps 1-4 ...
+    gc.collect()
+    assert all(r() is None for r in held)  # ... and holds none once stopped (the traceback kept by `err` included)
+    net.hook, net.calls = None, 0
+    with pytest.raises(DemoCancelled, match="stopped after 0 steps"):  # cancelled before it started
+        generate(model, DemoSettings(length=32, sampler="lad", steps=40), cancel=flag)
+    assert net.calls == 0
+
+
+def test_the_queue_and_the_concurrency_limit_are_configured():
+    pytest.importorskip("gradio")
+    from diffusionlm.demo import build_app
+
+    limits = DemoLimits(concurrency=3, max_queue=7)
+    app = build_app(tiny_model(), limits)
+    assert app._queue.max_size == 7 and app.demo_limits is limits
+    fns = {fn.api_name: fn for fn in app.fns.values()}
+    gen = fns["generate"]
+    assert gen.concurrency_limit == 3 and gen.queue
+    cancels = [d["cancels"] for d in app.get_config_file()["dependencies"] if d["cancels"]]
+    assert cancels == [[gen._id]]  # Stop cancels Generate
+    assert not fns["stop"].queue  # Stop never waits behind the runs it stops
+
+
+@pytest.fixture(scope="module")
+def served():
+    """A demo server on a slow-able model, and a gradio_client on it (the HTTP API)."""
+    pytest.importorskip("gradio_client")
+    from gradio_client import Client
+
+    from diffusionlm.demo import launch
+
+    model = tiny_model(cls=Watched)
+    app, url = launch(model, port=_free_port(), block=False, limits=LIMITS)
+    try:
+        yield model, app, Client(url, verbose=False)
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+def test_the_api_refuses_requests_over_the_limits(served):
+    from diffusionlm.demo.app import api_args
+
+    model, app, client = served
+    out = client.predict(*api_args(prompt="ab", steps=41, length=32), api_name="/generate")
+    assert out[0] == "**Cannot generate:** steps 41 is over the demo's limit of 40" and out[3] == ""
+    out = client.predict(*api_args(prompt="ab", steps=40, length=32, batch=3, sampler="acs"), api_name="/generate")
+    run = generate(model, DemoSettings(prompt="ab", steps=40, length=32, batch=3, sampler="acs"), LIMITS)
+    assert out[0] == "" and out[3] == "\n\n".join(f"[sample {i + 1}] {t}" for i, t in enumerate(run.texts))
+    assert f"showing {len(run.frames)} of {run.num_frames} frames" in out[4]
+
+
+@pytest.mark.slow
+def test_the_api_cancels_a_run_and_the_sampler_stops(served):
+    from diffusionlm.demo.app import api_args
+
+    model, app, client = served
+    net = model.lm.model
+    net.delay, net.calls = 0.05, 0
+    try:
+        job = client.submit(*api_args(prompt="ab", steps=40, length=32, sampler="acs"), api_name="/generate")
+        deadline = time.time() + 60
+        while net.calls < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        job.cancel()
+        while app.demo_runs.active and time.time() < deadline:
+            time.sleep(0.01)
+        assert app.demo_runs.active == 0
+        status, steps = app.demo_runs.ended[-1]
+        assert status == "cancelled" and 3 <= steps < 40
+        calls = net.calls
+        time.sleep(0.3)
+        assert net.calls == calls  # nothing runs on after the cancel
+    finally:
+        net.delay = 0.0
 
 
 def test_chat_template_wraps_the_prompt():
@@ -207,18 +418,18 @@ def browser_page():
     from diffusionlm.demo import launch
     from diffusionlm.demo.browser import DemoBrowser
 
-    model = tiny_model()
+    model = tiny_model(cls=Watched)
     app, url = launch(model, port=_free_port(), block=False)
     try:
         with DemoBrowser(url) as b:
-            yield model, b
+            yield model, b, app
     finally:
         app.close()
 
 
 @pytest.mark.slow
 def test_browser_shows_the_samplers_steps_and_final_text(browser_page):
-    model, b = browser_page
+    model, b, _ = browser_page
     b.mode("Simple")
     b.generate("def ", steps=6)
     assert b.error() == ""
@@ -242,7 +453,7 @@ def test_browser_shows_the_samplers_steps_and_final_text(browser_page):
 
 @pytest.mark.slow
 def test_browser_advanced_mode_runs_every_knob_through(browser_page):
-    model, b = browser_page
+    model, b, _ = browser_page
     b.mode("Advanced")
     b.choose("sampler", "lad")
     b.page.locator("#confidence input").check()
@@ -261,14 +472,46 @@ def test_browser_advanced_mode_runs_every_knob_through(browser_page):
     (dict(steps=0), "steps must be a whole number >= 1, got 0"),
     (dict(steps=4, length=500), "length 500 is beyond the model's 48 positions"),
     (dict(steps=4, length=3), "the prompt is 4 tokens, which leaves nothing to generate in length 3"),
+    (dict(steps=257), "steps 257 is over the demo's limit of 256"),
+    (dict(steps=4, batch=5), "samples (batch) 5 is over the demo's limit of 4"),
 ])
 def test_browser_bad_input_shows_a_message_not_a_traceback(browser_page, fields, message):
-    model, b = browser_page
+    model, b, _ = browser_page
     b.mode("Advanced")
     b.generate("abcd", **fields)
     err = b.error()
     assert message in err and "Traceback" not in b.page.content()
     b.fill("length", 48)
+    b.fill("batch", 1)
     b.mode("Simple")
     b.generate("abcd", steps=3)  # the page still works afterwards
     assert b.error() == "" and b.final_text().startswith("abcd")
+
+
+@pytest.mark.slow
+def test_browser_shows_the_limits_and_stop_ends_the_run(browser_page):
+    model, b, app = browser_page
+    assert "steps 1–256" in b.page.locator("#limits").inner_text()
+    assert "1–256" in b.page.locator("#steps label").inner_text()
+    net = model.lm.model
+    net.delay, net.calls = 0.05, 0
+    try:
+        b.mode("Simple")
+        b.fill("prompt", "def ")
+        b.fill("steps", 200)
+        b.page.locator("#generate").click()
+        deadline = time.time() + 60
+        while net.calls < 3 and time.time() < deadline:
+            time.sleep(0.01)
+        b.page.locator("#stop").click()
+        b.page.wait_for_function("() => document.querySelector('#error').innerText.includes('Stopped')")
+        while app.demo_runs.active and time.time() < deadline:
+            time.sleep(0.01)
+        assert app.demo_runs.active == 0
+        status, steps = app.demo_runs.ended[-1]
+        assert status == "cancelled" and 3 <= steps < 200
+    finally:
+        net.delay = 0.0
+    b.generate("def ", steps=6)  # the page still works afterwards
+    assert b.error() == "" and b.final_text() == generate(
+        model, DemoSettings(prompt="def ", length=48, sampler="acs", steps=6, remask=True)).text

@@ -2,7 +2,9 @@
 step views behind `diffusionlm sample --show-steps`. See core.py (no browser needed) and app.py."""
 from .core import (
     SCHEDULE_CHOICES,
+    DemoCancelled,
     DemoInputError,
+    DemoLimits,
     DemoModel,
     DemoRun,
     DemoSettings,
@@ -16,15 +18,15 @@ from .core import (
 )
 
 __all__ = [
-    "SCHEDULE_CHOICES", "DemoInputError", "DemoModel", "DemoRun", "DemoSettings", "Frame", "frame_html",
+    "SCHEDULE_CHOICES", "DemoCancelled", "DemoInputError", "DemoLimits", "DemoModel", "DemoRun", "DemoSettings", "Frame", "frame_html",
     "frame_text", "generate", "load_demo_model", "sampler_knobs", "sampler_kwargs", "build_app", "launch",
 ]
 
 
-def build_app(model):  # gradio is an optional extra: imported only when the app is built
+def build_app(model, limits=None):  # gradio is an optional extra: imported only when the app is built
     from .app import build_app as _build
 
-    return _build(model)
+    return _build(model, limits)
 
 
 def launch(model, **kw):

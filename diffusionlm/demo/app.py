@@ -12,17 +12,39 @@ with a process that has no likelihood (Structural, LAD) uses the LAD sampler wit
 scheduled re-masking, on the prompt wrapped in the tokenizer's chat template (when it has one). Advanced mode exposes every registered sampler, the hyperschedule and its
 rate, and each sampler's own knobs (only the chosen sampler's knobs are shown). Everything the
 page shows comes from `diffusionlm.demo.core.generate`: the sampler's own history.
+
+Under load (`DemoLimits`, shown on the page): a request over a limit gets a message in the page;
+Generate runs through Gradio's queue with `concurrency_limit` runs at once and `max_queue`
+waiting; each session keeps only its last run's frames, packed (`PackedFrames`); Stop cancels
+the Generate event, and any cancellation of it (Stop, an API client's cancel) sets the run's
+cancel flag, so the sampler itself stops at its next step and its frames are released.
 """
 from __future__ import annotations
 
+import asyncio
+import collections
 import dataclasses
 import math
-from typing import Any, Optional
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 from ..samplers import SAMPLERS
-from .core import FRAME_CSS, SCHEDULE_CHOICES, DemoInputError, DemoModel, DemoSettings, frame_html, generate, sampler_knobs
+from .core import (
+    FRAME_CSS,
+    SCHEDULE_CHOICES,
+    DemoCancelled,
+    DemoInputError,
+    DemoLimits,
+    DemoModel,
+    DemoSettings,
+    PackedFrames,
+    frame_html,
+    generate,
+    sampler_knobs,
+)
 
-__all__ = ["build_app", "launch", "simple_sampler", "ADVANCED_KNOBS"]
+__all__ = ["build_app", "launch", "simple_sampler", "api_args", "ADVANCED_KNOBS", "FORM", "RunTracker"]
 
 #: DemoSettings fields shown in advanced mode, in this order, after length / sampler / schedule
 ADVANCED_KNOBS = ("eta", "eta0", "sharpness", "remask", "confidence", "block_size", "edit_previous", "temperature",
@@ -46,6 +68,25 @@ _HELP = {
 }
 
 
+#: the Generate event's inputs after the mode (the order its API takes them in: see `api_args`)
+FORM = ("prompt", "steps", "length", "batch", "sampler", "schedule", "width", "rate", "seed", "chat_template",
+        *ADVANCED_KNOBS)
+
+
+def api_args(mode: str = "Advanced", **values: Any) -> list:
+    """The positional inputs of the `/generate` API (gradio_client `predict(*args, api_name="/generate")`):
+    `values` by DemoSettings field name, the rest as the page's defaults (rate 0: use steps)."""
+    unknown = set(values) - set(FORM)
+    if unknown:
+        raise ValueError(f"unknown demo fields {sorted(unknown)}; known: {', '.join(FORM)}")
+    d0 = DemoSettings()
+    out = [mode]
+    for k in FORM:
+        v = values.get(k, 0 if k == "rate" else getattr(d0, k))
+        out.append(0 if v is None else v)
+    return out
+
+
 def simple_sampler(model: DemoModel, remask: bool) -> str:
     """The sampler simple mode uses for this model."""
     if not getattr(model.lm.process, "likelihood", True):
@@ -66,6 +107,37 @@ def _int_or_none(x: Any, name: str) -> Optional[int]:
     return int(f)
 
 
+class RunTracker:
+    """The runs in progress (their cancel flags) and how the last ones ended: what the server
+    holds for its requests, for monitoring and tests."""
+
+    def __init__(self, history: int = 100):
+        self._lock = threading.Lock()
+        self._flags: set = set()
+        self.ended: collections.deque = collections.deque(maxlen=history)  # (status, steps done or frames kept)
+
+    @property
+    def active(self) -> int:
+        with self._lock:
+            return len(self._flags)
+
+    @contextmanager
+    def run(self, flag: threading.Event) -> Iterator[threading.Event]:
+        """Count a run as in progress (in the thread that runs it) while the block lasts."""
+        with self._lock:
+            self._flags.add(flag)
+        try:
+            yield flag
+        finally:
+            with self._lock:
+                self._flags.discard(flag)
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            for f in self._flags:
+                f.set()
+
+
 def _settings(model: DemoModel, mode: str, values: dict) -> DemoSettings:
     base = DemoSettings(length=min(64, model.max_length))
     steps = _int_or_none(values["steps"], "steps")
@@ -79,8 +151,11 @@ def _settings(model: DemoModel, mode: str, values: dict) -> DemoSettings:
     if length is None:
         raise DemoInputError("length is empty: give a whole number >= 1")
     rate = values["rate"]
+    batch = _int_or_none(values["batch"], "samples (batch)")
+    if batch is None:
+        raise DemoInputError("samples (batch) is empty: give a whole number >= 1")
     kw = dict(prompt=values["prompt"] or "", chat_template=bool(values["chat_template"]), steps=steps, length=length,
-              sampler=values["sampler"],
+              sampler=values["sampler"], batch=batch,
               schedule=values["schedule"], width=_int_or_none(values["width"], "width"),
               rate=None if rate in (None, "", 0) else float(rate), seed=_int_or_none(values["seed"], "seed") or 0)
     for k in ADVANCED_KNOBS:
@@ -95,11 +170,16 @@ def _settings(model: DemoModel, mode: str, values: dict) -> DemoSettings:
     return dataclasses.replace(base, **kw)
 
 
-def build_app(model: DemoModel):
+def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
+    """The Gradio Blocks app, its queue configured from `limits` (default DemoLimits());
+    `app.demo_runs` is its RunTracker and `app.demo_limits` its limits."""
     import gradio as gr
 
     names = sorted(SAMPLERS)
     d0 = DemoSettings()
+    limits = limits or DemoLimits()
+    runs = RunTracker()
+    max_len = limits.length_for(model)
 
     with gr.Blocks(title="diffusionlm demo", analytics_enabled=False) as app:
         gr.Markdown(
@@ -108,20 +188,24 @@ def build_app(model: DemoModel):
             "Tokens are coloured by the model's confidence (red low, green high), **[MASK]** is grey, "
             "tokens changed in the step are outlined, the prompt is blue."
         )
+        gr.Markdown(limits.describe(model), elem_id="limits")
         mode = gr.Radio(["Simple", "Advanced"], value="Simple", label="Mode", elem_id="mode")
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
-                steps = gr.Number(value=d0.steps, label="Steps", elem_id="steps")
+                steps = gr.Number(value=d0.steps, label=f"Steps (1–{limits.max_steps})", elem_id="steps")
                 remask = gr.Checkbox(value=d0.remask, label="Re-masking", info=_HELP["remask"], elem_id="remask")
                 with gr.Group(visible=False, elem_id="advanced") as advanced:
-                    length = gr.Number(value=min(64, model.max_length), label="Length (tokens, prompt included)",
-                                       elem_id="length")
+                    length = gr.Number(value=min(64, model.max_length),
+                                       label=f"Length (tokens, prompt included; 1–{max_len})", elem_id="length")
+                    batch = gr.Number(value=d0.batch, label=f"Samples (1–{limits.max_batch}; the steps shown are "
+                                      "sample 1's)", elem_id="batch")
                     sampler = gr.Dropdown(names, value=d0.sampler, label="Sampler", elem_id="sampler")
                     schedule = gr.Dropdown(list(SCHEDULE_CHOICES), value=d0.schedule, label="Hyperschedule",
                                            elem_id="schedule")
                     width = gr.Number(value=d0.width, label="Block / slide width", elem_id="width")
-                    rate = gr.Number(value=0, label="Rate (tokens per step; 0: use Steps)", elem_id="rate")
+                    rate = gr.Number(value=0, label=f"Rate (tokens per step; 0: use Steps; at most "
+                                     f"{limits.max_steps} steps)", elem_id="rate")
                     seed = gr.Number(value=d0.seed, label="Seed", elem_id="seed")
                     chat = gr.Checkbox(value=d0.chat_template, label="chat template", elem_id="chat_template",
                                        info="wrap the prompt in the tokenizer's chat template (instruction models "
@@ -139,11 +223,13 @@ def build_app(model: DemoModel):
                     knobs["precision"] = gr.Radio(["float64", "float32"], value=d0.precision, label="precision",
                                                   info=_HELP["precision"], elem_id="precision")
                     knobs["remask"] = remask
-                go = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Row():
+                    go = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
             with gr.Column(scale=2):
                 error = gr.Markdown(elem_id="error")
                 view = gr.HTML(elem_id="frame-view")
-                step = gr.Slider(0, 1, value=0, step=1, label="Step", elem_id="step")
+                step = gr.Slider(0, 1, value=0, step=1, label="Frame (its step is shown above it)", elem_id="step")
                 with gr.Row():
                     back = gr.Button("◀ step", elem_id="back")
                     play = gr.Button("▶ play", elem_id="play")
@@ -151,7 +237,7 @@ def build_app(model: DemoModel):
                     fwd = gr.Button("step ▶", elem_id="fwd")
                 final = gr.Textbox(label="Final text", interactive=False, elem_id="final")
                 timing = gr.Markdown(elem_id="timing")
-        frames = gr.State([])
+        frames = gr.State(None)  # this session's last run: PackedFrames
         timer = gr.Timer(0.4, active=False)
 
         # -- which controls are visible ----------------------------------------------------
@@ -169,35 +255,60 @@ def build_app(model: DemoModel):
         sampler.change(visibility, [mode, sampler], toggled)
 
         # -- generation ----------------------------------------------------------------------
-        form = {"prompt": prompt, "steps": steps, "length": length, "sampler": sampler, "schedule": schedule,
-                "width": width, "rate": rate, "seed": seed, "chat_template": chat, **knobs}
+        fields = {"prompt": prompt, "steps": steps, "length": length, "batch": batch, "sampler": sampler,
+                  "schedule": schedule, "width": width, "rate": rate, "seed": seed, "chat_template": chat, **knobs}
+        form = {k: fields[k] for k in FORM}  # the Generate event's inputs after the mode, in FORM's order
 
-        def on_generate(mode_v, *vals):
-            values = dict(zip(form, vals))
+        def refused(message: str):
+            return (message, None, gr.update(maximum=1, value=0), "", "", "", gr.Timer(active=False))
+
+        def run_one(mode_v, vals, flag: threading.Event):
+            """One request, in a worker thread: settings -> generate -> the page's outputs."""
             try:
-                settings = _settings(model, mode_v, values)
-                run = generate(model, settings)
+                with runs.run(flag):
+                    settings = _settings(model, mode_v, dict(zip(form, vals)))
+                    run = generate(model, settings, limits, cancel=flag)
             except DemoInputError as err:
-                return (f"**Cannot generate:** {err}", [], gr.update(maximum=1, value=0), "", "", "",
-                        gr.Timer(active=False))
-            pages = [frame_html(f, model) for f in run.frames]
-            last = len(pages) - 1
+                runs.ended.append(("refused", 0))
+                return refused(f"**Cannot generate:** {err}")
+            except DemoCancelled as err:
+                runs.ended.append(("cancelled", err.steps_done))
+                return refused(f"**Stopped** after {err.steps_done} steps.")
+            runs.ended.append(("done", len(run.frames)))
+            packed = PackedFrames(run.frames)
+            last = len(packed) - 1
             knobs_used = ", ".join(f"{k}={v}" for k, v in run.sampler.items() if k != "name")
+            kept = "" if run.stride == 1 else (f" · showing {len(run.frames)} of {run.num_frames} frames "
+                                               f"(1 in {run.stride}, and the last)")
             info = (f"**{run.sampler.get('name', settings.sampler)}** · {run.frames[-1].step} steps · "
                     f"{run.model_calls} model calls · {run.seconds:.2f} s · schedule {settings.schedule} · "
-                    f"seed {settings.seed}  \n`{knobs_used}`")
-            return ("", pages, gr.update(minimum=0, maximum=max(last, 1), value=last), pages[last], run.text, info,
-                    gr.Timer(active=False))
+                    f"seed {settings.seed}{kept}  \n`{knobs_used}`")
+            text = run.text if len(run.texts) == 1 else "\n\n".join(
+                f"[sample {i + 1}] {t}" for i, t in enumerate(run.texts))
+            return ("", packed, gr.update(minimum=0, maximum=max(last, 1), value=last), frame_html(packed[last], model),
+                    text, info, gr.Timer(active=False))
 
-        go.click(on_generate, [mode, *form.values()], [error, frames, step, view, final, timing, timer],
-                 show_progress_on=[view])
+        async def on_generate(mode_v, *vals):
+            # The sampler runs in a thread; if Gradio cancels this event (Stop, a client's cancel),
+            # the flag stops the sampler at its next step instead of letting it run to the end.
+            flag = threading.Event()
+            try:
+                return await asyncio.to_thread(run_one, mode_v, vals, flag)
+            except BaseException:
+                flag.set()
+                raise
+
+        gen = go.click(on_generate, [mode, *form.values()], [error, frames, step, view, final, timing, timer],
+                       show_progress_on=[view], concurrency_limit=limits.concurrency, concurrency_id="generate",
+                       api_name="generate")
+        stop.click(lambda: "**Stopped.**", None, error, cancels=[gen], queue=False, api_name="stop")
 
         # -- playback ------------------------------------------------------------------------
         def show(pages, k):
             if not pages:
                 return gr.update(), ""
             k = max(0, min(int(k), len(pages) - 1))
-            return gr.update(value=k), pages[k]
+            return gr.update(value=k), frame_html(pages[k], model)
 
         step.input(lambda pages, k: show(pages, k)[1], [frames, step], view)
         back.click(lambda pages, k: show(pages, k - 1), [frames, step], [step, view])
@@ -215,16 +326,20 @@ def build_app(model: DemoModel):
         play.click(start, [frames, step], [step, view, timer])
         pause.click(lambda: gr.Timer(active=False), None, timer)
         timer.tick(tick, [frames, step], [step, view, timer])
+    app.queue(max_size=limits.max_queue, default_concurrency_limit=limits.concurrency)
+    app.demo_runs, app.demo_limits = runs, limits
     return app
 
 
-def launch(model: DemoModel, host: str = "127.0.0.1", port: Optional[int] = None, block: bool = True):
+def launch(model: DemoModel, host: str = "127.0.0.1", port: Optional[int] = None, block: bool = True,
+           limits: Optional[DemoLimits] = None):
     """Serve the demo; returns (app, local_url). `block=False` returns at once (tests)."""
     import gradio as gr
 
-    app = build_app(model)
+    app = build_app(model, limits)
     # system fonts: the default theme fetches Google fonts, which an offline machine cannot reach
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, theme=theme,
-                           css=FRAME_CSS, ssr_mode=False, quiet=not block, footer_links=[])
+                           css=FRAME_CSS, ssr_mode=False, quiet=not block, footer_links=[],
+                           state_session_capacity=app.demo_limits.max_sessions)
     return app, url

@@ -3,15 +3,24 @@
     model = load_demo_model("runs/compare/models/mdlm")     # or an HF directory / hub id, or None
     settings = DemoSettings(prompt="def ", length=64, sampler="acs", steps=32, eta=0.1)
     run = generate(model, settings)                          # raises DemoInputError on bad input
-    run.frames[k]          # Frame after step k (frames[0]: the prompt and MASK everywhere else)
-    run.text               # the final text;  run.seconds, run.model_calls
+    run.frames[k]          # the k-th frame kept (frames[0]: the prompt and MASK everywhere else)
+    run.text               # the final text (sample 0; run.texts: every sample);  run.seconds, run.model_calls
     frame_html(run.frames[k], model)     # tokens coloured by confidence, MASK shown, changes marked
     frame_text(run.frames[k], model)     # the same frame for a terminal (`diffusionlm sample --show-steps`)
 
 One `DemoSettings` holds every knob of every registered sampler; `sampler_kwargs` keeps the ones
 the chosen sampler declares (its dataclass fields), so a sampler added to the registry shows up in
-the demo with its own knobs and nothing here changes. The frames are the sampler's own history
-(`keep_history=True`), batch row 0: what the page shows is what the sampler did.
+the demo with its own knobs and nothing here changes. The frames are the sampler's own step
+records (its per-step callback), batch row 0: what the page shows is what the sampler did.
+
+A server must survive its users, so every size a request sets is bounded (`DemoLimits`): steps,
+length, batch, the number of steps a rate implies, the prompt's characters; a request over a
+limit is refused with a sentence (never clamped). A run keeps at most `max_frames` frames: frame
+i (0 = the prompt frame) is kept while i is a multiple of a stride s; when one more would exceed
+the limit, every other kept frame is dropped and s doubles, so the frames kept are always frames
+0, s, 2s, ... of the run (s a power of two) plus the last one (`FrameKeeper`). A run stops at the
+step after its `cancel` event is set (checked in the sampler's callback), raising DemoCancelled;
+the frames it kept are released.
 """
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ import dataclasses
 import html
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -30,10 +40,14 @@ from ..samplers.lad import LAD
 
 __all__ = [
     "DemoInputError",
+    "DemoCancelled",
+    "DemoLimits",
     "DemoModel",
     "DemoSettings",
     "DemoRun",
     "Frame",
+    "FrameKeeper",
+    "PackedFrames",
     "SCHEDULE_CHOICES",
     "DEFAULT_MODEL_DIR",
     "load_demo_model",
@@ -52,6 +66,61 @@ DEFAULT_MODEL_DIR = "runs/compare/models/mdlm"
 
 class DemoInputError(ValueError):
     """A setting the demo cannot run with; the message is shown to the user as it is."""
+
+
+class DemoCancelled(Exception):
+    """The run was stopped by its user (its `cancel` event was set); its frames were released."""
+
+    def __init__(self, steps_done: int):
+        super().__init__(f"stopped after {steps_done} steps")
+        self.steps_done = steps_done
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+@dataclass(frozen=True)
+class DemoLimits:
+    """What one request may ask for, and how the server shares itself between requests.
+
+    max_steps         steps / LAD iterations, and the steps a rate or hyperschedule implies
+    max_length        tokens per sample, prompt included (also capped by the model's positions)
+    max_batch         samples drawn at once
+    max_prompt_chars  characters of prompt text (before tokenizing)
+    max_frames        frames kept per run: evenly spaced, plus the last
+    concurrency       runs at once (Gradio's concurrency_limit of the Generate event)
+    max_queue         requests waiting beyond those (Gradio's queue max_size); more are refused
+    max_sessions      browser / API sessions whose state (kept frames) the server holds
+    """
+
+    max_steps: int = 256
+    max_length: int = 512
+    max_batch: int = 4
+    max_prompt_chars: int = 4096
+    max_frames: int = 64
+    concurrency: int = 2
+    max_queue: int = 64
+    max_sessions: int = 1000
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not _positive_int(v):
+                raise ValueError(f"DemoLimits.{f.name} must be a whole number >= 1, got {v!r}")
+        if self.max_frames < 2:
+            raise ValueError(f"DemoLimits.max_frames must be >= 2 (the first and the last frame), got {self.max_frames}")
+
+    def length_for(self, model: "DemoModel") -> int:
+        """The longest length this model may be asked for."""
+        return min(self.max_length, model.max_length)
+
+    def describe(self, model: "DemoModel") -> str:
+        """The limits as one sentence for the page."""
+        return (f"Limits: steps 1–{self.max_steps} (a rate may imply at most {self.max_steps} steps), "
+                f"length 1–{self.length_for(model)} tokens, samples 1–{self.max_batch}, prompt up to "
+                f"{self.max_prompt_chars} characters; a run keeps at most {self.max_frames} of its steps "
+                f"(evenly spaced) plus the last; {self.concurrency} runs at a time, up to {self.max_queue} waiting.")
 
 
 @dataclass
@@ -81,6 +150,7 @@ class DemoSettings:
     schedule: str = "trained"  # one of SCHEDULE_CHOICES
     width: int = 16  # block / slide width
     rate: Optional[float] = None  # tokens per step along the hyperschedule (given: replaces steps)
+    batch: int = 1  # samples drawn at once (the frames are sample 0's)
     seed: int = 0
     precision: str = "float64"  # categorical draws
     # ACS
@@ -117,6 +187,10 @@ class Frame:
 
 @dataclass
 class DemoRun:
+    """frames: the frames kept (at most DemoLimits.max_frames evenly spaced, plus the last) out of
+    `num_frames`; `stride`: kept frames are every stride-th one; text / tokens: sample 0;
+    texts: every sample."""
+
     settings: DemoSettings
     sampler: dict
     frames: list = field(default_factory=list)
@@ -124,6 +198,67 @@ class DemoRun:
     tokens: list = field(default_factory=list)
     seconds: float = 0.0
     model_calls: int = 0
+    texts: list = field(default_factory=list)
+    num_frames: int = 0
+    stride: int = 1
+
+
+class FrameKeeper:
+    """At most `limit` frames evenly spaced over a run, plus the last one (module docstring).
+
+    `add(item)` takes frames (or anything `convert` turns into one) in order; only kept items
+    are converted; `frames()` gives the kept frames plus the latest one.
+    """
+
+    def __init__(self, limit: int, convert: Any = None):
+        if not _positive_int(limit) or limit < 2:
+            raise ValueError(f"limit must be a whole number >= 2, got {limit!r}")
+        self.limit, self.convert = limit, convert or (lambda x: x)
+        self.kept: list = []
+        self.stride, self.seen = 1, 0
+        self._last: Any = None
+
+    def add(self, item: Any) -> None:
+        i, self.seen = self.seen, self.seen + 1
+        self._last = (item, None)
+        if i % self.stride == 0:
+            frame = self.convert(item)
+            self._last = (item, frame)
+            self.kept.append(frame)
+            if len(self.kept) > self.limit:
+                self.kept = self.kept[::2]
+                self.stride *= 2
+
+    def frames(self) -> list:
+        if self.seen == 0:
+            return []
+        if (self.seen - 1) % self.stride == 0:  # the latest is kept already
+            return list(self.kept)
+        item, frame = self._last
+        return self.kept + [self.convert(item) if frame is None else frame]
+
+    def clear(self) -> None:
+        """Drop every frame held (a cancelled run)."""
+        self.kept, self._last = [], None
+
+
+class PackedFrames:
+    """A run's frames as three compact tensors (what the page keeps per session): tokens int32,
+    changed bool, confidence float32, [F, d] each; `self[k]` is Frame k again."""
+
+    def __init__(self, frames: list):
+        self.steps = [f.step for f in frames]
+        self.tokens = torch.tensor([f.tokens for f in frames], dtype=torch.int32)
+        self.changed = torch.tensor([f.changed for f in frames], dtype=torch.bool)
+        self.confidence = torch.tensor([f.confidence for f in frames], dtype=torch.float32)
+        self.fixed = list(frames[0].fixed) if frames else []
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, k: int) -> Frame:
+        return Frame(self.steps[k], self.tokens[k].tolist(), self.changed[k].tolist(), self.confidence[k].tolist(),
+                     self.fixed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,63 +351,122 @@ def _schedule(settings: DemoSettings, model: DemoModel):
     raise DemoInputError(f"unknown hyperschedule {s!r}; choose one of {', '.join(SCHEDULE_CHOICES)}")
 
 
-def _check(settings: DemoSettings, model: DemoModel, prompt_ids: list) -> None:
-    """Bad input as one sentence the page can show (the samplers' own checks follow)."""
+def _check_sizes(settings: DemoSettings, model: DemoModel, limits: DemoLimits) -> None:
+    """Every size the request sets, against the model and the limits, before any work is done."""
+    if not isinstance(settings.prompt, str):
+        raise DemoInputError(f"the prompt must be text, got {type(settings.prompt).__name__}")
+    if len(settings.prompt) > limits.max_prompt_chars:
+        raise DemoInputError(f"the prompt is {len(settings.prompt)} characters; the demo takes at most "
+                             f"{limits.max_prompt_chars}")
     L = settings.length
-    if not isinstance(L, int) or isinstance(L, bool) or L < 1:
+    if not _positive_int(L):
         raise DemoInputError(f"length must be a whole number >= 1, got {L!r}")
     if L > model.max_length:
         raise DemoInputError(f"length {L} is beyond the model's {model.max_length} positions")
-    if "steps" in sampler_knobs(settings.sampler) and (not isinstance(settings.steps, int) or settings.steps < 1):
-        raise DemoInputError(f"steps must be a whole number >= 1, got {settings.steps!r}")
-    if len(prompt_ids) >= L:
+    if L > limits.max_length:
+        raise DemoInputError(f"length {L} is over the demo's limit of {limits.max_length} tokens")
+    if "steps" in sampler_knobs(settings.sampler):
+        if not _positive_int(settings.steps):
+            raise DemoInputError(f"steps must be a whole number >= 1, got {settings.steps!r}")
+        if settings.steps > limits.max_steps:
+            raise DemoInputError(f"steps {settings.steps} is over the demo's limit of {limits.max_steps}")
+    if not _positive_int(settings.batch):
+        raise DemoInputError(f"samples (batch) must be a whole number >= 1, got {settings.batch!r}")
+    if settings.batch > limits.max_batch:
+        raise DemoInputError(f"samples (batch) {settings.batch} is over the demo's limit of {limits.max_batch}")
+    r = settings.rate
+    if r is not None and not (isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0):
+        raise DemoInputError(f"rate must be a number > 0 (tokens per step, finite), got {r!r}")
+    if settings.schedule in ("block", "slide") and _positive_int(settings.width) and settings.width > L:
+        raise DemoInputError(f"the {settings.schedule} width {settings.width} is wider than the length {L}")
+    if not (isinstance(settings.seed, int) and not isinstance(settings.seed, bool) and 0 <= settings.seed < 2**63):
+        raise DemoInputError(f"seed must be a whole number in [0, 2^63), got {settings.seed!r}")
+
+
+def _check_prompt(settings: DemoSettings, prompt_ids: list) -> None:
+    if len(prompt_ids) >= settings.length:
         raise DemoInputError(
-            f"the prompt is {len(prompt_ids)} tokens, which leaves nothing to generate in length {L}: "
+            f"the prompt is {len(prompt_ids)} tokens, which leaves nothing to generate in length {settings.length}: "
             f"make the length larger than the prompt"
         )
-    if settings.rate is not None and not (isinstance(settings.rate, (int, float)) and settings.rate > 0):
-        raise DemoInputError(f"rate must be a number > 0 (tokens per step), got {settings.rate!r}")
+
+
+def _check_planned_steps(sampler: Any, lm: Any, settings: DemoSettings, limits: DemoLimits) -> None:
+    """A level sampler runs its hyperschedule's steps: those a rate (or a schedule) implies count too."""
+    if not hasattr(sampler, "schedule_for"):
+        return  # LAD: iterations = steps (checked); AR: one step per new token (length checked)
+    T = sampler.schedule_for(lm).num_steps(settings.length)
+    if T > limits.max_steps:
+        how = f"rate {settings.rate} tokens per step" if settings.rate is not None else f"the {settings.schedule} schedule"
+        raise DemoInputError(f"{how} means {T} steps at length {settings.length}, over the demo's limit of "
+                             f"{limits.max_steps} steps: raise the rate or give fewer steps")
 
 
 # ---------------------------------------------------------------------------------------------
 # generation
 # ---------------------------------------------------------------------------------------------
-def generate(model: DemoModel, settings: DemoSettings) -> DemoRun:
-    """Run the chosen sampler once (batch 1, seeded) and keep its history as frames.
-    Raises DemoInputError (a ValueError) naming the problem for any setting it cannot run."""
+class _Stop(Exception):
+    """Raised from the sampler's callback to end a cancelled run at the next step."""
+
+
+def generate(model: DemoModel, settings: DemoSettings, limits: Optional[DemoLimits] = None,
+             cancel: Optional[threading.Event] = None) -> DemoRun:
+    """Run the chosen sampler once (seeded) and keep its step records as frames (module docstring).
+
+    Raises DemoInputError (a ValueError) naming the problem for any setting it cannot run or that
+    is over `limits` (default: DemoLimits()), and DemoCancelled when `cancel` is set during the run.
+    """
     from ..data.instruct import templated_prompt
     from ..lm import DiffusionLM
 
+    limits = limits or DemoLimits()
+    _check_sizes(settings, model, limits)
     tok = model.tokenizer
     text = settings.prompt
     if settings.chat_template and text:
         text = templated_prompt(tok, text)  # as is when the tokenizer has no template
     prompt_ids = tok.encode(text) if text else []
-    _check(settings, model, prompt_ids)
+    _check_prompt(settings, prompt_ids)
     lm = model.lm
     schedule = _schedule(settings, model)
     if schedule is not lm.schedule:
         lm = DiffusionLM(lm.model, lm.process, schedule, layout=lm.layout, bos_id=lm.bos_id)
+    d = settings.length
+    fixed = [i < len(prompt_ids) for i in range(d)]
+    keeper = FrameKeeper(limits.max_frames, lambda rec: rec if isinstance(rec, Frame) else Frame.from_record(rec, fixed))
+    if model.mask_id is not None:  # step 0: the prompt, MASK everywhere else (uniform noise has no picture)
+        keeper.add(Frame(0, list(prompt_ids) + [model.mask_id] * (d - len(prompt_ids)), [False] * d, [math.nan] * d, fixed))
+
+    def on_step(rec: Any) -> None:
+        if cancel is not None and cancel.is_set():
+            raise _Stop
+        keeper.add(rec)
+
+    stopped = False
     try:
         sampler = _sampler_class(settings.sampler)(**sampler_kwargs(settings, model, len(prompt_ids)))
+        _check_planned_steps(sampler, lm, settings, limits)
         prompt = torch.tensor([prompt_ids]) if prompt_ids else None
+        if cancel is not None and cancel.is_set():
+            raise _Stop
         with torch.no_grad():
-            out = sampler.sample(lm, batch_size=1, length=settings.length, prompt=prompt,
-                                 generator=torch.Generator().manual_seed(int(settings.seed)), keep_history=True)
+            out = sampler.sample(lm, batch_size=settings.batch, length=d, prompt=prompt,
+                                 generator=torch.Generator().manual_seed(int(settings.seed)), callback=on_step)
+    except _Stop:
+        stopped = True  # raised outside this block, so the sampler's frames are gone with its traceback
     except DemoInputError:
         raise
     except (ValueError, TypeError) as err:  # the samplers' own checks: knobs out of range, misfits
         raise DemoInputError(str(err)) from err
-    d = settings.length
-    fixed = [i < len(prompt_ids) for i in range(d)]
-    frames = []
-    if model.mask_id is not None:  # step 0: the prompt, MASK everywhere else (uniform noise has no picture)
-        frames.append(Frame(0, list(prompt_ids) + [model.mask_id] * (d - len(prompt_ids)), [False] * d, [math.nan] * d, fixed))
-    frames += [Frame.from_record(rec, fixed) for rec in out.history]
-    tokens = out.tokens[0].tolist()
+    if stopped:
+        steps_done = keeper.seen - (model.mask_id is not None)
+        keeper.clear()
+        raise DemoCancelled(steps_done)
+    texts = [tok.decode(row) for row in out.tokens.tolist()]
     info = sampler.to_dict() if hasattr(sampler, "to_dict") else {"name": settings.sampler}
-    return DemoRun(settings, json.loads(json.dumps(info, default=str)), frames, tok.decode(tokens), tokens,
-                   float(out.seconds), int(out.num_model_calls))
+    return DemoRun(settings, json.loads(json.dumps(info, default=str)), keeper.frames(), texts[0],
+                   out.tokens[0].tolist(), float(out.seconds), int(out.num_model_calls), texts, keeper.seen,
+                   keeper.stride)
 
 
 # ---------------------------------------------------------------------------------------------
