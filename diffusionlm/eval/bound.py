@@ -77,6 +77,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..checks import as_mask as _as_mask
 from ..masks import categories_from_levels, training_mask
 from ..processes.base import Corruption, check_ids
 from ..schedules.hyper import ACTIVE
@@ -158,20 +159,6 @@ def relevant_steps(schedule, d: int, count: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------------------------
 # step 1: inputs
-
-
-def _as_mask(m: Optional[Tensor], B: int, d: int, default: bool, name: str, device) -> Tensor:
-    if m is None:
-        return torch.full((B, d), default, dtype=torch.bool, device=device)
-    m = torch.as_tensor(m, device=device)
-    if m.dtype != torch.bool:
-        raise TypeError(f"{name} must be a bool tensor, got {m.dtype}")
-    if m.dim() == 1:
-        m = m[None]
-    try:
-        return m.expand(B, d).clone()
-    except RuntimeError:
-        raise ValueError(f"{name} of shape {tuple(m.shape)} does not fit the batch {(B, d)}") from None
 
 
 def _check_inputs(lm, x0, fixed, count, generator, chunk_size, replicates):

@@ -45,6 +45,7 @@ class Absorb(Process):
         return (a_s - a_t) / (1.0 - a_t).clamp_min(1e-12) * mc_weight(draw)
 
     def loss(self, logits: Tensor, x0: Tensor, corruption: Corruption, level: Tensor, draw=None) -> Tensor:
+        self._check_loss(logits, x0, corruption, level)
         nll = real_token_nll(logits, x0, self.vocab_size)
         return torch.where(corruption.masked, self._weight(level, draw).to(nll.dtype) * nll, torch.zeros_like(nll))
 

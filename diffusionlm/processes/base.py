@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_ids, check_levels, check_scores
 from ..schedules.noise import NoiseSchedule
 
 __all__ = ["Corruption", "Process", "TokenSet", "check_ids", "check_levels", "mc_weight", "real_token_nll"]
@@ -81,32 +82,6 @@ class TokenSet:
         if self.mask_id is None:
             return self.vocab_size
         return max(self.vocab_size, self.mask_id + 1)
-
-
-def check_ids(ids: Tensor, upper: int, what: str = "token ids") -> None:
-    """Raise if ids is not an integer tensor with every value in [0, upper)."""
-    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise TypeError(f"{what} must be an integer tensor, got {ids.dtype}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
-        raise ValueError(
-            f"{what} out of range: found [{int(ids.min())}, {int(ids.max())}], allowed [0, {upper - 1}]"
-        )
-
-
-def check_levels(level: Tensor, like: Optional[Tensor] = None) -> Tensor:
-    """Raise unless level is a finite float tensor in [0, 1] (broadcastable to `like`)."""
-    level = torch.as_tensor(level)
-    if not level.is_floating_point():
-        level = level.float()
-    if not torch.isfinite(level).all() or (level < 0).any() or (level > 1).any():
-        lo, hi = float(level.min()), float(level.max())
-        raise ValueError(f"noise levels must lie in [0, 1]; got values in [{lo:g}, {hi:g}]")
-    if like is not None:
-        try:
-            level = level.expand_as(like)
-        except RuntimeError:
-            raise ValueError(f"levels of shape {tuple(level.shape)} do not fit ids of shape {tuple(like.shape)}")
-    return level
 
 
 def _xlogy_over(p: Tensor, q: Tensor) -> Tensor:
@@ -170,6 +145,28 @@ class Process:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k not in ("name", "noise"))
         return f"{type(self).__name__}({args})"
 
+    # -- argument checks (one line at the top of each public method) ---------------------------
+    def _check_clean(self, logits: Tensor, x0: Tensor) -> None:
+        """x0: real token ids; logits: a score per token (at least the N real ones) at each position."""
+        check_ids(x0, self.vocab_size, "x0 (clean ids)")
+        check_scores(logits, x0, self.vocab_size, "logits")
+
+    def _check_loss(self, logits: Tensor, x0: Tensor, corruption: "Corruption", level: Tensor) -> None:
+        """The arguments every `loss` takes."""
+        self._check_clean(logits, x0)
+        if tuple(corruption.ids.shape) != tuple(x0.shape):
+            raise ValueError(f"corruption of shape {tuple(corruption.ids.shape)} does not fit x0 of shape {tuple(x0.shape)}")
+        check_levels(level, x0, "level")
+
+    def _check_step(self, x_t: Tensor, level_t: Tensor, level_s: Tensor, x0: Optional[Tensor] = None) -> None:
+        """A reverse step's arguments: x_t ids of the model vocabulary (MASK included), levels in
+        [0, 1] with level_s <= level_t, x_t shaped as x0 when given."""
+        check_ids(x_t, self.model_vocab_size, "x_t")
+        if x0 is not None and tuple(x_t.shape) != tuple(x0.shape):
+            raise ValueError(f"x_t of shape {tuple(x_t.shape)} does not fit x0 of shape {tuple(x0.shape)}")
+        if bool((check_levels(level_s, x_t, "level_s") > check_levels(level_t, x_t, "level_t")).any()):
+            raise ValueError("level_s must not exceed level_t: a reverse step goes from the noisier level_t to level_s")
+
     # -- the structured transition ----------------------------------------------------
     def event_probs(self, level_from: Tensor, level_to: Tensor) -> tuple[Tensor, Tensor]:
         """(p_mask, p_sub) of moving a real token from level_from to the noisier level_to."""
@@ -221,7 +218,7 @@ class Process:
 
     def prior_kl(self, level: Optional[Tensor] = None) -> Tensor:
         """KL(q_1(. | y) || prior) per position (the same for every y)."""
-        level = torch.ones(()) if level is None else level
+        level = torch.ones(()) if level is None else check_levels(level, what="level")
         m, k, u = self.marginal(level.double())
         pbar = (1.0 - m) / self.vocab_size
         return _xlogy_over(k, pbar) + (self.vocab_size - 1) * _xlogy_over(u, pbar)
@@ -262,6 +259,8 @@ class Process:
         clean_probs [B, d, N] is the clean-token distribution: a one-hot y gives the exact
         posterior q(x_s | x_t, y); a model's prediction gives its reverse step.
         """
+        self._check_step(x_t, level_t, level_s)
+        check_scores(clean_probs, x_t, self.vocab_size, "clean_probs", exact=True)
         n, V = self.vocab_size, self.model_vocab_size
         level_t, level_s = level_t.double(), level_s.double()
         p = clean_probs.double()
@@ -289,6 +288,8 @@ class Process:
 
     def step_kl(self, logits: Tensor, x0: Tensor, x_t: Tensor, level_t: Tensor, level_s: Tensor) -> Tensor:
         """KL(q(x_s | x_t, x0) || p_theta(x_s | x_t)) per position: [B, d] float64."""
+        self._check_clean(logits, x0)
+        self._check_step(x_t, level_t, level_s, x0)
         n = self.vocab_size
         true = self.posterior_probs(x_t, level_t, level_s, F.one_hot(x0, n).double())
         model = self.posterior_probs(x_t, level_t, level_s, self.clean_probs(logits))

@@ -74,6 +74,7 @@ class EpsilonHybrid(Process):
         return (level_t > 0) & (level_s == 0)
 
     def loss(self, logits: Tensor, x0: Tensor, corruption: Corruption, level: Tensor, draw=None) -> Tensor:
+        self._check_loss(logits, x0, corruption, level)
         nll = real_token_nll(logits, x0, self.vocab_size)
         p_mask = (1.0 - self.noise.alpha(level)).to(nll.dtype)
         keep = (1.0 - p_mask).clamp_min(1e-12)

@@ -152,6 +152,7 @@ class GammaHybrid(Process):
     def loss(self, logits: Tensor, x0: Tensor, corruption: Corruption, level: Tensor, draw=None) -> Tensor:
         """DWDSE at the corruption level, weighted by d sigma_bar / d l; inside a discrete step
         also by the step's level span and the Monte-Carlo step weight."""
+        self._check_loss(logits, x0, corruption, level)
         lv = torch.where(level > 0, level, torch.ones_like(level))
         w = self.noise.sigma_bar_prime(lv)
         if draw is not None and draw.next_level is not None:
