@@ -38,6 +38,7 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
+from .checks import check_ids, check_levels
 from .schedules.hyper import ACTIVE, SETTLED, WORTHLESS, Hyperschedule
 
 __all__ = [
@@ -159,6 +160,7 @@ def shift_inputs(x: Tensor, layout: "Layout | str", bos_id: Optional[int] = None
     Raises ValueError for SHIFTED without a `bos_id`.
     """
     layout = Layout(layout)
+    check_ids(x, None, "x (token ids)")
     if layout is Layout.ALIGNED:
         return x
     if bos_id is None:
@@ -385,9 +387,9 @@ def categories_from_levels(level: Tensor, next_level: Optional[Tensor] = None) -
 
     `next_level` None (continuous time): every position with level > 0 is ACTIVE.
     """
-    level = torch.as_tensor(level)
+    level = check_levels(level, what="level")
     if next_level is not None:
-        next_level = torch.as_tensor(next_level)
+        next_level = check_levels(next_level, what="next_level")
         if next_level.shape != level.shape:
             raise ValueError(f"level {tuple(level.shape)} and next_level {tuple(next_level.shape)} differ in shape")
     out = torch.full(level.shape, ACTIVE, dtype=torch.int8, device=level.device)
@@ -543,6 +545,8 @@ def two_halves_inputs(
     ``[0..d-1, 0..d-1]``.
     """
     layout = Layout(layout)
+    check_ids(x_noisy, None, "x_noisy (token ids)")
+    check_ids(x_clean, None, "x_clean (token ids)")
     if x_noisy.shape != x_clean.shape or x_noisy.dim() != 2:
         raise ValueError(
             f"x_noisy {tuple(x_noisy.shape)} and x_clean {tuple(x_clean.shape)} must both be [B, d]"

@@ -20,6 +20,8 @@ from typing import Any, Callable, ClassVar, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from ..checks import as_mask, check_ids
+
 __all__ = [
     "Sampler",
     "SampleOutput",
@@ -88,12 +90,11 @@ def prepare_fixed(
     prompt = torch.as_tensor(prompt)
     if prompt.dim() == 1:
         prompt = prompt[None]
-    if prompt.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"prompt must hold integer token ids, got {prompt.dtype}")
+    check_ids(prompt, vocab_size, "prompt (token ids)")
+    if prompt.dim() != 2:
+        raise ValueError(f"prompt must be [P] or [B, P] token ids, got shape {tuple(prompt.shape)}")
     if prompt.shape[0] not in (1, batch_size):
         raise ValueError(f"prompt batch {prompt.shape[0]} does not match batch_size {batch_size}")
-    if prompt.numel() and (int(prompt.min()) < 0 or int(prompt.max()) >= vocab_size):
-        raise ValueError(f"prompt ids out of range: allowed [0, {vocab_size - 1}]")
     if fixed is None:
         P = prompt.shape[1]
         if P > length:
@@ -103,11 +104,10 @@ def prepare_fixed(
         fixed = torch.zeros(prompt.shape[0], length, dtype=torch.bool)
         fixed[:, :P] = True
     else:
-        fixed = torch.as_tensor(fixed, dtype=torch.bool)
-        if fixed.dim() == 1:
-            fixed = fixed[None]
-        if prompt.shape[-1] != length or fixed.shape[-1] != length:
-            raise ValueError(f"with `fixed`, prompt and fixed must both have the sequence length {length}")
+        fixed = as_mask(fixed, batch_size, length, False, "fixed")
+        if prompt.shape[-1] != length:
+            raise ValueError(f"with `fixed`, the prompt holds a value for every position: it must have the "
+                             f"sequence length {length}, got {prompt.shape[-1]}")
         values = prompt.long()
     return values.expand(batch_size, length).clone(), fixed.expand(batch_size, length).clone()
 
