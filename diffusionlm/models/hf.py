@@ -81,6 +81,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..checks import check_levels
 from ..masks import additive_mask
 from .attention import _dense_from_block_mask, _is_block_mask, causal_mask
 from .base import DenoiserOutput
@@ -470,7 +471,7 @@ class HFDenoiser(nn.Module):
         position_ids    [B or 1, L] true positions (default: cached rows + arange(L))
         attention_mask  None (FULL attention), "causal", bool [B or 1, 1, L, P + L] (True = may
                         attend; the P cached rows come first in the key order) or a BlockMask
-        levels          ignored (time-embedding-free)
+        levels          ignored (time-embedding-free), but must be noise levels in [0, 1] when given
         cache           a transformers.DynamicCache of P rows, or None (P = 0); not modified
         cache_commit    how many of this call's rows (the first ones) the returned cache keeps
 
@@ -479,6 +480,8 @@ class HFDenoiser(nn.Module):
         and cache_commit = 0).
         """
         position_ids, past = self._check(input_ids, position_ids, cache, cache_commit)
+        if levels is not None:
+            check_levels(levels, what="levels")
         B, L = input_ids.shape
         dtype = self.model.get_input_embeddings().weight.dtype
         mask = self._prepare_mask(attention_mask, B, L, past + L, input_ids.device, dtype)

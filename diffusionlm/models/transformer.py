@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from ..checks import check_ids, check_levels
 from .attention import ATTENTION_BACKENDS, get_backend
 from .base import DenoiserOutput
 from .cache import KVCache
@@ -380,6 +381,7 @@ class DiffusionTransformer(nn.Module):
                 position_ids = position_ids[None]
             if position_ids.dim() != 2 or position_ids.shape[1] != L or position_ids.shape[0] not in (1, B):
                 raise ValueError(f"position_ids has shape {list(position_ids.shape)}; expected [{B} or 1, {L}]")
+            check_ids(position_ids, None, "position_ids")
             plo, phi = int(position_ids.min()), int(position_ids.max())
             if plo < 0 or phi >= cfg.max_positions:
                 raise ValueError(
@@ -395,7 +397,10 @@ class DiffusionTransformer(nn.Module):
             if levels.dim() != 2 or levels.shape[1] != L or levels.shape[0] not in (1, B):
                 raise ValueError(f"levels has shape {list(levels.shape)}; expected [{B}, {L}]")
             levels = levels.expand(B, L)
+        if levels is not None:
+            check_levels(levels, what="levels")
         if embedding_weight is not None:
+            check_levels(embedding_weight, what="embedding_weight")
             if cfg.mask_id is None:
                 raise ValueError("embedding_weight needs a model with mask_id (it mixes in f(MASK))")
             if embedding_weight.dim() != 2 or embedding_weight.shape[1] != L or embedding_weight.shape[0] not in (1, B):
