@@ -132,11 +132,6 @@ class RunTracker:
             with self._lock:
                 self._flags.discard(flag)
 
-    def cancel_all(self) -> None:
-        with self._lock:
-            for f in self._flags:
-                f.set()
-
 
 def _settings(model: DemoModel, mode: str, values: dict) -> DemoSettings:
     base = DemoSettings(length=min(64, model.max_length))
