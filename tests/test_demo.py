@@ -292,16 +292,20 @@ def served():
 
 
 @pytest.mark.slow
-def test_the_api_refuses_requests_over_the_limits(served):
+def test_the_api_refuses_requests_over_the_limits(served, monkeypatch):
+    from diffusionlm.demo import app as app_module
     from diffusionlm.demo.app import api_args
 
     model, app, client = served
+    trims = []  # every request, refused or run, hands the memory it freed back when it ends
+    monkeypatch.setattr(app_module, "release_freed_memory", lambda: trims.append(1) or True)
     out = client.predict(*api_args(prompt="ab", steps=41, length=32), api_name="/generate")
     assert out[0] == "**Cannot generate:** steps 41 is over the demo's limit of 40" and out[3] == ""
     out = client.predict(*api_args(prompt="ab", steps=40, length=32, batch=3, sampler="acs"), api_name="/generate")
     run = generate(model, DemoSettings(prompt="ab", steps=40, length=32, batch=3, sampler="acs"), LIMITS)
     assert out[0] == "" and out[3] == "\n\n".join(f"[sample {i + 1}] {t}" for i, t in enumerate(run.texts))
     assert f"showing {len(run.frames)} of {run.num_frames} frames" in out[4]
+    assert len(trims) == 2
 
 
 @pytest.mark.slow

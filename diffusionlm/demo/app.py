@@ -15,7 +15,8 @@ page shows comes from `diffusionlm.demo.core.generate`: the sampler's own histor
 
 Under load (`DemoLimits`, shown on the page): a request over a limit gets a message in the page;
 Generate runs through Gradio's queue with `concurrency_limit` runs at once and `max_queue`
-waiting; each session keeps only its last run's frames, packed (`PackedFrames`); Stop cancels
+waiting; each session keeps only its last run's frames, packed (`PackedFrames`), and the heap a
+finished run freed is handed back to the OS (`release_freed_memory`); Stop cancels
 the Generate event, and any cancellation of it (Stop, an API client's cancel) sets the run's
 cancel flag, so the sampler itself stops at its next step and its frames are released.
 """
@@ -23,7 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import math
 import threading
 from contextlib import contextmanager
@@ -44,7 +48,8 @@ from .core import (
     sampler_knobs,
 )
 
-__all__ = ["build_app", "launch", "simple_sampler", "api_args", "ADVANCED_KNOBS", "FORM", "RunTracker"]
+__all__ = ["build_app", "launch", "simple_sampler", "api_args", "release_freed_memory", "ADVANCED_KNOBS", "FORM",
+           "RunTracker"]
 
 #: DemoSettings fields shown in advanced mode, in this order, after length / sampler / schedule
 ADVANCED_KNOBS = ("eta", "eta0", "sharpness", "remask", "confidence", "block_size", "edit_previous", "temperature",
@@ -105,6 +110,26 @@ def _int_or_none(x: Any, name: str) -> Optional[int]:
     if not math.isfinite(f) or f != int(f):
         raise DemoInputError(f"{name} must be a whole number, got {x!r}")
     return int(f)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap pages a finished run freed back to the OS (glibc's malloc_trim; False where
+    there is none). glibc keeps freed memory in per-thread arenas: after 10 concurrent runs at
+    length 512 a server stayed ~100 MB above idle with no object alive to hold it, and one
+    malloc_trim took it back below idle."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 class RunTracker:
@@ -258,7 +283,14 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
             return (message, None, gr.update(maximum=1, value=0), "", "", "", gr.Timer(active=False))
 
         def run_one(mode_v, vals, flag: threading.Event):
-            """One request, in a worker thread: settings -> generate -> the page's outputs."""
+            """One request, in a worker thread; what it freed goes back to the OS when it ends."""
+            try:
+                return respond(mode_v, vals, flag)
+            finally:
+                release_freed_memory()
+
+        def respond(mode_v, vals, flag: threading.Event):
+            """settings -> generate -> the page's outputs."""
             try:
                 with runs.run(flag):
                     settings = _settings(model, mode_v, dict(zip(form, vals)))
