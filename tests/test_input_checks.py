@@ -138,9 +138,10 @@ def structural_cases():
     return [
         ("corrupt: x0 beyond the vocabulary", lambda: s.corrupt(X0 + N), ValueError, r"clean ids out of range: found \[10, 19\]"),
         ("corrupt: float x0", lambda: s.corrupt(X0.float()), TypeError, "clean ids must be an integer tensor"),
-        ("corrupt: response_mask of another shape", lambda: s.corrupt(X0, torch.ones(B, d + 1, dtype=torch.bool)), ValueError, "response_mask of shape"),
-        ("loss: x0 beyond the vocabulary", lambda: s.loss(torch.randn(B, d, N + 1), X0 + N), ValueError, "clean ids out of range"),
-        ("loss: logits of another shape", lambda: s.loss(torch.randn(B, d + 1, N + 1), X0), ValueError, "logits of shape"),
+        ("corrupt: response_mask of another shape", lambda: s.corrupt(X0, response_mask=torch.ones(B, d + 1, dtype=torch.bool)), ValueError, "response_mask of shape"),
+        ("corrupt: level above 1", lambda: s.corrupt(X0, torch.full((B,), 1.5)), ValueError, r"levels must lie in \[0, 1\]"),
+        ("loss: x0 beyond the vocabulary", lambda: s.loss(torch.randn(B, d, N + 1), X0 + N, None), ValueError, "clean ids out of range"),
+        ("loss: logits of another shape", lambda: s.loss(torch.randn(B, d + 1, N + 1), X0, None), ValueError, "logits of shape"),
     ]
 
 
