@@ -24,12 +24,12 @@ Rules (categories are the hyperschedule's SETTLED / ACTIVE / WORTHLESS codes at 
   segments; a clean row attends clean rows causally (or block-causally); clean rows never attend
   noisy rows.
 
-The tensors returned by the cached builders (:func:`step_categories`, :func:`inference_mask`)
-are shared between callers: do not modify them in place.
+Inference masks are built anew on each call; whoever reuses them keeps them in its own bounded
+:class:`MaskCache` (the sampler driver does). Training masks are remembered for the last 16
+distinct batches of draws; the tensors a cache returns are shared: do not modify them in place.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections import OrderedDict
 from enum import Enum
@@ -60,6 +60,7 @@ __all__ = [
     "two_halves_mask",
     "two_halves_inputs",
     "clear_caches",
+    "MaskCache",
 ]
 
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -399,24 +400,21 @@ def categories_from_levels(level: Tensor, next_level: Optional[Tensor] = None) -
     return out
 
 
-@functools.lru_cache(maxsize=256)
-def _category_table(schedule: Hyperschedule, d: int) -> Tensor:
-    return schedule.split(d).categories()
-
-
-@functools.lru_cache(maxsize=4096)
 def step_categories(schedule: Hyperschedule, d: int, k: int) -> Tensor:
     """int8 [d] SETTLED/ACTIVE/WORTHLESS codes at generation step k in 1..T (the move from
-    levels l[k-1] to l[k]): ``schedule.split(d).categories()[k-1]``. Cached per (schedule, d, k).
+    levels l[k-1] to l[k]): ``schedule.split(d).categories()[k-1]``, built from the schedule's
+    own (cached) split in O(d).
     """
-    table = _category_table(schedule, d)
-    T = table.shape[0]
+    split = schedule.split(d)
+    T = split.active.shape[0]
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= T:
         raise ValueError(f"step k must be an int in 1..{T} for {schedule!r} at d={d}, got {k!r}")
-    return table[k - 1].clone()
+    out = torch.full((d,), ACTIVE, dtype=torch.int8)
+    out[split.settled[k - 1]] = SETTLED
+    out[split.worthless[k - 1]] = WORTHLESS
+    return out
 
 
-@functools.lru_cache(maxsize=4096)
 def inference_mask(
     schedule: Hyperschedule,
     d: int,
@@ -426,7 +424,8 @@ def inference_mask(
     device: Device = None,
     block_size: int = 128,
 ) -> StepMask:
-    """The attention mask of inference step k (1..T) of `schedule` at length d (cached).
+    """The attention mask of inference step k (1..T) of `schedule` at length d (built anew; a
+    caller that loops over steps keeps the ones it reuses in its own :class:`MaskCache`).
 
     Applies :func:`inference_mask_mod` to the step's categories. With `drop_worthless` the
     worthless positions are not fed at all: `rows` lists the settled and active positions
@@ -447,39 +446,82 @@ def inference_mask(
     return StepMask(rows.to(dev), mask)
 
 
+class MaskCache:
+    """A bounded least-recently-used store of built masks, owned by the code that reuses them
+    (a sampler run, a benchmark loop, the training-mask builders below): nothing grows without
+    bound and nothing outlives its owner.
+
+        cache = MaskCache(maxsize=8)
+        m = cache.get(key, lambda: build(...))          # built once per key while remembered
+        step = cache.inference_mask(schedule, d, k)     # inference_mask, remembered
+
+    Returned tensors are shared between the callers of one cache: do not modify them in place.
+    """
+
+    def __init__(self, maxsize: int = 16):
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
+            raise ValueError(f"MaskCache maxsize must be an int >= 1, got {maxsize!r}")
+        self.maxsize = maxsize
+        self._items: "OrderedDict[object, object]" = OrderedDict()
+
+    def get(self, key: object, build: Callable[[], object]) -> object:
+        """The value remembered under `key`, else `build()` (remembered, evicting the oldest)."""
+        try:
+            self._items.move_to_end(key)
+            return self._items[key]
+        except KeyError:
+            value = build()
+            self._items[key] = value
+            if len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+            return value
+
+    def inference_mask(
+        self,
+        schedule: Hyperschedule,
+        d: int,
+        k: int,
+        kind: str = "dense",
+        drop_worthless: bool = True,
+        device: Device = None,
+        block_size: int = 128,
+    ) -> StepMask:
+        """:func:`inference_mask`, remembered per (schedule, d, k, kind, ...)."""
+        key = ("inference", schedule, d, k, kind, drop_worthless, str(device), block_size)
+        return self.get(key, lambda: inference_mask(schedule, d, k, kind, drop_worthless, device, block_size))
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 #: dense training masks of the last few distinct sets of batch rows (see _dense_per_row)
-_ROWS_CACHE: "OrderedDict[tuple, Tensor]" = OrderedDict()
-_ROWS_CACHE_SIZE = 16
+_TRAINING_MASKS = MaskCache(maxsize=16)
 
 
 def _dense_per_row(key: Tensor, tag: tuple, build: Callable[[Tensor], Tensor]) -> Tensor:
     """Dense masks [B, 1, L, L] that depend on each batch row only through its `key` row [B, K].
 
-    Built once per distinct row (``torch.unique``) and remembered for the last few distinct sets:
-    where the draws repeat (two-halves under Block, Quench or Flat: one mask for every row of every
-    batch) the mask is paid for once, not per batch (at d = 4096 a dense [8, 1, 2d, 2d] build is
-    seconds). `build(unique_rows)` returns the [U, 1, L, L] masks of the unique rows. When all rows
-    agree the result is an expanded (read-only) view of one cached mask.
+    Built once per distinct row (``torch.unique``) and remembered for the last few distinct sets
+    (`_TRAINING_MASKS`, 16 entries): where the draws repeat (two-halves under Block, Quench or
+    Flat: one mask for every row of every batch) the mask is paid for once, not per batch (at
+    d = 4096 a dense [8, 1, 2d, 2d] build is seconds). `build(unique_rows)` returns the
+    [U, 1, L, L] masks of the unique rows. When all rows agree the result is an expanded
+    (read-only) view of one cached mask.
     """
     uniq, inv = torch.unique(key, dim=0, return_inverse=True)
     ck = (tag, tuple(uniq.shape), str(uniq.device), hashlib.sha1(uniq.cpu().numpy().tobytes()).hexdigest())
-    m = _ROWS_CACHE.get(ck)
-    if m is None:
-        m = build(uniq)
-        _ROWS_CACHE[ck] = m
-        if len(_ROWS_CACHE) > _ROWS_CACHE_SIZE:
-            _ROWS_CACHE.popitem(last=False)
-    else:
-        _ROWS_CACHE.move_to_end(ck)
+    m = _TRAINING_MASKS.get(ck, lambda: build(uniq))
     B = key.shape[0]
     return m.expand(B, *m.shape[1:]) if m.shape[0] == 1 else m[inv]
 
 
 def clear_caches() -> None:
-    """Forget every cached mask (inference steps, step categories, training rows)."""
-    for fn in (inference_mask, step_categories, _category_table):
-        fn.cache_clear()
-    _ROWS_CACHE.clear()
+    """Forget the remembered training masks (inference masks are remembered by their callers'
+    own :class:`MaskCache`)."""
+    _TRAINING_MASKS.clear()
 
 
 def training_mask(

@@ -14,6 +14,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_mask, flex_atten
 
 from diffusionlm.masks import (
     Layout,
+    MaskCache,
     StepMask,
     additive_mask,
     categories_from_levels,
@@ -502,16 +503,27 @@ def test_two_halves_inputs():
 # ------------------------------------------------------------------------------------------
 # caching and errors
 # ------------------------------------------------------------------------------------------
-def test_cached_builders_return_identical_objects():
+def test_mask_cache_is_bounded_and_owned_by_its_caller():
+    """inference_mask builds anew (no module-level store); a MaskCache remembers at most
+    `maxsize` masks, shares them between equal keys and evicts the least recently used."""
     s = Block(4, 2)
     a = inference_mask(s, 10, 3)
-    assert inference_mask(s, 10, 3) is a
-    assert inference_mask(Block(4, 2), 10, 3) is a  # equal schedules share the cache
-    f = inference_mask(s, 10, 3, kind="flex")
-    assert inference_mask(s, 10, 3, kind="flex") is f and f is not a
-    assert step_categories(s, 10, 3) is step_categories(s, 10, 3)
+    b = inference_mask(s, 10, 3)
+    assert a is not b and torch.equal(a.mask, b.mask) and torch.equal(a.rows, b.rows)
+    cache = MaskCache(maxsize=2)
+    m = cache.inference_mask(s, 10, 3)
+    assert torch.equal(m.mask, a.mask) and torch.equal(m.rows, a.rows)
+    assert cache.inference_mask(s, 10, 3) is m
+    assert cache.inference_mask(Block(4, 2), 10, 3) is m  # equal schedules share an entry
+    f = cache.inference_mask(s, 10, 3, kind="flex")
+    assert cache.inference_mask(s, 10, 3, kind="flex") is f and f is not m
+    assert len(cache) == 2
+    cache.inference_mask(s, 10, 4)  # a third key evicts the least recently used (the dense step 3)
+    assert len(cache) == 2 and cache.inference_mask(s, 10, 3) is not m
     c = custom(7)
-    assert inference_mask(c, 7, 2) is inference_mask(Custom(c.table_.clone()), 7, 2)
+    assert cache.inference_mask(c, 7, 2) is cache.inference_mask(Custom(c.table_.clone()), 7, 2)
+    with pytest.raises(ValueError, match="maxsize"):
+        MaskCache(0)
 
 
 @pytest.mark.parametrize("name", ["block", "slide", "quench", "flat"])
