@@ -25,3 +25,7 @@ from .hf import AttentionAnnealing, HFDenoiser, annealed_mask
 from .lora import apply_lora, load_adapters, lora_audit, save_adapters
 
 __all__ += ["HFDenoiser", "AttentionAnnealing", "annealed_mask", "apply_lora", "lora_audit", "save_adapters", "load_adapters"]
+
+#: registry of backbones by spec name (diffusionlm.specs kind "backbone")
+BACKBONES = {DiffusionTransformer.spec_name: DiffusionTransformer, HFDenoiser.spec_name: HFDenoiser}
+__all__ += ["BACKBONES"]

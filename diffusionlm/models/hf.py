@@ -232,6 +232,58 @@ class HFDenoiser(nn.Module):
                     head.bias[n] = out_bias_mean
         return n
 
+    # -- spec (diffusionlm.specs, backbone "hf") --------------------------------------------
+    spec_name = "hf"
+
+    @classmethod
+    def from_spec(
+        cls,
+        hf_config: Optional[dict] = None,
+        path: Optional[str] = None,
+        attn_implementation: str = "sdpa",
+        mask: Optional[str] = None,
+        mask_id: Optional[int] = None,
+        lora: Optional[dict] = None,
+    ) -> "HFDenoiser":
+        """A causal LM from {"name": "hf", ...}: `hf_config` (a config dict with "model_type":
+        fresh weights) or `path` (a local directory or hub id: its weights); MASK by `mask`
+        ("add": one more row) or `mask_id` (an existing id, see `from_model`); `lora` the keyword
+        arguments of `models.lora.apply_lora`."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if (hf_config is None) == (path is None):
+            raise ValueError("backbone 'hf' takes exactly one of the fields 'hf_config' (fresh weights) and 'path'")
+        if hf_config is not None:
+            hc = {k: v for k, v in dict(hf_config).items() if k != "transformers_version"}
+            if "model_type" not in hc:
+                raise ValueError("backbone 'hf' field 'hf_config' needs 'model_type' (e.g. \"gpt2\", \"llama\")")
+            model = AutoModelForCausalLM.from_config(
+                AutoConfig.for_model(hc.pop("model_type"), **hc), attn_implementation=attn_implementation)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation)
+        denoiser = cls.from_model(model, mask, mask_id=mask_id)
+        if lora is not None:
+            from .lora import apply_lora
+
+            apply_lora(denoiser, **lora)
+        return denoiser
+
+    def to_dict(self) -> dict:
+        """{"name": "hf", "hf_config": the wrapped model's config (non-default keys), "mask_id": the
+        model's own MASK id, "lora": the adapters' settings or None, ...}: builds the same
+        architecture with fresh weights (weights are saved separately)."""
+        base, lora = self.model, None
+        peft_config = getattr(base, "peft_config", None)
+        if peft_config:
+            c = peft_config["default"]
+            lora = {"r": c.r, "alpha": c.lora_alpha, "target_modules": sorted(c.target_modules),
+                    "dropout": c.lora_dropout,
+                    "modules_to_save": None if c.modules_to_save is None else sorted(c.modules_to_save)}
+        hc = {k: v for k, v in self.config.to_diff_dict().items() if k != "transformers_version"}
+        own_mask = self.reserved_id if self.reserved_id is not None else self.mask_id
+        return {"name": self.spec_name, "hf_config": hc, "path": None, "attn_implementation": self.attn_implementation,
+                "mask": None, "mask_id": own_mask, "lora": lora}
+
     # -- queries -------------------------------------------------------------------------
     @property
     def config(self) -> Any:
@@ -583,6 +635,12 @@ class AttentionAnnealing:
     The object holds no state: the trainer passes its step.
     """
 
+    name = "attention_annealing"
+
+    def to_dict(self) -> dict:
+        """{"name": "attention_annealing", "warmup_steps": ..., "shared": ...} (diffusionlm.specs)."""
+        return {"name": self.name, "warmup_steps": self.warmup_steps, "shared": self.shared}
+
     def __init__(self, warmup_steps: int, shared: bool = False):
         if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
@@ -603,3 +661,7 @@ class AttentionAnnealing:
 
     def __repr__(self) -> str:
         return f"AttentionAnnealing(warmup_steps={self.warmup_steps}, shared={self.shared})"
+
+
+#: registry of the training-time attention annealings (diffusionlm.specs kind "annealing")
+ANNEALINGS = {AttentionAnnealing.name: AttentionAnnealing}

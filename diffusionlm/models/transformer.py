@@ -334,6 +334,26 @@ class DiffusionTransformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # -- spec (diffusionlm.specs, backbone "transformer") ---------------------------------------
+    spec_name = "transformer"
+
+    @classmethod
+    def from_spec(cls, preset: Optional[str] = None, **fields: Any) -> "DiffusionTransformer":
+        """A freshly initialised model from {"name": "transformer", "preset": ..., **fields}: the
+        preset's sizes (`TransformerConfig.preset`) overridden by any TransformerConfig field."""
+        known = [f.name for f in dataclasses.fields(TransformerConfig)]
+        for key in fields:
+            if key not in known:
+                raise ValueError(f"backbone 'transformer' takes no field {key!r}; its fields: preset, {', '.join(known)}")
+        if "vocab_size" not in fields:
+            raise ValueError("backbone 'transformer' needs the field 'vocab_size' (a composition derives it from its process)")
+        cfg = TransformerConfig.preset(preset, **fields) if preset is not None else TransformerConfig(**fields)
+        return cls(cfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"name": "transformer", **every TransformerConfig field} (no preset: every size is written)."""
+        return {"name": self.spec_name, **self.config.to_dict()}
+
     def embedding_weight_from_sigma(self, sigma: Tensor) -> Tensor:
         """w = e^{-gamma sigma}: the `embedding_weight` for per-position total noise sigma [B, L]."""
         gamma = self.config.weighted_embedding_gamma

@@ -9,20 +9,14 @@ PROCESSES: dict[str, type[Process]] = {c.name: c for c in (Absorb, Uniform, Gamm
 
 
 def process(spec: "dict | Process") -> Process:
-    """Build a process from a `config()` dict (round-trips through JSON), or pass one through."""
-    from ..schedules.noise import noise_schedule
+    """Build a process from its spec (`to_dict()`; round-trips through JSON), or pass one through
+    (`diffusionlm.specs.build("process", spec)`). An older Uniform spec that carries
+    "mask_id": null is read as Uniform's (it has no MASK)."""
+    from ..specs import build
 
-    if isinstance(spec, Process):
-        return spec
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name not in PROCESSES:
-        raise ValueError(f"unknown process {name!r}; known: {sorted(PROCESSES)}")
-    if "noise" in spec:
-        spec["noise"] = noise_schedule(spec["noise"])
-    if name == "uniform":
-        spec.pop("mask_id", None)
-    return PROCESSES[name](**spec)
+    if isinstance(spec, dict) and spec.get("name") == "uniform" and "mask_id" in spec and spec["mask_id"] is None:
+        spec = {k: v for k, v in spec.items() if k != "mask_id"}
+    return build("process", spec)
 
 
 __all__ = ["Absorb", "Corruption", "EpsilonHybrid", "GammaHybrid", "Process", "PROCESSES", "Structural", "TokenSet", "Uniform", "process"]

@@ -30,9 +30,6 @@ class Absorb(Process):
     def __init__(self, vocab_size: int, mask_id: Optional[int] = None, noise: Optional[NoiseSchedule] = None):
         super().__init__(vocab_size, vocab_size if mask_id is None else mask_id, noise or Linear())
 
-    def config(self) -> dict:
-        return {"name": self.name, "vocab_size": self.vocab_size, "mask_id": self.mask_id, "noise": self.noise.to_dict()}
-
     def event_probs(self, level_from: Tensor, level_to: Tensor) -> tuple[Tensor, Tensor]:
         p_mask = 1.0 - self._keep_ratio(level_from, level_to)
         return p_mask, torch.zeros_like(p_mask)

@@ -138,8 +138,16 @@ class Process:
                 f"model output size {size} does not fit {self!r}: it needs {self.model_vocab_size}{extra}"
             )
 
-    def config(self) -> dict:  # pragma: no cover - overridden
-        return {"name": self.name, "vocab_size": self.vocab_size, "mask_id": self.mask_id}
+    def to_dict(self) -> dict:
+        """The spec {"name": ..., **every constructor field} (noise as its own spec), read from
+        the attributes of the same names; `specs.build("process", d)` builds it back."""
+        from ..specs import spec_fields
+
+        return {"name": self.name, **spec_fields(self)}
+
+    def config(self) -> dict:
+        """The older name of `to_dict`."""
+        return self.to_dict()
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k not in ("name", "noise"))

@@ -53,12 +53,6 @@ class EpsilonHybrid(Process):
         super().__init__(vocab_size, vocab_size if mask_id is None else mask_id, noise or Linear())
         self.epsilon, self.lam = float(epsilon), float(lam)
 
-    def config(self) -> dict:
-        return {
-            "name": self.name, "vocab_size": self.vocab_size, "epsilon": self.epsilon, "lam": self.lam,
-            "mask_id": self.mask_id, "noise": self.noise.to_dict(),
-        }
-
     def event_probs(self, level_from: Tensor, level_to: Tensor) -> tuple[Tensor, Tensor]:
         p_mask = 1.0 - self._keep_ratio(level_from, level_to)
         leaves_clean = (level_from == 0) & (level_to > 0)

@@ -583,15 +583,8 @@ HYPERSCHEDULES: dict[str, type[Hyperschedule]] = {
 
 
 def hyperschedule(spec: "str | dict | Hyperschedule") -> Hyperschedule:
-    """Build a hyperschedule from a name, a `to_dict()` dict, or pass one through."""
-    if isinstance(spec, Hyperschedule):
-        return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name not in HYPERSCHEDULES:
-        raise ValueError(f"unknown hyperschedule {name!r}; known: {sorted(HYPERSCHEDULES)}")
-    if name == "retimed":
-        spec["base"] = hyperschedule(spec["base"])
-    return HYPERSCHEDULES[name](**spec)
+    """Build a hyperschedule from a name, a `to_dict()` dict, or pass one through
+    (`diffusionlm.specs.build("hyperschedule", spec)`)."""
+    from ..specs import build
+
+    return build("hyperschedule", spec)

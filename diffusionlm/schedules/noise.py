@@ -93,13 +93,8 @@ NOISE_SCHEDULES: dict[str, type[NoiseSchedule]] = {c.name: c for c in (Linear, L
 
 
 def noise_schedule(spec: "str | dict | NoiseSchedule") -> NoiseSchedule:
-    """Build a schedule from a name, a dict from `to_dict()`, or pass one through."""
-    if isinstance(spec, NoiseSchedule):
-        return spec
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    spec = dict(spec)
-    name = spec.pop("name")
-    if name not in NOISE_SCHEDULES:
-        raise ValueError(f"unknown noise schedule {name!r}; known: {sorted(NOISE_SCHEDULES)}")
-    return NOISE_SCHEDULES[name](**spec)
+    """Build a schedule from a name, a dict from `to_dict()`, or pass one through
+    (`diffusionlm.specs.build("noise_schedule", spec)`)."""
+    from ..specs import build
+
+    return build("noise_schedule", spec)
