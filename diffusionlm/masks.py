@@ -476,19 +476,10 @@ class MaskCache:
                 self._items.popitem(last=False)
             return value
 
-    def inference_mask(
-        self,
-        schedule: Hyperschedule,
-        d: int,
-        k: int,
-        kind: str = "dense",
-        drop_worthless: bool = True,
-        device: Device = None,
-        block_size: int = 128,
-    ) -> StepMask:
-        """:func:`inference_mask`, remembered per (schedule, d, k, kind, ...)."""
-        key = ("inference", schedule, d, k, kind, drop_worthless, str(device), block_size)
-        return self.get(key, lambda: inference_mask(schedule, d, k, kind, drop_worthless, device, block_size))
+    def inference_mask(self, schedule: Hyperschedule, d: int, k: int, **options) -> StepMask:
+        """:func:`inference_mask` (same keyword options), remembered per (schedule, d, k, options)."""
+        key = ("inference", schedule, d, k, tuple(sorted((n, str(v)) for n, v in options.items())))
+        return self.get(key, lambda: inference_mask(schedule, d, k, **options))
 
     def clear(self) -> None:
         self._items.clear()

@@ -39,6 +39,7 @@ class does not take (listing its fields), a required field missing, a dtype not 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import types
 import typing
@@ -67,56 +68,43 @@ COMPOSITION_NAME = "diffusion_lm"
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _composition_class():
-    from .lm import DiffusionLM
+#: kind -> ((module, registry), (module, base class)): where each kind lives
+_WHERE = {
+    "noise_schedule": (("diffusionlm.schedules.noise", "NOISE_SCHEDULES"), ("diffusionlm.schedules.noise", "NoiseSchedule")),
+    "process": (("diffusionlm.processes", "PROCESSES"), ("diffusionlm.processes.base", "Process")),
+    "hyperschedule": (("diffusionlm.schedules.hyper", "HYPERSCHEDULES"), ("diffusionlm.schedules.hyper", "Hyperschedule")),
+    "sampler": (("diffusionlm.samplers", "SAMPLERS"), ("diffusionlm.samplers.base", "Sampler")),
+    "backbone": (("diffusionlm.models", "BACKBONES"), ("torch.nn", "Module")),
+    "annealing": (("diffusionlm.models.hf", "ANNEALINGS"), ("diffusionlm.models.hf", "AttentionAnnealing")),
+    "composition": (("diffusionlm.specs", "COMPOSITIONS"), ("diffusionlm.lm", "DiffusionLM")),
+}
 
-    return DiffusionLM
+
+def _attr(where: tuple) -> Any:
+    module, name = where
+    return getattr(importlib.import_module(module), name)
 
 
-#: the composition registry: the one class that composes the parts
+def _composition_class() -> type:
+    return _attr(_WHERE["composition"][1])
+
+
+#: the composition registry: the one class that composes the parts (filled on first use)
 COMPOSITIONS: dict = {}
 
 
 def registry(kind: str) -> dict:
     """The registry of `kind`: registered name -> class (see the module docstring)."""
-    if kind == "noise_schedule":
-        from .schedules.noise import NOISE_SCHEDULES as reg
-    elif kind == "process":
-        from .processes import PROCESSES as reg
-    elif kind == "hyperschedule":
-        from .schedules.hyper import HYPERSCHEDULES as reg
-    elif kind == "sampler":
-        from .samplers import SAMPLERS as reg
-    elif kind == "backbone":
-        from .models import BACKBONES as reg
-    elif kind == "annealing":
-        from .models.hf import ANNEALINGS as reg
-    elif kind == "composition":
-        if not COMPOSITIONS:
-            COMPOSITIONS[COMPOSITION_NAME] = _composition_class()
-        reg = COMPOSITIONS
-    else:
+    if kind not in _WHERE:
         raise ValueError(f"unknown kind of spec {kind!r}; known: {', '.join(KINDS)}")
-    return reg
+    if kind == "composition" and not COMPOSITIONS:
+        COMPOSITIONS[COMPOSITION_NAME] = _composition_class()
+    return _attr(_WHERE[kind][0])
 
 
 def _base(kind: str) -> type:
     """The class every object of `kind` is an instance of (objects pass through `build`)."""
-    if kind == "noise_schedule":
-        from .schedules.noise import NoiseSchedule as base
-    elif kind == "process":
-        from .processes.base import Process as base
-    elif kind == "hyperschedule":
-        from .schedules.hyper import Hyperschedule as base
-    elif kind == "sampler":
-        from .samplers.base import Sampler as base
-    elif kind == "backbone":
-        base = torch.nn.Module
-    elif kind == "annealing":
-        from .models.hf import AttentionAnnealing as base
-    else:
-        base = _composition_class()
-    return base
+    return _attr(_WHERE[kind][1])
 
 
 # ---------------------------------------------------------------------------------------------
