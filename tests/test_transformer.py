@@ -205,6 +205,27 @@ def test_plan_cached_step_checks_prefix():
     assert plan.rows.tolist() == [1, 2, 3] and plan.commit == 1 and plan.cached == 2 and plan.mask.shape == (1, 1, 3, 4)
 
 
+def test_plan_cached_step_non_strict_and_per_batch_row():
+    """The sampler driver's use: settled rows after the prefix (fixed positions behind the cursor)
+    are fed, not cached; per batch row a row is settled only where every batch row has it settled;
+    and a settled row that does not hold its own position (a worthless position dropped before it)
+    ends the cacheable prefix."""
+    rows = torch.arange(4)
+    cats = torch.tensor([SETTLED, ACTIVE, SETTLED, ACTIVE])
+    plan = plan_cached_step(rows, cats, None, 0, strict=False)
+    assert plan.rows.tolist() == [0, 1, 2, 3] and plan.commit == 1 and plan.cached == 1
+    per_row = torch.tensor([[SETTLED, SETTLED, ACTIVE, ACTIVE], [SETTLED, ACTIVE, ACTIVE, ACTIVE]])
+    plan = plan_cached_step(rows, per_row, None, 1, strict=False)
+    assert plan.rows.tolist() == [1, 2, 3] and plan.commit == 0 and plan.cached == 1
+    gap = torch.tensor([0, 2, 3])  # position 1 worthless (dropped); position 2 settled
+    plan = plan_cached_step(gap, torch.tensor([SETTLED, SETTLED, ACTIVE]), None, 0, strict=False)
+    assert plan.cached == 1 and plan.rows.tolist() == [0, 2, 3]
+    with pytest.raises(ValueError, match="prefix"):
+        plan_cached_step(gap, torch.tensor([SETTLED, SETTLED, ACTIVE]), None, 0)
+    with pytest.raises(ValueError, match=r"must be \[L'\]"):
+        plan_cached_step(rows, torch.zeros(2, 3, dtype=torch.long), None, 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # attention backends
 # ---------------------------------------------------------------------------------------------

@@ -160,25 +160,39 @@ class CachedStep(NamedTuple):
     cached: int
 
 
-def plan_cached_step(rows: Tensor, row_categories: Tensor, mask: Any, cached: int) -> CachedStep:
+def plan_cached_step(rows: Tensor, row_categories: Tensor, mask: Any, cached: int, *, strict: bool = True) -> CachedStep:
     """Split one inference step into the cached rows and the rows to feed.
 
     rows            [L'] positions of the rows of this step (the non-worthless ones), ascending
-    row_categories  [L'] their SETTLED / ACTIVE codes at this step
+    row_categories  [L'] their SETTLED / ACTIVE codes at this step, or [B, L'] per batch row (a
+                    row then counts as settled only where it is settled in every batch row)
     mask            the step's dense bool mask [.., L', L'] over those rows (or None: full)
     cached          rows already in the cache (= rows[:cached], from earlier steps)
 
-    The settled rows must be a prefix rows[:s] and the cache may hold only settled rows (s >= cached).
-    Feed rows[cached:] (the newly settled rows first, then the active ones) with mask[..., cached:, :],
-    and commit the s - cached newly settled rows. A FlexAttention BlockMask cannot be sliced: pass
-    the dense mask (the flex backend turns dense masks into block masks).
+    The cacheable prefix is rows[:s], s the length of the run of rows j = 0, 1, ... that hold
+    position j and are settled: their K/V never change again and they stay the first keys at
+    every later step. The cache may hold only those (s >= cached). Feed rows[cached:] (the newly
+    settled rows first, then the others) with mask[..., cached:, :], and commit the s - cached
+    newly settled rows.
+
+    strict (default): every settled row must lie in that prefix, else ValueError (nothing else
+    can be cached exactly). strict=False: settled rows after it (positions fixed in advance, as
+    in infilling) are fed with the active ones and recomputed at each step.
+
+    A FlexAttention BlockMask cannot be sliced: pass the dense mask (the flex backend turns dense
+    masks into block masks).
     """
     row_categories = torch.as_tensor(row_categories)
-    if rows.dim() != 1 or row_categories.shape != rows.shape:
-        raise ValueError(f"rows {tuple(rows.shape)} and row_categories {tuple(row_categories.shape)} must both be [L']")
+    if rows.dim() != 1 or row_categories.dim() not in (1, 2) or row_categories.shape[-1] != rows.shape[0]:
+        raise ValueError(
+            f"rows {tuple(rows.shape)} and row_categories {tuple(row_categories.shape)} must be [L'] and [L'] or [B, L']"
+        )
     settled = (row_categories == SETTLED).cpu()
-    s = int(settled.sum())
-    if not bool(settled[:s].all()):
+    if settled.dim() == 2:
+        settled = settled.all(0)
+    in_place = rows.cpu() == torch.arange(rows.numel())
+    s = int((settled & in_place).long().cumprod(0).sum())
+    if strict and bool(settled[s:].any()):
         raise ValueError("the settled rows are not a prefix of this step's rows: nothing can be cached exactly")
     if not 0 <= cached <= s:
         raise ValueError(f"the cache holds {cached} rows but only {s} rows are settled at this step")

@@ -27,14 +27,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor
 
 from ..masks import Layout, shift_inputs
 from ..schedules.hyper import Quench
-from .base import SampleOutput, Sampler, StepRecord, categorical, prepare_fixed, register_sampler
+from .base import SampleOutput, SampleRequest, Sampler, StepRecord, categorical, prepare_fixed, register_sampler
 from .driver import Step, StepFn, check_dtype, drive, ignores_levels, logits_of, model_device, resolve_length
 
 __all__ = ["AR"]
@@ -60,11 +60,6 @@ class AR(Sampler):
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and math.isfinite(t)):
             raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
         check_dtype(self.dtype)
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        out["dtype"] = str(out["dtype"]).replace("torch.", "")
-        return out
 
     # -- pieces -------------------------------------------------------------------------
     def step_fn(self, lm: Any, confidence: bool = True) -> StepFn:
@@ -106,22 +101,9 @@ class AR(Sampler):
         return resolve_length(lm, length, prompt, fixed)
 
     # -- sampling -----------------------------------------------------------------------
-    def sample(
-        self,
-        lm: Any,
-        batch_size: int = 1,
-        length: Optional[int] = None,
-        prompt: Optional[Tensor] = None,
-        fixed: Optional[Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-        callback: Optional[Callable[[StepRecord], None]] = None,
-        keep_history: bool = False,
-    ) -> SampleOutput:
-        self.check_fits(lm)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        d = self._length(lm, length, prompt, fixed)
-        values, fix = prepare_fixed(prompt, fixed, batch_size, d, lm.process.vocab_size)
+    def _sample(self, lm: Any, request: SampleRequest) -> SampleOutput:
+        d = self._length(lm, request.length, request.prompt, request.fixed)
+        values, fix = prepare_fixed(request.prompt, request.fixed, request.batch_size, d, lm.process.vocab_size)
         model = lm.model
         P = int(fix[0].sum())
         prefix = bool((fix == fix[:1]).all()) and bool(fix[0, :P].all())
@@ -133,24 +115,20 @@ class AR(Sampler):
             and prefix
         )
         if not fast:
-            return drive(
-                lm, Quench(), self.step_fn(lm),
-                batch_size=batch_size, length=d, prompt=prompt, fixed=fixed, generator=generator,
-                callback=callback, keep_history=keep_history, cache=self.cache,
-            )
-        return self._decode(lm, values, fix, P, generator, callback, keep_history)
+            return drive(lm, Quench(), self.step_fn(lm), request._replace(length=d), cache=self.cache)
+        return self._decode(lm, values, fix, P, request)
 
     @torch.no_grad()
-    def _decode(self, lm, values, fix, P, generator, callback, keep_history) -> SampleOutput:
+    def _decode(self, lm, values, fix, P, request: SampleRequest) -> SampleOutput:
         """SHIFTED, level-blind model, prompt prefix: one new row per step, each committed at once."""
         t0 = time.perf_counter()
-        model, process = lm.model, lm.process
+        model, process, generator = lm.model, lm.process, request.generator
         dev = model_device(model)
         B, d = values.shape
         values, fix = values.to(dev), fix.to(dev)
         x = process.prior((B, d), generator=generator).to(dev)
         x = torch.where(fix, values, x)
-        step_fn = self.step_fn(lm, confidence=callback is not None or keep_history)
+        step_fn = self.step_fn(lm, confidence=request.wants_records)
         pos = torch.arange(d, device=dev)
         kv = model.empty_cache()
         cached, calls, history = 0, 0, []
@@ -176,13 +154,9 @@ class AR(Sampler):
             new, conf = step_fn(step, generator)
             x_new = x.clone()
             x_new[:, j] = new[:, 0].to(x.dtype)
-            if callback is not None or keep_history:
+            if request.wants_records:
                 confidence = torch.full((B, d), float("nan"), dtype=torch.float64, device=dev)
                 confidence[:, j] = conf[:, 0].double()
-                rec = StepRecord(j + 1, x_new, x_new != x, confidence, ls)
-                if callback is not None:
-                    callback(rec)
-                if keep_history:
-                    history.append(rec)
+                request.emit(StepRecord(j + 1, x_new, x_new != x, confidence, ls), history)
             x = x_new
         return SampleOutput(x, history, calls, time.perf_counter() - t0)

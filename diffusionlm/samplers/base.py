@@ -14,7 +14,7 @@ never changed. A prompt given without `fixed` fixes its first prompt.shape[1] po
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 import torch
@@ -25,6 +25,7 @@ from ..checks import as_mask, check_ids
 __all__ = [
     "Sampler",
     "SampleOutput",
+    "SampleRequest",
     "StepRecord",
     "SAMPLERS",
     "register_sampler",
@@ -112,11 +113,39 @@ def prepare_fixed(
     return values.expand(batch_size, length).clone(), fixed.expand(batch_size, length).clone()
 
 
+class SampleRequest(NamedTuple):
+    """What a sampler is asked for: the arguments of `Sampler.sample` after the common checks."""
+
+    batch_size: int
+    length: Optional[int]
+    prompt: Optional[Tensor]
+    fixed: Optional[Tensor]
+    generator: Optional[torch.Generator]
+    callback: Optional[Callable[[StepRecord], None]]
+    keep_history: bool
+
+    @property
+    def wants_records(self) -> bool:
+        """Whether anyone reads the per-step records (a callback or the history)."""
+        return self.callback is not None or self.keep_history
+
+    def emit(self, record: StepRecord, history: list) -> None:
+        """Hand one step's record to the callback and, with keep_history, to `history`."""
+        if self.callback is not None:
+            self.callback(record)
+        if self.keep_history:
+            history.append(record)
+
+
 @dataclass
 class Sampler:
-    """Base class: subclasses set `name`, declare which processes they fit, implement `sample`."""
+    """Base class: subclasses set `name` (and `steps_field`), declare which processes they fit
+    (`check_fits`) and implement `_sample(lm, request)`; `sample` is the one entry point."""
 
     name: ClassVar[str] = "sampler"
+    #: the field that sets the number of model calls ("steps", LAD's "iterations"); None where
+    #: the sampler fixes it itself (AR: one call per generated token)
+    steps_field: ClassVar[Optional[str]] = None
 
     def check_fits(self, lm: Any) -> None:
         """Raise ValueError if this sampler does not fit lm.process (called before sampling)."""
@@ -132,10 +161,21 @@ class Sampler:
         callback: Optional[Callable[[StepRecord], None]] = None,
         keep_history: bool = False,
     ) -> SampleOutput:
+        """Generate `batch_size` sequences of `length` (module docstring): checks that the
+        sampler fits lm and the batch size, then runs the sampler's own `_sample`."""
+        self.check_fits(lm)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        return self._sample(lm, SampleRequest(batch_size, length, prompt, fixed, generator, callback, keep_history))
+
+    def _sample(self, lm: Any, request: SampleRequest) -> SampleOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def to_dict(self) -> dict:
-        return {"name": self.name, **asdict(self)}
+        """{"name": ..., **fields}: the spec that builds this sampler back (dtypes by name)."""
+        from ..specs import encode
+
+        return {"name": self.name, **{f.name: encode(getattr(self, f.name)) for f in fields(self)}}
 
 
 SAMPLERS: dict[str, type[Sampler]] = {}

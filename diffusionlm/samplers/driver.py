@@ -2,8 +2,7 @@
 
 A sampler supplies a *step function*; the driver runs the hyperschedule around it:
 
-    out = drive(lm, schedule, step_fn, batch_size=B, length=d, prompt=..., fixed=...,
-                generator=g, callback=cb, keep_history=h, cache=True)
+    out = drive(lm, schedule, step_fn, request, cache=True)   # request: a base.SampleRequest
 
 For a hyperschedule with level table l [T+1, d] (`schedule.table(d)`), at each step k = 1..T:
 
@@ -21,9 +20,10 @@ For a hyperschedule with level table l [T+1, d] (`schedule.table(d)`), at each s
    of the fed rows, and whatever the process asks for at those levels (`lm.model_inputs`:
    eq. 12's `embedding_weight` for a weighted-embedding GammaHybrid).
 3. KV cache (`cache=True` and a model with `empty_cache()`). The longest prefix 0..s-1 settled in
-   every batch row is cached (cache.py explains why that is exact): feed rows[cached:] (the newly
-   settled rows first, then the rest) with `mask[..., cached:, :]` and commit the s - cached newly
-   settled rows. Uncached: one full forward over the fed rows with the same mask. Both give the
+   every batch row is cached (`models.cache.plan_cached_step`, non-strict: fixed positions after
+   the cursor are fed, not cached; cache.py explains why that is exact): feed rows[cached:] (the
+   newly settled rows first, then the rest) with `mask[..., cached:, :]` and commit the
+   s - cached newly settled rows. Uncached: one full forward over the fed rows with the same mask. Both give the
    same logits up to floating-point summation order. Where the fed ids, rows, mask and cache did
    not change since the last call and the model ignores its `levels` input, the previous logits
    are reused without a call (MDLM's caching trick for Flat, whose steps often change nothing).
@@ -44,9 +44,10 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ..masks import Layout, dense_mask, inference_mask_mod, shift_inputs
+from ..masks import Layout, MaskCache, dense_mask, inference_mask_mod, shift_inputs
+from ..models.cache import CachedStep, plan_cached_step
 from ..schedules.hyper import ACTIVE, SETTLED, WORTHLESS, Hyperschedule
-from .base import SampleOutput, StepRecord, prepare_fixed
+from .base import SampleOutput, SampleRequest, StepRecord, prepare_fixed
 
 __all__ = [
     "Step",
@@ -183,129 +184,155 @@ def _categories(settled: Tensor, worthless: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # the driver
 # ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def drive(
-    lm: Any,
-    schedule: Hyperschedule,
-    step_fn: StepFn,
-    *,
-    batch_size: int = 1,
-    length: Optional[int] = None,
-    prompt: Optional[Tensor] = None,
-    fixed: Optional[Tensor] = None,
-    generator: Optional[torch.Generator] = None,
-    callback: Optional[Callable[[StepRecord], None]] = None,
-    keep_history: bool = False,
-    cache: bool = True,
-) -> SampleOutput:
-    """Run `step_fn` over every step of `schedule` (see the module docstring)."""
-    t0 = time.perf_counter()
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    d = resolve_length(lm, length, prompt, fixed, schedule)
-    B = batch_size
-    process, model = lm.process, lm.model
-    layout = Layout(lm.layout)
-    dev = model_device(model)
-    table = schedule.table(d).to(dev)  # float64 [T+1, d]
-    T = table.shape[0] - 1
-    values, fix = prepare_fixed(prompt, fixed, B, d, process.vocab_size)
-    values, fix = values.to(dev), fix.to(dev)
-    shared = bool((fix == fix[:1]).all())  # one mask for the whole batch
+class _StepView(NamedTuple):
+    """Step k of a run as the driver splits it (module docstring, point 1-2)."""
 
-    x = process.prior((B, d), generator=generator).to(dev)
-    x = torch.where(fix, values, x)
+    k: int
+    level_t: Tensor  # [B, d] l[k-1], 0 at fixed positions
+    level_s: Tensor  # [B, d] l[k]
+    active: Tensor  # [B, d] bool
+    rows: Tensor  # [L'] positions not worthless in some batch row, ascending
+    cols: Tensor  # [A] positions active in some batch row, ascending
+    row_cats: Tensor  # [1 or B, L'] SETTLED / ACTIVE / WORTHLESS codes of those rows
 
-    use_cache = bool(cache) and callable(getattr(model, "empty_cache", None))
-    reuse_ok = bool(cache) and ignores_levels(model) and not getattr(lm, "process_asks_embedding_weight", False)
-    kv: Any = None
-    cached = 0
-    calls = 0
-    history: list = []
-    last_mask_key: Any = None
-    last_mask: Any = None
-    prev: Optional[tuple] = None  # (feed, start, mask_key, inputs, logits) of the last call
 
-    for k in range(1, T + 1):
-        lt = table[k - 1].expand(B, d).masked_fill(fix, 0.0)
-        ls = table[k].expand(B, d).masked_fill(fix, 0.0)
+class _Call(NamedTuple):
+    """One model call: what was fed (to decide whether the next step may reuse its logits)."""
+
+    feed: Tensor
+    start: int
+    mask_key: Any
+    inputs: Tensor
+    logits: Tensor
+
+
+class _Run:
+    """The state of one `drive` call: the inputs resolved once, then x and the KV cache moving
+    step by step. Each method is one numbered point of the module docstring."""
+
+    def __init__(self, lm: Any, schedule: Hyperschedule, step_fn: StepFn, request: SampleRequest, cache: bool):
+        self.lm, self.step_fn, self.request = lm, step_fn, request
+        self.d = resolve_length(lm, request.length, request.prompt, request.fixed, schedule)
+        self.B = B = request.batch_size
+        self.process, self.model = lm.process, lm.model
+        self.layout = Layout(lm.layout)
+        self.dev = dev = model_device(self.model)
+        self.table = schedule.table(self.d).to(dev)  # float64 [T+1, d]
+        values, fix = prepare_fixed(request.prompt, request.fixed, B, self.d, self.process.vocab_size)
+        self.fix = fix.to(dev)
+        self.shared = bool((self.fix == self.fix[:1]).all())  # one mask for the whole batch
+        x = self.process.prior((B, self.d), generator=request.generator).to(dev)
+        self.x = torch.where(self.fix, values.to(dev), x)
+        self.use_cache = bool(cache) and callable(getattr(self.model, "empty_cache", None))
+        self.reuse_ok = bool(cache) and ignores_levels(self.model) and not getattr(lm, "process_asks_embedding_weight", False)
+        self.masks = MaskCache(maxsize=4)
+        self.kv: Any = None
+        self.cached = 0
+        self.calls = 0
+        self.history: list = []
+        self.prev: Optional[_Call] = None
+
+    # 1. levels and the settled / active / worthless split -----------------------------------
+    def split(self, k: int) -> Optional[_StepView]:
+        B, d = self.B, self.d
+        lt = self.table[k - 1].expand(B, d).masked_fill(self.fix, 0.0)
+        ls = self.table[k].expand(B, d).masked_fill(self.fix, 0.0)
         settled = lt == 0
         worthless = (lt == 1) & (ls == 1)
         active = ~settled & ~worthless
         if not bool(active.any()):
-            continue
+            return None
         rows = (~worthless).any(0).nonzero().squeeze(1)
         cols = active.any(0).nonzero().squeeze(1)
-        cats = _categories(settled[:1], worthless[:1]) if shared else _categories(settled, worthless)
-        row_cats = cats[:, rows]
-        mask_key = (tuple(rows.tolist()), row_cats.cpu().numpy().tobytes(), row_cats.shape[0])
-        if mask_key != last_mask_key:
+        cats = _categories(settled[:1], worthless[:1]) if self.shared else _categories(settled, worthless)
+        return _StepView(k, lt, ls, active, rows, cols, cats[:, rows])
+
+    # 2. the step's inference mask over its rows ----------------------------------------------
+    def mask(self, view: _StepView) -> tuple[Any, Any]:
+        row_cats = view.row_cats
+        key = (tuple(view.rows.tolist()), row_cats.cpu().numpy().tobytes(), row_cats.shape[0])
+
+        def build() -> Any:
             if bool((row_cats == ACTIVE).all()):
-                last_mask = None
-            else:
-                last_mask = dense_mask(inference_mask_mod(row_cats), row_cats.shape[0], int(rows.numel()), device=dev)
-            last_mask_key = mask_key
-        mask = last_mask
+                return None
+            return dense_mask(inference_mask_mod(row_cats), row_cats.shape[0], int(view.rows.numel()), device=self.dev)
 
-        # which rows to feed (after the cached prefix) and how many to commit
-        if use_cache:
-            s = int(settled.all(0).long().cumprod(0).sum())
-            start, commit = cached, s - cached
-        else:
-            s, start, commit = 0, 0, 0
-        feed = rows[start:]
-        inputs = shift_inputs(x, layout, lm.bos_id)[:, feed]
+        return self.masks.get(key, build), key
 
+    # 3. the rows to feed after the cached prefix, and the model's logits ----------------------
+    def plan(self, view: _StepView, mask: Any) -> CachedStep:
+        if not self.use_cache:
+            return CachedStep(view.rows, mask, 0, 0)
+        return plan_cached_step(view.rows, view.row_cats, mask, self.cached, strict=False)
+
+    def logits(self, view: _StepView, plan: CachedStep, mask_key: Any) -> Tensor:
+        start = self.cached if self.use_cache else 0
+        feed = plan.rows
+        inputs = shift_inputs(self.x, self.layout, self.lm.bos_id)[:, feed]
+        prev = self.prev
         if (
-            reuse_ok
+            self.reuse_ok
             and prev is not None
-            and commit == 0
-            and prev[1] == start
-            and prev[2] == mask_key
-            and torch.equal(prev[0], feed)
-            and torch.equal(prev[3], inputs)
+            and plan.commit == 0
+            and prev.start == start
+            and prev.mask_key == mask_key
+            and torch.equal(prev.feed, feed)
+            and torch.equal(prev.inputs, inputs)
         ):
-            logits = prev[4]
-        else:
-            m = mask[..., start:, :] if mask is not None else None
-            kwargs: dict = dict(
-                position_ids=feed[None].expand(B, -1),
-                attention_mask=m,
-                levels=lt[:, feed].float(),
-            )
-            # inputs the process asks for (eq. 12's embedding weight): they follow the levels
-            extra = lm.model_inputs(kwargs["levels"]) if callable(getattr(lm, "model_inputs", None)) else {}
-            kwargs.update(extra)
-            if use_cache and (kv is not None or commit > 0):
-                if kv is None:
-                    kv = model.empty_cache()
-                kwargs.update(cache=kv, cache_commit=commit)
-            out = model(inputs, **kwargs)
-            calls += 1
-            logits = logits_of(out)
-            if use_cache and "cache" in kwargs:
-                kv = out.cache
-                cached = s
-            prev = (feed, start, mask_key, inputs, logits)
-            if commit:
-                prev = None  # the cache changed: the next call differs
-        idx = torch.searchsorted(feed, cols)
-        step = Step(k, x, lt, ls, active, cols, logits[:, idx])
-        new, conf = step_fn(step, generator)
+            return prev.logits
+        logits = self.call_model(inputs, feed, plan.mask, view.level_t[:, feed].float(), plan)
+        self.prev = _Call(feed, start, mask_key, inputs, logits) if not plan.commit else None  # the cache changed
+        return logits
 
-        act_c = active[:, cols]
+    def call_model(self, inputs: Tensor, feed: Tensor, mask: Any, levels: Tensor, plan: CachedStep) -> Tensor:
+        """The one place where the driver calls the model."""
+        kwargs: dict = dict(position_ids=feed[None].expand(self.B, -1), attention_mask=mask, levels=levels)
+        # inputs the process asks for (eq. 12's embedding weight): they follow the levels
+        if callable(getattr(self.lm, "model_inputs", None)):
+            kwargs.update(self.lm.model_inputs(levels))
+        with_cache = self.use_cache and (self.kv is not None or plan.commit > 0)
+        if with_cache:
+            if self.kv is None:
+                self.kv = self.model.empty_cache()
+            kwargs.update(cache=self.kv, cache_commit=plan.commit)
+        out = self.model(inputs, **kwargs)
+        self.calls += 1
+        if with_cache:
+            self.kv = out.cache
+            self.cached = plan.cached
+        return logits_of(out)
+
+    # 4-5. the step function's ids at the active positions, and the step's record ---------------
+    def advance(self, view: _StepView, feed: Tensor, logits: Tensor) -> None:
+        idx = torch.searchsorted(feed, view.cols)
+        x, cols = self.x, view.cols
+        step = Step(view.k, x, view.level_t, view.level_s, view.active, cols, logits[:, idx])
+        new, conf = self.step_fn(step, self.request.generator)
+        act_c = view.active[:, cols]
         x_new = x.clone()
         x_new[:, cols] = torch.where(act_c, new.to(x.dtype), x[:, cols])
-        if callback is not None or keep_history:
-            confidence = torch.full((B, d), float("nan"), dtype=torch.float64, device=dev)
-            confidence[:, cols] = torch.where(act_c, conf.to(torch.float64), torch.full_like(conf, float("nan"), dtype=torch.float64))
-            rec = StepRecord(k, x_new, x_new != x, confidence, ls)
-            if callback is not None:
-                callback(rec)
-            if keep_history:
-                history.append(rec)
-        x = x_new
+        if self.request.wants_records:
+            confidence = torch.full((self.B, self.d), float("nan"), dtype=torch.float64, device=self.dev)
+            nan = torch.full_like(conf, float("nan"), dtype=torch.float64)
+            confidence[:, cols] = torch.where(act_c, conf.to(torch.float64), nan)
+            self.request.emit(StepRecord(view.k, x_new, x_new != x, confidence, view.level_s), self.history)
+        self.x = x_new
 
-    if process.mask_id is not None and bool((x == process.mask_id).any()):  # pragma: no cover - a bug
+
+@torch.no_grad()
+def drive(lm: Any, schedule: Hyperschedule, step_fn: StepFn, request: SampleRequest, cache: bool = True) -> SampleOutput:
+    """Run `step_fn` over every step of `schedule` for `request` (see the module docstring)."""
+    t0 = time.perf_counter()
+    run = _Run(lm, schedule, step_fn, request, cache)
+    for k in range(1, run.table.shape[0]):
+        view = run.split(k)
+        if view is None:
+            continue
+        mask, key = run.mask(view)
+        plan = run.plan(view, mask)
+        logits = run.logits(view, plan, key)
+        run.advance(view, plan.rows, logits)
+    mask_id = run.process.mask_id
+    if mask_id is not None and bool((run.x == mask_id).any()):  # pragma: no cover - a bug
         raise RuntimeError("sampler left MASK in its output: the schedule's last level must be 0")
-    return SampleOutput(x, history, calls, time.perf_counter() - t0)
+    return SampleOutput(run.x, run.history, run.calls, time.perf_counter() - t0)

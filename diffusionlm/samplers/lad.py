@@ -73,14 +73,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor
 
-from .base import Sampler, SampleOutput, StepRecord, categorical, prepare_fixed, register_sampler
+from .base import SampleOutput, SampleRequest, Sampler, StepRecord, categorical, prepare_fixed, register_sampler
+from .driver import model_device, resolve_length
 
 __all__ = ["LAD"]
 
@@ -123,6 +124,7 @@ class LAD(Sampler):
     """
 
     name: ClassVar[str] = "lad"
+    steps_field: ClassVar[Optional[str]] = "iterations"
 
     iterations: int = 64
     eta0: float = 1.0
@@ -219,51 +221,39 @@ class LAD(Sampler):
         """Model probability (softmax of the raw real-token logits) of ids [B, d] (MASK -> junk)."""
         return torch.exp(logits.gather(-1, ids.clamp(max=logits.shape[-1] - 1)[..., None]).squeeze(-1) - lse)
 
-    # -- sampling --------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(
-        self,
-        lm: Any,
-        batch_size: int = 1,
-        length: Optional[int] = None,
-        prompt: Optional[Tensor] = None,
-        fixed: Optional[Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-        callback: Optional[Callable[[StepRecord], None]] = None,
-        keep_history: bool = False,
-    ) -> SampleOutput:
+    # -- sampling: set-up, blocks, iterations, re-masking ------------------------------------
+    def _sample(self, lm: Any, request: SampleRequest) -> SampleOutput:
         t0 = time.perf_counter()
-        self.check_fits(lm)
+        run = self._start(lm, request)
+        for j in range(run.num_blocks):
+            self._run_block(run, j)
+        # every generated position ends clean: the last iteration of each block re-masks nothing
+        # and converged rows keep their x_hat
+        if bool((run.x == run.mask_id).any()):  # pragma: no cover - a bug, not a user error
+            raise RuntimeError("LAD left a MASK in its output")
+        return SampleOutput(run.x, run.history, run.calls, time.perf_counter() - t0)
+
+    def _start(self, lm: Any, request: SampleRequest) -> "_LADRun":
+        """Checks, the starting point (fixed positions, MASK elsewhere) and the blocks."""
         process = lm.process
         N, mask_id = process.vocab_size, process.mask_id
         if self.eos_id is not None and self.eos_id >= N:
             raise ValueError(f"eos_id {self.eos_id} is not a real token (vocab_size {N})")
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if length is None:  # the width of a prompt given with `fixed`, as the other samplers
-            if fixed is not None and prompt is not None:
-                length = int(torch.as_tensor(prompt).shape[-1])
-            else:
-                raise ValueError("give the sequence length (length=d)")
-        if not _is_int(length) or length < 1:
-            raise ValueError(f"length must be an int >= 1, got {length!r}")
-        max_pos = getattr(lm, "max_positions", None)
-        if max_pos is not None and length > max_pos:
-            raise ValueError(f"length {length} exceeds the model's {max_pos} positions")
-
-        values, fixed_mask = prepare_fixed(prompt, fixed, batch_size, length, N)
-        params = getattr(lm.model, "parameters", None)
-        first = next(iter(params()), None) if callable(params) else None
-        device = first.device if first is not None else torch.device("cpu")
-        B, d = batch_size, length
+        length = resolve_length(lm, request.length, request.prompt, request.fixed)
+        values, fixed_mask = prepare_fixed(request.prompt, request.fixed, request.batch_size, length, N)
+        device = model_device(lm.model)
         values, fixed_mask = values.to(device), fixed_mask.to(device)
         free = ~fixed_mask
         x = torch.where(fixed_mask, values, torch.full_like(values, mask_id))
+        block, per_block = self._blocks(free)
+        return _LADRun(lm, request, N, mask_id, device, free, block, per_block, x,
+                       bool(getattr(process, "time_conditioned", False)))
 
-        # blocks: rank of each free position among its row's free positions, cut into b's
+    def _blocks(self, free: Tensor) -> tuple[Tensor, list]:
+        """Block index of each free position (-1 where fixed) and the iterations of each block."""
+        # rank of each free position among its row's free positions, cut into b's
         rank = free.long().cumsum(1) - 1
-        n_free = free.sum(1)
-        max_free = int(n_free.max()) if B else 0
+        max_free = int(free.sum(1).max()) if free.shape[0] else 0
         if self.block_size is None:
             block = torch.where(free, torch.zeros_like(rank), torch.full_like(rank, -1))
             num_blocks = 1 if max_free else 0
@@ -275,74 +265,97 @@ class LAD(Sampler):
                 f"{num_blocks} blocks of {self.block_size} need iterations >= {num_blocks} "
                 f"(one call per block at least), got {self.iterations}"
             )
-        per_block = [self.iterations // num_blocks + (j < self.iterations % num_blocks) for j in range(num_blocks)]
+        return block, [self.iterations // num_blocks + (j < self.iterations % num_blocks) for j in range(num_blocks)]
 
-        history: list = []
-        calls = 0
-        time_levels = bool(getattr(process, "time_conditioned", False))
-        nan = torch.tensor(float("nan"), dtype=torch.float64, device=device)
-
-        for j in range(num_blocks):
-            target = free & (block == j)  # generated and re-masked in this block
-            active = free & ((block <= j) if self.edit_previous else (block == j))  # re-predicted
-            n_row = target.sum(1)
-            done = n_row == 0  # rows with nothing to generate in this block
-            unchanged = torch.zeros(B, dtype=torch.long, device=device)
-            prev_hat: Optional[Tensor] = None
-            Nj = per_block[j]
-            for k in range(1, Nj + 1):
-                levels = (x == mask_id).float() if time_levels else torch.zeros(B, d, device=device)
-                logits = lm.forward(x, levels, None)[..., :N]  # real tokens only: never MASK
-                calls += 1
-                if logits.dtype != torch.float64:
-                    logits = logits.float()
-                lse = torch.logsumexp(logits, -1)  # model probability of id t: exp(logit_t - lse)
-                upd = active & ~done[:, None]
-                where = upd.nonzero(as_tuple=True)  # draw only where something is generated
-                x_hat = x.clone()
-                x_hat[where] = self._draw(logits[where], generator).to(device)
-
-                # early stopping: x_hat unchanged (over the generated positions) for `patience` calls
-                if prev_hat is not None:
-                    same = ((x_hat != prev_hat) & active).sum(1) == 0
-                    unchanged = torch.where(same, unchanged + 1, torch.zeros_like(unchanged))
-                prev_hat = x_hat
-                converged = ~done & (unchanged >= self.patience) if self.patience is not None else torch.zeros_like(done)
-
+    def _run_block(self, run: "_LADRun", j: int) -> None:
+        """Generate and refine block j (module docstring: modes, early stopping)."""
+        B = run.x.shape[0]
+        target = run.free & (run.block == j)  # generated and re-masked in this block
+        active = run.free & ((run.block <= j) if self.edit_previous else (run.block == j))  # re-predicted
+        n_row = target.sum(1)
+        done = n_row == 0  # rows with nothing to generate in this block
+        unchanged = torch.zeros(B, dtype=torch.long, device=run.device)
+        prev_hat: Optional[Tensor] = None
+        Nj = run.per_block[j]
+        for k in range(1, Nj + 1):
+            logits, lse, x_hat = self._predict(run, active & ~done[:, None])
+            # early stopping: x_hat unchanged (over the generated positions) for `patience` calls
+            if prev_hat is not None:
+                same = ((x_hat != prev_hat) & active).sum(1) == 0
+                unchanged = torch.where(same, unchanged + 1, torch.zeros_like(unchanged))
+            prev_hat = x_hat
+            converged = ~done & (unchanged >= self.patience) if self.patience is not None else torch.zeros_like(done)
+            new_x = x_hat
+            if self.remask and k < Nj:
                 # re-masking of the current block (not of rows converged now or before)
-                new_x = x_hat
-                if self.remask and k < Nj:
-                    counts = torch.tensor(
-                        [self.remask_count(k, int(n), Nj) for n in n_row.tolist()], dtype=torch.long, device=device
-                    )
-                    counts = torch.where(done | converged, torch.zeros_like(counts), counts)
-                    if int(counts.max()) > 0:
-                        u = torch.rand(B, d, generator=generator, dtype=torch.float64).to(device)
-                        if self.confidence:
-                            conf_hat = self._prob(logits, lse, x_hat).double()
-                            perm = u.argsort(1)  # random tie-break, then stable sort by confidence
-                            key = torch.where(target, conf_hat, torch.full_like(conf_hat, math.inf)).gather(1, perm)
-                            order = perm.gather(1, key.argsort(dim=1, stable=True))
-                        else:
-                            order = torch.where(target, u, torch.full_like(u, math.inf)).argsort(dim=1, stable=True)
-                        pos_rank = torch.empty_like(order).scatter_(1, order, torch.arange(d, device=device).expand(B, d))
-                        sel = target & (pos_rank < counts[:, None])
-                        new_x = torch.where(sel, torch.full_like(x_hat, mask_id), x_hat)
+                counts = torch.tensor(
+                    [self.remask_count(k, int(n), Nj) for n in n_row.tolist()], dtype=torch.long, device=run.device
+                )
+                counts = torch.where(done | converged, torch.zeros_like(counts), counts)
+                if int(counts.max()) > 0:
+                    new_x = self._remask(x_hat, target, counts, logits, lse, run)
+            self._record(run, new_x, logits, lse)
+            done = done | converged
+            if bool(done.all()):
+                break
 
-                real = new_x != mask_id
-                conf = torch.where(real & free, self._prob(logits, lse, new_x).double(), nan)
-                record = StepRecord(calls, new_x.clone(), new_x != x, conf)
-                x = new_x
-                done = done | converged
-                if callback is not None:
-                    callback(record)
-                if keep_history:
-                    history.append(record)
-                if bool(done.all()):
-                    break
+    def _predict(self, run: "_LADRun", upd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One model call on x; x_hat = x with a draw at the positions `upd` (real tokens only)."""
+        x, B, d = run.x, run.x.shape[0], run.x.shape[1]
+        levels = (x == run.mask_id).float() if run.time_levels else torch.zeros(B, d, device=run.device)
+        logits = run.lm.forward(x, levels, None)[..., : run.N]  # real tokens only: never MASK
+        run.calls += 1
+        if logits.dtype != torch.float64:
+            logits = logits.float()
+        lse = torch.logsumexp(logits, -1)  # model probability of id t: exp(logit_t - lse)
+        where = upd.nonzero(as_tuple=True)  # draw only where something is generated
+        x_hat = x.clone()
+        x_hat[where] = self._draw(logits[where], run.request.generator).to(run.device)
+        return logits, lse, x_hat
 
-        # every generated position ends clean: the last iteration of each block re-masks nothing
-        # and converged rows keep their x_hat
-        if bool((x == mask_id).any()):  # pragma: no cover - a bug, not a user error
-            raise RuntimeError("LAD left a MASK in its output")
-        return SampleOutput(x, history, calls, time.perf_counter() - t0)
+    def _remask(self, x_hat: Tensor, target: Tensor, counts: Tensor, logits: Tensor, lse: Tensor, run: "_LADRun") -> Tensor:
+        """x_hat with counts[b] of row b's target positions set to MASK: uniformly without
+        replacement, or the least confident ones (random tie-break)."""
+        B, d = x_hat.shape
+        u = torch.rand(B, d, generator=run.request.generator, dtype=torch.float64).to(run.device)
+        if self.confidence:
+            conf_hat = self._prob(logits, lse, x_hat).double()
+            perm = u.argsort(1)  # random tie-break, then stable sort by confidence
+            key = torch.where(target, conf_hat, torch.full_like(conf_hat, math.inf)).gather(1, perm)
+            order = perm.gather(1, key.argsort(dim=1, stable=True))
+        else:
+            order = torch.where(target, u, torch.full_like(u, math.inf)).argsort(dim=1, stable=True)
+        pos_rank = torch.empty_like(order).scatter_(1, order, torch.arange(d, device=run.device).expand(B, d))
+        sel = target & (pos_rank < counts[:, None])
+        return torch.where(sel, torch.full_like(x_hat, run.mask_id), x_hat)
+
+    def _record(self, run: "_LADRun", new_x: Tensor, logits: Tensor, lse: Tensor) -> None:
+        """Move x to new_x and emit the iteration's StepRecord (module docstring: History)."""
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=run.device)
+        real = new_x != run.mask_id
+        conf = torch.where(real & run.free, self._prob(logits, lse, new_x).double(), nan)
+        record = StepRecord(run.calls, new_x.clone(), new_x != run.x, conf)
+        run.x = new_x
+        run.request.emit(record, run.history)
+
+
+@dataclass
+class _LADRun:
+    """The state of one LAD run (see LAD._start)."""
+
+    lm: Any
+    request: SampleRequest
+    N: int
+    mask_id: int
+    device: torch.device
+    free: Tensor
+    block: Tensor
+    per_block: list
+    x: Tensor
+    time_levels: bool
+    calls: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.per_block)

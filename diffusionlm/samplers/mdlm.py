@@ -32,12 +32,12 @@ samples for the same seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 from torch import Tensor
 
-from .base import SampleOutput, Sampler, StepRecord, categorical, register_sampler
+from .base import SampleOutput, SampleRequest, Sampler, categorical, register_sampler
 from .driver import Step, StepFn, check_dtype, check_steps, drive, inverse_cdf, resolve_schedule
 
 __all__ = ["MDLM", "ACS", "LevelSampler", "ancestral_step", "clean_confidence"]
@@ -78,10 +78,6 @@ def ancestral_step(process: Any, eta: float = 0.0, dtype: torch.dtype = torch.fl
     return step_fn
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 @dataclass
 class LevelSampler(Sampler):
     """Base of the samplers driven by `driver.drive` over a hyperschedule's level table.
@@ -90,6 +86,7 @@ class LevelSampler(Sampler):
     """
 
     name: ClassVar[str] = "level"
+    steps_field: ClassVar[Optional[str]] = "steps"
 
     def __post_init__(self) -> None:
         check_steps(getattr(self, "steps", None))
@@ -114,30 +111,8 @@ class LevelSampler(Sampler):
     def schedule_for(self, lm: Any):
         return resolve_schedule(lm.schedule, getattr(self, "steps", None), getattr(self, "rate", None))
 
-    def sample(
-        self,
-        lm: Any,
-        batch_size: int = 1,
-        length: Optional[int] = None,
-        prompt: Optional[Tensor] = None,
-        fixed: Optional[Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-        callback: Optional[Callable[[StepRecord], None]] = None,
-        keep_history: bool = False,
-    ) -> SampleOutput:
-        self.check_fits(lm)
-        schedule = self.schedule_for(lm)
-        return drive(
-            lm, schedule, self.step_fn(lm),
-            batch_size=batch_size, length=length, prompt=prompt, fixed=fixed, generator=generator,
-            callback=callback, keep_history=keep_history, cache=getattr(self, "cache", True),
-        )
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        if "dtype" in out:
-            out["dtype"] = _dtype_name(out["dtype"])
-        return out
+    def _sample(self, lm: Any, request: SampleRequest) -> SampleOutput:
+        return drive(lm, self.schedule_for(lm), self.step_fn(lm), request, cache=getattr(self, "cache", True))
 
 
 @register_sampler
