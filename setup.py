@@ -11,6 +11,7 @@ setup(
     description="Corruption processes, hyperschedules, backbones and samplers for discrete diffusion LMs",
     python_requires=">=3.10",
     packages=find_packages(include=["diffusionlm", "diffusionlm.*"]),
+    package_data={"diffusionlm": ["resources/*.json"]},  # the default comparison spec
     install_requires=[
         "torch==2.13.0",
         "transformers>=5.0",

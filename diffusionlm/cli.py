@@ -4,7 +4,7 @@
     diffusionlm sample --model runs/scratch --sampler mdlm --steps 64 --num 4 --show-steps
     diffusionlm eval --model runs/scratch --dataset ptb --samples 16
     diffusionlm sample --model path/to/hf-gpt2 --process absorb --schedule quench --sampler ar --length 32
-    diffusionlm compare --budget-minutes 6            # the main job (see diffusionlm.compare)
+    diffusionlm compare [--spec FILE]                 # the main job (see diffusionlm.compare)
     diffusionlm demo --model runs/compare/models/mdlm  # the browser demo (see diffusionlm.demo)
     diffusionlm export --model runs/lad out/lad --merge [--push-to-hub me/lad]
     diffusionlm lm-eval --model diffusionlm --model_args pretrained=out/mdlm --tasks lambada_openai
@@ -322,19 +322,47 @@ def cmd_export(args) -> dict:
 
 
 def cmd_compare(args) -> dict:
-    from .compare import CompareConfig, compare
+    """The main job (diffusionlm.compare): a spec file (default: the package's default spec), and
+    the shared settings given on the command line over the spec's."""
+    from .compare import compare, load_spec
 
-    cfg = CompareConfig(
-        corpus=args.corpus, tokenizer=args.tokenizer, preset=args.preset, length=args.length,
-        batch_size=args.batch_size, train_steps=args.train_steps,
-        budget_minutes=None if args.budget_minutes <= 0 else args.budget_minutes, eval_blocks=args.eval_blocks,
-        eval_samples=args.eval_samples, num_samples=args.num_samples, steps=tuple(args.steps),
-        variants=tuple(args.variants), judge=args.judge, out_dir=args.out, seed=args.seed, device=args.device,
-    )
-    results = compare(cfg)
-    print((Path(cfg.out_dir) / "results.md").read_text())
-    print(f"wrote {cfg.out_dir}/results.json, results.md, ppl.png, genppl_vs_entropy.png, quality_vs_steps.png")
+    spec = load_spec(args.spec)
+    shared = {k: v for k, v in {
+        "corpus": args.corpus, "tokenizer": args.tokenizer, "length": args.length, "batch_size": args.batch_size,
+        "train_steps": args.train_steps, "budget_minutes": args.budget_minutes, "eval_blocks": args.eval_blocks,
+        "eval_samples": args.eval_samples, "num_samples": args.num_samples, "judge": args.judge, "out_dir": args.out,
+        "seed": args.seed, "device": args.device}.items() if v is not None}
+    if args.preset is not None:
+        shared["backbone"] = {**(spec.get("shared") or {}).get("backbone", {"name": "transformer"}), "preset": args.preset}
+    variants = None
+    if args.variants is not None or args.steps is not None:
+        known = {v.get("name"): v for v in spec.get("variants") or []}
+        names = args.variants if args.variants is not None else list(known)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown variant {unknown[0]!r}; the spec's variants: {', '.join(known)}")
+        variants = [_with_steps(known[n], args.steps) for n in names]
+    results = compare(spec, variants=variants, **shared)
+    out = Path(results["spec"]["shared"]["out_dir"])
+    print((out / "results.md").read_text())
+    print(f"wrote {out}/results.json, results.md, ppl.png, genppl_vs_entropy.png, quality_vs_steps.png")
     return results
+
+
+def _with_steps(variant: dict, steps: "list | None") -> dict:
+    """`variant` with `--steps` as the step counts of every sampler that takes a number of steps."""
+    if steps is None:
+        return variant
+    from .specs import registry
+
+    samplers = []
+    for spec in variant.get("samplers") or []:
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        cls = registry("sampler").get(spec.get("name"))
+        if cls is not None and cls.steps_field is not None:
+            spec[cls.steps_field] = list(steps)
+        samplers.append(spec)
+    return {**variant, "samplers": samplers}
 
 
 def cmd_demo(args) -> dict:
@@ -455,25 +483,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dry-run", action="store_true", help="print the time estimate (one timed forward) and stop")
     e.set_defaults(fn=cmd_eval)
 
-    c = command("compare", "the main job: train, evaluate and compare AR vs diffusion variants")
-    c.add_argument("--corpus", default="stdlib", help="training corpus (a name or a local text file)")
-    c.add_argument("--tokenizer", default="byte", help="tokenizer spec (byte, data:tokenizers/gpt2, a folder)")
-    c.add_argument("--preset", default="tiny", choices=["tiny", "gpt2-small"], help="transformer size")
-    c.add_argument("--length", type=int, default=128, help="sequence length")
-    c.add_argument("--batch-size", type=int, default=16, help="training batch size")
-    c.add_argument("--train-steps", type=int, default=150, help="optimizer steps per variant")
-    c.add_argument("--budget-minutes", type=float, default=8.0,
-                   help="cap on total training time, shared by the variants (0: no cap)")
-    c.add_argument("--eval-blocks", type=int, default=32, help="test rows scored by the NLL bound")
-    c.add_argument("--eval-samples", type=int, default=4, help="Monte-Carlo draws M of the bound")
-    c.add_argument("--num-samples", type=int, default=16, help="generated sequences per variant and steps")
-    c.add_argument("--steps", type=int, nargs="+", default=[16, 64], help="sampling steps of the diffusion variants")
-    c.add_argument("--variants", nargs="+", default=["ar", "mdlm", "block", "gamma", "epsilon"], help="variants to train")
+    c = command("compare", "the main job: train, evaluate and compare variants of a spec on equal steps and tokens")
+    c.add_argument("--spec", help="comparison spec (JSON: shared settings + named variants) "
+                                  "(default: the package's default spec, diffusionlm/resources/default_compare.json)")
+    c.add_argument("--corpus", help="training corpus, a name or a local text file (default: the spec's; stdlib)")
+    c.add_argument("--tokenizer", help="tokenizer spec: byte, data:tokenizers/gpt2, a folder (default: the spec's; byte)")
+    c.add_argument("--preset", choices=["tiny", "gpt2-small"], help="the shared transformer's size (default: the spec's; tiny)")
+    c.add_argument("--length", type=int, help="sequence length (default: the spec's; 128)")
+    c.add_argument("--batch-size", type=int, help="training batch size (default: the spec's; 16)")
+    c.add_argument("--train-steps", type=int, help="optimizer steps of every variant; replaces the spec's budget "
+                                                   "(default: sized by the budget)")
+    c.add_argument("--budget-minutes", type=float,
+                   help="training time of all models together, turned into one number of steps for every model before "
+                        "training (default: the spec's; 4)")
+    c.add_argument("--eval-blocks", type=int, help="test rows scored by the NLL bound (default: the spec's; 32)")
+    c.add_argument("--eval-samples", type=int, help="Monte-Carlo draws M of the bound per row (default: the spec's; 4)")
+    c.add_argument("--num-samples", type=int, help="generated sequences per sampler and number of steps (default: the spec's; 16)")
+    c.add_argument("--steps", type=int, nargs="+", help="sampling steps of every sampler that takes them (default: the spec's; 8 16 32 64)")
+    c.add_argument("--variants", nargs="+", help="run only these of the spec's variants (default: all)")
     c.add_argument("--judge", help="the causal LM that scores samples: an HF directory or hub id, or a run / saved "
-                                   "composition trained as AR (absorb + quench, shifted) (default: the trained ar variant)")
-    c.add_argument("--out", default="runs/compare", help="output folder")
-    c.add_argument("--seed", type=int, default=0, help="seed of every variant")
-    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+                                   "composition trained as AR (default: the spec's; an AR trained like the variants, own seed)")
+    c.add_argument("--out", help="output folder (default: the spec's; runs/compare)")
+    c.add_argument("--seed", type=int, help="seed of every variant: weights, data order, draws (default: the spec's; 0)")
+    c.add_argument("--device", help="cpu, cuda, cuda:N (default: the spec's; cpu)")
     c.set_defaults(fn=cmd_compare)
 
     m = command("demo", "watch a model denoise step by step in the browser (Gradio)")
