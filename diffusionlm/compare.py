@@ -301,7 +301,12 @@ def _composition(cfg: CompareConfig, v: Variant, tok: Any) -> dict:
             lm = v.lm
             return {"name": "diffusion_lm", "process": specs.to_dict(lm.process), "schedule": specs.to_dict(lm.schedule),
                     "layout": lm.layout.value, "bos_id": lm.bos_id, "backbone": {"name": type(lm.model).__name__}}
-    proc = dict(v.process)
+    for key in ("process", "schedule"):
+        if not isinstance(getattr(v, key), (dict, str)):
+            raise ValueError(f"variant {v.name!r} field {key!r} must be a spec {{\"name\": ...}}, got {getattr(v, key)!r}")
+    if not isinstance(v.backbone, dict):
+        raise ValueError(f"variant {v.name!r} field 'backbone' must be an object of backbone fields, got {v.backbone!r}")
+    proc = {"name": v.process} if isinstance(v.process, str) else dict(v.process)
     proc.setdefault("vocab_size", tok.vocab_size)
     backbone = {**cfg.backbone, **v.backbone}
     if backbone.get("name") == "transformer":
@@ -695,15 +700,21 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     judge_lm = None
     if judge_entry is not None:
         judge_lm, judge_info = _train(cfg, judge_entry, train_blocks, steps)
-        judge_info["likelihood"] = _likelihood(judge_lm, test_ids, cfg)
+        nll, n = ar_judge_nll(judge_lm, test_ids)
+        judge_info["likelihood"] = {"nll_per_token": nll / n, "stderr_per_token": 0.0, "ppl": math.exp(nll / n),
+                                    "ppl_low": math.exp(nll / n), "ppl_high": math.exp(nll / n), "tokens": n,
+                                    "method": "exact: causal NLL, one forward (its Quench bound)", "terms": {}}
         results["judge_model"] = judge_info
     judge, judge_name = _judge_fn(cfg, judge_lm, tok)
     results["judge"] = judge_name
     # -- likelihood, samples ---------------------------------------------------------------
+    bar = _bar(len(entries), "bound and samples", cfg.progress)
     for e in entries:
         r = results["variants"][e.name]
         r["likelihood"] = _likelihood(lms[e.name], test_ids, cfg)
         r["sampling"] = _sampling(cfg, e, lms[e.name], judge, tok)
+        bar.update(1)
+    bar.close()
     ref = test_ids[: cfg.num_samples]
     nll, cnt = judge(ref)
     from .eval.diversity import distinct_n, unigram_entropy
@@ -770,7 +781,8 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {r['label']} | {_composition_text(r['composition'])} | {r['train_steps']} | {r['train_tokens']:,} | "
                      f"{r['train_seconds']:.1f} | {r['train_tokens_sha1'][:10]} | {nll} | {ppl} | {lk.get('method', '')} |")
     lines += ["", "## Samples", "",
-              f"Judge: {results['judge']}. No variant judges its own samples.", "",
+              f"Judge: {results['judge']}. No variant judges its own samples. Steps: model calls of the "
+              "sampler (an AR sampler makes one per token, so it has one step count: the length).", "",
               "| variant | sampler | steps | model calls | gen PPL (judge) | entropy (nats) | distinct-2 | s / sample |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results["variants"].items():
