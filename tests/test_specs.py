@@ -109,6 +109,8 @@ def test_every_registered_class_round_trips_through_its_dict_and_json():
                 assert specs.build(kind, again) is again  # objects pass through
             if kind in ("noise_schedule", "hyperschedule", "sampler"):
                 assert again == obj  # value types: equal as objects too
+            if kind == "process":
+                assert obj.config() == d  # the older name says the same
 
 
 def test_round_trips_keep_dtypes_floats_and_nested_parts_exactly():
