@@ -43,7 +43,8 @@ Measured per variant, on the test split (`eval_blocks` blocks of `length` tokens
                 exp(nats), interval exp(nats -+ stderr). Structural declares no likelihood.
     gen PPL     token-weighted exp(mean NLL) of `num_samples` samples under the judge, at each
                 number of sampling steps of each sampler; the judge is never a variant: an AR
-                (Absorb + Quench) trained like the variants with its own seed, or any HF causal LM
+                (Absorb + Quench) trained like the variants with its own seed, or any causal LM
+                the loader takes (an HF directory or hub id, a run / composition trained as AR)
     entropy, distinct-2, seconds / sample, model calls
 
 Writes results.json, results.md (units and what +- means stated), ppl.png (log axis,
@@ -114,7 +115,8 @@ class CompareConfig:
     eval_batch_size: int = 16
     num_samples: int = 16  # generated sequences per (sampler, steps)
     #: {"name": "trained_ar", "seed": s} (an AR trained like the variants, own seed) or
-    #: {"name": "hf", "path": DIR} (a local Hugging Face causal LM); a bare string is a path
+    #: {"name": "model", "path": P} (any causal LM `diffusionlm.hub.load_model` takes: an HF
+    #: directory or hub id, a run / saved composition trained as AR); a bare string is a path
     judge: Any = field(default_factory=lambda: {"name": "trained_ar", "seed": 1})
     out_dir: str = "runs/compare"
     device: str = "cpu"
@@ -122,7 +124,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         for name in ("length", "batch_size", "probe_steps", "eval_blocks", "eval_samples", "eval_batch_size", "num_samples"):
-            _positive_int(getattr(self, name), name.replace("_", "-"))
+            _positive_int(getattr(self, name), f"{name} (--{name.replace('_', '-')})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
@@ -130,19 +132,19 @@ class CompareConfig:
         if (self.train_steps is None) == (self.budget_minutes is None):
             raise ValueError("give exactly one of train_steps (steps per variant) and budget_minutes (sizes the steps)")
         if self.train_steps is not None:
-            _positive_int(self.train_steps, "train-steps")
+            _positive_int(self.train_steps, "train_steps (--train-steps)")
         if self.budget_minutes is not None and not (
                 isinstance(self.budget_minutes, (int, float)) and not isinstance(self.budget_minutes, bool)
                 and math.isfinite(self.budget_minutes) and self.budget_minutes > 0):
-            raise ValueError(f"budget-minutes must be a number > 0, got {self.budget_minutes!r}")
+            raise ValueError(f"budget_minutes (--budget-minutes) must be a number > 0, got {self.budget_minutes!r}")
         if not isinstance(self.backbone, dict) or "name" not in self.backbone:
             raise ValueError(f"backbone must be a backbone spec {{\"name\": ...}}, got {self.backbone!r}")
         if isinstance(self.judge, str):
-            self.judge = {"name": "hf", "path": self.judge}
+            self.judge = {"name": "model", "path": self.judge}
         j = self.judge
-        if not isinstance(j, dict) or j.get("name") not in ("trained_ar", "hf"):
-            raise ValueError(f"judge must be {{\"name\": \"trained_ar\", \"seed\": s}} or {{\"name\": \"hf\", \"path\": DIR}}, got {j!r}")
-        allowed = {"trained_ar": {"name", "seed"}, "hf": {"name", "path"}}[j["name"]]
+        if not isinstance(j, dict) or j.get("name") not in ("trained_ar", "model"):
+            raise ValueError(f"judge must be {{\"name\": \"trained_ar\", \"seed\": s}} or {{\"name\": \"model\", \"path\": P}}, got {j!r}")
+        allowed = {"trained_ar": {"name", "seed"}, "model": {"name", "path"}}[j["name"]]
         if set(j) != allowed:
             raise ValueError(f"judge {j['name']!r} takes exactly the fields {sorted(allowed)}, got {sorted(j)}")
 
@@ -189,14 +191,14 @@ class Variant:
         if not isinstance(name, str) or not name:
             raise ValueError(f"variant {index} needs the field 'name' (a non-empty string)")
         known = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in known:
-                raise ValueError(f"variant {name!r} takes no field {key!r}; its fields: {', '.join(known)}")
+        bad = [k for k in d if k not in known]
+        if bad:
+            raise ValueError(f"variant {name!r}: unknown key(s) {', '.join(bad)}; its keys: {', '.join(known)}")
         v = cls(**d)
         if v.lm is None:
             for key in cls.REQUIRED:
                 if d.get(key) is None:
-                    raise ValueError(f"variant {name!r} needs the field {key!r}")
+                    raise ValueError(f"variant {name!r}: missing key {key}; its keys: {', '.join(known)}")
         else:
             for key in ("process", "schedule", "backbone", "layout", "settled_weight"):
                 if key in d:
@@ -207,7 +209,7 @@ class Variant:
             raise ValueError(f"variant {name!r} field 'samplers' must be a non-empty list of sampler specs")
         for key in v.train:
             if key in FIXED_TRAIN:
-                raise ValueError(f"variant {name!r} field 'train' may not set {key!r}: every variant trains the same "
+                raise ValueError(f"variant {name!r} train: may not set {key}: every variant trains the same "
                                  "steps on the same tokens, batch and seed")
         return v
 
@@ -235,7 +237,7 @@ def load_spec(spec: "str | Path | dict | None") -> dict:
         raise ValueError(f"a comparison spec is an object {{\"shared\": ..., \"variants\": [...]}}, got {type(spec).__name__}")
     for key in spec:
         if key not in ("shared", "variants") and not key.startswith("_"):
-            raise ValueError(f"a comparison spec takes no field {key!r}; its fields: shared, variants")
+            raise ValueError(f"a comparison spec: unknown key(s) {key}; its keys: shared, variants")
     return spec
 
 
@@ -247,9 +249,9 @@ def _shared(spec: dict, overrides: dict) -> CompareConfig:
     if "budget_minutes" in overrides and overrides["budget_minutes"] is not None:
         shared["train_steps"] = None
     shared.update(overrides)
-    for key in shared:
-        if key not in known:
-            raise ValueError(f"shared settings take no field {key!r}; fields: {', '.join(known)}")
+    bad = [k for k in shared if k not in known]
+    if bad:
+        raise ValueError(f"shared settings: unknown key(s) {', '.join(bad)}; its keys: {', '.join(known)}")
     return CompareConfig(**shared)
 
 
@@ -380,8 +382,8 @@ def _resolve(cfg: CompareConfig, v: Variant, tok: Any, seed: int, is_judge: bool
     for key in v.train:
         if key not in TrainConfig.field_names():
             close = difflib.get_close_matches(key, TrainConfig.field_names(), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"keys: {', '.join(TrainConfig.field_names())}"
-            raise ValueError(f"variant {v.name!r} field 'train' takes no key {key!r}; {hint}")
+            hint = f"did you mean {close[0]}?" if close else f"its keys: {', '.join(TrainConfig.field_names())}"
+            raise ValueError(f"variant {v.name!r} train: unknown key(s) {key}; {hint}")
     try:
         TrainConfig(**{**v.train, "steps": 1, "batch_size": cfg.batch_size})
     except ValueError as err:
@@ -600,7 +602,7 @@ def _judge_fn(cfg: CompareConfig, judge_lm: Any, tok: Any):
         r = generative_perplexity([tok.decode(row.tolist()) for row in toks], model, jtok)
         return r["nll"], r["tokens"]
 
-    return judge, f"the Hugging Face causal LM {cfg.judge['path']}"
+    return judge, f"the causal LM {cfg.judge['path']}"
 
 
 def _sampling(cfg: CompareConfig, entry: _Entry, lm: Any, judge, tok: Any) -> list:
@@ -658,7 +660,7 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     test_blocks = TokenBlocks(load_corpus(cfg.corpus, "test"), tok, cfg.length)
     if len(test_blocks.ids) < cfg.eval_blocks:
         raise ValueError(f"the {cfg.corpus} test split holds {len(test_blocks.ids)} blocks of {cfg.length} tokens; "
-                         f"eval-blocks is {cfg.eval_blocks}")
+                         f"eval_blocks (--eval-blocks) is {cfg.eval_blocks}")
     if len(train_blocks.ids) < cfg.batch_size:
         raise ValueError(f"the {cfg.corpus} train split holds {len(train_blocks.ids)} blocks, fewer than one batch ({cfg.batch_size})")
     test_ids = test_blocks.ids[: cfg.eval_blocks]

@@ -34,7 +34,7 @@ Compositions (the dict w13 writes as a saved composition's config.json):
     build_composition(spec, model=None)     # a DiffusionLM; `model` replaces the backbone spec
 
 Bad specs are one-line ValueErrors: a name not registered (listing the known names), a field the
-class does not take (listing its fields), a required field missing, a dtype not known.
+class does not take (listing its keys), a required key missing, a dtype not known.
 """
 from __future__ import annotations
 
@@ -221,14 +221,14 @@ def build(kind: str, spec: Any, **context: Any) -> Any:
     cls = registry(kind)[name]
     maker = getattr(cls, "from_spec", None) or cls
     params, free = _parameters(maker)
-    where = f"{_LABEL[kind]} {name!r}"
-    if not free:
-        for key in fields:
-            if key not in params:
-                raise ValueError(f"{where} takes no field {key!r}; its fields: {', '.join(params) or 'none'}")
+    where = f"{_LABEL[kind]} {name}"
+    keys = ", ".join(params) or "(none)"
+    bad = [] if free else [k for k in fields if k not in params]
+    if bad:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(bad)}; its keys: {keys}")
     for p in params.values():
         if p.default is p.empty and p.name not in fields:
-            raise ValueError(f"{where} needs the field {p.name!r}; its fields: {', '.join(params)}")
+            raise ValueError(f"{where}: missing key {p.name}; its keys: {keys}")
     hints = _hints(maker)
     values = {k: _decode(v, hints.get(k), f"{where} field {k!r}") for k, v in fields.items()}
     try:
@@ -307,12 +307,12 @@ def build_composition(spec: dict, model: Any = None) -> Any:
     if name != COMPOSITION_NAME:
         raise ValueError(f"unknown composition {name!r}; known: {COMPOSITION_NAME}")
     allowed = _composition_fields() + ["backbone"]
-    for key in spec:
-        if key not in allowed:
-            raise ValueError(f"composition takes no field {key!r}; its fields: {', '.join(allowed)}")
+    bad = [k for k in spec if k not in allowed]
+    if bad:
+        raise ValueError(f"composition {COMPOSITION_NAME}: unknown key(s) {', '.join(bad)}; its keys: {', '.join(allowed)}")
     for key in ("process", "schedule") + (() if model is not None else ("backbone",)):
         if key not in spec:
-            raise ValueError(f"composition needs the field {key!r}")
+            raise ValueError(f"composition {COMPOSITION_NAME}: missing key {key}; its keys: {', '.join(allowed)}")
     backbone = spec.pop("backbone", None)
     if isinstance(backbone, str):
         backbone = {"name": backbone}

@@ -157,7 +157,7 @@ def test_help_shows_choices_and_defaults_and_version(capsys):
     assert "(default: auto)" in helps["sample"] and "{aligned,shifted}" in helps["sample"]
     assert "ptb" in helps["eval"] and "(default: ptb)" in helps["eval"] and "(default: 8)" in helps["eval"]
     assert "seed of the Monte-Carlo draws (default: 0)" in helps["eval"]
-    assert "(default: 150)" in helps["compare"] and "(default: runs/compare)" in helps["compare"]
+    assert "(default: the spec's; 4)" in helps["compare"] and "(default: the spec's; runs/compare)" in helps["compare"]
     with pytest.raises(SystemExit):
         main(["--help"])
     top = capsys.readouterr().out

@@ -111,8 +111,8 @@ def test_a_budget_too_small_trains_nothing(tmp_path, monkeypatch):
      "variant 'gamma_slide': unknown process 'gama_hybrid'; known: absorb, epsilon_hybrid, gamma_hybrid, structural, uniform"),
     ([{**NEW_VARIANTS[0], "samplers": [{"name": "acss", "eta": 0.1}]}], {},
      "variant 'gamma_slide': unknown sampler 'acss'; known: acs, ar, lad, mdlm, sedd_analytic, sedd_euler"),
-    ([{k: v for k, v in NEW_VARIANTS[0].items() if k != "schedule"}], {}, "variant 'gamma_slide' needs the field 'schedule'"),
-    ([{**NEW_VARIANTS[0], "sampler": []}], {}, "variant 'gamma_slide' takes no field 'sampler'"),
+    ([{k: v for k, v in NEW_VARIANTS[0].items() if k != "schedule"}], {}, "variant 'gamma_slide': missing key schedule"),
+    ([{**NEW_VARIANTS[0], "sampler": []}], {}, "variant 'gamma_slide': unknown key(s) sampler; its keys: name, process"),
     ([{"name": "lad", "process": {"name": "structural"}, "schedule": {"name": "flat"},
        "samplers": [{"name": "sedd_analytic", "steps": [4]}]}], {},
      "variant 'lad': sampler 'sedd_analytic': SEDDAnalytic fits the score-entropy processes"),
@@ -120,16 +120,16 @@ def test_a_budget_too_small_trains_nothing(tmp_path, monkeypatch):
      "variant 'uniform_block': sampler 'sedd_analytic': Flat(steps=None) is continuous-time: give the sampler a number of steps"),
     ([{**NEW_VARIANTS[0], "samplers": [{"name": "ar", "steps": [4, 8]}]}], {},
      "variant 'gamma_slide': sampler 'ar' fixes its own number of steps"),
-    ([{**NEW_VARIANTS[0], "train": {"steps": 10}}], {}, "variant 'gamma_slide' field 'train' may not set 'steps'"),
-    ([{**NEW_VARIANTS[0], "train": {"two_halfs": True}}], {}, "variant 'gamma_slide' field 'train' takes no key 'two_halfs'; did you mean 'two_halves'?"),
+    ([{**NEW_VARIANTS[0], "train": {"steps": 10}}], {}, "variant 'gamma_slide' train: may not set steps"),
+    ([{**NEW_VARIANTS[0], "train": {"two_halfs": True}}], {}, "variant 'gamma_slide' train: unknown key(s) two_halfs; did you mean two_halves?"),
     ([NEW_VARIANTS[0], NEW_VARIANTS[0]], {}, "variant names must be unique; repeated: gamma_slide"),
     (["mdlm", "bert"], {}, "unknown variant 'bert'; the default spec's variants: ar, mdlm, block, gamma, epsilon"),
-    (NEW_VARIANTS, {"eval_samples": 0}, "eval-samples must be an int >= 1, got 0"),
-    (NEW_VARIANTS, {"budget_minutes": -1, "train_steps": None}, "budget-minutes must be a number > 0, got -1"),
+    (NEW_VARIANTS, {"eval_samples": 0}, "eval_samples (--eval-samples) must be an int >= 1, got 0"),
+    (NEW_VARIANTS, {"budget_minutes": -1, "train_steps": None}, "budget_minutes (--budget-minutes) must be a number > 0, got -1"),
     (NEW_VARIANTS, {"budget_minutes": 1.0}, "give exactly one of train_steps"),
-    (NEW_VARIANTS, {"eval_blocks": 10**6}, "eval-blocks is 1000000"),
+    (NEW_VARIANTS, {"eval_blocks": 10**6}, "eval_blocks (--eval-blocks) is 1000000"),
     (NEW_VARIANTS, {"judge": {"name": "gpt5"}}, "judge must be"),
-    (NEW_VARIANTS, {"budget": 3}, "shared settings take no field 'budget'"),
+    (NEW_VARIANTS, {"budget": 3}, "shared settings: unknown key(s) budget; its keys: corpus"),
 ])
 def test_bad_input_is_one_line_and_trains_nothing(no_training, tmp_path, variants, shared, message):
     with pytest.raises(ValueError) as err:
@@ -143,14 +143,14 @@ def test_bad_command_lines_are_one_line_errors(no_training, tmp_path, capsys):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(small_spec(NEW_VARIANTS)))
     for argv, message in (
-        (["--eval-samples", "0"], "eval-samples must be an int >= 1, got 0"),
-        (["--budget-minutes", "-1"], "budget-minutes must be a number > 0, got -1.0"),
+        (["--eval-samples", "0"], "eval_samples (--eval-samples) must be an int >= 1, got 0"),
+        (["--budget-minutes", "-1"], "budget_minutes (--budget-minutes) must be a number > 0, got -1.0"),
         (["--variants", "gamma_slide", "nope"], "unknown variant 'nope'; the spec's variants: gamma_slide, uniform_block"),
     ):
-        assert main(["compare", "--spec", str(spec), "--out", str(tmp_path / "cmp"), *argv]) == 2
+        assert main(["compare", "--spec", str(spec), "--out", str(tmp_path / "cmp"), *argv]) == 1
         err = capsys.readouterr().err.strip()
         assert err == f"diffusionlm compare: error: {err.split('error: ', 1)[1]}" and message in err and "\n" not in err
-    assert main(["compare", "--spec", str(tmp_path / "missing.json")]) == 2
+    assert main(["compare", "--spec", str(tmp_path / "missing.json")]) == 1
     assert "comparison spec not found" in capsys.readouterr().err
     assert not (tmp_path / "cmp").exists()
 

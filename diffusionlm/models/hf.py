@@ -252,11 +252,11 @@ class HFDenoiser(nn.Module):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         if (hf_config is None) == (path is None):
-            raise ValueError("backbone 'hf' takes exactly one of the fields 'hf_config' (fresh weights) and 'path'")
+            raise ValueError("backbone hf: give exactly one of the keys hf_config (fresh weights) and path")
         if hf_config is not None:
             hc = {k: v for k, v in dict(hf_config).items() if k != "transformers_version"}
             if "model_type" not in hc:
-                raise ValueError("backbone 'hf' field 'hf_config' needs 'model_type' (e.g. \"gpt2\", \"llama\")")
+                raise ValueError("backbone hf: hf_config needs model_type (e.g. \"gpt2\", \"llama\")")
             model = AutoModelForCausalLM.from_config(
                 AutoConfig.for_model(hc.pop("model_type"), **hc), attn_implementation=attn_implementation)
         else:

@@ -342,11 +342,11 @@ class DiffusionTransformer(nn.Module):
         """A freshly initialised model from {"name": "transformer", "preset": ..., **fields}: the
         preset's sizes (`TransformerConfig.preset`) overridden by any TransformerConfig field."""
         known = [f.name for f in dataclasses.fields(TransformerConfig)]
-        for key in fields:
-            if key not in known:
-                raise ValueError(f"backbone 'transformer' takes no field {key!r}; its fields: preset, {', '.join(known)}")
+        bad = [k for k in fields if k not in known]
+        if bad:
+            raise ValueError(f"backbone transformer: unknown key(s) {', '.join(bad)}; its keys: preset, {', '.join(known)}")
         if "vocab_size" not in fields:
-            raise ValueError("backbone 'transformer' needs the field 'vocab_size' (a composition derives it from its process)")
+            raise ValueError("backbone transformer: missing key vocab_size (a composition derives it from its process)")
         cfg = TransformerConfig.preset(preset, **fields) if preset is not None else TransformerConfig(**fields)
         return cls(cfg)
 
