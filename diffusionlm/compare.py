@@ -49,8 +49,8 @@ Measured per variant, on the test split (`eval_blocks` blocks of `length` tokens
 
 Writes results.json, results.md (units and what +- means stated), ppl.png (log axis,
 asymmetric bars), genppl_vs_entropy.png, quality_vs_steps.png, and each variant under
-models/<variant>/ (run.json + model/ for transformer backbones, which `diffusionlm sample /
-eval --run` and `diffusionlm demo --model` load; composition.json for every variant).
+models/<variant>/ (`save_variant`: a run directory for our transformer, a saved composition
+for other backbones; `diffusionlm sample / eval / demo --model` load either).
 """
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ class Variant:
     samplers: list = field(default_factory=list)
     layout: str = "aligned"
     label: Optional[str] = None
-    backbone: dict = field(default_factory=dict)  # overrides of the shared backbone spec
+    backbone: dict = field(default_factory=dict)  # overrides of the shared backbone spec (another "name": replaces it)
     train: dict = field(default_factory=dict)  # TrainConfig overrides (not FIXED_TRAIN)
     settled_weight: float = 0.0
     lm: Any = None  # a DiffusionLM composed in Python (then process / schedule / layout / backbone are its own)
@@ -310,7 +310,8 @@ def _composition(cfg: CompareConfig, v: Variant, tok: Any) -> dict:
         raise ValueError(f"variant {v.name!r} field 'backbone' must be an object of backbone fields, got {v.backbone!r}")
     proc = {"name": v.process} if isinstance(v.process, str) else dict(v.process)
     proc.setdefault("vocab_size", tok.vocab_size)
-    backbone = {**cfg.backbone, **v.backbone}
+    same = v.backbone.get("name", cfg.backbone["name"]) == cfg.backbone["name"]
+    backbone = {**cfg.backbone, **v.backbone} if same else dict(v.backbone)  # another kind replaces the shared one
     if backbone.get("name") == "transformer":
         backbone.setdefault("max_positions", cfg.length)
     return {"name": "diffusion_lm", "process": proc, "schedule": v.schedule, "layout": v.layout,
@@ -511,19 +512,20 @@ def _train(cfg: CompareConfig, entry: _Entry, train_blocks: Any, steps: int) -> 
     return lm, info
 
 
-def save_variant(path: Path, cfg: CompareConfig, name: str, lm: Any) -> None:
-    """Write a trained variant: composition.json (its spec) always; for a transformer backbone
-    also a run directory (run.json + model/) that `load_run`, `diffusionlm sample / eval --run`
-    and `diffusionlm demo --model` read."""
-    from . import specs
+def save_variant(path: Path, cfg: CompareConfig, name: str, lm: Any, training: Optional[dict] = None) -> None:
+    """Write a trained variant that `diffusionlm sample / eval / demo --model` load: for our
+    transformer a run directory (run.json + model/, which `load_run` reads), for any other
+    backbone a saved composition (`DiffusionLM.save_pretrained`, with `training` facts)."""
     from .config import DataSpec, ModelSpec, RunConfig
     from .models import DiffusionTransformer
 
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "composition.json").write_text(json.dumps(specs.composition_dict(lm), indent=2))
     if not isinstance(lm.model, DiffusionTransformer):
+        from .data import load_tokenizer
+
+        lm.save_pretrained(path, tokenizer=load_tokenizer(cfg.tokenizer), training=training)
         return
+    path.mkdir(parents=True, exist_ok=True)
     run = RunConfig(model=ModelSpec(kind="transformer", preset=cfg.preset or "tiny"), process=lm.process.to_dict(),
                     schedule=lm.schedule.to_dict(), layout=lm.layout.value,
                     data=DataSpec(corpus=cfg.corpus, tokenizer=cfg.tokenizer, length=cfg.length))
@@ -698,7 +700,9 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
         lm, info = _train(cfg, e, train_blocks, steps)
         lms[e.name] = lm
         results["variants"][e.name] = info
-        save_variant(out / "models" / e.name, cfg, e.name, lm)
+        save_variant(out / "models" / e.name, cfg, e.name, lm, training={
+            "data": {"corpus": cfg.corpus, "tokenizer": cfg.tokenizer, "length": cfg.length}, "steps": steps,
+            "tokens": info["train_tokens"], "batch_size": cfg.batch_size, "seconds": round(info["train_seconds"], 1)})
     judge_lm = None
     if judge_entry is not None:
         judge_lm, judge_info = _train(cfg, judge_entry, train_blocks, steps)

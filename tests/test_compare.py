@@ -55,13 +55,17 @@ def test_a_spec_with_new_variants_and_a_composed_lm_runs_end_to_end_on_equal_ste
     model = DiffusionTransformer(TransformerConfig(vocab_size=N + 1, max_positions=16, n_layers=1, hidden=32, n_heads=2))
     mine = DiffusionLM(model, Absorb(N), Block(4, 2))
     out = tmp_path / "cmp"
-    res = diffusionlm.compare(small_spec([]), variants=NEW_VARIANTS + [{"name": "mine", "lm": mine}],
+    gpt2 = {"name": "gpt2_flat", "process": {"name": "absorb"}, "schedule": {"name": "flat"}, "layout": "shifted",
+            "backbone": {"name": "hf", "mask": "add", "hf_config": {"model_type": "gpt2", "vocab_size": N, "n_positions": 16,
+                                                                     "n_embd": 16, "n_layer": 1, "n_head": 2}},
+            "samplers": [{"name": "mdlm", "steps": [2, 4]}]}
+    res = diffusionlm.compare(small_spec([]), variants=NEW_VARIANTS + [{"name": "mine", "lm": mine}, gpt2],
                               train_steps=None, budget_minutes=0.1, out_dir=str(out))
-    assert set(res["variants"]) == {"gamma_slide", "uniform_block", "mine"}
+    assert set(res["variants"]) == {"gamma_slide", "uniform_block", "mine", "gpt2_flat"}
     f = res["fairness"]
     S = f["train_steps"]
     assert S >= 1 and S == f["train_steps"] and f["budget_minutes"] == 0.1
-    assert S * f["seconds_per_step_sum"] <= 0.1 * 60 and set(f["seconds_per_step"]) == {"gamma_slide", "uniform_block", "mine", "judge"}
+    assert S * f["seconds_per_step_sum"] <= 0.1 * 60 and set(f["seconds_per_step"]) == {"gamma_slide", "uniform_block", "mine", "gpt2_flat", "judge"}
     models = list(res["variants"].values()) + [res["judge_model"]]
     assert {r["train_steps"] for r in models} == {S}
     assert {r["train_tokens"] for r in models} == {S * 2 * 16} == {f["tokens_per_model"]}
@@ -73,7 +77,7 @@ def test_a_spec_with_new_variants_and_a_composed_lm_runs_end_to_end_on_equal_ste
         lk = r["likelihood"]
         assert lk["ppl_low"] < lk["ppl"] < lk["ppl_high"] and lk["stderr_per_token"] > 0 and lk["tokens"] == 2 * 16
         steps = [s["steps"] for s in r["sampling"]]
-        assert steps == ([2, 4, 8, 16] if name != "mine" else [8, 16, 32, 64])
+        assert steps == {"mine": [8, 16, 32, 64], "gpt2_flat": [2, 4]}.get(name, [2, 4, 8, 16])
         assert all(s["gen_ppl"] > 1 and 0 <= s["distinct2"] <= 1 for s in r["sampling"])
     assert [s["sampler"] for s in res["variants"]["gamma_slide"]["sampling"]] == ["acs"] * 4
     assert res["variants"]["uniform_block"]["sampling"][0]["sampler_spec"]["name"] == "sedd_analytic"
@@ -85,7 +89,13 @@ def test_a_spec_with_new_variants_and_a_composed_lm_runs_end_to_end_on_equal_ste
         assert text in md
     for png in ("ppl.png", "genppl_vs_entropy.png", "quality_vs_steps.png"):
         assert (out / png).stat().st_size > 0
-    assert json.loads((out / "models" / "gamma_slide" / "composition.json").read_text())["process"]["gamma"] == 0.1
+    assert json.loads((out / "models" / "gamma_slide" / "run.json").read_text())["process"]["gamma"] == 0.1
+    # an HF backbone described by its dict: trained, saved as a composition, loaded back by the one loader
+    assert res["variants"]["gpt2_flat"]["composition"]["backbone"]["hf_config"]["vocab_size"] == N + 1  # MASK added
+    from diffusionlm.hub import load_model
+
+    again = load_model(out / "models" / "gpt2_flat")
+    assert again.kind == "composition" and again.lm.process.mask_id == N
 
 
 def test_budget_sizing_picks_equal_steps_and_refuses_a_budget_below_one_step():
