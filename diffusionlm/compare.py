@@ -226,13 +226,12 @@ def load_spec(spec: "str | Path | dict | None") -> dict:
     if spec is None:
         return default_spec()
     if isinstance(spec, (str, Path)):
+        from .hub import _json
+
         p = Path(spec)
         if not p.exists():
             raise FileNotFoundError(f"comparison spec not found: {p}")
-        try:
-            spec = json.loads(p.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{p} is not valid JSON: {err}") from err
+        spec = _json(p)  # ValueError for invalid JSON or anything but an object
     if not isinstance(spec, dict):
         raise ValueError(f"a comparison spec is an object {{\"shared\": ..., \"variants\": [...]}}, got {type(spec).__name__}")
     for key in spec:

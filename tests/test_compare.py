@@ -162,6 +162,9 @@ def test_bad_command_lines_are_one_line_errors(no_training, tmp_path, capsys):
         assert err == f"diffusionlm compare: error: {err.split('error: ', 1)[1]}" and message in err and "\n" not in err
     assert main(["compare", "--spec", str(tmp_path / "missing.json")]) == 1
     assert "comparison spec not found" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{\"shared\": ")
+    assert main(["compare", "--spec", str(tmp_path / "bad.json")]) == 1
+    assert "bad.json is not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "cmp").exists()
 
 
