@@ -646,6 +646,7 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     from .data import TokenBlocks, load_corpus, load_tokenizer
 
     t_start = time.perf_counter()
+    machine = _machine()
     if isinstance(spec, CompareConfig):
         shared = {**spec.to_dict(), **shared}
         spec = None
@@ -689,6 +690,7 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
         "data": {"corpus": cfg.corpus, "tokenizer": cfg.tokenizer, "vocab_size": tok.vocab_size,
                  "train_blocks": len(train_blocks.ids), "test_blocks_used": len(test_ids),
                  "test_tokens": int(test_ids.numel()), "length": cfg.length},
+        "machine": machine,
         "fairness": {**sizing, "batch_size": cfg.batch_size, "seed": cfg.seed,
                      "tokens_per_model": steps * cfg.batch_size * cfg.length},
         "variants": {},
@@ -731,6 +733,16 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     (out / "results.md").write_text(markdown_table(results))
     plot(results, out)
     return results
+
+
+def _machine() -> dict:
+    """What the timings were measured on: CPU count, torch threads, load average at the start."""
+    import os
+    import platform
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "load_average_1_5_15_min": None if load is None else [round(x, 2) for x in load]}
 
 
 def _variant_record(e: _Entry) -> dict:
@@ -806,6 +818,10 @@ def markdown_table(results: dict) -> str:
               "",
               f"Data: {d['corpus']} ({d['tokenizer']} tokenizer, vocabulary {d['vocab_size']}); test: "
               f"{d['test_blocks_used']} blocks, {d['test_tokens']} tokens. Wall time of the whole job: {results['wall_seconds']:.0f} s."]
+    m = results.get("machine")
+    if m:
+        lines.append(f"Machine: {m['cpus']} CPUs, {m['torch_threads']} torch threads, load average "
+                     f"{m['load_average_1_5_15_min']} (1 / 5 / 15 min) at the start; {m['platform']}.")
     return "\n".join(lines) + "\n"
 
 

@@ -65,6 +65,7 @@ def test_a_spec_with_new_variants_and_a_composed_lm_runs_end_to_end_on_equal_ste
     f = res["fairness"]
     S = f["train_steps"]
     assert S >= 1 and S == f["train_steps"] and f["budget_minutes"] == 0.1
+    assert res["machine"]["cpus"] >= 1 and len(res["machine"]["load_average_1_5_15_min"]) == 3
     assert S * f["seconds_per_step_sum"] <= 0.1 * 60 and set(f["seconds_per_step"]) == {"gamma_slide", "uniform_block", "mine", "gpt2_flat", "judge"}
     models = list(res["variants"].values()) + [res["judge_model"]]
     assert {r["train_steps"] for r in models} == {S}
@@ -85,7 +86,7 @@ def test_a_spec_with_new_variants_and_a_composed_lm_runs_end_to_end_on_equal_ste
     assert saved["fairness"] == json.loads(json.dumps(f))
     md = (out / "results.md").read_text()
     for text in ("nats per token", "standard error", "exp(nats - stderr)", f"**{S} optimizer steps**", "Judge: an AR model",
-                 "seconds per step"):
+                 "seconds per step", "Machine: "):
         assert text in md
     for png in ("ppl.png", "genppl_vs_entropy.png", "quality_vs_steps.png"):
         assert (out / png).stat().st_size > 0
