@@ -273,13 +273,11 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
 
         if spec.path:
             return DiffusionTransformer.from_pretrained(spec.path)
-        extra_ids = [i for i in (proc.mask_id, getattr(tokenizer, "bos_id", None)) if i is not None]
+        from .specs import backbone_defaults
+
         fields = [f.name for f in dataclasses.fields(TransformerConfig)]
         _reject_unknown(spec.overrides, fields, "model.overrides.")
-        kw = dict(vocab_size=proc.model_vocab_size, input_vocab_size=max([proc.model_vocab_size] + [i + 1 for i in extra_ids]),
-                  max_positions=length, time_conditioning=proc.time_conditioned)
-        if getattr(proc, "weighted_embedding", False):  # eq. 12: the backbone mixes in f(MASK)
-            kw.update(mask_id=proc.mask_id, weighted_embedding_gamma=proc.gamma)
+        kw = backbone_defaults(proc, getattr(tokenizer, "bos_id", None), length)  # sizes, MASK / BOS, eq. 12
         kw.update(spec.overrides)  # an explicit override wins (no "multiple values" TypeError)
         return DiffusionTransformer(TransformerConfig.preset(spec.preset, **kw))
     if spec.kind == "hf":

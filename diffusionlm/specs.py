@@ -272,12 +272,15 @@ def composition_dict(lm: Any) -> dict:
 
 def backbone_defaults(process: Any, bos_id: Optional[int] = None, max_positions: Optional[int] = None) -> dict:
     """TransformerConfig fields a composition derives from its process (and BOS id): the output
-    size, the input ids (real tokens, MASK and BOS), time conditioning, and the length."""
+    size, the input ids (real tokens, MASK and BOS), time conditioning, the length, and for a
+    process that asks for the eq. 12 weighted embedding the MASK id and gamma it mixes with."""
     ids = [process.model_vocab_size] + [i + 1 for i in (process.mask_id, bos_id) if i is not None]
     out = {"vocab_size": process.model_vocab_size, "input_vocab_size": max(ids),
            "time_conditioning": bool(process.time_conditioned)}
     if max_positions is not None:
         out["max_positions"] = max_positions
+    if getattr(process, "weighted_embedding", False):  # eq. 12: the backbone mixes in f(MASK)
+        out.update(mask_id=process.mask_id, weighted_embedding_gamma=process.gamma)
     return out
 
 

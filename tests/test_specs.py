@@ -28,7 +28,8 @@ EXAMPLES: dict = {
     "process": {
         "absorb": {"vocab_size": 7, "mask_id": 9, "noise": {"name": "cosine", "eps": 0.1}},
         "uniform": {"vocab_size": 7, "noise": {"name": "loglinear", "eps": 0.01}},
-        "gamma_hybrid": {"vocab_size": 7, "gamma": 0.2, "mask_id": 7, "noise": {"name": "linear", "eps": 0.02}},
+        "gamma_hybrid": {"vocab_size": 7, "gamma": 0.2, "mask_id": 7, "noise": {"name": "linear", "eps": 0.02},
+                         "weighted_embedding": True},
         "epsilon_hybrid": {"vocab_size": 7, "epsilon": 0.05, "lam": 0.5, "mask_id": 8, "noise": {"name": "linear", "eps": 0.0}},
         "structural": {"vocab_size": 7, "mask_id": 7, "p_max": 0.3, "mask_prob": 0.25},
     },
@@ -64,7 +65,7 @@ EXAMPLES: dict = {
         "diffusion_lm": {
             "process": {"name": "gamma_hybrid", "vocab_size": 9, "gamma": 0.1},
             "schedule": {"name": "block", "width": 4, "steps_per_block": 2},
-            "layout": "shifted", "bos_id": 9, "settled_weight": 0.25, "max_positions": 16,
+            "layout": "shifted", "bos_id": 9, "settled_weight": 0.25, "settled_weighting": "eq11", "max_positions": 16,
             "annealing": {"name": "attention_annealing", "warmup_steps": 3, "shared": False},
             "backbone": {"name": "transformer", "n_layers": 1, "hidden": 32, "n_heads": 2, "cond_dim": 8},
         },
@@ -129,6 +130,11 @@ def test_round_trips_keep_dtypes_floats_and_nested_parts_exactly():
     spec = specs.composition_dict(lm)
     same = specs.build_composition(spec, model=lm.model)
     assert same.model is lm.model and specs.composition_dict(same) == spec
+    # the eq. 12 weighted embedding: the backbone derived from such a process mixes in f(MASK)
+    eq12 = specs.build_composition({**EXAMPLES["composition"]["diffusion_lm"], "name": "diffusion_lm",
+                                    "process": {"name": "gamma_hybrid", "vocab_size": 9, "gamma": 0.1, "weighted_embedding": True}})
+    assert (eq12.model.config.mask_id, eq12.model.config.weighted_embedding_gamma) == (9, 0.1)
+    assert set(eq12.model_inputs(torch.full((1, 3), 0.5))) == {"embedding_weight"}
 
 
 def test_thin_entry_points_still_work():
