@@ -37,10 +37,12 @@ training. With `train_steps`, S is given.
 
 Measured per variant, on the test split (`eval_blocks` blocks of `length` tokens):
 
-    NLL bound   nats / token of the composition's bound (`_likelihood`): exact (stderr 0) where
-                every step is enumerated and deterministic (Absorb + Quench, M = T), else M =
-                `eval_samples` stratified draws per sequence; +- one standard error; PPL =
-                exp(nats), interval exp(nats -+ stderr). Structural declares no likelihood.
+    NLL bound   nats / token of the composition's bound through the one estimator
+                (`_likelihood` -> `eval.bound.corpus_bound`): exact (stderr 0) where every step
+                is enumerated and deterministic (Absorb + Quench, M = T), else M = `eval_samples`
+                evaluations per row, stratified over steps with replicates; dominant terms
+                (EpsilonHybrid's clean-up) computed exactly on their own lines; +- one standard
+                error; PPL = exp(nats), interval exp(nats -+ stderr). Structural has no likelihood.
     gen PPL     token-weighted exp(mean NLL) of `num_samples` samples under the judge, at each
                 number of sampling steps of each sampler; the judge is never a variant: an AR
                 (Absorb + Quench) trained like the variants with its own seed, or any causal LM
@@ -536,8 +538,9 @@ def save_variant(path: Path, cfg: CompareConfig, name: str, lm: Any, training: O
 # evaluation
 # ---------------------------------------------------------------------------------------------
 def _enumerable_exact(lm: Any, d: int) -> Optional[int]:
-    """T when the bound is exact with every step drawn once (levels only 0 / 1 and a process
-    that moves a token deterministically between them, e.g. Absorb + Quench), else None."""
+    """T when the bound is exact with every step evaluated once (levels only 0 / 1 and a
+    process that moves a token deterministically between them, e.g. Absorb + Quench), else None:
+    then the estimator is given M = T (the bound itself, stderr 0)."""
     if lm.schedule.continuous:
         return None
     table = lm.schedule.table(d)
@@ -551,29 +554,21 @@ def _enumerable_exact(lm: Any, d: int) -> Optional[int]:
 
 @torch.no_grad()
 def _likelihood(lm: Any, test_ids: torch.Tensor, cfg: CompareConfig) -> dict:
-    """The NLL bound of the test blocks, in nats / token, with its standard error and the PPL
-    interval exp(nats -+ stderr). The one place compare computes a bound (today through
-    `lm.nll_bound`): exact (every step once, stderr 0) where `_enumerable_exact`, else
-    cfg.eval_samples stratified draws per sequence, stderr from their per-sequence spread."""
+    """The NLL bound of the test blocks, in nats / token, through the one estimator
+    (`diffusionlm.eval.bound.corpus_bound`): its stderr (valid for its draws), the PPL interval
+    exp(nats -+ stderr), the dominant terms on their own lines. M = cfg.eval_samples evaluations
+    per row, or every step (M = T) where the bound is then exact (`_enumerable_exact`: AR)."""
+    from .eval.bound import corpus_bound
+
     if not lm.process.likelihood:
         return {"nll_per_token": None, "stderr_per_token": None, "ppl": None, "ppl_low": None, "ppl_high": None,
                 "tokens": int(test_ids.numel()), "method": f"none: {type(lm.process).__name__} declares no likelihood",
                 "terms": {}}
     T = _enumerable_exact(lm, test_ids.shape[1])
-    M = T if T is not None else cfg.eval_samples
-    g = torch.Generator().manual_seed(cfg.seed + 17)
-    nll, n, var = 0.0, 0, 0.0
-    for i in range(0, len(test_ids), cfg.eval_batch_size):
-        b = lm.nll_bound(test_ids[i: i + cfg.eval_batch_size], num_samples=M, generator=g)
-        nll += float(b.nll.sum())
-        n += int(b.num_tokens.sum())
-        if T is None:
-            var += float((b.stderr ** 2).sum())
-    mean, se = nll / n, math.sqrt(var) / n
-    method = (f"exact: all T = {T} steps, each once" if T is not None
-              else f"Monte Carlo: M = {M} stratified step draws per sequence")
-    return {"nll_per_token": mean, "stderr_per_token": se, "ppl": math.exp(mean), "ppl_low": math.exp(mean - se),
-            "ppl_high": math.exp(mean + se), "tokens": n, "method": method, "terms": {}}
+    res = corpus_bound(lm, test_ids, num_samples=T or cfg.eval_samples, batch_size=cfg.eval_batch_size,
+                       seed=cfg.seed + 17)
+    keys = ("nll_per_token", "stderr_per_token", "ppl", "ppl_low", "ppl_high", "tokens", "method", "terms")
+    return {k: res[k] for k in keys}
 
 
 @torch.no_grad()
@@ -770,6 +765,17 @@ def _composition_text(c: dict) -> str:
     return f"{part(c['process'])} + {part(c['schedule'])}, {c['layout']}"
 
 
+def _likelihood_cells(lk: dict) -> tuple:
+    """(NLL ± stderr, PPL [low, high], terms) as table cells; "n/a" where there is none."""
+    if lk.get("nll_per_token") is None:
+        return "n/a", "n/a", ""
+    se = lk.get("stderr_per_token")
+    nll = f"{lk['nll_per_token']:.4f} ± " + ("n/a" if se is None else f"{se:.4f}")
+    ppl = f"{lk['ppl']:.3f}" + ("" if lk.get("ppl_low") is None else f" [{lk['ppl_low']:.3f}, {lk['ppl_high']:.3f}]")
+    terms = "; ".join(f"{k} {v:.4f}" for k, v in (lk.get("terms") or {}).items())
+    return nll, ppl, terms
+
+
 def markdown_table(results: dict) -> str:
     f = results["fairness"]
     d = results["data"]
@@ -783,20 +789,16 @@ def markdown_table(results: dict) -> str:
                   f"{f['seconds_per_step_sum']:.3f} s), the sum of the seconds per step timed on each model "
                   f"({f['probe_steps']} steps after a warm-up): {per}.", ""]
     lines += ["## Training and likelihood", "",
-              "| variant | composition | steps | tokens | train s | tokens SHA-1 | NLL bound (nats/token) | PPL bound [exp(nats -+ stderr)] | bound |",
-              "|---|---|---:|---:|---:|---|---:|---:|---|"]
+              "| variant | composition | steps | tokens | train s | tokens SHA-1 | NLL bound (nats/token) | PPL bound [exp(nats -+ stderr)] | terms (nats/token) | bound |",
+              "|---|---|---:|---:|---:|---|---:|---:|---|---|"]
     rows = list(results["variants"].items())
     if "judge_model" in results:
         rows.append(("judge", results["judge_model"]))
     for name, r in rows:
         lk = r.get("likelihood", {})
-        if lk.get("nll_per_token") is None:
-            nll, ppl = "n/a", "n/a"
-        else:
-            nll = f"{lk['nll_per_token']:.4f} ± {lk['stderr_per_token']:.4f}"
-            ppl = f"{lk['ppl']:.3f} [{lk['ppl_low']:.3f}, {lk['ppl_high']:.3f}]"
+        nll, ppl, terms = _likelihood_cells(lk)
         lines.append(f"| {r['label']} | {_composition_text(r['composition'])} | {r['train_steps']} | {r['train_tokens']:,} | "
-                     f"{r['train_seconds']:.1f} | {r['train_tokens_sha1'][:10]} | {nll} | {ppl} | {lk.get('method', '')} |")
+                     f"{r['train_seconds']:.1f} | {r['train_tokens_sha1'][:10]} | {nll} | {ppl} | {terms} | {lk.get('method', '')} |")
     lines += ["", "## Samples", "",
               f"Judge: {results['judge']}. No variant judges its own samples. Steps: model calls of the "
               "sampler (an AR sampler makes one per token, so it has one step count: the length).", "",
@@ -849,12 +851,12 @@ def plot(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    v = {k: r for k, r in results["variants"].items() if r["likelihood"].get("ppl") is not None}
+    v = {k: r["likelihood"] for k, r in results["variants"].items() if r["likelihood"].get("ppl") is not None}
     names = list(v)
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    ppl = [v[n]["likelihood"]["ppl"] for n in names]
-    low = [v[n]["likelihood"]["ppl"] - v[n]["likelihood"]["ppl_low"] for n in names]
-    high = [v[n]["likelihood"]["ppl_high"] - v[n]["likelihood"]["ppl"] for n in names]
+    ppl = [v[n]["ppl"] for n in names]
+    low = [v[n]["ppl"] - v[n]["ppl_low"] if v[n].get("ppl_low") is not None else 0.0 for n in names]  # none: no bar
+    high = [v[n]["ppl_high"] - v[n]["ppl"] if v[n].get("ppl_high") is not None else 0.0 for n in names]
     ax.bar(range(len(names)), ppl, yerr=[low, high], capsize=4, color="tab:blue")
     ax.set_yscale("log")
     _plain_log_axis(ax.yaxis)
