@@ -5,6 +5,7 @@ Under load: requests over the limits are refused, a run keeps a bounded number o
 cancelled run stops at its next step and releases its frames, and the queue is bounded."""
 import dataclasses
 import gc
+import html
 import math
 import socket
 import threading
@@ -22,6 +23,7 @@ from diffusionlm.demo import (
     DemoLimits,
     DemoModel,
     DemoSettings,
+    Frame,
     frame_html,
     frame_text,
     generate,
@@ -79,6 +81,8 @@ def test_frames_are_the_samplers_own_history(name):
     assert len(run.frames) == len(ref.history) + 1
     for f, rec in zip(run.frames[1:], ref.history):
         assert f.step == rec.step and f.tokens == rec.tokens[0].tolist() and f.changed == rec.changed[0].tolist()
+    for f, rec in zip(run.frames[1:], ref.history):  # each position's noise level after the step (LAD: none)
+        assert f.levels == (None if rec.levels is None else rec.levels[0].tolist())
     assert run.frames[-1].tokens == run.tokens and model.mask_id not in run.tokens
     assert all(f.tokens[:5] == prompt[0].tolist() for f in run.frames)  # the prompt never changes
     assert run.model_calls == ref.num_model_calls
@@ -100,7 +104,7 @@ def test_views_show_mask_changes_and_confidence():
     f = run.frames[2]
     page = frame_html(f, model)
     masked = sum(t == model.mask_id for t in f.tokens)
-    assert page.count('class="tok mask') == masked and page.count("[MASK]") == masked
+    assert page.count('class="tok mask') == masked and page.count('title="MASK"') == masked
     assert page.count('class="tok prompt') == 2 and f'data-step="{f.step}"' in page
     assert page.count(" changed") == sum(f.changed)
     assert [int(x.split('"')[0]) for x in page.split('data-id="')[1:]] == f.tokens
@@ -110,6 +114,127 @@ def test_views_show_mask_changes_and_confidence():
     line = frame_text(f, model)
     assert line.startswith(f"[step {f.step:>4}] ") and eval(line.split("] ", 1)[1]).count("_") >= masked
     assert "\x1b[7m" in frame_text(f, model, colour=True) or not any(f.changed)
+
+
+def _gpt2_model(length: int = 32) -> DemoModel:
+    """The GPT-2 tokenizer (multi-character tokens) on a tiny random network."""
+    tok = load_tokenizer("data:tokenizers/gpt2")
+    V = tok.vocab_size
+    torch.manual_seed(0)
+    cfg = TransformerConfig.preset("tiny", vocab_size=V + 1, input_vocab_size=V + 2, max_positions=length,
+                                   n_layers=1, hidden=16, n_heads=2, cond_dim=8)
+    return DemoModel(DiffusionLM(DiffusionTransformer(cfg).eval(), Absorb(V), Flat(), bos_id=tok.bos_id), tok, "gpt2-tiny")
+
+
+def test_chips_are_equal_width_and_whitespace_is_visible():
+    from diffusionlm.demo.core import MAX_CHIP, chip_width
+
+    model = _gpt2_model()
+    tok = model.tokenizer
+    ids = tok.encode("def f(x):\n    return x") + tok.encode(" internationalization")
+    pieces = [tok.decode([t]) for t in ids]
+    assert "\n" in "".join(pieces) and any(len(p) > MAX_CHIP for p in pieces)  # a newline and a too-long token
+    d = len(ids) + 3
+    tokens = ids + [model.mask_id] * 3
+    frame = Frame(1, tokens, [True] * d, [0.5] * d, [i < 2 for i in range(d)], [0.0] * len(ids) + [1.0] * 3)
+    chip = chip_width(tokens, model)
+    assert chip == MAX_CHIP  # the longest token is over the cap
+    assert chip_width(tok.encode("ab cd"), model) == 3  # " cd"
+    assert chip_width(TOK.encode("abc"), tiny_model()) == 2  # bytes: the smallest chip
+    page = frame_html(frame, model, chip)
+    chips = page.removesuffix("</div>").split('<span class="tok ')[1:]
+    assert len(chips) == d and all(f'style="width:{chip}ch;' in c for c in chips)  # MASK as wide as a token
+    # spaces and newlines as muted glyphs, never as raw whitespace inside a chip
+    shown = [c.split(">", 1)[1].rsplit("</span>", 1)[0] for c in chips]
+    assert sum(c.count('<span class="ws">·</span>') for c in shown) == "".join(pieces).count(" ")
+    assert sum(c.count('<span class="ws">↵</span>') for c in shown) == "".join(pieces).count("\n")
+    assert not any(" " in c.replace("<span class", "") or "\n" in c for c in shown)
+    # a token longer than the chip: its first chip - 1 characters and "…", the whole token in the tooltip
+    long = next(i for i, p in enumerate(pieces) if len(p) > chip)
+    head = pieces[long][: chip - 1].replace(" ", '<span class="ws">·</span>')
+    assert chips[long].endswith(f">{head}…</span>")
+    assert repr(pieces[long]) in html.unescape(chips[long].split('title="')[1].split('"')[0])
+    # the text view is unchanged: the frame's text, MASK as "_"
+    assert frame_text(frame, model) == f"[step    1] {''.join(pieces) + '___'!r}"
+
+
+def test_chips_carry_each_positions_state_from_its_level_and_remasking():
+    model = tiny_model()
+    run = generate(model, DemoSettings(prompt="ab", length=24, sampler="mdlm", steps=6, schedule="block", width=8))
+    seen = set()
+    for f in run.frames[1:]:
+        page = frame_html(f, model)
+        for i, lv in enumerate(f.levels):
+            cls = page.split(f'data-pos="{i}"')[0].rsplit('class="', 1)[1]
+            want = "" if f.fixed[i] else (" settled" if lv == 0 else " active" if lv < 1 else "")
+            got = " settled" if " settled" in cls else " active" if " active" in cls else ""
+            assert got == want, (f.step, i, lv, cls)
+            seen.add(got)
+        assert f"{sum(0 < v < 1 for v in f.levels)} active" in page.split("</div>")[0]
+    assert seen == {"", " settled", " active"}
+    # LAD re-masks decoded tokens: exactly those chips are marked re-masked; LAD has no levels
+    lad = generate(model, DemoSettings(prompt="ab", length=24, sampler="lad", steps=8, eta0=0.9, patience=None))
+    remasked = 0
+    for f in lad.frames[1:]:
+        page = frame_html(f, model)
+        want = sum(c and t == model.mask_id for c, t in zip(f.changed, f.tokens))
+        assert page.count(" remasked") == want and " active" not in page and " settled" not in page
+        remasked += want
+    assert remasked > 0
+
+
+def test_the_legend_names_every_mark_with_the_frames_own_chips():
+    from diffusionlm.demo.core import legend_html
+
+    page = legend_html()
+    keys = [x.split('"')[0] for x in page.split('data-legend="')[1:]]
+    assert keys == ["prompt", "mask", "settled", "active", "changed", "remasked", "whitespace", "confidence"]
+    for key, cls in [("settled", "tok token settled"), ("active", "tok token active"), ("changed", "tok token changed"),
+                     ("remasked", "tok mask changed remasked"), ("mask", "tok mask")]:
+        item = page.split(f'data-legend="{key}"')[1].split('data-legend=')[0]
+        assert f'class="{cls}"' in item  # the same classes frame_html gives, so the same CSS draws both
+
+
+def test_the_call_count_is_the_samplers_or_one_per_step():
+    from types import SimpleNamespace
+
+    from diffusionlm.demo.core import model_calls
+
+    assert model_calls(SimpleNamespace(num_model_calls=3), 9) == 3
+    assert model_calls(SimpleNamespace(), 9) == 9  # a sampler that does not count: one call per step run
+    model = tiny_model()
+    ar = generate(model, DemoSettings(prompt="ab", length=12, sampler="ar"))
+    assert ar.model_calls == 10 == ar.num_frames - 1  # one call per new token: what one call per step run gives
+
+
+def test_only_the_samplers_that_fit_are_offered():
+    from diffusionlm.demo.core import fitting_samplers
+    from diffusionlm.processes import Uniform
+
+    assert fitting_samplers(tiny_model()) == ["acs", "ar", "lad", "mdlm", "sedd_analytic"]
+    assert fitting_samplers(tiny_model(Structural(N))) == ["ar", "lad"]
+    assert fitting_samplers(tiny_model(Uniform(N))) == ["ar", "mdlm", "sedd_analytic", "sedd_euler"]
+    for proc in (Absorb(N), Structural(N), Uniform(N)):
+        model = tiny_model(proc)
+        offered = fitting_samplers(model)
+        for name in SAMPLERS:  # offered <=> it runs; the others are refused with the sampler's own sentence
+            s = DemoSettings(prompt="ab", length=12, sampler=name, steps=2)
+            if name in offered:
+                generate(model, s)
+            else:
+                with pytest.raises(DemoInputError, match="fits|needs|has no MASK"):
+                    generate(model, s)
+
+
+def test_the_model_kind_is_named_from_the_model():
+    from diffusionlm.demo.core import model_kind
+    from diffusionlm.schedules import Quench
+
+    assert tiny_model().kind == "diffusion LM (Absorb + Flat)"
+    assert tiny_model(schedule=Block(8)).kind == "diffusion LM (Absorb + Block)"
+    assert tiny_model(Structural(N)).kind == "LAD (Structural)"
+    assert tiny_model(schedule=Quench()).kind == "autoregressive LM (Absorb + Quench)"
+    assert model_kind(tiny_model().lm, adapted=False) == "autoregressive LM (not adapted)"
 
 
 def test_knobs_come_from_each_samplers_fields():
@@ -386,6 +511,15 @@ def test_load_a_run_directory_and_an_hf_directory(tmp_path):
     assert hf.lm.layout.value == "shifted" and hf.max_length == 32 and hf.mask_id == len(hf_tok)
     run = generate(hf, DemoSettings(prompt="Hello", length=12, steps=4))
     assert run.text.startswith("Hello") and hf.mask_id not in run.tokens
+    # what each kind of model is: a run directory by its composition; a causal LM read as a
+    # denoiser is not a diffusion model until trained as one (a composition with training recorded)
+    assert (loaded.source, loaded.kind) == ("run", "diffusion LM (Absorb + Block)")
+    assert (hf.source, hf.kind) == ("hf", "autoregressive LM (not adapted)")
+    hf.lm.save_pretrained(tmp_path / "exported", tokenizer=hf.tokenizer)  # `diffusionlm export` of a plain HF model
+    exported = load_demo_model(tmp_path / "exported")
+    assert (exported.source, exported.kind) == ("composition", "autoregressive LM (not adapted)")
+    hf.lm.save_pretrained(tmp_path / "adapted", tokenizer=hf.tokenizer, training={"steps": 10})
+    assert load_demo_model(tmp_path / "adapted").kind == "diffusion LM (Absorb + Flat)"
 
     with pytest.raises(FileNotFoundError, match="neither run.json"):
         load_demo_model(tmp_path)

@@ -9,9 +9,12 @@
 Simple mode shows a prompt, the number of steps and re-masking on / off: re-masking picks ACS
 (already decoded tokens may be re-drawn, eta = 0.1) and off picks plain MDLM; a model trained
 with a process that has no likelihood (Structural, LAD) uses the LAD sampler with or without
-scheduled re-masking, on the prompt wrapped in the tokenizer's chat template (when it has one). Advanced mode exposes every registered sampler, the hyperschedule and its
-rate, and each sampler's own knobs (only the chosen sampler's knobs are shown). Everything the
-page shows comes from `diffusionlm.demo.core.generate`: the sampler's own history.
+scheduled re-masking, on the prompt wrapped in the tokenizer's chat template (when it has one). Advanced mode exposes every registered sampler that fits the model (its `check_fits`), the
+hyperschedule and its rate, and each sampler's own knobs (only the chosen sampler's knobs are
+shown). Everything the page shows comes from `diffusionlm.demo.core.generate`: the sampler's own
+history, drawn as equal-width chips under a legend (`frame_html`, `legend_html`), with the run's
+network calls; the header says what the model is (`DemoModel.kind`); Generate sits right under
+the prompt, above the fold in either mode.
 
 Under load (`DemoLimits`, shown on the page): a request over a limit gets a message in the page;
 Generate runs through Gradio's queue with `concurrency_limit` runs at once and `max_queue`
@@ -43,8 +46,11 @@ from .core import (
     DemoModel,
     DemoSettings,
     PackedFrames,
+    chip_width,
+    fitting_samplers,
     frame_html,
     generate,
+    legend_html,
     sampler_knobs,
 )
 
@@ -195,7 +201,9 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
     `app.demo_runs` is its RunTracker and `app.demo_limits` its limits."""
     import gradio as gr
 
-    names = sorted(SAMPLERS)
+    names = fitting_samplers(model)  # only the samplers that fit the model are offered
+    if not names:
+        raise ValueError(f"no registered sampler fits {model.name} ({model.kind}); known: {', '.join(sorted(SAMPLERS))}")
     d0 = DemoSettings()
     limits = limits or DemoLimits()
     runs = RunTracker()
@@ -203,16 +211,18 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
 
     with gr.Blocks(title="diffusionlm demo", analytics_enabled=False) as app:
         gr.Markdown(
-            f"## diffusionlm: watch a model denoise\nModel `{model.name}` · {type(model.lm.process).__name__} · "
-            f"trained schedule `{model.lm.schedule!r}` · {model.lm.layout.value} layout · up to {model.max_length} tokens. "
-            "Tokens are coloured by the model's confidence (red low, green high), **[MASK]** is grey, "
-            "tokens changed in the step are outlined, the prompt is blue."
+            f"## diffusionlm: watch a model denoise\n**{model.kind}** · `{model.name}` · trained schedule "
+            f"`{model.lm.schedule!r}` · {model.lm.layout.value} layout · up to {model.max_length} tokens",
+            elem_id="model",
         )
         gr.Markdown(limits.describe(model), elem_id="limits")
         mode = gr.Radio(["Simple", "Advanced"], value="Simple", label="Mode", elem_id="mode")
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+                with gr.Row():  # right under the prompt: above the fold in either mode
+                    go = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 steps = gr.Number(value=d0.steps, label=f"Steps (1–{limits.max_steps})", elem_id="steps")
                 remask = gr.Checkbox(value=d0.remask, label="Re-masking", info=_HELP["remask"], elem_id="remask")
                 with gr.Group(visible=False, elem_id="advanced") as advanced:
@@ -220,7 +230,8 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
                                        label=f"Length (tokens, prompt included; 1–{max_len})", elem_id="length")
                     batch = gr.Number(value=d0.batch, label=f"Samples (1–{limits.max_batch}; the steps shown are "
                                       "sample 1's)", elem_id="batch")
-                    sampler = gr.Dropdown(names, value=d0.sampler, label="Sampler", elem_id="sampler")
+                    sampler = gr.Dropdown(names, value=d0.sampler if d0.sampler in names else names[0],
+                                          label="Sampler (those that fit the model)", elem_id="sampler")
                     schedule = gr.Dropdown(list(SCHEDULE_CHOICES), value=d0.schedule, label="Hyperschedule",
                                            elem_id="schedule")
                     width = gr.Number(value=d0.width, label="Block / slide width", elem_id="width")
@@ -243,11 +254,10 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
                     knobs["precision"] = gr.Radio(["float64", "float32"], value=d0.precision, label="precision",
                                                   info=_HELP["precision"], elem_id="precision")
                     knobs["remask"] = remask
-                with gr.Row():
-                    go = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
             with gr.Column(scale=2):
                 error = gr.Markdown(elem_id="error")
+                timing = gr.Markdown(elem_id="timing")
+                gr.HTML(legend_html(), elem_id="legend")
                 view = gr.HTML(elem_id="frame-view")
                 step = gr.Slider(0, 1, value=0, step=1, label="Frame (its step is shown above it)", elem_id="step")
                 with gr.Row():
@@ -256,7 +266,6 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
                     pause = gr.Button("‖ pause", elem_id="pause")
                     fwd = gr.Button("step ▶", elem_id="fwd")
                 final = gr.Textbox(label="Final text", interactive=False, elem_id="final")
-                timing = gr.Markdown(elem_id="timing")
         frames = gr.State(None)  # this session's last run: PackedFrames
         timer = gr.Timer(0.4, active=False)
 
@@ -303,16 +312,18 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
                 return refused(f"**Stopped** after {err.steps_done} steps.")
             runs.ended.append(("done", len(run.frames)))
             packed = PackedFrames(run.frames)
+            packed.chip = chip_width(packed.tokens.unique().tolist(), model)  # one width for every frame of the run
             last = len(packed) - 1
             knobs_used = ", ".join(f"{k}={v}" for k, v in run.sampler.items() if k != "name")
             kept = "" if run.stride == 1 else (f" · showing {len(run.frames)} of {run.num_frames} frames "
                                                f"(1 in {run.stride}, and the last)")
-            info = (f"**{run.sampler.get('name', settings.sampler)}** · {run.frames[-1].step} steps · "
-                    f"{run.model_calls} model calls · {run.seconds:.2f} s · schedule {settings.schedule} · "
+            info = (f"**{run.model_calls} network calls** · {run.sampler.get('name', settings.sampler)} · "
+                    f"{run.frames[-1].step} steps · {run.seconds:.2f} s · schedule {settings.schedule} · "
                     f"seed {settings.seed}{kept}  \n`{knobs_used}`")
             text = run.text if len(run.texts) == 1 else "\n\n".join(
                 f"[sample {i + 1}] {t}" for i, t in enumerate(run.texts))
-            return ("", packed, gr.update(minimum=0, maximum=max(last, 1), value=last), frame_html(packed[last], model),
+            return ("", packed, gr.update(minimum=0, maximum=max(last, 1), value=last),
+                    frame_html(packed[last], model, packed.chip),
                     text, info, gr.Timer(active=False))
 
         async def on_generate(mode_v, *vals):
@@ -335,7 +346,7 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
             if not pages:
                 return gr.update(), ""
             k = max(0, min(int(k), len(pages) - 1))
-            return gr.update(value=k), frame_html(pages[k], model)
+            return gr.update(value=k), frame_html(pages[k], model, pages.chip)
 
         step.input(lambda pages, k: show(pages, k)[1], [frames, step], view)
         back.click(lambda pages, k: show(pages, k - 1), [frames, step], [step, view])

@@ -5,7 +5,7 @@
     run = generate(model, settings)                          # raises DemoInputError on bad input
     run.frames[k]          # the k-th frame kept (frames[0]: the prompt and MASK everywhere else)
     run.text               # the final text (sample 0; run.texts: every sample);  run.seconds, run.model_calls
-    frame_html(run.frames[k], model)     # tokens coloured by confidence, MASK shown, changes marked
+    frame_html(run.frames[k], model)     # one equal-width chip per position (legend_html: what they mean)
     frame_text(run.frames[k], model)     # the same frame for a terminal (`diffusionlm sample --show-steps`)
 
 One `DemoSettings` holds every knob of every registered sampler; `sampler_kwargs` keeps the ones
@@ -21,6 +21,15 @@ the limit, every other kept frame is dropped and s doubles, so the frames kept a
 0, s, 2s, ... of the run (s a power of two) plus the last one (`FrameKeeper`). A run stops at the
 step after its `cancel` event is set (checked in the sampler's callback), raising DemoCancelled;
 the frames it kept are released.
+
+The views: every position is one chip of the same width (`chip_width`: the run's longest token,
+2 to 10 characters), so a MASK takes the room of a token and the text does not jump as it fills;
+whitespace shows as muted glyphs (· space, ↵ newline, → tab); colours and marks (`legend_html`):
+the prompt blue, MASK grey, tokens by the model's probability of them (red low, green high), the
+position's state from its noise level after the step (settled: 0, active: between 0 and 1), and
+the step's changes (outlined; a token turned back into MASK: re-masked, outlined red). The page
+names what the model is (`model_kind`: an HF causal LM read as a denoiser without training is an
+"autoregressive LM (not adapted)") and offers only the samplers that fit it (`fitting_samplers`).
 """
 from __future__ import annotations
 
@@ -54,7 +63,12 @@ __all__ = [
     "sampler_kwargs",
     "sampler_knobs",
     "generate",
+    "fitting_samplers",
+    "model_kind",
+    "model_calls",
+    "chip_width",
     "frame_html",
+    "legend_html",
     "frame_text",
 ]
 
@@ -125,13 +139,25 @@ class DemoLimits:
 
 @dataclass
 class DemoModel:
+    """A model the demo runs. `source`: where it was loaded from ("run", "composition", "hf" as
+    `hub.LoadedModel.kind`; "python": built in code); `adapted`: False for a causal LM that was
+    never trained as this composition (a plain HF directory, or a saved composition of an HF
+    backbone with no training recorded): `kind` then says it is an autoregressive LM."""
+
     lm: Any
     tokenizer: Any
     name: str
+    source: str = "python"
+    adapted: bool = True
 
     @property
     def max_length(self) -> int:
         return int(self.lm.max_positions)
+
+    @property
+    def kind(self) -> str:
+        """What the model is, for the page (`model_kind`)."""
+        return model_kind(self.lm, self.adapted)
 
     @property
     def mask_id(self) -> Optional[int]:
@@ -177,12 +203,14 @@ class Frame:
     changed: list  # bool per position
     confidence: list  # float per position (nan: not predicted)
     fixed: list  # bool per position: prompt tokens
+    levels: Optional[list] = None  # noise level per position after the step (None: the sampler has none, LAD)
 
     @classmethod
     def from_record(cls, rec: Any, fixed: list, row: int = 0) -> "Frame":
         """Batch row `row` of a sampler's StepRecord."""
+        levels = None if rec.levels is None else [float(v) for v in rec.levels[row].tolist()]
         return cls(int(rec.step), rec.tokens[row].tolist(), rec.changed[row].tolist(),
-                   [float(c) for c in rec.confidence[row].tolist()], fixed)
+                   [float(c) for c in rec.confidence[row].tolist()], fixed, levels)
 
 
 @dataclass
@@ -243,22 +271,28 @@ class FrameKeeper:
 
 
 class PackedFrames:
-    """A run's frames as three compact tensors (what the page keeps per session): tokens int32,
-    changed bool, confidence float32, [F, d] each; `self[k]` is Frame k again."""
+    """A run's frames as compact tensors (what the page keeps per session): tokens int32, changed
+    bool, confidence and levels float32, [F, d] each (levels nan in a frame that has none);
+    `self[k]` is Frame k again; `chip`: the run's chip width (`chip_width`), set by the page."""
 
-    def __init__(self, frames: list):
+    def __init__(self, frames: list, chip: Optional[int] = None):
         self.steps = [f.step for f in frames]
         self.tokens = torch.tensor([f.tokens for f in frames], dtype=torch.int32)
         self.changed = torch.tensor([f.changed for f in frames], dtype=torch.bool)
         self.confidence = torch.tensor([f.confidence for f in frames], dtype=torch.float32)
+        self.has_levels = [f.levels is not None for f in frames]
+        d = len(frames[0].tokens) if frames else 0
+        self.levels = torch.tensor([f.levels if f.levels is not None else [math.nan] * d for f in frames],
+                                   dtype=torch.float32)
         self.fixed = list(frames[0].fixed) if frames else []
+        self.chip = chip
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def __getitem__(self, k: int) -> Frame:
         return Frame(self.steps[k], self.tokens[k].tolist(), self.changed[k].tolist(), self.confidence[k].tolist(),
-                     self.fixed)
+                     self.fixed, self.levels[k].tolist() if self.has_levels[k] else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +311,46 @@ def load_demo_model(spec: "str | Path | None" = None, default_dir: "str | Path" 
             train_default_model(path)
         spec = path
     loaded = load_model(spec, **{k: v for k, v in load_kw.items() if v is not None})
-    return DemoModel(loaded.lm, loaded.tokenizer, str(spec))
+    return DemoModel(loaded.lm, loaded.tokenizer, str(spec), loaded.kind, _adapted(loaded))
+
+
+def _adapted(loaded: Any) -> bool:
+    """Whether a loaded model was trained as the composition it is read as: not a plain HF causal
+    LM, nor a saved composition of an HF backbone with no training recorded (what `diffusionlm
+    export` writes from a plain HF model)."""
+    from ..models.hf import HFDenoiser
+
+    if loaded.kind == "hf":
+        return False
+    if loaded.kind == "composition" and isinstance(_bare(loaded.lm.model), HFDenoiser):
+        return bool((loaded.info or {}).get("training"))
+    return True
+
+
+def _bare(model: Any) -> Any:
+    """The module under wrappers (torch.compile's, DDP's)."""
+    for attr in ("_orig_mod", "module"):
+        model = getattr(model, attr, model)
+    return model
+
+
+def model_kind(lm: Any, adapted: bool = True) -> str:
+    """What a model is, in words: "autoregressive LM (not adapted)" for a causal LM read as a
+    denoiser without training; "LAD (Structural)" for a process with no likelihood; an Absorb model
+    trained under Quench is an "autoregressive LM (Absorb + Quench)"; else "diffusion LM (Process +
+    Hyperschedule)" (the trained hyperschedule's family, e.g. "diffusion LM (Absorb + Block)")."""
+    from ..processes import Absorb
+    from ..schedules import Quench
+
+    if not adapted:
+        return "autoregressive LM (not adapted)"
+    process, schedule = lm.process, getattr(lm.schedule, "base", lm.schedule)  # Retimed: its base's family
+    proc, sched = type(process).__name__, type(schedule).__name__
+    if not getattr(process, "likelihood", True):
+        return f"LAD ({proc})"
+    if isinstance(process, Absorb) and isinstance(schedule, Quench):
+        return f"autoregressive LM ({proc} + {sched})"
+    return f"diffusion LM ({proc} + {sched})"
 
 
 def train_default_model(path: "str | Path") -> None:
@@ -324,6 +397,21 @@ def sampler_kwargs(settings: DemoSettings, model: DemoModel, prompt_len: int) ->
     if "eos_id" in own:
         kw["eos_id"] = getattr(model.tokenizer, "eos_id", None) if settings.eos_bias else None
     return kw
+
+
+def fitting_samplers(model: DemoModel) -> list:
+    """The registered samplers that fit the model (each one's `check_fits(lm)`, built with the
+    demo's default knobs), sorted by name: the only ones the page offers."""
+    out = []
+    for name in sorted(SAMPLERS):
+        settings = DemoSettings(sampler=name, length=min(DemoSettings.length, model.max_length))
+        sampler = get_sampler(name)(**sampler_kwargs(settings, model, 0))
+        try:
+            sampler.check_fits(model.lm)
+        except ValueError:
+            continue
+        out.append(name)
+    return out
 
 
 def _sampler_class(name: str):
@@ -430,7 +518,10 @@ def generate(model: DemoModel, settings: DemoSettings, limits: Optional[DemoLimi
     lm = model.lm
     schedule = _schedule(settings, model)
     if schedule is not lm.schedule:
-        lm = DiffusionLM(lm.model, lm.process, schedule, layout=lm.layout, bos_id=lm.bos_id)
+        try:
+            lm = DiffusionLM(lm.model, lm.process, schedule, layout=lm.layout, bos_id=lm.bos_id)
+        except ValueError as err:  # a hyperschedule the process cannot honour (Structural: Flat only)
+            raise DemoInputError(str(err)) from err
     d = settings.length
     fixed = [i < len(prompt_ids) for i in range(d)]
     keeper = FrameKeeper(limits.max_frames, lambda rec: rec if isinstance(rec, Frame) else Frame.from_record(rec, fixed))
@@ -464,17 +555,34 @@ def generate(model: DemoModel, settings: DemoSettings, limits: Optional[DemoLimi
         raise DemoCancelled(steps_done)
     texts = [tok.decode(row) for row in out.tokens.tolist()]
     info = sampler.to_dict() if hasattr(sampler, "to_dict") else {"name": settings.sampler}
+    calls = model_calls(out, keeper.seen - (model.mask_id is not None))
     return DemoRun(settings, json.loads(json.dumps(info, default=str)), keeper.frames(), texts[0],
-                   out.tokens[0].tolist(), float(out.seconds), int(out.num_model_calls), texts, keeper.seen,
-                   keeper.stride)
+                   out.tokens[0].tolist(), float(out.seconds), calls, texts, keeper.seen, keeper.stride)
+
+
+def model_calls(out: Any, steps_run: int) -> int:
+    """The network calls a run made: the sampler's own count (`SampleOutput.num_model_calls`)
+    where it reports one, else one per step it ran (`steps_run`, from its step records)."""
+    calls = getattr(out, "num_model_calls", None)
+    return steps_run if calls is None else int(calls)
 
 
 # ---------------------------------------------------------------------------------------------
 # views of one frame
 # ---------------------------------------------------------------------------------------------
+#: chip widths in characters: every position is one chip of the run's width (`chip_width`)
+MIN_CHIP, MAX_CHIP = 2, 10
+#: what whitespace looks like in a chip (muted): a space, a newline, a tab, a carriage return
+WHITESPACE_GLYPHS = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
+
+
+def _token_text(model: DemoModel, t: int) -> str:
+    """A token's text; a special token (decodes to nothing) as its id in angle brackets."""
+    return model.tokenizer.decode([t]) or f"<{t}>"
+
+
 def _pieces(frame: Frame, model: DemoModel):
     """(position, id, text, kind, confidence, changed) per position; kind: prompt | mask | token."""
-    tok = model.tokenizer
     for i, t in enumerate(frame.tokens):
         if frame.fixed[i]:
             kind = "prompt"
@@ -482,10 +590,35 @@ def _pieces(frame: Frame, model: DemoModel):
             kind = "mask"
         else:
             kind = "token"
-        text = "" if kind == "mask" else tok.decode([t])
-        if kind != "mask" and text == "":
-            text = f"<{t}>"  # special tokens decode to nothing: show the id
+        text = "" if kind == "mask" else _token_text(model, t)
         yield i, t, text, kind, frame.confidence[i], bool(frame.changed[i])
+
+
+def chip_width(ids: Any, model: DemoModel) -> int:
+    """The chip width, in characters, for frames that show the token ids `ids` (an iterable):
+    the longest token's length (whitespace counts one glyph), between MIN_CHIP and MAX_CHIP.
+    Every chip of a run, MASK and prompt included, is this wide; a token longer than MAX_CHIP
+    shows its first MAX_CHIP - 1 characters and "…" (the whole token in its tooltip)."""
+    longest = max((len(_token_text(model, int(t))) for t in set(ids) if t != model.mask_id), default=0)
+    return max(MIN_CHIP, min(MAX_CHIP, longest))
+
+
+def _chip_text(text: str, chip: int) -> tuple[str, bool]:
+    """A token's text as chip HTML: whitespace as muted glyphs, cut to `chip` characters with "…"
+    when longer (then True)."""
+    cut = len(text) > chip
+    chars = list(text[: chip - 1]) + ["…"] if cut else list(text)
+    return "".join(f'<span class="ws">{WHITESPACE_GLYPHS[c]}</span>' if c in WHITESPACE_GLYPHS else html.escape(c)
+                   for c in chars), cut
+
+
+def _state(frame: Frame, i: int) -> str:
+    """" settled" (level 0: final), " active" (0 < level < 1: the sampler may still change it), or
+    "" (level 1, the prompt, or a sampler without levels: LAD)."""
+    if frame.levels is None or frame.fixed[i]:
+        return ""
+    lv = frame.levels[i]
+    return " settled" if lv == 0 else (" active" if 0 < lv < 1 else "")
 
 
 def _colour(conf: float) -> str:
@@ -495,17 +628,56 @@ def _colour(conf: float) -> str:
     return f"hsl({int(120 * max(0.0, min(1.0, conf)))}, 75%, 82%)"
 
 
-def frame_html(frame: Frame, model: DemoModel) -> str:
-    spans, masked = [], 0
+def _chip(cls: str, inner: str, chip: int, bg: str, title: str, attrs: str = "") -> str:
+    return (f'<span class="{cls}"{attrs} title="{html.escape(title)}" style="width:{chip}ch;background:{bg}">'
+            f"{inner}</span>")
+
+
+def frame_html(frame: Frame, model: DemoModel, chip: Optional[int] = None) -> str:
+    """One frame as equal-width chips, one per position (`chip` characters wide; default: this
+    frame's `chip_width`): the prompt blue, MASK grey and hatched, tokens coloured by the model's
+    probability of them; classes say each position's state (settled / active, from its level),
+    `changed` (its id changed in this step) and `remasked` (a token turned back into MASK)."""
+    chip = chip or chip_width(frame.tokens, model)
+    spans, masked, active = [], 0, 0
     for i, t, text, kind, conf, changed in _pieces(frame, model):
         masked += kind == "mask"
-        shown = "[MASK]" if kind == "mask" else html.escape(text).replace("\n", "↵").replace(" ", "&nbsp;")
-        cls = f"tok {kind}" + (" changed" if changed else "")
-        bg = "#d0d0d0" if kind == "mask" else ("#dbe8ff" if kind == "prompt" else _colour(conf))
-        title = "MASK" if kind == "mask" else ("prompt" if kind == "prompt" else f"p = {conf:.3f}")
-        spans.append(f'<span class="{cls}" data-pos="{i}" data-id="{t}" title="{title}" style="background:{bg}">{shown}</span>')
-    head = f'<div class="frame-head" data-step="{frame.step}">step {frame.step} · {masked} masked</div>'
+        state = _state(frame, i)
+        active += state == " active"
+        cls = f"tok {kind}{state}" + (" changed" if changed else "") + (" remasked" if changed and kind == "mask" else "")
+        if kind == "mask":
+            inner, title, bg = "", "MASK", "#d0d0d0"
+        else:
+            inner, cut = _chip_text(text, chip)
+            title = "prompt" if kind == "prompt" else f"p = {conf:.3f}"
+            title += f" · {text!r}" if cut else ""
+            bg = "#dbe8ff" if kind == "prompt" else _colour(conf)
+        spans.append(_chip(cls, inner, chip, bg, title, f' data-pos="{i}" data-id="{t}"'))
+    head = (f'<div class="frame-head" data-step="{frame.step}">step {frame.step} · {masked} masked'
+            + (f" · {active} active" if frame.levels is not None else "") + "</div>")
     return head + '<div class="frame">' + "".join(spans) + "</div>"
+
+
+#: the legend's entries: (key, chip classes, chip text, background, what it means)
+LEGEND = (
+    ("prompt", "tok prompt", "ab", "#dbe8ff", "prompt"),
+    ("mask", "tok mask", "", "#d0d0d0", "MASK"),
+    ("settled", "tok token settled", "ab", _colour(0.9), "settled (level 0: final)"),
+    ("active", "tok token active", "ab", _colour(0.9), "active (level between 0 and 1: may still change)"),
+    ("changed", "tok token changed", "ab", _colour(0.9), "just changed (in this step)"),
+    ("remasked", "tok mask changed remasked", "", "#d0d0d0", "re-masked (a token turned back into MASK)"),
+    ("whitespace", "tok token", _chip_text(" \n", 4)[0], _colour(0.9), "a space · and a newline ↵"),
+)
+
+
+def legend_html() -> str:
+    """What the chips' colours and marks mean, drawn with the frame's own chips and CSS; then the
+    confidence scale (the model's probability of each token, red low, green high)."""
+    items = [f'<span class="legend-item" data-legend="{key}">{_chip(cls, inner, 4, bg, what)} {html.escape(what)}</span>'
+             for key, cls, inner, bg, what in LEGEND]
+    scale = "".join(_chip("tok token", "", 1, _colour(c / 4), f"p = {c / 4:.2f}") for c in range(5))
+    items.append(f'<span class="legend-item" data-legend="confidence">confidence p = 0 {scale} 1</span>')
+    return '<div class="frame legend">' + "".join(items) + "</div>"
 
 
 def frame_text(frame: Frame, model: DemoModel, colour: bool = False) -> str:
@@ -518,11 +690,19 @@ def frame_text(frame: Frame, model: DemoModel, colour: bool = False) -> str:
     return f"[step {frame.step:>4}] {body if colour else repr(body)}"
 
 
-#: the CSS the page needs for frames (legend colours match _colour)
+#: the CSS the page needs for frames and the legend (chips of equal width; marks as in LEGEND)
 FRAME_CSS = """
-.frame { font-family: monospace; line-height: 1.9; white-space: normal; word-break: break-all; }
-.frame .tok { padding: 1px 0; border-radius: 3px; }
-.frame .tok.mask { color: #555; font-size: 0.8em; margin: 0 1px; display: inline-block; }
-.frame .tok.changed { outline: 2px solid #1f5fd6; }
+.frame { font-family: ui-monospace, monospace; font-size: 14px; line-height: 1.7; white-space: normal; }
+.frame .tok { display: inline-block; box-sizing: content-box; height: 1.5em; line-height: 1.5em; padding: 0 2px;
+  margin: 2px 1px; border-radius: 3px; overflow: hidden; white-space: pre; vertical-align: middle; color: #111;
+  font-size: 14px; }
+.frame .tok.mask { background-image: repeating-linear-gradient(135deg, transparent 0 4px, rgba(0,0,0,.08) 4px 8px) !important; }
+.frame .tok.settled { box-shadow: inset 0 -3px 0 #555; }
+.frame .tok.active { box-shadow: inset 0 -3px 0 #f08c00; }
+.frame .tok.changed { outline: 2px solid #1f5fd6; outline-offset: -1px; }
+.frame .tok.remasked { outline: 2px solid #d62828; }
+.frame .ws { color: #9a9a9a; }
 .frame-head { font-weight: 600; margin-bottom: 4px; }
+.legend { font-family: inherit; font-size: 13px; }
+.legend .legend-item { margin-right: 14px; white-space: nowrap; display: inline-block; }
 """
