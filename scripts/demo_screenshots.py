@@ -2,7 +2,8 @@
 
     python scripts/demo_screenshots.py [--model RUN_DIR] [--out docs/demo]
 
-With no --model: the main job's MDLM model (runs/compare/models/mdlm, trained first if missing).
+With no --model: the demo's default model (`load_demo_model(None)`). Taken at 1400x900, the size
+at which tests/test_demo.py checks that Generate is above the fold in both modes.
 """
 import argparse
 import socket
@@ -29,11 +30,11 @@ def main() -> None:
                 b.click("back")
             b.page.wait_for_timeout(500)
             b.screenshot(f"{args.out}/simple.png")
-            b.mode("Advanced")
-            b.choose("sampler", "lad")
-            b.page.locator("#confidence input").check()
-            b.generate(args.prompt, steps=24, length=96, top_p=0.9, block_size=32, temperature=0.8)
-            for _ in range(12):
+            b.mode("Advanced")  # ACS under Block(32): settled blocks, the active one, MASK after it
+            b.choose("sampler", "acs")
+            b.choose("schedule", "block")
+            b.generate(args.prompt, steps=32, length=128, width=32, eta=0.1)
+            for _ in range(14):
                 b.click("back")
             b.page.wait_for_timeout(500)
             b.screenshot(f"{args.out}/advanced.png")

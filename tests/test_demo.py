@@ -653,3 +653,40 @@ def test_browser_shows_the_limits_and_stop_ends_the_run(browser_page):
     b.generate("def ", steps=6)  # the page still works afterwards
     assert b.error() == "" and b.final_text() == generate(
         model, DemoSettings(prompt="def ", length=48, sampler="acs", steps=6, remask=True)).text
+
+
+@pytest.mark.slow
+def test_browser_reads_at_a_glance(browser_page):
+    """At 1400x900: Generate above the fold in both modes, the model's kind, the legend, only the
+    samplers that fit, chips of one width (MASK as wide as a token), whitespace shown, the calls."""
+    from diffusionlm.demo.core import fitting_samplers
+
+    model, b, _ = browser_page
+    b.page.set_viewport_size({"width": 1400, "height": 900})
+    try:
+        for mode in ("Advanced", "Simple"):
+            b.mode(mode)
+            assert b.above_the_fold("generate") and b.above_the_fold("stop"), mode
+        assert "diffusion LM (Absorb + Flat)" in b.page.locator("#model").inner_text()
+        legend = b.page.locator("#legend [data-legend]").evaluate_all("els => els.map(e => e.dataset.legend)")
+        assert legend == ["prompt", "mask", "settled", "active", "changed", "remasked", "whitespace", "confidence"]
+        assert b.page.locator("#legend").is_visible()
+        b.mode("Advanced")
+        offered = b.options("sampler")
+        assert offered == fitting_samplers(model) and "sedd_euler" not in offered and "mdlm" in offered
+        b.mode("Simple")
+        b.generate("def ", steps=5)  # not the last test's run: the page's text must change to say it is done
+        run = generate(model, DemoSettings(prompt="def ", length=48, sampler="acs", steps=5, remask=True))
+        assert f"{run.model_calls} network calls" in b.page.locator("#timing").inner_text()
+        for k in (2, 3, 4):  # back to a frame with MASK and tokens both
+            b.click("back", expect_step=run.frames[-k].step)
+        boxes = b.chip_boxes()
+        kinds = {c.split()[1] for c, _w, _h in boxes}
+        assert len(boxes) == 48 and kinds == {"prompt", "mask", "token"}
+        widths = {round(w, 1) for _c, w, _h in boxes}
+        assert len(widths) == 1 and min(w for _c, w, _h in boxes) > 10, widths  # one width for every chip
+        assert len({round(h, 1) for _c, _w, h in boxes}) == 1
+        # the prompt's space is a visible glyph
+        assert b.page.locator("#frame-view .tok.prompt .ws").all_inner_texts() == ["·"]
+    finally:
+        b.page.set_viewport_size({"width": 1400, "height": 1000})

@@ -9,17 +9,20 @@ from .core import (
     DemoRun,
     DemoSettings,
     Frame,
+    fitting_samplers,
     frame_html,
     frame_text,
     generate,
+    legend_html,
     load_demo_model,
+    model_kind,
     sampler_knobs,
     sampler_kwargs,
 )
 
 __all__ = [
     "SCHEDULE_CHOICES", "DemoCancelled", "DemoInputError", "DemoLimits", "DemoModel", "DemoRun", "DemoSettings", "Frame", "frame_html",
-    "frame_text", "generate", "load_demo_model", "sampler_knobs", "sampler_kwargs", "build_app", "launch",
+    "frame_text", "generate", "load_demo_model", "legend_html", "fitting_samplers", "model_kind", "sampler_knobs", "sampler_kwargs", "build_app", "launch",
 ]
 
 

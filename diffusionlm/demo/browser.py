@@ -72,6 +72,26 @@ class DemoBrowser:
         box.click()
         self.page.get_by_role("option", name=value, exact=True).click()
 
+    def options(self, elem_id: str) -> list:
+        """The texts of a dropdown's options, in order (opens it and closes it again)."""
+        self.page.locator(f"#{elem_id} input").first.click()
+        self.page.wait_for_selector("[role=option]")
+        names = [t.strip().split("\n")[-1].strip() for t in self.page.get_by_role("option").all_inner_texts()]  # less "✓"
+        self.page.keyboard.press("Escape")
+        self.page.locator(f"#{elem_id} input").first.blur()
+        return names
+
+    def above_the_fold(self, elem_id: str) -> bool:
+        """Whether the element is wholly inside the viewport with the page scrolled to the top."""
+        self.page.evaluate("() => window.scrollTo(0, 0)")
+        box = self.page.locator(f"#{elem_id}").bounding_box()
+        return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= self.page.viewport_size["height"]
+
+    def chip_boxes(self) -> list:
+        """(classes, width, height) of every chip in the frame on screen, as the browser lays them out."""
+        return self.page.locator("#frame-view .tok").evaluate_all(
+            "els => els.map(e => { const r = e.getBoundingClientRect(); return [e.className, r.width, r.height]; })")
+
     def generate(self, prompt: str, steps, **fields) -> None:
         """Fill the prompt, steps and any other fields (elem_id -> value), press Generate and wait
         until the page shows a result or a message."""

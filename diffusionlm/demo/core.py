@@ -613,8 +613,8 @@ def _chip_text(text: str, chip: int) -> tuple[str, bool]:
 
 
 def _state(frame: Frame, i: int) -> str:
-    """" settled" (level 0: final), " active" (0 < level < 1: the sampler may still change it), or
-    "" (level 1, the prompt, or a sampler without levels: LAD)."""
+    """" settled" (noise level 0 after the step), " active" (0 < level < 1: the hyperschedule is
+    working on it), or "" (level 1, the prompt, or a sampler without levels: LAD)."""
     if frame.levels is None or frame.fixed[i]:
         return ""
     lv = frame.levels[i]
@@ -662,8 +662,8 @@ def frame_html(frame: Frame, model: DemoModel, chip: Optional[int] = None) -> st
 LEGEND = (
     ("prompt", "tok prompt", "ab", "#dbe8ff", "prompt"),
     ("mask", "tok mask", "", "#d0d0d0", "MASK"),
-    ("settled", "tok token settled", "ab", _colour(0.9), "settled (level 0: final)"),
-    ("active", "tok token active", "ab", _colour(0.9), "active (level between 0 and 1: may still change)"),
+    ("settled", "tok token settled", "ab", _colour(0.9), "settled (noise level 0)"),
+    ("active", "tok token active", "ab", _colour(0.9), "active (noise level between 0 and 1)"),
     ("changed", "tok token changed", "ab", _colour(0.9), "just changed (in this step)"),
     ("remasked", "tok mask changed remasked", "", "#d0d0d0", "re-masked (a token turned back into MASK)"),
     ("whitespace", "tok token", _chip_text(" \n", 4)[0], _colour(0.9), "a space · and a newline ↵"),
