@@ -204,7 +204,7 @@ def test_the_call_count_is_the_samplers_or_one_per_step():
     assert model_calls(SimpleNamespace(), 9) == 9  # a sampler that does not count: one call per step run
     model = tiny_model()
     ar = generate(model, DemoSettings(prompt="ab", length=12, sampler="ar"))
-    assert ar.model_calls == 10 == ar.num_frames - 1  # one call per new token: what one call per step run gives
+    assert ar.model_calls == 10 == ar.steps == ar.num_frames - 1  # one call per new token: one per step run
 
 
 def test_only_the_samplers_that_fit_are_offered():
@@ -677,7 +677,7 @@ def test_browser_reads_at_a_glance(browser_page):
         b.mode("Simple")
         b.generate("def ", steps=5)  # not the last test's run: the page's text must change to say it is done
         run = generate(model, DemoSettings(prompt="def ", length=48, sampler="acs", steps=5, remask=True))
-        assert f"{run.model_calls} network calls" in b.page.locator("#timing").inner_text()
+        assert f"{run.model_calls} network calls · acs · {run.steps} steps" in b.page.locator("#timing").inner_text()
         for k in (2, 3, 4):  # back to a frame with MASK and tokens both
             b.click("back", expect_step=run.frames[-k].step)
         boxes = b.chip_boxes()

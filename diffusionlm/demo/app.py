@@ -318,7 +318,7 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
             kept = "" if run.stride == 1 else (f" · showing {len(run.frames)} of {run.num_frames} frames "
                                                f"(1 in {run.stride}, and the last)")
             info = (f"**{run.model_calls} network calls** · {run.sampler.get('name', settings.sampler)} · "
-                    f"{run.frames[-1].step} steps · {run.seconds:.2f} s · schedule {settings.schedule} · "
+                    f"{run.steps} steps · {run.seconds:.2f} s · schedule {settings.schedule} · "
                     f"seed {settings.seed}{kept}  \n`{knobs_used}`")
             text = run.text if len(run.texts) == 1 else "\n\n".join(
                 f"[sample {i + 1}] {t}" for i, t in enumerate(run.texts))

@@ -92,11 +92,12 @@ class DemoBrowser:
         return self.page.locator("#frame-view .tok").evaluate_all(
             "els => els.map(e => { const r = e.getBoundingClientRect(); return [e.className, r.width, r.height]; })")
 
-    def generate(self, prompt: str, steps, **fields) -> None:
-        """Fill the prompt, steps and any other fields (elem_id -> value), press Generate and wait
-        until the page shows a result or a message."""
+    def generate(self, prompt: str, steps=None, **fields) -> None:
+        """Fill the prompt, steps (unless None: AR has none) and any other fields (elem_id ->
+        value), press Generate and wait until the page shows a result or a message."""
         self.fill("prompt", prompt)
-        self.fill("steps", steps)
+        if steps is not None:
+            self.fill("steps", steps)
         for k, v in fields.items():
             self.fill(k, v)
         before = self._stamp()

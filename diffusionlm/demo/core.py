@@ -217,7 +217,7 @@ class Frame:
 class DemoRun:
     """frames: the frames kept (at most DemoLimits.max_frames evenly spaced, plus the last) out of
     `num_frames`; `stride`: kept frames are every stride-th one; text / tokens: sample 0;
-    texts: every sample."""
+    texts: every sample; `model_calls`: the network calls it made (`model_calls`)."""
 
     settings: DemoSettings
     sampler: dict
@@ -229,6 +229,7 @@ class DemoRun:
     texts: list = field(default_factory=list)
     num_frames: int = 0
     stride: int = 1
+    steps: int = 0  # steps the sampler ran (AR numbers its steps by position: its last step is the length)
 
 
 class FrameKeeper:
@@ -555,9 +556,10 @@ def generate(model: DemoModel, settings: DemoSettings, limits: Optional[DemoLimi
         raise DemoCancelled(steps_done)
     texts = [tok.decode(row) for row in out.tokens.tolist()]
     info = sampler.to_dict() if hasattr(sampler, "to_dict") else {"name": settings.sampler}
-    calls = model_calls(out, keeper.seen - (model.mask_id is not None))
+    steps = keeper.seen - (model.mask_id is not None)
     return DemoRun(settings, json.loads(json.dumps(info, default=str)), keeper.frames(), texts[0],
-                   out.tokens[0].tolist(), float(out.seconds), calls, texts, keeper.seen, keeper.stride)
+                   out.tokens[0].tolist(), float(out.seconds), model_calls(out, steps), texts, keeper.seen,
+                   keeper.stride, steps)
 
 
 def model_calls(out: Any, steps_run: int) -> int:
