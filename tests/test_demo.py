@@ -188,11 +188,15 @@ def test_the_legend_names_every_mark_with_the_frames_own_chips():
 
     page = legend_html()
     keys = [x.split('"')[0] for x in page.split('data-legend="')[1:]]
-    assert keys == ["prompt", "mask", "settled", "active", "changed", "remasked", "whitespace", "confidence"]
+    assert keys == ["prompt", "mask", "settled", "active", "changed", "remasked", "whitespace", "unscored", "confidence"]
     for key, cls in [("settled", "tok token settled"), ("active", "tok token active"), ("changed", "tok token changed"),
                      ("remasked", "tok mask changed remasked"), ("mask", "tok mask")]:
         item = page.split(f'data-legend="{key}"')[1].split('data-legend=')[0]
         assert f'class="{cls}"' in item  # the same classes frame_html gives, so the same CSS draws both
+    unscored = page.split('data-legend="unscored"')[1].split('data-legend=')[0]
+    model = tiny_model()
+    frame = Frame(1, TOK.encode("ab"), [False, True], [math.nan, 0.5], [False, False], None)
+    assert "background:#eeeeee" in unscored and frame_html(frame, model).count("background:#eeeeee") == 1
 
 
 def test_the_call_count_is_the_samplers_or_one_per_step():
@@ -669,7 +673,7 @@ def test_browser_reads_at_a_glance(browser_page):
             assert b.above_the_fold("generate") and b.above_the_fold("stop"), mode
         assert "diffusion LM (Absorb + Flat)" in b.page.locator("#model").inner_text()
         legend = b.page.locator("#legend [data-legend]").evaluate_all("els => els.map(e => e.dataset.legend)")
-        assert legend == ["prompt", "mask", "settled", "active", "changed", "remasked", "whitespace", "confidence"]
+        assert legend == ["prompt", "mask", "settled", "active", "changed", "remasked", "whitespace", "unscored", "confidence"]
         assert b.page.locator("#legend").is_visible()
         b.mode("Advanced")
         offered = b.options("sampler")

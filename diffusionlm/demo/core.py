@@ -669,6 +669,7 @@ LEGEND = (
     ("changed", "tok token changed", "ab", _colour(0.9), "just changed (in this step)"),
     ("remasked", "tok mask changed remasked", "", "#d0d0d0", "re-masked (a token turned back into MASK)"),
     ("whitespace", "tok token", _chip_text(" \n", 4)[0], _colour(0.9), "a space · and a newline ↵"),
+    ("unscored", "tok token", "ab", _colour(math.nan), "not predicted in this step (no confidence)"),
 )
 
 
