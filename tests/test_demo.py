@@ -255,6 +255,66 @@ def test_knobs_come_from_each_samplers_fields():
     assert sampler_kwargs(DemoSettings(sampler="mdlm", precision="float32"), model, 0)["dtype"] is torch.float32
 
 
+@pytest.fixture
+def knobbed_sampler():
+    """A sampler registered for one test with fields no DemoSettings knob covers, one of them
+    named like the demo's own hyperschedule field (as ReMDM's re-masking "schedule")."""
+    from typing import ClassVar, Optional
+
+    from diffusionlm.samplers.mdlm import ACS
+
+    @dataclasses.dataclass
+    class Knobbed(ACS):
+        name: ClassVar[str] = "knobbed"
+        schedule: str = "cap"
+        cutoff: Optional[float] = None
+        budget: int = 2
+
+        def __post_init__(self):
+            super().__post_init__()
+            if self.schedule not in ("cap", "rescale"):
+                raise ValueError(f"schedule must be cap or rescale, got {self.schedule!r}")
+
+    SAMPLERS["knobbed"] = Knobbed
+    try:
+        yield Knobbed
+    finally:
+        del SAMPLERS["knobbed"]
+
+
+def test_a_samplers_other_fields_are_extra_knobs(knobbed_sampler):
+    from diffusionlm.demo.app import _settings, api_args, form_fields
+    from diffusionlm.demo.core import extra_knobs, fitting_samplers
+
+    assert extra_knobs("knobbed") == [("knobbed.cache", "bool", True), ("knobbed.schedule", "str", "cap"),
+                                      ("knobbed.cutoff", "Optional[float]", None), ("knobbed.budget", "int", 2)]
+    assert extra_knobs("mdlm") == [("mdlm.cache", "bool", True)] and extra_knobs("lad") == []
+    assert sampler_knobs("knobbed") == ["steps", "rate", "precision", "eta"]  # not the demo's "schedule"
+    model = tiny_model()
+    assert "knobbed" in fitting_samplers(model)  # built with its own defaults, not the hyperschedule's "trained"
+    s = DemoSettings(prompt="ab", length=16, sampler="knobbed", steps=4, schedule="block", width=8,
+                     extra={"knobbed.schedule": "rescale", "knobbed.budget": 5, "mdlm.cache": False})
+    kw = sampler_kwargs(s, model, 2)
+    assert (kw["schedule"], kw["budget"], "cutoff" in kw, "cache" in kw) == ("rescale", 5, False, False)
+    run = generate(model, s)
+    assert (run.sampler["schedule"], run.sampler["budget"], run.sampler["cutoff"]) == ("rescale", 5, None)
+    assert generate(model, dataclasses.replace(s, sampler="acs")).tokens == run.tokens  # Block(8) reached it too
+    with pytest.raises(DemoInputError, match="schedule must be cap or rescale, got 'x'"):
+        generate(model, dataclasses.replace(s, extra={"knobbed.schedule": "x"}))
+    with pytest.raises(DemoInputError, match="knobbed has no knob 'knobbed.nope'; its extra knobs: knobbed.budget"):
+        generate(model, dataclasses.replace(s, extra={"knobbed.nope": 1}))
+    # the form reads them by type: empty is None for an Optional field, refused for another
+    form = dict(zip(form_fields(), api_args(prompt="ab", steps=4, length=16, sampler="knobbed")[1:]))
+    assert _settings(model, "Advanced", form).extra == {"knobbed.cache": True, "knobbed.schedule": "cap",
+                                                         "knobbed.cutoff": None, "knobbed.budget": 2}
+    form.update({"knobbed.cutoff": 0.5, "knobbed.budget": 3.0, "knobbed.cache": False})
+    assert _settings(model, "Advanced", form).extra == {"knobbed.schedule": "cap", "knobbed.cutoff": 0.5,
+                                                         "knobbed.budget": 3, "knobbed.cache": False}
+    form["knobbed.budget"] = None
+    with pytest.raises(DemoInputError, match="knobbed.budget is empty: give a number"):
+        _settings(model, "Advanced", form)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(steps=0), "steps must be a whole number >= 1, got 0"),
     (dict(length=100), "length 100 is beyond the model's 48 positions"),
@@ -678,6 +738,11 @@ def test_browser_reads_at_a_glance(browser_page):
         b.mode("Advanced")
         offered = b.options("sampler")
         assert offered == fitting_samplers(model) and "sedd_euler" not in offered and "mdlm" in offered
+        b.choose("sampler", "acs")  # a sampler's extra knobs show with it only
+        b.page.wait_for_selector("#acs-cache", state="visible")
+        assert not b.page.locator("#mdlm-cache").is_visible() and b.page.locator("#eta").is_visible()
+        b.choose("sampler", "mdlm")
+        b.page.wait_for_selector("#mdlm-cache", state="visible")
         b.mode("Simple")
         b.generate("def ", steps=5)  # not the last test's run: the page's text must change to say it is done
         run = generate(model, DemoSettings(prompt="def ", length=48, sampler="acs", steps=5, remask=True))

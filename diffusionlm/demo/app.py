@@ -47,6 +47,7 @@ from .core import (
     DemoSettings,
     PackedFrames,
     chip_width,
+    extra_knobs,
     fitting_samplers,
     frame_html,
     generate,
@@ -54,7 +55,8 @@ from .core import (
     sampler_knobs,
 )
 
-__all__ = ["build_app", "launch", "simple_sampler", "api_args", "release_freed_memory", "ADVANCED_KNOBS", "FORM",
+__all__ = ["build_app", "launch", "simple_sampler", "api_args", "form_fields", "extras", "release_freed_memory",
+           "ADVANCED_KNOBS", "FORM",
            "RunTracker"]
 
 #: DemoSettings fields shown in advanced mode, in this order, after length / sampler / schedule
@@ -76,6 +78,7 @@ _HELP = {
     "patience": "LAD: stop after this many unchanged iterations (0: never)",
     "greedy": "AR: argmax instead of sampling",
     "precision": "categorical draws in float64 or float32",
+    "cache": "reuse the exact KV cache of settled positions (the same tokens, fewer FLOPs)",
 }
 
 
@@ -84,18 +87,30 @@ FORM = ("prompt", "steps", "length", "batch", "sampler", "schedule", "width", "r
         *ADVANCED_KNOBS)
 
 
+def extras() -> list:
+    """Every registered sampler's extra knobs (`core.extra_knobs`): [(key "sampler.field", type, default)]."""
+    return [x for name in sorted(SAMPLERS) for x in extra_knobs(name)]
+
+
+def form_fields() -> tuple:
+    """The Generate event's inputs after the mode, in order: FORM, then `extras()`' keys."""
+    return FORM + tuple(key for key, _t, _d in extras())
+
+
 def api_args(mode: str = "Advanced", **values: Any) -> list:
     """The positional inputs of the `/generate` API (gradio_client `predict(*args, api_name="/generate")`):
-    `values` by DemoSettings field name, the rest as the page's defaults (rate 0: use steps)."""
-    unknown = set(values) - set(FORM)
+    `values` by DemoSettings field name (an extra knob by its key, "acs.cache"), the rest as the
+    page's defaults (rate 0: use steps)."""
+    form = form_fields()
+    unknown = set(values) - set(form)
     if unknown:
-        raise ValueError(f"unknown demo fields {sorted(unknown)}; known: {', '.join(FORM)}")
+        raise ValueError(f"unknown demo fields {sorted(unknown)}; known: {', '.join(form)}")
     d0 = DemoSettings()
     out = [mode]
     for k in FORM:
         v = values.get(k, 0 if k == "rate" else getattr(d0, k))
         out.append(0 if v is None else v)
-    return out
+    return out + [values.get(key, default) for key, _t, default in extras()]
 
 
 def simple_sampler(model: DemoModel, remask: bool) -> str:
@@ -116,6 +131,23 @@ def _int_or_none(x: Any, name: str) -> Optional[int]:
     if not math.isfinite(f) or f != int(f):
         raise DemoInputError(f"{name} must be a whole number, got {x!r}")
     return int(f)
+
+
+def _read(v: Any, typ: str, name: str, zero_off: bool = False) -> Any:
+    """A form value as a field of type `typ` (one of core.EXTRA_TYPES); empty is None for an
+    Optional field and refused otherwise; `zero_off`: 0 is None too (the LAD knobs' "0: off")."""
+    if typ == "bool":
+        return bool(v)
+    empty = v is None or v == "" or (zero_off and v == 0)
+    if empty and typ.startswith("Optional["):
+        return None
+    if empty and v != 0:
+        raise DemoInputError(f"{name} is empty: give {'a number' if typ in ('int', 'float') else 'a value'}")
+    if typ.endswith("int]") or typ == "int":
+        return _int_or_none(v, name)
+    if typ.endswith("float]") or typ == "float":
+        return float(v)
+    return str(v)
 
 
 @functools.lru_cache(maxsize=1)
@@ -185,15 +217,22 @@ def _settings(model: DemoModel, mode: str, values: dict) -> DemoSettings:
               schedule=values["schedule"], width=_int_or_none(values["width"], "width"),
               rate=None if rate in (None, "", 0) else float(rate), seed=_int_or_none(values["seed"], "seed") or 0)
     for k in ADVANCED_KNOBS:
-        v = values[k]
-        if _FIELD_TYPES[k] == "Optional[int]":
-            v = _int_or_none(v, k) or None  # 0 (or empty) is "off"
-        elif _FIELD_TYPES[k] == "float":
-            if v is None or v == "":
-                raise DemoInputError(f"{k} is empty: give a number")
-            v = float(v)
-        kw[k] = v
+        kw[k] = _read(values[k], _FIELD_TYPES[k], k, zero_off=True)  # 0 (or empty) is "off"
+    kw["extra"] = {key: _read(values[key], typ, key) for key, typ, _d in extra_knobs(kw["sampler"])}
     return dataclasses.replace(base, **kw)
+
+
+def _extra_component(gr: Any, key: str, typ: str, default: Any):
+    """The control for an extra knob (hidden until its sampler is chosen): a checkbox, a number
+    (empty: None) or a text box."""
+    name, fieldname = key.split(".", 1)
+    info = f"{name}: {_HELP.get(fieldname, 'its ' + fieldname + ' field')} (default {default!r})"
+    kw = dict(label=fieldname, info=info, elem_id=key.replace(".", "-"), visible=False)
+    if typ == "bool":
+        return gr.Checkbox(value=default, **kw)
+    if typ in ("str", "Optional[str]"):
+        return gr.Textbox(value="" if default is None else default, **kw)
+    return gr.Number(value=default, min_width=180, **kw)
 
 
 def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
@@ -254,6 +293,8 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
                     knobs["precision"] = gr.Radio(["float64", "float32"], value=d0.precision, label="precision",
                                                   info=_HELP["precision"], elem_id="precision")
                     knobs["remask"] = remask
+                    for key, typ, default in extras():  # other samplers' own fields, by type
+                        knobs[key] = _extra_component(gr, key, typ, default)
             with gr.Column(scale=2):
                 error = gr.Markdown(elem_id="error")
                 timing = gr.Markdown(elem_id="timing")
@@ -275,6 +316,7 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
             own = set(sampler_knobs(sampler_v)) if adv else set()
             shown = {advanced: adv, remask: (not adv) or "remask" in own, steps: (not adv) or "steps" in own}
             shown.update({knobs[k]: k in own for k in ADVANCED_KNOBS if k != "remask"})
+            shown.update({knobs[k]: adv and k.split(".", 1)[0] == sampler_v for k, _t, _d in extras()})
             # the hyperschedule and its rate drive the level samplers only (not LAD, not AR)
             shown.update({c: "rate" in own for c in (schedule, width, rate)})
             return {c: gr.update(visible=v) for c, v in shown.items()}
@@ -286,7 +328,7 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
         # -- generation ----------------------------------------------------------------------
         fields = {"prompt": prompt, "steps": steps, "length": length, "batch": batch, "sampler": sampler,
                   "schedule": schedule, "width": width, "rate": rate, "seed": seed, "chat_template": chat, **knobs}
-        form = {k: fields[k] for k in FORM}  # the Generate event's inputs after the mode, in FORM's order
+        form = {k: fields[k] for k in form_fields()}  # the Generate event's inputs after the mode, in order
 
         def refused(message: str):
             return (message, None, gr.update(maximum=1, value=0), "", "", "", gr.Timer(active=False))

@@ -8,9 +8,10 @@
     frame_html(run.frames[k], model)     # one equal-width chip per position (legend_html: what they mean)
     frame_text(run.frames[k], model)     # the same frame for a terminal (`diffusionlm sample --show-steps`)
 
-One `DemoSettings` holds every knob of every registered sampler; `sampler_kwargs` keeps the ones
-the chosen sampler declares (its dataclass fields), so a sampler added to the registry shows up in
-the demo with its own knobs and nothing here changes. The frames are the sampler's own step
+One `DemoSettings` holds the knobs samplers share and `extra` every other field of a sampler
+(`extra_knobs`: "sampler.field"); `sampler_kwargs` keeps the ones the chosen sampler declares (its
+dataclass fields), so a sampler added to the registry shows up in the demo with its own knobs and
+nothing here changes. The frames are the sampler's own step
 records (its per-step callback), batch row 0: what the page shows is what the sampler did.
 
 A server must survive its users, so every size a request sets is bounded (`DemoLimits`): steps,
@@ -62,6 +63,7 @@ __all__ = [
     "load_demo_model",
     "sampler_kwargs",
     "sampler_knobs",
+    "extra_knobs",
     "generate",
     "fitting_samplers",
     "model_kind",
@@ -194,6 +196,10 @@ class DemoSettings:
     eos_bias: float = LAD.eos_bias
     patience: Optional[int] = LAD.patience
     greedy: bool = False  # AR
+    #: any other field of a sampler (one no knob above covers, or whose name is a request field
+    #: here, e.g. a sampler's own "schedule"): "sampler.field" -> value (`extra_knobs`); a field
+    #: not given keeps the sampler's default
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -370,21 +376,64 @@ def train_default_model(path: "str | Path") -> None:
 # ---------------------------------------------------------------------------------------------
 # settings -> sampler
 # ---------------------------------------------------------------------------------------------
+#: DemoSettings fields that belong to the request, not to a sampler field of the same name: steps
+#: and rate reach a sampler through `sampler_kwargs`' mapping; a sampler's own field called e.g.
+#: "schedule" is an extra knob ("remdm.schedule"), never the demo's hyperschedule
+REQUEST_FIELDS = ("prompt", "chat_template", "length", "sampler", "steps", "schedule", "width", "rate", "batch", "seed",
+                  "extra")
+#: sampler fields the demo sets itself from the request (`sampler_kwargs`)
+_DERIVED = ("iterations", "steps", "rate", "dtype", "max_new_tokens", "eos_id")
+
+
 def sampler_knobs(name: str) -> list:
-    """The DemoSettings fields the sampler `name` takes (its own dataclass fields)."""
+    """The DemoSettings fields the sampler `name` takes (its own dataclass fields); its other
+    fields are `extra_knobs`."""
     cls = _sampler_class(name)
     own = {f.name for f in dataclasses.fields(cls)}
+    knobs = own - set(REQUEST_FIELDS)
     if "iterations" in own or "steps" in own:
-        own.add("steps")
+        knobs.add("steps")
+    if "rate" in own:
+        knobs.add("rate")
     if "dtype" in own:
-        own.add("precision")
-    return [f.name for f in dataclasses.fields(DemoSettings) if f.name in own]
+        knobs.add("precision")
+    return [f.name for f in dataclasses.fields(DemoSettings) if f.name in knobs]
+
+
+#: the field types an extra knob can have (others keep the sampler's default): how a page shows them
+EXTRA_TYPES = ("bool", "int", "float", "str", "Optional[int]", "Optional[float]", "Optional[str]")
+
+
+def extra_knobs(name: str) -> list:
+    """The sampler's dataclass fields that no DemoSettings knob covers (a sampler added to the
+    registry brings its own), of a type in EXTRA_TYPES: [(key "name.field", type, default)]; set
+    through `DemoSettings.extra[key]`."""
+    cls = _sampler_class(name)
+    covered = set(sampler_knobs(name)) | set(_DERIVED)
+    return [(f"{name}.{f.name}", _type_name(f.type), f.default) for f in dataclasses.fields(cls)
+            if f.init and f.name not in covered and _type_name(f.type) in EXTRA_TYPES and f.default is not dataclasses.MISSING]
+
+
+def _type_name(t: Any) -> str:
+    """A dataclass field's type as written ("Optional[int]"), whether annotations are strings or not."""
+    if isinstance(t, str):
+        return t
+    args = [a for a in getattr(t, "__args__", ()) if a is not type(None)]
+    if len(args) == 1 and type(None) in getattr(t, "__args__", ()):
+        return f"Optional[{getattr(args[0], '__name__', args[0])}]"
+    return getattr(t, "__name__", str(t))
 
 
 def sampler_kwargs(settings: DemoSettings, model: DemoModel, prompt_len: int) -> dict:
     cls = _sampler_class(settings.sampler)
     own = {f.name for f in dataclasses.fields(cls)}
-    kw = {k: getattr(settings, k) for k in own if hasattr(settings, k) and k not in ("steps", "rate")}
+    kw = {k: getattr(settings, k) for k in own if hasattr(settings, k) and k not in REQUEST_FIELDS}
+    extras = {key for key, _t, _d in extra_knobs(settings.sampler)}
+    unknown = [k for k in settings.extra if k.split(".", 1)[0] == settings.sampler and k not in extras]
+    if unknown:
+        raise DemoInputError(f"{settings.sampler} has no knob {unknown[0]!r}; its extra knobs: "
+                             f"{', '.join(sorted(extras)) or 'none'}")
+    kw.update({k.split(".", 1)[1]: v for k, v in settings.extra.items() if k in extras})
     if "iterations" in own:
         kw["iterations"] = settings.steps
     if "rate" in own and settings.rate is not None:
