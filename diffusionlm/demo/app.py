@@ -36,7 +36,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
-from ..samplers import SAMPLERS
+from ..samplers import SAMPLERS, get_sampler
 from .core import (
     FRAME_CSS,
     SCHEDULE_CHOICES,
@@ -317,8 +317,10 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
             shown = {advanced: adv, remask: (not adv) or "remask" in own, steps: (not adv) or "steps" in own}
             shown.update({knobs[k]: k in own for k in ADVANCED_KNOBS if k != "remask"})
             shown.update({knobs[k]: adv and k.split(".", 1)[0] == sampler_v for k, _t, _d in extras()})
-            # the hyperschedule and its rate drive the level samplers only (not LAD, not AR)
-            shown.update({c: "rate" in own for c in (schedule, width, rate)})
+            # the hyperschedule drives the level samplers only (those with schedule_for: not LAD, not
+            # AR); the rate, those that take one
+            level = adv and hasattr(get_sampler(sampler_v), "schedule_for")
+            shown.update({schedule: level, width: level, rate: "rate" in own})
             return {c: gr.update(visible=v) for c, v in shown.items()}
 
         toggled = list(dict.fromkeys([advanced, remask, steps, schedule, width, rate, *knobs.values()]))
