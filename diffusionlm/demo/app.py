@@ -355,8 +355,7 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
                 runs.ended.append(("cancelled", err.steps_done))
                 return refused(f"**Stopped** after {err.steps_done} steps.")
             runs.ended.append(("done", len(run.frames)))
-            packed = PackedFrames(run.frames)
-            packed.chip = chip_width(packed.tokens.unique().tolist(), model)  # one width for every frame of the run
+            packed = PackedFrames(run.frames, chip_width({t for f in run.frames for t in f.tokens}, model))  # one width per run
             last = len(packed) - 1
             knobs_used = ", ".join(f"{k}={v}" for k, v in run.sampler.items() if k != "name")
             kept = "" if run.stride == 1 else (f" · showing {len(run.frames)} of {run.num_frames} frames "

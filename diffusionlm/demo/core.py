@@ -11,8 +11,8 @@
 One `DemoSettings` holds the knobs samplers share and `extra` every other field of a sampler
 (`extra_knobs`: "sampler.field"); `sampler_kwargs` keeps the ones the chosen sampler declares (its
 dataclass fields), so a sampler added to the registry shows up in the demo with its own knobs and
-nothing here changes. The frames are the sampler's own step
-records (its per-step callback), batch row 0: what the page shows is what the sampler did.
+nothing here changes. The frames are the sampler's own step records (its per-step callback),
+batch row 0: what the page shows is what the sampler did.
 
 A server must survive its users, so every size a request sets is bounded (`DemoLimits`): steps,
 length, batch, the number of steps a rate implies, the prompt's characters; a request over a
@@ -280,7 +280,7 @@ class FrameKeeper:
 class PackedFrames:
     """A run's frames as compact tensors (what the page keeps per session): tokens int32, changed
     bool, confidence and levels float32, [F, d] each (levels nan in a frame that has none);
-    `self[k]` is Frame k again; `chip`: the run's chip width (`chip_width`), set by the page."""
+    `self[k]` is Frame k again; `chip`: the run's chip width (`chip_width`), one for all its frames."""
 
     def __init__(self, frames: list, chip: Optional[int] = None):
         self.steps = [f.step for f in frames]
