@@ -44,6 +44,9 @@ EXAMPLES: dict = {
     "sampler": {
         "mdlm": {"steps": 8, "rate": None, "cache": False, "dtype": "float32"},
         "acs": {"eta": 0.25, "steps": None, "rate": 2.0, "cache": False, "dtype": "float32"},
+        "threshold": {"threshold": 0.7, "max_per_step": 4, "block": 8, "approx_cache": "dual", "refresh_every": 2,
+                      "cache": True, "dtype": "float64"},
+        "remdm": {"eta": 0.05, "schedule": "rescale", "steps": 16, "rate": None, "cache": True, "dtype": "float64"},
         "sedd_analytic": {"steps": 5, "rate": None, "cache": False, "dtype": "float32"},
         "sedd_euler": {"steps": 6, "rate": None, "cache": False, "dtype": "float64"},
         "ar": {"max_new_tokens": 5, "temperature": 0.7, "greedy": True, "cache": False, "dtype": "float32"},

@@ -7,5 +7,7 @@ from .driver import Step, drive  # shared step driver
 from .mdlm import ACS, MDLM  # registers "mdlm", "acs"
 from .sedd import SEDDAnalytic, SEDDEuler  # registers "sedd_analytic", "sedd_euler"
 from .ar import AR  # registers "ar"
+from .adaptive import Threshold  # registers "threshold"
+from .remdm import ReMDM  # registers "remdm"
 
-__all__ += ["Step", "drive", "MDLM", "ACS", "SEDDAnalytic", "SEDDEuler", "AR"]
+__all__ += ["Step", "drive", "MDLM", "ACS", "SEDDAnalytic", "SEDDEuler", "AR", "Threshold", "ReMDM"]

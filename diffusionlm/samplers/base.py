@@ -53,10 +53,23 @@ class StepRecord(NamedTuple):
 
 
 class SampleOutput(NamedTuple):
+    """tokens [B, d]; history (StepRecords with keep_history); num_model_calls: the network
+    calls of the whole run (every call feeds the whole batch); seconds; calls_per_sample [B]
+    (long): the calls each sample needed, which differ per row under adaptive decoding
+    (`samplers.adaptive`: a row whose tokens are all decoded needs no further call). None where a
+    sampler does not count per row; `calls_of_samples()` then gives num_model_calls for every row."""
+
     tokens: Tensor
     history: list
     num_model_calls: int
     seconds: float
+    calls_per_sample: Optional[Tensor] = None
+
+    def calls_of_samples(self) -> Tensor:
+        """[B] long: the network calls each sample needed."""
+        if self.calls_per_sample is not None:
+            return self.calls_per_sample
+        return torch.full((self.tokens.shape[0],), int(self.num_model_calls), dtype=torch.long)
 
 
 def categorical(probs: Tensor, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float64) -> Tensor:

@@ -302,6 +302,16 @@ class _Run:
             self.cached = plan.cached
         return logits_of(out)
 
+    def output(self, t0: float, calls_per_sample: Optional[Tensor] = None) -> SampleOutput:
+        """The run's SampleOutput (x must hold no MASK by now); every row took every call unless
+        `calls_per_sample` says otherwise."""
+        mask_id = self.process.mask_id
+        if mask_id is not None and bool((self.x == mask_id).any()):  # pragma: no cover - a bug
+            raise RuntimeError("sampler left MASK in its output: the schedule's last level must be 0")
+        if calls_per_sample is None:
+            calls_per_sample = torch.full((self.B,), self.calls, dtype=torch.long)
+        return SampleOutput(self.x, self.history, self.calls, time.perf_counter() - t0, calls_per_sample)
+
     # 4-5. the step function's ids at the active positions, and the step's record ---------------
     def advance(self, view: _StepView, feed: Tensor, logits: Tensor) -> None:
         idx = torch.searchsorted(feed, view.cols)
@@ -332,7 +342,4 @@ def drive(lm: Any, schedule: Hyperschedule, step_fn: StepFn, request: SampleRequ
         plan = run.plan(view, mask)
         logits = run.logits(view, plan, key)
         run.advance(view, plan.rows, logits)
-    mask_id = run.process.mask_id
-    if mask_id is not None and bool((run.x == mask_id).any()):  # pragma: no cover - a bug
-        raise RuntimeError("sampler left MASK in its output: the schedule's last level must be 0")
-    return SampleOutput(run.x, run.history, run.calls, time.perf_counter() - t0)
+    return run.output(t0)
