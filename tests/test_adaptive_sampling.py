@@ -28,19 +28,11 @@ from diffusionlm.samplers.adaptive import cache_rows, select_by_confidence, stag
 from diffusionlm.samplers.remdm import remask_posterior, remask_sigma
 from diffusionlm.schedules import Block, Flat, Quench, Slide
 from test_hf_adapter import hf_model
-from test_samplers import D_TOY, P_TOY, N, S_TOY, chi_square_p, gen, make_lm, process, toy_lm
+from test_samplers import D_TOY, P_TOY, N, S_TOY, chi_square_p, gen, make_lm, one_thread, process, toy_lm  # noqa: F401 (one_thread: autouse)
 
 D = 12
 SCHEDULES = [Flat(), Flat(6), Block(4), Block(3, 2), Slide(4), Quench()]
 KINDS = ["absorb", "epsilon", "gamma"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def lm_for(kind: str, schedule, layout: str = "aligned") -> DiffusionLM:
@@ -304,7 +296,7 @@ def test_approx_cache_errors_name_both():
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), True, "0.5", None])
 def test_threshold_outside_unit_interval_is_an_error(bad):
-    with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"threshold \(1: one token per call\) must be a number in \[0, 1\]"):
         Threshold(bad)
 
 

@@ -74,7 +74,7 @@ from torch import Tensor
 from ..masks import shift_inputs
 from ..models.cache import KVCache
 from .base import SampleOutput, SampleRequest, StepRecord, categorical, register_sampler
-from .driver import _categories, _Run, _StepView, check_dtype, logits_of
+from .driver import _categories, _Run, _StepView, check_dtype, logits_of, unit_interval
 from .mdlm import LevelSampler
 
 __all__ = ["Threshold", "stage_steps", "select_by_confidence", "cache_rows", "APPROX_CACHES"]
@@ -143,10 +143,7 @@ class Threshold(LevelSampler):
     dtype: torch.dtype = torch.float64
 
     def __post_init__(self) -> None:
-        t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0:
-            raise ValueError(f"threshold must be a number in [0, 1] (1: one token per call), got {t!r}")
-        self.threshold = float(t)
+        self.threshold = unit_interval(self.threshold, "threshold (1: one token per call)")
         for name in ("max_per_step", "block", "refresh_every"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):

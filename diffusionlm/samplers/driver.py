@@ -57,6 +57,7 @@ __all__ = [
     "resolve_length",
     "check_steps",
     "check_dtype",
+    "unit_interval",
     "model_device",
     "ignores_levels",
     "inverse_cdf",
@@ -97,6 +98,13 @@ def check_steps(steps: Optional[int], name: str = "steps") -> None:
         return
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"{name} must be an int >= 1, got {steps!r}")
+
+
+def unit_interval(value: Any, what: str) -> float:
+    """`value` as a float in [0, 1], else ValueError naming `what` (bools and NaN refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{what} must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def check_dtype(dtype: torch.dtype) -> None:

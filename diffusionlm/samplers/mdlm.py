@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from .base import SampleOutput, SampleRequest, Sampler, categorical, register_sampler
-from .driver import Step, StepFn, check_dtype, check_steps, drive, inverse_cdf, resolve_schedule
+from .driver import Step, StepFn, check_dtype, check_steps, drive, inverse_cdf, resolve_schedule, unit_interval
 
 __all__ = ["MDLM", "ACS", "LevelSampler", "ancestral_step", "clean_confidence"]
 
@@ -143,9 +143,7 @@ class ACS(LevelSampler):
     dtype: torch.dtype = torch.float64
 
     def __post_init__(self) -> None:
-        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= float(self.eta) <= 1.0:
-            raise ValueError(f"ACS eta must be a number in [0, 1], got {self.eta!r}")
-        self.eta = float(self.eta)
+        self.eta = unit_interval(self.eta, "ACS eta")
         super().__post_init__()
 
     def check_fits(self, lm: Any) -> None:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .base import categorical, register_sampler
-from .driver import Step, StepFn
+from .driver import Step, StepFn, unit_interval
 from .mdlm import LevelSampler, clean_confidence
 
 __all__ = ["ReMDM", "remask_step", "remask_sigma", "remask_posterior", "REMASK_SCHEDULES"]
@@ -94,9 +94,7 @@ class ReMDM(LevelSampler):
     dtype: torch.dtype = torch.float64
 
     def __post_init__(self) -> None:
-        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)) or not 0.0 <= float(self.eta) <= 1.0:
-            raise ValueError(f"ReMDM eta must be a number in [0, 1], got {self.eta!r}")
-        self.eta = float(self.eta)
+        self.eta = unit_interval(self.eta, "ReMDM eta")
         if self.schedule not in REMASK_SCHEDULES:
             raise ValueError(f"ReMDM schedule must be one of {REMASK_SCHEDULES}, got {self.schedule!r}")
         super().__post_init__()

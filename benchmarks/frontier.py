@@ -1,0 +1,149 @@
+"""The speed / quality frontier of sampling (issue 17): generative perplexity against network calls
+and wall time, for fixed-step MDLM, threshold decoding at three thresholds, and the approximate
+prefix / dual caches (Fast-dLLM), on a trained model.
+
+    python benchmarks/frontier.py --model runs/compare-models/mdlm --judge runs/compare-models/ar \
+        [--samples 32] [--length 128] [--steps 128 32] [--thresholds 0.9 0.7 0.5] [--block 32] \
+        [--out benchmarks/frontier.json] [--plot docs/frontier.png]
+
+--model: any model `diffusionlm.hub.load_model` reads (a run directory, a saved composition, a
+fetched SmolLM2 adapter) whose process has a MASK; it is sampled under its own hyperschedule.
+--judge: an AR composition (Absorb + Quench, shifted; the compare job's "ar" variant) scoring the
+samples exactly (`compare.ar_judge_nll`), or a Hugging Face causal LM directory
+(`eval.generative.generative_perplexity` after decoding with the model's tokenizer).
+
+Runs, all on the same seed: MDLM at each --steps; Threshold(t) for each t (the whole sequence
+one stage under Flat); Threshold(t0, block=B) uncached (t0 the first threshold), and the same
+with approx_cache="prefix" and "dual" (refreshed at each block): their token agreement with that
+uncached run says how approximate the caches are. Per run: gen PPL (token-weighted exp of the
+judge's mean NLL), unigram entropy (a collapsed sampler has a flattering PPL and a low entropy),
+network calls per sample (mean of `calls_per_sample`) and seconds per sample.
+Target (issue 17): a threshold run reaches the fixed-step (steps = length) MDLM's gen PPL within
+5% with at most a third of its calls.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+
+import torch
+
+from diffusionlm.compare import ar_judge_nll
+from diffusionlm.eval.diversity import unigram_entropy
+from diffusionlm.hub import load_model
+from diffusionlm.samplers import MDLM, Threshold
+
+
+def judge_fn(path: str, tokenizer):
+    m = load_model(path)
+    lm = m.lm
+    if getattr(lm.process, "name", None) == "absorb" and type(lm.schedule).__name__ == "Quench":
+        return (lambda toks: ar_judge_nll(lm, toks)), f"AR composition {path} (exact NLL)"
+    from diffusionlm.eval.generative import generative_perplexity, load_judge
+
+    model, jtok = load_judge(path)
+
+    def judge(toks):
+        r = generative_perplexity([tokenizer.decode(row.tolist()) for row in toks], model, jtok)
+        return r["nll"], r["tokens"]
+
+    return judge, f"causal LM {path}"
+
+
+def runs(args) -> list[tuple[str, object]]:
+    out = [(f"MDLM steps={s}", MDLM(steps=s)) for s in args.steps]
+    out += [(f"threshold {t}", Threshold(t)) for t in args.thresholds]
+    t0 = args.thresholds[0]
+    out += [(f"threshold {t0} block={args.block}", Threshold(t0, block=args.block))]
+    out += [(f"threshold {t0} block={args.block} {mode} cache", Threshold(t0, block=args.block, approx_cache=mode))
+            for mode in ("prefix", "dual")]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--judge", required=True)
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--steps", type=int, nargs="+", default=[128, 32])
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.7, 0.5])
+    ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="benchmarks/frontier.json")
+    ap.add_argument("--plot", default=None)
+    args = ap.parse_args()
+
+    m = load_model(args.model)
+    lm, tok = m.lm, m.tokenizer
+    judge, judge_name = judge_fn(args.judge, tok)
+    N = lm.process.vocab_size
+    rows, ref_tokens = [], {}
+    for label, sampler in runs(args):
+        toks, calls, secs = [], [], 0.0
+        for i in range(0, args.samples, args.batch):
+            b = min(args.batch, args.samples - i)
+            g = torch.Generator().manual_seed(args.seed + i)
+            t = time.perf_counter()
+            out = sampler.sample(lm, batch_size=b, length=args.length, generator=g)
+            secs += time.perf_counter() - t
+            toks.append(out.tokens)
+            calls.append(out.calls_of_samples().double())
+        toks = torch.cat(toks)
+        assert not bool((toks >= N).any()), label
+        nll, cnt = judge(toks)
+        row = {"run": label, "sampler": sampler.to_dict(), "gen_ppl": math.exp(nll / cnt),
+               "entropy": unigram_entropy(toks), "calls_per_sample": float(torch.cat(calls).mean()),
+               "seconds_per_sample": secs / args.samples}
+        if getattr(sampler, "approx_cache", None) is None and getattr(sampler, "block", None) is not None:
+            ref_tokens["block"] = toks
+        if getattr(sampler, "approx_cache", None) is not None:
+            row["agreement_with_uncached"] = float((toks == ref_tokens["block"]).double().mean())
+        rows.append(row)
+        print(f"{label:40s} gen PPL {row['gen_ppl']:8.2f}  entropy {row['entropy']:.3f}  calls/sample "
+              f"{row['calls_per_sample']:7.1f}  s/sample {row['seconds_per_sample']:.3f}"
+              + (f"  agreement {row['agreement_with_uncached']:.3f}" if "agreement_with_uncached" in row else ""),
+              flush=True)
+    ref = next(r for r in rows if r["run"] == f"MDLM steps={args.steps[0]}")
+    for r in rows:
+        r["ppl_vs_fixed"] = r["gen_ppl"] / ref["gen_ppl"]
+        r["calls_vs_fixed"] = r["calls_per_sample"] / ref["calls_per_sample"]
+        r["meets_target"] = r["run"].startswith("threshold") and r["ppl_vs_fixed"] <= 1.05 and r["calls_vs_fixed"] <= 1 / 3
+    result = {"model": args.model, "judge": judge_name, "samples": args.samples, "length": args.length,
+              "seed": args.seed, "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
+                                             "load": os.getloadavg(), "platform": platform.platform()},
+              "rows": rows}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def plot(rows: list, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, xlabel in ((axes[0], "calls_per_sample", "network calls per sample"),
+                            (axes[1], "seconds_per_sample", "seconds per sample (loaded 2-core CPU)")):
+        for r in rows:
+            ax.scatter(r[key], r["gen_ppl"], marker="o" if r["run"].startswith("MDLM") else "s")
+            ax.annotate(r["run"], (r[key], r["gen_ppl"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("generative PPL (judge)")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
