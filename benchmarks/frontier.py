@@ -15,7 +15,8 @@ samples exactly (`compare.ar_judge_nll`), or a Hugging Face causal LM directory
 Runs, all on the same seed: MDLM at each --steps; Threshold(t) for each t (the whole sequence
 one stage under Flat); Threshold(t0, block=B) uncached (t0 the first threshold), and the same
 with approx_cache="prefix" and "dual" (refreshed at each block): their token agreement with that
-uncached run says how approximate the caches are. Per run: gen PPL (token-weighted exp of the
+uncached run says how approximate the caches are; with --remdm-steps, ReMDM at those steps.
+Per run: gen PPL (token-weighted exp of the
 judge's mean NLL), unigram entropy (a collapsed sampler has a flattering PPL and a low entropy),
 network calls per sample (mean of `calls_per_sample`) and seconds per sample.
 Target (issue 17): a threshold run reaches the fixed-step (steps = length) MDLM's gen PPL within
@@ -35,7 +36,7 @@ import torch
 from diffusionlm.compare import ar_judge_nll
 from diffusionlm.eval.diversity import unigram_entropy
 from diffusionlm.hub import load_model
-from diffusionlm.samplers import MDLM, Threshold
+from diffusionlm.samplers import MDLM, ReMDM, Threshold
 
 
 def judge_fn(path: str, tokenizer):
@@ -61,6 +62,8 @@ def runs(args) -> list[tuple[str, object]]:
     out += [(f"threshold {t0} block={args.block}", Threshold(t0, block=args.block))]
     out += [(f"threshold {t0} block={args.block} {mode} cache", Threshold(t0, block=args.block, approx_cache=mode))
             for mode in ("prefix", "dual")]
+    out += [(f"ReMDM {args.remdm_schedule} eta={args.remdm_eta} steps={s}", ReMDM(args.remdm_eta, args.remdm_schedule, steps=s))
+            for s in args.remdm_steps]
     return out
 
 
@@ -74,6 +77,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[128, 32])
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.7, 0.5])
     ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--remdm-steps", type=int, nargs="*", default=[], help="ReMDM runs (more steps buy quality)")
+    ap.add_argument("--remdm-eta", type=float, default=0.02)
+    ap.add_argument("--remdm-schedule", default="cap")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/frontier.json")
     ap.add_argument("--plot", default=None)

@@ -22,7 +22,9 @@ Which positions may move: the hyperschedule
     (earlier blocks settled, later ones dropped), Slide(w) a window of w positions starting at the
     first masked one, Quench one position (it is AR decoding). A call that finishes the stage's
     last masked position moves the row on. The mask, rows and exact KV cache of a call are the
-    fixed-step driver's (`driver._Run`): settled rows are cached exactly where they form a prefix.
+    fixed-step driver's (`driver._Run`): with cache=True settled rows are cached exactly where they
+    form a prefix, and a call whose rows, inputs and cache did not change is not repeated (the
+    SHIFTED layout's last row reads no token); cache=False does neither (same tokens, tested).
     `block` further restricts unmasking to one block of `block` positions at a time, the lowest
     block holding a movable position in some row (semi-autoregressive decoding, as LLaDA /
     Fast-dLLM decode a Flat model), batch-wide, without changing what the model attends to.
