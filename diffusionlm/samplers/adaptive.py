@@ -190,6 +190,7 @@ class _AdaptiveRun(_Run):
         self.full: Any = None  # the approximate cache: K/V of all d rows at the last refresh
         self.full_block = -1
         self.since_refresh = 0
+        self.kept: Any = None  # the rows of `full` the calls between refreshes attend to
         self.prev_approx: Optional[tuple] = None  # (refresh, feed, inputs, logits) of the last approx call
         if sampler.approx_cache is not None and bool((self.start > 1).any()):
             raise ValueError(
@@ -233,18 +234,19 @@ class _AdaptiveRun(_Run):
         all_rows = torch.arange(d, device=self.dev)
         if refresh:
             feed, cache, commit = all_rows, None, d
-        elif self.sampler.approx_cache == "prefix":
-            feed, cache, commit = all_rows[a:], cache_rows(self.full, all_rows[:a]), 0
         else:
-            keep = torch.cat([all_rows[:a], all_rows[b:]])
-            feed, cache, commit = all_rows[a:b], cache_rows(self.full, keep), 0
+            if self.kept is None:  # the cached rows of this refresh, selected once
+                prefix = self.sampler.approx_cache == "prefix"
+                self.kept = cache_rows(self.full, all_rows[:a] if prefix else torch.cat([all_rows[:a], all_rows[b:]]))
+            feed = all_rows[a:] if self.sampler.approx_cache == "prefix" else all_rows[a:b]
+            cache, commit = self.kept, 0
         inputs = shift_inputs(self.x, self.layout, self.lm.bos_id)[:, feed]
         prev = self.prev_approx
         if self.reuse_ok and prev is not None and prev[0] == refresh and torch.equal(prev[1], feed) and torch.equal(prev[2], inputs):
             # the same rows, inputs and cache as the last call (a change only the shifted layout's
             # last row does not read): its logits, without a call, as the exact driver does
             if refresh:
-                self.full_block, self.since_refresh = g, 1
+                self.full_block, self.since_refresh, self.kept = g, 1, None
             return prev[3], feed
         levels = view.level_t[:, feed].float()
         kwargs: dict = dict(position_ids=feed[None].expand(self.B, -1), attention_mask=None, levels=levels)
@@ -255,7 +257,7 @@ class _AdaptiveRun(_Run):
         out = self.model(inputs, **kwargs)
         self.calls += 1
         if refresh:
-            self.full, self.full_block, self.since_refresh = out.cache, g, 0
+            self.full, self.full_block, self.since_refresh, self.kept = out.cache, g, 0, None
         self.since_refresh += 1
         self.prev_approx = (refresh, feed, inputs, logits_of(out))
         return logits_of(out), feed
