@@ -83,7 +83,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/frontier.json")
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--replot", action="store_true", help="only draw --plot from the rows in --out")
     args = ap.parse_args()
+    if args.replot:
+        with open(args.out) as f:
+            plot(json.load(f)["rows"], args.plot)
+        return
 
     m = load_model(args.model)
     lm, tok = m.lm, m.tokenizer
@@ -137,15 +142,17 @@ def plot(rows: list, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
     for ax, key, xlabel in ((axes[0], "calls_per_sample", "network calls per sample"),
                             (axes[1], "seconds_per_sample", "seconds per sample (loaded 2-core CPU)")):
         for r in rows:
-            ax.scatter(r[key], r["gen_ppl"], marker="o" if r["run"].startswith("MDLM") else "s")
-            ax.annotate(r["run"], (r[key], r["gen_ppl"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.scatter(r[key], r["gen_ppl"], marker="o" if r["run"].startswith(("MDLM", "ReMDM")) else "s",
+                       label=f"{r['run']} (entropy {r['entropy']:.2f})")
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("generative PPL (judge)")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=120)
