@@ -20,7 +20,7 @@ Kinds and where their registries live:
     noise_schedule  schedules.noise.NOISE_SCHEDULES   linear, loglinear, cosine
     process         processes.PROCESSES               absorb, uniform, gamma_hybrid, epsilon_hybrid, structural
     hyperschedule   schedules.hyper.HYPERSCHEDULES    quench, flat, block, slide, custom, retimed
-    sampler         samplers.SAMPLERS                 mdlm, acs, sedd_analytic, sedd_euler, ar, lad
+    sampler         samplers.SAMPLERS                 mdlm, acs, sedd_analytic, sedd_euler, ar, lad, threshold, remdm
     backbone        models.BACKBONES                  transformer (a preset name and/or TransformerConfig
                                                       fields), hf (any causal LM by config or path)
     annealing       models.hf.ANNEALINGS              attention_annealing (DiffuGPT)

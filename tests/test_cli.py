@@ -153,7 +153,7 @@ def test_help_shows_choices_and_defaults_and_version(capsys):
         helps[cmd] = " ".join(capsys.readouterr().out.split())
     for cmd in ("train", "sample", "eval", "demo", "export", "compare"):
         assert "--device" in helps[cmd], cmd
-    assert "{acs,ar,lad,mdlm,sedd_analytic,sedd_euler}" in helps["sample"] and "(default: mdlm)" in helps["sample"]
+    assert "{acs,ar,lad,mdlm,remdm,sedd_analytic,sedd_euler,threshold}" in helps["sample"] and "(default: mdlm)" in helps["sample"]
     assert "(default: auto)" in helps["sample"] and "{aligned,shifted}" in helps["sample"]
     assert "ptb" in helps["eval"] and "(default: ptb)" in helps["eval"] and "(default: 8)" in helps["eval"]
     assert "seed of the Monte-Carlo draws (default: 0)" in helps["eval"]

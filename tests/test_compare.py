@@ -121,7 +121,7 @@ def test_a_budget_too_small_trains_nothing(tmp_path, monkeypatch):
     ([{**NEW_VARIANTS[0], "process": {"name": "gama_hybrid"}}], {},
      "variant 'gamma_slide': unknown process 'gama_hybrid'; known: absorb, epsilon_hybrid, gamma_hybrid, structural, uniform"),
     ([{**NEW_VARIANTS[0], "samplers": [{"name": "acss", "eta": 0.1}]}], {},
-     "variant 'gamma_slide': unknown sampler 'acss'; known: acs, ar, lad, mdlm, sedd_analytic, sedd_euler"),
+     "variant 'gamma_slide': unknown sampler 'acss'; known: acs, ar, lad, mdlm, remdm, sedd_analytic, sedd_euler, threshold"),
     ([{k: v for k, v in NEW_VARIANTS[0].items() if k != "schedule"}], {}, "variant 'gamma_slide': missing key schedule"),
     ([{**NEW_VARIANTS[0], "sampler": []}], {}, "variant 'gamma_slide': unknown key(s) sampler; its keys: name, process"),
     ([{"name": "lad", "process": {"name": "structural"}, "schedule": {"name": "flat"},
