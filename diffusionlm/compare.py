@@ -17,6 +17,15 @@ A spec (JSON) is the shared settings and the named variants:
                    "train": {TrainConfig overrides, e.g. "two_halves": true}, "settled_weight": 0.0,
                    "samplers": [{"name": "mdlm", "steps": [8, 16, 32, 64]}]}, ...]}
 
+Additive fields (older specs read unchanged): shared "train" (TrainConfig overrides every model
+of the job takes, e.g. {"warmup_steps": 100, "weight_decay": 0.1, "betas": [0.9, 0.99]}; a
+variant's own "train" goes on top) and "min_lr" (with lr_schedule "cosine": the cosine decays to
+min_lr, not 0, after the warmup: nanoGPT's schedule, transformers' cosine_with_min_lr); a
+variant {"name": ..., "model": PATH, "samplers": [...]} is an already-trained model (any path
+`hub.load_model` takes: a run directory such as another comparison's models/<variant>, a saved
+composition), evaluated only: never trained, its process / schedule / backbone its own, its row
+marked "evaluated_only" with 0 steps here.
+
 Parts are specs in the `diffusionlm.specs` convention; a process's vocab_size (and MASK id)
 come from the tokenizer, the backbone's sizes from the process (`specs.backbone_defaults`). A
 sampler's step field ("steps"; LAD's "iterations") may be a list: one evaluation per entry
@@ -37,7 +46,8 @@ training. With `train_steps`, S is given.
 
 Measured per variant, on the test split (`eval_blocks` blocks of `length` tokens):
 
-    NLL bound   nats / token of the composition's bound through the one estimator
+    NLL bound   nats / token of the composition's bound through the one estimator (AR, i.e.
+                Absorb + Quench shifted: its exact bound as one causal forward, `ar_judge_nll`)
                 (`_likelihood` -> `eval.bound.corpus_bound`): exact (stderr 0) where every step
                 is enumerated and deterministic (Absorb + Quench, M = T), else M = `eval_samples`
                 evaluations per row, stratified over steps with replicates; dominant terms
@@ -107,6 +117,12 @@ class CompareConfig:
     batch_size: int = 16
     lr: float = 1e-3
     lr_schedule: str = "constant"
+    #: with lr_schedule "cosine": decay to min_lr instead of 0 (nanoGPT's schedule; transformers'
+    #: cosine_with_min_lr after the warmup_steps of `train`); None: the plain schedule
+    min_lr: Optional[float] = None
+    #: TrainConfig overrides every model of the job takes (the variants and a trained judge), e.g.
+    #: warmup_steps, weight_decay, betas; a variant's own "train" goes on top (not FIXED_TRAIN)
+    train: dict = field(default_factory=dict)
     seed: int = 0
     #: optimizer steps per variant, or None: sized by budget_minutes (exactly one of the two)
     train_steps: Optional[int] = 150
@@ -118,7 +134,8 @@ class CompareConfig:
     num_samples: int = 16  # generated sequences per (sampler, steps)
     #: {"name": "trained_ar", "seed": s} (an AR trained like the variants, own seed) or
     #: {"name": "model", "path": P} (any causal LM `diffusionlm.hub.load_model` takes: an HF
-    #: directory or hub id, a run / saved composition trained as AR); a bare string is a path
+    #: directory or hub id, a run / saved composition trained as AR); a bare string is a path;
+    #: {"name": "none"}: no judge (samples get entropy and distinct-2, gen PPL is n/a)
     judge: Any = field(default_factory=lambda: {"name": "trained_ar", "seed": 1})
     out_dir: str = "runs/compare"
     device: str = "cpu"
@@ -131,6 +148,17 @@ class CompareConfig:
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
+        if self.min_lr is not None:
+            if isinstance(self.min_lr, bool) or not isinstance(self.min_lr, (int, float)) or not 0 <= self.min_lr < self.lr:
+                raise ValueError(f"min_lr must be a number in [0, lr = {self.lr}), got {self.min_lr!r}")
+            if self.lr_schedule != "cosine":
+                raise ValueError(f"min_lr is the floor of the cosine decay: it needs lr_schedule 'cosine', got {self.lr_schedule!r}")
+        if not isinstance(self.train, dict):
+            raise ValueError(f"train (shared TrainConfig overrides) must be an object, got {self.train!r}")
+        fixed = [k for k in self.train if k in FIXED_TRAIN]
+        if fixed:
+            raise ValueError(f"shared train: may not set {', '.join(fixed)}: the job sets them (every variant trains "
+                             "the same steps on the same tokens, batch and seed)")
         if (self.train_steps is None) == (self.budget_minutes is None):
             raise ValueError("give exactly one of train_steps (steps per variant) and budget_minutes (sizes the steps)")
         if self.train_steps is not None:
@@ -144,9 +172,10 @@ class CompareConfig:
         if isinstance(self.judge, str):
             self.judge = {"name": "model", "path": self.judge}
         j = self.judge
-        if not isinstance(j, dict) or j.get("name") not in ("trained_ar", "model"):
-            raise ValueError(f"judge must be {{\"name\": \"trained_ar\", \"seed\": s}} or {{\"name\": \"model\", \"path\": P}}, got {j!r}")
-        allowed = {"trained_ar": {"name", "seed"}, "model": {"name", "path"}}[j["name"]]
+        if not isinstance(j, dict) or j.get("name") not in ("trained_ar", "model", "none"):
+            raise ValueError(f"judge must be {{\"name\": \"trained_ar\", \"seed\": s}}, {{\"name\": \"model\", \"path\": P}} "
+                             f"or {{\"name\": \"none\"}}, got {j!r}")
+        allowed = {"trained_ar": {"name", "seed"}, "model": {"name", "path"}, "none": {"name"}}[j["name"]]
         if set(j) != allowed:
             raise ValueError(f"judge {j['name']!r} takes exactly the fields {sorted(allowed)}, got {sorted(j)}")
 
@@ -172,6 +201,9 @@ class Variant:
     train: dict = field(default_factory=dict)  # TrainConfig overrides (not FIXED_TRAIN)
     settled_weight: float = 0.0
     lm: Any = None  # a DiffusionLM composed in Python (then process / schedule / layout / backbone are its own)
+    #: an already-trained model (any path `hub.load_model` takes: a run directory, a saved
+    #: composition): evaluated only, never trained (its parts are its own)
+    model: Optional[str] = None
 
     REQUIRED = ("process", "schedule", "samplers")
 
@@ -197,7 +229,16 @@ class Variant:
         if bad:
             raise ValueError(f"variant {name!r}: unknown key(s) {', '.join(bad)}; its keys: {', '.join(known)}")
         v = cls(**d)
-        if v.lm is None:
+        if v.model is not None:
+            if not isinstance(v.model, str) or not v.model:
+                raise ValueError(f"variant {name!r} field 'model' must be a path (a non-empty string), got {v.model!r}")
+            own = [k for k in ("process", "schedule", "backbone", "layout", "settled_weight", "train", "lm") if k in d]
+            if own:
+                raise ValueError(f"variant {name!r} is an already-trained model (field 'model', evaluated only): "
+                                 f"its {', '.join(own)} are its own, not fields")
+            if "samplers" not in d:
+                raise ValueError(f"variant {name!r}: missing key samplers (an evaluated-only model needs its samplers)")
+        elif v.lm is None:
             for key in cls.REQUIRED:
                 if d.get(key) is None:
                     raise ValueError(f"variant {name!r}: missing key {key}; its keys: {', '.join(known)}")
@@ -365,6 +406,13 @@ def _resolve(cfg: CompareConfig, v: Variant, tok: Any, seed: int, is_judge: bool
     from . import specs
 
     where = f"variant {v.name!r}:"
+    if v.model is not None and v.lm is None:
+        from .hub import load_model
+
+        try:
+            v.lm = load_model(v.model, device=cfg.device).lm
+        except (FileNotFoundError, ValueError) as err:
+            raise ValueError(f"{where} field 'model': {err}") from err
     comp = _composition(cfg, v, tok)
     try:
         proc = v.lm.process if v.lm is not None else specs.build("process", comp["process"])
@@ -381,13 +429,14 @@ def _resolve(cfg: CompareConfig, v: Variant, tok: Any, seed: int, is_judge: bool
         sched.table(cfg.length)  # a Custom table for another length fails here
     from .training import TrainConfig
 
-    for key in v.train:
-        if key not in TrainConfig.field_names():
-            close = difflib.get_close_matches(key, TrainConfig.field_names(), n=1)
-            hint = f"did you mean {close[0]}?" if close else f"its keys: {', '.join(TrainConfig.field_names())}"
-            raise ValueError(f"variant {v.name!r} train: unknown key(s) {key}; {hint}")
+    for what, given in (("shared", cfg.train), (f"variant {v.name!r}", v.train)):
+        for key in given:
+            if key not in TrainConfig.field_names():
+                close = difflib.get_close_matches(key, TrainConfig.field_names(), n=1)
+                hint = f"did you mean {close[0]}?" if close else f"its keys: {', '.join(TrainConfig.field_names())}"
+                raise ValueError(f"{what} train: unknown key(s) {key}; {hint}")
     try:
-        TrainConfig(**{**v.train, "steps": 1, "batch_size": cfg.batch_size})
+        TrainConfig(**{**cfg.train, **v.train, "steps": 1, "batch_size": cfg.batch_size})
     except ValueError as err:
         raise ValueError(f"{where} field 'train': {err}") from err
     fit = types.SimpleNamespace(process=proc, schedule=sched, layout=comp["layout"])
@@ -446,9 +495,15 @@ def _trainer(cfg: CompareConfig, entry: _Entry, train_blocks: Any, steps: int, l
 
     lm = _build_lm(cfg, entry) if lm is None else lm
     stream = _CountingStream(BatchStream(train_blocks, cfg.batch_size, seed=entry.seed))
-    train = {"lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "clip": 1.0, **entry.variant.train}
+    train = {"lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "clip": 1.0, **cfg.train, **entry.variant.train}
     tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, seed=entry.seed, progress=False, **train)
-    return lm, Trainer(lm, tcfg, stream, device=cfg.device), stream
+    trainer = Trainer(lm, tcfg, stream, device=cfg.device)
+    if cfg.min_lr is not None:  # cosine from lr down to min_lr (not 0) after the warmup
+        from transformers import get_scheduler
+
+        trainer.scheduler = get_scheduler("cosine_with_min_lr", trainer.optimizer, num_warmup_steps=tcfg.warmup_steps,
+                                          num_training_steps=steps, scheduler_specific_kwargs={"min_lr": cfg.min_lr})
+    return lm, trainer, stream
 
 
 def _probe(cfg: CompareConfig, entry: _Entry, train_blocks: Any) -> float:
@@ -513,6 +568,18 @@ def _train(cfg: CompareConfig, entry: _Entry, train_blocks: Any, steps: int) -> 
     return lm, info
 
 
+def _evaluated_only_info(entry: _Entry) -> dict:
+    """What the results record of an already-trained variant (field 'model'): not trained here."""
+    from . import specs
+
+    lm = entry.variant.lm
+    lm.model.eval()
+    return {"label": entry.variant.label or entry.name, "composition": specs.composition_dict(lm),
+            "evaluated_only": True, "model_path": entry.variant.model, "train_overrides": {}, "seed": entry.seed,
+            "train_steps": 0, "train_tokens": 0, "train_tokens_sha1": "not trained here", "train_seconds": 0.0,
+            "final_loss": None, "params": sum(p.numel() for p in lm.model.parameters())}
+
+
 def save_variant(path: Path, cfg: CompareConfig, name: str, lm: Any, training: Optional[dict] = None) -> None:
     """Write a trained variant that `diffusionlm sample / eval / demo --model` load: for our
     transformer a run directory (run.json + model/, which `load_run` reads), for any other
@@ -564,11 +631,23 @@ def _likelihood(lm: Any, test_ids: torch.Tensor, cfg: CompareConfig) -> dict:
         return {"nll_per_token": None, "stderr_per_token": None, "ppl": None, "ppl_low": None, "ppl_high": None,
                 "tokens": int(test_ids.numel()), "method": f"none: {type(lm.process).__name__} declares no likelihood",
                 "terms": {}}
+    if _is_causal_ar(lm):  # its Quench bound is exactly one causal forward (tests/test_lm.py): no T calls per row
+        nll = sum(ar_judge_nll(lm, rows)[0] for rows in test_ids.split(cfg.eval_batch_size))
+        n = int(test_ids.numel())
+        return {"nll_per_token": nll / n, "stderr_per_token": 0.0, "ppl": math.exp(nll / n), "ppl_low": math.exp(nll / n),
+                "ppl_high": math.exp(nll / n), "tokens": n, "terms": {},
+                "method": "exact: causal NLL, one forward (Absorb+Quench, shifted: its Quench bound)"}
     T = _enumerable_exact(lm, test_ids.shape[1])
     res = corpus_bound(lm, test_ids, num_samples=T or cfg.eval_samples, batch_size=cfg.eval_batch_size,
                        seed=cfg.seed + 17)
     keys = ("nll_per_token", "stderr_per_token", "ppl", "ppl_low", "ppl_high", "tokens", "method", "terms")
     return {k: res[k] for k in keys}
+
+
+def _is_causal_ar(lm: Any) -> bool:
+    """Absorb + Quench under the SHIFTED layout: the AR special case, whose bound is one causal forward."""
+    return (type(lm.process).__name__ == "Absorb" and type(lm.schedule).__name__ == "Quench"
+            and getattr(lm.layout, "value", lm.layout) == "shifted")
 
 
 @torch.no_grad()
@@ -587,6 +666,8 @@ def ar_judge_nll(lm_ar: Any, tokens: torch.Tensor) -> tuple[float, int]:
 
 def _judge_fn(cfg: CompareConfig, judge_lm: Any, tok: Any):
     """tokens [S, d] -> (total NLL, tokens) under the judge, and the judge's name for the table."""
+    if cfg.judge["name"] == "none":
+        return None, "none (no generative PPL)"
     if cfg.judge["name"] == "trained_ar":
         return (lambda toks: ar_judge_nll(judge_lm, toks),
                 f"an AR model (Absorb+Quench, shifted) trained like the variants with seed {cfg.judge['seed']}")
@@ -614,9 +695,10 @@ def _sampling(cfg: CompareConfig, entry: _Entry, lm: Any, judge, tok: Any) -> li
         toks = s.tokens
         if bool((toks >= N).any()):
             raise RuntimeError(f"{entry.name} / {label} emitted ids outside the vocabulary (MASK?)")
-        nll, cnt = judge(toks)
+        nll, cnt = judge(toks) if judge is not None else (None, None)
         rows.append({"sampler": label, "sampler_spec": sampler.to_dict(), "steps": steps if steps is not None else s.num_model_calls,
-                     "model_calls": s.num_model_calls, "gen_nll_per_token": nll / cnt, "gen_ppl": math.exp(nll / cnt),
+                     "model_calls": s.num_model_calls, "gen_nll_per_token": None if nll is None else nll / cnt,
+                     "gen_ppl": None if nll is None else math.exp(nll / cnt),
                      "entropy": unigram_entropy(toks), "distinct2": distinct_n(toks, 2), "seconds_per_sample": secs,
                      "example": tok.decode(toks[0].tolist())[:200]})
     return rows
@@ -666,7 +748,7 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     # -- the number of steps, before training -------------------------------------------
     sizing: dict = {"train_steps_given": cfg.train_steps}
     if cfg.budget_minutes is not None:
-        per_step = {e.name: _probe(cfg, e, train_blocks) for e in models}
+        per_step = {e.name: _probe(cfg, e, train_blocks) for e in models if e.variant.model is None}
         steps = size_steps(per_step, cfg.budget_minutes * 60)
         sizing.update({"budget_minutes": cfg.budget_minutes, "probe_steps": cfg.probe_steps,
                        "seconds_per_step": per_step, "seconds_per_step_sum": sum(per_step.values()),
@@ -693,6 +775,10 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     # -- train ------------------------------------------------------------------------
     lms: dict = {}
     for e in entries:
+        if e.variant.model is not None:  # already trained: evaluated only
+            lms[e.name] = e.variant.lm
+            results["variants"][e.name] = _evaluated_only_info(e)
+            continue
         lm, info = _train(cfg, e, train_blocks, steps)
         lms[e.name] = lm
         results["variants"][e.name] = info
@@ -718,11 +804,11 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
         bar.update(1)
     bar.close()
     ref = test_ids[: cfg.num_samples]
-    nll, cnt = judge(ref)
+    nll, cnt = judge(ref) if judge is not None else (None, None)
     from .eval.diversity import distinct_n, unigram_entropy
 
     results["reference"] = {"what": f"the first {len(ref)} test blocks (real text) under the judge",
-                            "gen_ppl": math.exp(nll / cnt), "entropy": unigram_entropy(ref), "distinct2": distinct_n(ref, 2)}
+                            "gen_ppl": None if nll is None else math.exp(nll / cnt), "entropy": unigram_entropy(ref), "distinct2": distinct_n(ref, 2)}
     results["wall_seconds"] = time.perf_counter() - t_start
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown_table(results))
@@ -742,7 +828,7 @@ def _machine() -> dict:
 
 def _variant_record(e: _Entry) -> dict:
     v = e.variant
-    return {"name": v.name, "label": v.label, "composition": e.composition, "train": v.train,
+    return {"name": v.name, "label": v.label, "composition": e.composition, "train": v.train, "model": v.model,
             "samplers": [r[1].to_dict() for r in e.runs]}
 
 
@@ -776,6 +862,10 @@ def _likelihood_cells(lk: dict) -> tuple:
     return nll, ppl, terms
 
 
+def _num(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def markdown_table(results: dict) -> str:
     f = results["fairness"]
     d = results["data"]
@@ -806,11 +896,11 @@ def markdown_table(results: dict) -> str:
               "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in results["variants"].items():
         for s in r.get("sampling", []):
-            lines.append(f"| {r['label']} | {s['sampler']} | {s['steps']} | {s['model_calls']} | {s['gen_ppl']:.3f} | "
+            lines.append(f"| {r['label']} | {s['sampler']} | {s['steps']} | {s['model_calls']} | {_num(s['gen_ppl'])} | "
                          f"{s['entropy']:.3f} | {s['distinct2']:.3f} | {s['seconds_per_sample']:.4f} |")
     ref = results.get("reference")
     if ref:
-        lines.append(f"| reference: real test text | - | - | - | {ref['gen_ppl']:.3f} | {ref['entropy']:.3f} | {ref['distinct2']:.3f} | - |")
+        lines.append(f"| reference: real test text | - | - | - | {_num(ref['gen_ppl'])} | {ref['entropy']:.3f} | {ref['distinct2']:.3f} | - |")
     lines += ["",
               "Units: NLL in nats per token of the test blocks; PPL = exp(NLL / token); seconds are wall-clock on "
               "this machine. ± is one standard error of the Monte-Carlo estimate of the bound (0 where every step "
@@ -845,7 +935,8 @@ def _plain_log_axis(axis) -> None:
 
 
 def plot(results: dict, out: Path) -> None:
-    """ppl.png, genppl_vs_entropy.png, quality_vs_steps.png (module docstring)."""
+    """ppl.png, genppl_vs_entropy.png, quality_vs_steps.png (module docstring; the last two only
+    with a judge)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -868,12 +959,15 @@ def plot(results: dict, out: Path) -> None:
     plt.close(fig)
 
     ref = results.get("reference")
+    if not any(s["gen_ppl"] is not None for _, rows in _series(results) for s in rows):
+        return  # no judge: no generative PPL to plot
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for label, rows in _series(results):
+        rows = [s for s in rows if s["gen_ppl"] is not None]
         ax.plot([s["entropy"] for s in rows], [s["gen_ppl"] for s in rows], "o-", label=label)
         for s in rows:
             ax.annotate(str(s["steps"]), (s["entropy"], s["gen_ppl"]), fontsize=7)
-    if ref:
+    if ref and ref["gen_ppl"] is not None:
         ax.plot([ref["entropy"]], [ref["gen_ppl"]], "k*", markersize=12, label="real test text")
     ax.set_yscale("log")
     _plain_log_axis(ax.yaxis)
@@ -887,8 +981,9 @@ def plot(results: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for label, rows in _series(results):
+        rows = [s for s in rows if s["gen_ppl"] is not None]
         ax.plot([s["steps"] for s in rows], [s["gen_ppl"] for s in rows], "o-", label=label)
-    if ref:
+    if ref and ref["gen_ppl"] is not None:
         ax.axhline(ref["gen_ppl"], color="k", linestyle=":", label="real test text")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

@@ -33,11 +33,12 @@ from .instruct import (
     templated_prompt,
 )
 from .paths import data_dir, data_path
-from .tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, as_tokenizer, load_tokenizer, train_bpe
+from .tokenizers import ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer, as_tokenizer, load_tokenizer, train_bpe
 
 __all__ = [
     "BatchStream",
     "ByteTokenizer",
+    "CharTokenizer",
     "DATASETS",
     "FormattedInstructions",
     "HFTokenizer",

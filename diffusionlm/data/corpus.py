@@ -27,6 +27,10 @@ Rules
   (default ``"text"``); rows split by row fraction 90/5/5 as above.
 * **tinyshakespeare**: the local-text-file rule (whole file, 90/5/5 by characters; the same cut
   as nanoGPT's 90% train).
+* **shakespeare_char**: the same file split exactly as nanoGPT's ``data/shakespeare_char/prepare.py``
+  does: characters ``[0, int(0.9 n))`` train, ``[int(0.9 n), n)`` validation; nanoGPT has no test
+  split, so ``test`` is that same last 10% (the split nanoGPT reports its val loss on). Pair it
+  with the ``shakespeare_char`` tokenizer (:mod:`.tokenizers`: nanoGPT's 65 characters).
 * **Evaluation sets** (``ptb``, ``wikitext2``, ``wikitext2-raw``, ``lm1b``, ``lambada``,
   ``ag_news``): only the test split is stored offline (``split="test"`` or ``"all"``; other
   splits raise ValueError pointing at :func:`hf_dataset`). Units and detokenization are in
@@ -203,6 +207,15 @@ DATASETS: Dict[str, Dict[str, Any]] = {
         "rule": "wrap",
         "source": "karpathy/char-rnn",
     },
+    "shakespeare_char": {
+        "file": "tinyshakespeare/input.txt",
+        "unit": "file (one document per split)",
+        "documents": "1 per split",
+        "splits": "nanoGPT's: characters [0, int(.9 n)) train, [int(.9 n), n) validation = test",
+        "detokenization": "none",
+        "rule": "wrap",
+        "source": "karpathy/char-rnn, split as karpathy/nanoGPT data/shakespeare_char/prepare.py",
+    },
     "ptb": {
         "file": "ptb/ptb.test.txt",
         "unit": "line (stripped; = HF ptb_text_only 'sentence')",
@@ -367,6 +380,18 @@ def _load_text_file(path: Path, split: str, unit: str = "file") -> List[str]:
     return _slice_fraction(docs, split)
 
 
+NANOGPT_TRAIN_FRACTION = 0.9
+
+
+def _load_nanogpt_split(path: Path, split: str) -> List[str]:
+    """nanoGPT's character split: [0, int(0.9 n)) train, the rest validation (= test)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    cut = int(len(text) * NANOGPT_TRAIN_FRACTION)
+    return {"train": [text[:cut]], "validation": [text[cut:]], "test": [text[cut:]], "all": [text]}[split]
+
+
 def _read_jsonl(path: Path) -> List[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
@@ -510,6 +535,8 @@ def load_corpus(
         return _load_stdlib(split, root)
     if name == "tinyshakespeare":
         return _load_text_file(data_path("tinyshakespeare", "input.txt"), split, unit)
+    if name == "shakespeare_char":
+        return _load_nanogpt_split(data_path("tinyshakespeare", "input.txt"), split)
     if name in _EVAL_LOADERS:
         _test_only(name, split)
         return list(_eval_docs(name, bool(detokenize), str(data_dir())))

@@ -26,6 +26,13 @@ Rules
   that serialization. A local path that is missing, or a folder without those files, raises
   FileNotFoundError naming the path. Anything else is a hub name passed unchanged to
   ``AutoTokenizer.from_pretrained`` (needs the network or the HF cache; not tested offline).
+* :class:`CharTokenizer`: a fixed character vocabulary, ids ``0 .. C-1`` = the characters in the
+  given (sorted) order, then ONE special id ``C`` serving as EOS, BOS and PAD (``vocab_size`` =
+  C + 1). ``encode`` refuses a character outside the vocabulary (ValueError naming it and its
+  position: nothing dropped or replaced). ``load_tokenizer("shakespeare_char")`` is nanoGPT's
+  character vocabulary of tiny Shakespeare: ``sorted(set(text))`` of the whole
+  ``tinyshakespeare/input.txt`` (65 characters, so ids 0..64 are nanoGPT's ``stoi``; 65 is the
+  special). Saved as ``char_tokenizer.json`` (the characters as a JSON string).
 * :func:`train_bpe`: byte-level BPE (the GPT-2 recipe: ByteLevel pre-tokenizer without a
   prefix space, the 256-byte initial alphabet, ByteLevel decoder) trained with the ``tokenizers``
   library. ``vocab_size`` counts the special tokens ``<|endoftext|>`` (id 0; EOS and BOS) and
@@ -51,6 +58,7 @@ from .paths import data_dir
 __all__ = [
     "Tokenizer",
     "ByteTokenizer",
+    "CharTokenizer",
     "HFTokenizer",
     "as_tokenizer",
     "load_tokenizer",
@@ -59,6 +67,9 @@ __all__ = [
 ]
 
 BYTE_TOKENIZER_FILE = "byte_tokenizer.json"
+CHAR_TOKENIZER_FILE = "char_tokenizer.json"
+#: named character vocabularies: name -> the data file whose sorted set of characters it is
+NAMED_CHAR_VOCABULARIES = {"shakespeare_char": ("tinyshakespeare", "input.txt")}
 
 
 @runtime_checkable
@@ -159,6 +170,82 @@ class ByteTokenizer:
         if cfg.get("class") != "ByteTokenizer":
             raise ValueError(f"{path} does not describe a ByteTokenizer: {cfg}")
         return cls(separate_pad=cfg.get("separate_pad", True))
+
+
+class CharTokenizer:
+    """Characters as ids 0..C-1 in the given order, then one special id C = EOS = BOS = PAD."""
+
+    def __init__(self, chars: str, name: Optional[str] = None):
+        if not isinstance(chars, str) or not chars:
+            raise ValueError(f"CharTokenizer needs a non-empty string of characters, got {chars!r}")
+        if len(set(chars)) != len(chars):
+            dup = sorted({c for c in chars if chars.count(c) > 1})
+            raise ValueError(f"CharTokenizer characters must be distinct; repeated: {dup!r}")
+        self.chars, self.name = chars, name
+        self.stoi = {c: i for i, c in enumerate(chars)}
+        self.eos_id = self.bos_id = self.pad_id = len(chars)
+        self.vocab_size = len(chars) + 1
+
+    @classmethod
+    def named(cls, name: str) -> "CharTokenizer":
+        """A named vocabulary (:data:`NAMED_CHAR_VOCABULARIES`): sorted(set(text)) of its data file."""
+        from .paths import data_path
+
+        if name not in NAMED_CHAR_VOCABULARIES:
+            raise ValueError(f"unknown character vocabulary {name!r}; known: {', '.join(NAMED_CHAR_VOCABULARIES)}")
+        text = data_path(*NAMED_CHAR_VOCABULARIES[name]).read_text(encoding="utf-8")
+        return cls("".join(sorted(set(text))), name=name)
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer({self.name or 'chars'}, {len(self.chars)} characters, special={self.eos_id})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CharTokenizer) and other.chars == self.chars
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str) -> List[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as err:
+            c = err.args[0]
+            raise ValueError(f"character {c!r} (position {text.index(c)}) is not in the "
+                             f"{len(self.chars)}-character vocabulary of {self!r}") from None
+
+    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        out = []
+        for i in _as_id_list(ids):
+            if 0 <= i < len(self.chars):
+                out.append(self.chars[i])
+            elif i == self.eos_id:
+                if not skip_special_tokens:
+                    out.append("<|eos|>")
+            else:
+                raise ValueError(f"id {i} is outside the character tokenizer's {self.vocab_size} ids")
+        return "".join(out)
+
+    def save(self, directory: Union[str, Path]) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CHAR_TOKENIZER_FILE
+        path.write_text(json.dumps({"class": "CharTokenizer", "name": self.name, "chars": self.chars}) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: Union[str, Path]) -> "CharTokenizer":
+        path = Path(directory)
+        if path.is_dir():
+            path = path / CHAR_TOKENIZER_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist (no saved CharTokenizer there)")
+        cfg = json.loads(path.read_text())
+        if cfg.get("class") != "CharTokenizer" or not isinstance(cfg.get("chars"), str):
+            raise ValueError(f"{path} does not describe a CharTokenizer (class and chars expected)")
+        return cls(cfg["chars"], name=cfg.get("name"))
 
 
 class HFTokenizer:
@@ -298,6 +385,8 @@ def _load_local(path: Path, **kwargs: Any) -> Tokenizer:
     if path.is_dir():
         if (path / BYTE_TOKENIZER_FILE).is_file():
             return ByteTokenizer.load(path)
+        if (path / CHAR_TOKENIZER_FILE).is_file():
+            return CharTokenizer.load(path)
         if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
             from transformers import AutoTokenizer
 
@@ -313,6 +402,8 @@ def _load_local(path: Path, **kwargs: Any) -> Tokenizer:
     name = path.name
     if name == BYTE_TOKENIZER_FILE:
         return ByteTokenizer.load(path)
+    if name == CHAR_TOKENIZER_FILE:
+        return CharTokenizer.load(path)
     if name == "vocab.json":
         return _gpt2_from_files(path, path.parent / "merges.txt")
     if name == "merges.txt":
@@ -337,6 +428,8 @@ def load_tokenizer(spec: Any = "byte", **kwargs: Any) -> Tokenizer:
         return _load_local(spec.expanduser(), **kwargs)
     if spec == "byte":
         return ByteTokenizer(**kwargs)
+    if spec in NAMED_CHAR_VOCABULARIES:
+        return CharTokenizer.named(spec)
     if spec.startswith("data:"):
         return _load_local(data_dir() / spec[len("data:"):], **kwargs)
     path = Path(spec).expanduser()

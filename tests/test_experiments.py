@@ -1,0 +1,167 @@
+"""The studies of experiments/ cannot rot: every spec runs end to end at toy size, in the order the
+studies depend on each other (1's AR model judges 2-4; 4 evaluates 3's saved models without
+retraining them); plus the pieces they added: nanoGPT's character split and vocabulary, the
+shared train overrides and min_lr, the evaluate-only variant, the no-judge option and the
+one-forward AR bound."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusionlm import compare as C
+from diffusionlm.data import CharTokenizer, load_corpus, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP = ROOT / "experiments"
+STUDIES = ["01_ar_sanity", "02_block_size", "03_hybrid", "04_sampling", "05_lad"]
+#: toy sizes: one layer of width 32, 2 steps, 2 test blocks, 1 sample
+TOY = {"backbone": {"name": "transformer", "preset": "tiny", "n_layers": 1, "n_heads": 2, "hidden": 32, "dropout": 0.0},
+       "length": 32, "batch_size": 2, "train_steps": 2, "eval_blocks": 2, "eval_samples": 1, "eval_batch_size": 2,
+       "num_samples": 1, "progress": False}
+
+
+def _spec(study: str) -> dict:
+    return json.loads((EXP / study / "spec.json").read_text())
+
+
+def _state_sha(lm) -> str:
+    h = hashlib.sha1()
+    for k, v in sorted(lm.model.state_dict().items()):
+        h.update(k.encode() + v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# data: nanoGPT's split and vocabulary
+# ---------------------------------------------------------------------------------------------
+def test_shakespeare_char_is_nanogpts_split_and_vocabulary():
+    tok = load_tokenizer("shakespeare_char")
+    text = (Path(__import__("diffusionlm").data.data_dir()) / "tinyshakespeare" / "input.txt").read_text()
+    assert tok.chars == "".join(sorted(set(text))) and len(tok.chars) == 65  # nanoGPT's vocab_size
+    assert tok.vocab_size == 66 and tok.eos_id == tok.bos_id == tok.pad_id == 65
+    train, val, test = (load_corpus("shakespeare_char", s) for s in ("train", "validation", "test"))
+    n = len(text)
+    assert train == [text[: int(0.9 * n)]] and val == test == [text[int(0.9 * n):]]
+    assert (len(train[0]), len(val[0])) == (1003854, 111540)  # the counts nanoGPT's prepare.py prints
+    # the existing tinyshakespeare corpus keeps its meaning (90 / 5 / 5)
+    assert load_corpus("tinyshakespeare", "test")[0] == text[int(0.95 * n):]
+    ids = tok.encode(val[0][:200])
+    assert tok.decode(ids) == val[0][:200] and ids == [tok.stoi[c] for c in val[0][:200]]
+
+
+def test_char_tokenizer_refuses_unknown_characters_and_round_trips_on_disk(tmp_path):
+    tok = CharTokenizer("ab\n", name="toy")
+    with pytest.raises(ValueError, match=r"character 'z' \(position 2\) is not in the 3-character vocabulary"):
+        tok.encode("abz")
+    with pytest.raises(ValueError, match="outside the character tokenizer's 4 ids"):
+        tok.decode([4])
+    with pytest.raises(ValueError, match="must be distinct"):
+        CharTokenizer("aba")
+    assert tok.decode([0, 3, 1], skip_special_tokens=False) == "a<|eos|>b"
+    tok.save(tmp_path)
+    assert load_tokenizer(str(tmp_path)) == tok
+
+
+# ---------------------------------------------------------------------------------------------
+# compare additions the studies use
+# ---------------------------------------------------------------------------------------------
+def test_shared_train_overrides_and_min_lr_give_nanogpts_schedule():
+    spec = _spec("01_ar_sanity")
+    cfg = C._shared(spec, {**TOY, "train_steps": 40})
+    tok = load_tokenizer(cfg.tokenizer)
+    entry = C._resolve(cfg, C._variants(spec, None)[0], tok, 0)
+    from diffusionlm.data import TokenBlocks
+
+    blocks = TokenBlocks(load_corpus(cfg.corpus, "validation"), tok, cfg.length)
+    _, trainer, _ = C._trainer(cfg, entry, blocks, 40)
+    assert trainer.config.warmup_steps == 100 and trainer.config.weight_decay == 0.1 and trainer.config.betas == (0.9, 0.99)
+    assert trainer.config.two_halves  # the variant's own override on top of the shared ones
+    cfg = C._shared(spec, {**TOY, "train_steps": 40, "train": {"warmup_steps": 10}})
+    _, trainer, _ = C._trainer(cfg, entry, blocks, 40)
+    lrs = []
+    for _ in range(40):
+        lrs.append(trainer.scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.scheduler.step()
+    assert lrs[0] == 0.0 and lrs[10] == pytest.approx(1e-3)  # linear warmup to lr
+    assert lrs[-1] == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + torch.cos(torch.tensor(torch.pi * 29 / 30)).item()))
+    assert min(lrs[10:]) > 1e-4 - 1e-12  # the cosine floors at min_lr, not 0
+    with pytest.raises(ValueError, match="min_lr is the floor of the cosine decay: it needs lr_schedule 'cosine'"):
+        C._shared(spec, {"lr_schedule": "constant"})
+    with pytest.raises(ValueError, match=r"min_lr must be a number in \[0, lr = 0.001\)"):
+        C._shared(spec, {"min_lr": 0.01})
+    with pytest.raises(ValueError, match="shared train: may not set steps"):
+        C._shared(spec, {"train": {"steps": 3}})
+    with pytest.raises(ValueError, match="shared train: unknown key.s. warmup; did you mean warmup_steps"):
+        C._resolve(C._shared(spec, {"train": {"warmup": 3}}), C._variants(spec, None)[0], tok, 0)
+
+
+def test_ar_bound_in_one_forward_equals_the_estimators_exact_bound():
+    spec = _spec("01_ar_sanity")
+    cfg = C._shared(spec, TOY)
+    tok = load_tokenizer(cfg.tokenizer)
+    torch.manual_seed(0)
+    lm = C._build_lm(cfg, C._resolve(cfg, C._variants(spec, None)[0], tok, 0))
+    lm.model.eval()
+    ids = torch.tensor([tok.encode(load_corpus(cfg.corpus, "test")[0][i * 32:(i + 1) * 32]) for i in range(3)])
+    fast = C._likelihood(lm, ids, cfg)
+    from diffusionlm.eval.bound import corpus_bound
+
+    slow = corpus_bound(lm, ids, num_samples=32, batch_size=2, seed=0)
+    assert fast["method"].startswith("exact: causal NLL, one forward")
+    assert fast["nll_per_token"] == pytest.approx(slow["nll_per_token"], abs=1e-5) and slow["stderr_per_token"] == 0
+
+
+def test_evaluate_only_variant_is_checked():
+    with pytest.raises(ValueError, match="variant 'm' is an already-trained model .* its process, train are its own"):
+        C.Variant.from_spec({"name": "m", "model": "x", "process": {"name": "absorb"}, "train": {}, "samplers": ["mdlm"]})
+    with pytest.raises(ValueError, match="variant 'm': missing key samplers"):
+        C.Variant.from_spec({"name": "m", "model": "x"})
+    spec = {"shared": {**TOY, "corpus": "shakespeare_char", "tokenizer": "shakespeare_char", "judge": {"name": "none"}},
+            "variants": [{"name": "m", "model": "/nonexistent/run", "samplers": [{"name": "mdlm", "steps": 4}]}]}
+    with pytest.raises(ValueError, match="variant 'm': field 'model':"):
+        C.compare(spec)
+    with pytest.raises(ValueError, match="judge must be"):
+        C.CompareConfig(judge={"name": "nobody"})
+
+
+# ---------------------------------------------------------------------------------------------
+# every study's spec, end to end at toy size
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_every_study_spec_runs_at_toy_size(tmp_path):
+    """The five specs as shipped (parts, samplers, step lists, dependencies), toy sizes only."""
+    assert sorted(p.name for p in EXP.iterdir() if (p / "spec.json").is_file()) == STUDIES
+    out = {s: tmp_path / s for s in STUDIES}
+    ar_model = str(out["01_ar_sanity"] / "models" / "ar")
+    results = {}
+    for study in STUDIES:
+        spec = _spec(study)
+        assert (EXP / study / "README.md").is_file()
+        shared = {**TOY, "out_dir": str(out[study])}
+        if spec["shared"]["judge"].get("name") == "model":
+            assert spec["shared"]["judge"]["path"] == "experiments/01_ar_sanity/run/models/ar"
+            shared["judge"] = {"name": "model", "path": ar_model}
+        for v in spec["variants"]:
+            if "model" in v:  # study 4: study 3's saved models, from the toy run
+                assert v["model"].startswith("experiments/03_hybrid/run/models/")
+                v["model"] = str(out["03_hybrid"] / "models" / Path(v["model"]).name)
+        before = {v["name"]: v["model"] for v in spec["variants"] if "model" in v}
+        shas = {n: _state_sha(__import__("diffusionlm").hub.load_model(p).lm) for n, p in before.items()}
+        r = C.compare(spec, **shared)
+        results[study] = r
+        assert (out[study] / "results.md").is_file() and (out[study] / "ppl.png").is_file() or study == "05_lad"
+        for name, p in before.items():  # evaluated only: never trained, weights unchanged
+            row = r["variants"][name]
+            assert row["evaluated_only"] and row["train_steps"] == 0 and row["model_path"] == p
+            assert _state_sha(__import__("diffusionlm").hub.load_model(p).lm) == shas[name]
+    assert results["01_ar_sanity"]["judge"].startswith("none")
+    assert results["01_ar_sanity"]["variants"]["ar"]["likelihood"]["method"].startswith("exact: causal NLL")
+    assert set(results["03_hybrid"]["variants"]) == {"absorb", "uniform", "epsilon"} | {
+        f"gamma{g}{w}" for g in (0.01, 0.1, 0.5) for w in ("", "_we")}
+    s4 = results["04_sampling"]["variants"]["epsilon"]["sampling"]
+    assert {(s["sampler"], s["steps"]) for s in s4} == {
+        (f"{n}-{d}", k) for n in ("mdlm", "acs") for d in ("f64", "f32") for k in (8, 16, 32, 64, 128)}
+    assert all(s["gen_ppl"] is not None for s in s4)  # judged by study 1's (toy) AR model
