@@ -96,7 +96,41 @@ def _as_id_list(ids: Any) -> List[int]:
     return [int(i) for i in ids]
 
 
-class ByteTokenizer:
+class _Ids:
+    """What the built-in tokenizers share: len() is vocab_size, encode_batch, and save / load
+    through one JSON file (FILE) holding the class name and `_config()`."""
+
+    vocab_size: int
+    FILE: str
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        return [self.encode(t) for t in texts]
+
+    def save(self, directory: Union[str, Path]) -> Path:
+        """Write FILE ({"class": ..., **_config()}) into `directory`; `load` reads it back."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / self.FILE
+        path.write_text(json.dumps({"class": type(self).__name__, **self._config()}) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: Union[str, Path]):
+        path = Path(directory)
+        if path.is_dir():
+            path = path / cls.FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist (no saved {cls.__name__} there)")
+        cfg = json.loads(path.read_text())
+        if cfg.get("class") != cls.__name__:
+            raise ValueError(f"{path} does not describe a {cls.__name__}: {cfg}")
+        return cls._from_config(cfg, path)
+
+
+class ByteTokenizer(_Ids):
     """UTF-8 bytes as ids 0..255, then EOS=256, BOS=257, PAD=258 (see the module docstring)."""
 
     NUM_BYTES = 256
@@ -115,14 +149,8 @@ class ByteTokenizer:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ByteTokenizer) and other.separate_pad == self.separate_pad
 
-    def __len__(self) -> int:
-        return self.vocab_size
-
     def encode(self, text: str) -> List[int]:
         return list(text.encode("utf-8", errors="replace"))
-
-    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        return [self.encode(t) for t in texts]
 
     def encode_array(self, text: str) -> np.ndarray:
         """``encode`` as an int64 array, without building a Python list (fast path for big corpora)."""
@@ -152,27 +180,17 @@ class ByteTokenizer:
         out.append(buf.decode("utf-8", errors="replace"))
         return "".join(out)
 
-    def save(self, directory: Union[str, Path]) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / BYTE_TOKENIZER_FILE
-        path.write_text(json.dumps({"class": "ByteTokenizer", "separate_pad": self.separate_pad}) + "\n")
-        return path
+    FILE = BYTE_TOKENIZER_FILE
+
+    def _config(self) -> dict:
+        return {"separate_pad": self.separate_pad}
 
     @classmethod
-    def load(cls, directory: Union[str, Path]) -> "ByteTokenizer":
-        path = Path(directory)
-        if path.is_dir():
-            path = path / BYTE_TOKENIZER_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist (no saved ByteTokenizer there)")
-        cfg = json.loads(path.read_text())
-        if cfg.get("class") != "ByteTokenizer":
-            raise ValueError(f"{path} does not describe a ByteTokenizer: {cfg}")
+    def _from_config(cls, cfg: dict, path: Path) -> "ByteTokenizer":
         return cls(separate_pad=cfg.get("separate_pad", True))
 
 
-class CharTokenizer:
+class CharTokenizer(_Ids):
     """Characters as ids 0..C-1 in the given order, then one special id C = EOS = BOS = PAD."""
 
     def __init__(self, chars: str, name: Optional[str] = None):
@@ -202,9 +220,6 @@ class CharTokenizer:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CharTokenizer) and other.chars == self.chars
 
-    def __len__(self) -> int:
-        return self.vocab_size
-
     def encode(self, text: str) -> List[int]:
         try:
             return [self.stoi[c] for c in text]
@@ -212,9 +227,6 @@ class CharTokenizer:
             c = err.args[0]
             raise ValueError(f"character {c!r} (position {text.index(c)}) is not in the "
                              f"{len(self.chars)}-character vocabulary of {self!r}") from None
-
-    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        return [self.encode(t) for t in texts]
 
     def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
         out = []
@@ -228,23 +240,15 @@ class CharTokenizer:
                 raise ValueError(f"id {i} is outside the character tokenizer's {self.vocab_size} ids")
         return "".join(out)
 
-    def save(self, directory: Union[str, Path]) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / CHAR_TOKENIZER_FILE
-        path.write_text(json.dumps({"class": "CharTokenizer", "name": self.name, "chars": self.chars}) + "\n")
-        return path
+    FILE = CHAR_TOKENIZER_FILE
+
+    def _config(self) -> dict:
+        return {"name": self.name, "chars": self.chars}
 
     @classmethod
-    def load(cls, directory: Union[str, Path]) -> "CharTokenizer":
-        path = Path(directory)
-        if path.is_dir():
-            path = path / CHAR_TOKENIZER_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist (no saved CharTokenizer there)")
-        cfg = json.loads(path.read_text())
-        if cfg.get("class") != "CharTokenizer" or not isinstance(cfg.get("chars"), str):
-            raise ValueError(f"{path} does not describe a CharTokenizer (class and chars expected)")
+    def _from_config(cls, cfg: dict, path: Path) -> "CharTokenizer":
+        if not isinstance(cfg.get("chars"), str):
+            raise ValueError(f"{path} does not describe a CharTokenizer: no string field 'chars'")
         return cls(cfg["chars"], name=cfg.get("name"))
 
 
