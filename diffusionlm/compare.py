@@ -677,7 +677,7 @@ def _judge_fn(cfg: CompareConfig, judge_lm: Any, tok: Any):
 
     def judge(toks):
         r = generative_perplexity([tok.decode(row.tolist()) for row in toks], model, jtok)
-        return r["nll"], r["tokens"]
+        return r["nll"] * r["tokens"], r["tokens"]  # its "nll" is per token; the judge returns the total
 
     return judge, f"the causal LM {cfg.judge['path']}"
 

@@ -157,6 +157,16 @@ def test_every_study_spec_runs_at_toy_size(tmp_path):
             row = r["variants"][name]
             assert row["evaluated_only"] and row["train_steps"] == 0 and row["model_path"] == p
             assert _state_sha(__import__("diffusionlm").hub.load_model(p).lm) == shas[name]
+    # a model judge (a saved run) scores like the AR model itself: total NLL, not NLL per token
+    from diffusionlm.hub import load_model
+
+    cfg = C._shared(_spec("02_block_size"), {**TOY, "judge": {"name": "model", "path": ar_model}})
+    tok = load_tokenizer(cfg.tokenizer)
+    judge, _ = C._judge_fn(cfg, None, tok)
+    ids = torch.tensor([tok.encode(load_corpus(cfg.corpus, "test")[0][i * 16:(i + 1) * 16]) for i in range(3)])
+    nll, n = judge(ids)
+    direct, m = C.ar_judge_nll(load_model(ar_model).lm, ids)
+    assert n == m == 48 and nll == pytest.approx(direct, rel=1e-4)
     assert results["01_ar_sanity"]["judge"].startswith("none")
     assert results["01_ar_sanity"]["variants"]["ar"]["likelihood"]["method"].startswith("exact: causal NLL")
     assert set(results["03_hybrid"]["variants"]) == {"absorb", "uniform", "epsilon"} | {
