@@ -576,7 +576,7 @@ def _evaluated_only_info(entry: _Entry) -> dict:
     lm.model.eval()
     return {"label": entry.variant.label or entry.name, "composition": specs.composition_dict(lm),
             "evaluated_only": True, "model_path": entry.variant.model, "train_overrides": {}, "seed": entry.seed,
-            "train_steps": 0, "train_tokens": 0, "train_tokens_sha1": "not trained here", "train_seconds": 0.0,
+            "train_steps": 0, "train_tokens": 0, "train_tokens_sha1": "-", "train_seconds": 0.0,
             "final_loss": None, "params": sum(p.numel() for p in lm.model.parameters())}
 
 
