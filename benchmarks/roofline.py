@@ -1,7 +1,12 @@
 """A roofline for each sampling step, and the cached / uncached ratio it allows.
 
     python benchmarks/roofline.py [--preset gpt2-small] [--length 1024] [--batches 1 8]
-                                  [--vocab 259] [--points 6] [--repeats 3]
+                                  [--vocab 259] [--points 5] [--repeats 2] [--run-batches 1]
+                                  [--clock cpu]
+
+Run it with OMP_NUM_THREADS=1 on a shared CPU: `--clock cpu` (the default) then times this
+process's CPU time, what each piece would take alone, which a wall clock on a machine loaded by
+other jobs does not give (the load average is recorded per round beside the figures).
 
 Machine ceilings, measured in the same run (once per round, medians over the rounds):
 
@@ -25,8 +30,11 @@ the bytes are every float32 weight read once plus the K and V of every key row r
 Each kind is timed (forward only) at `points` blocks spread over the sequence; the whole run's
 uncached time is their piecewise-linear interpolation summed over all T = d steps (an uncached
 run of gpt2-small at d = 1024 takes 10 min at batch 1 on 2 cores: too long to repeat). The
-cached figure is a WHOLE MDLM sampling run with the KV cache (the driver, masks, the draws: all
-its overhead), timed end to end. Rounds alternate the kinds (A B A B ...) and report medians.
+cached figure, for the batches in --run-batches, is a WHOLE MDLM sampling run with the KV cache
+(the driver, masks, the draws: all its overhead), timed end to end; for the other batches it is
+the interpolated sum of the cached forwards plus the per-step overhead (run - forwards) measured
+at the first run batch, scaled by nothing (an estimate, marked as such). Rounds alternate the
+kinds (A B A B ...) and report medians.
 
 Reported: per step kind and point, the roofline time, the measured time and their ratio; per
 batch, the roofline's uncached / cached ratio (summed over every step) against the achieved one
@@ -43,7 +51,7 @@ import time
 
 import torch
 
-from common import step_flops, timed
+from common import CLOCKS, step_flops, timed
 from diffusionlm import masks
 from diffusionlm.lm import DiffusionLM
 from diffusionlm.models import DiffusionTransformer, TransformerConfig
@@ -56,17 +64,20 @@ WIDTH = 16  # Block(16, 16)
 
 
 # -- machine ceilings ---------------------------------------------------------------------------
+CLOCK = CLOCKS["cpu"]
+
+
 def matmul_peak(n: int = 2048, repeats: int = 3) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / timed(lambda: a @ b, repeats)
+    return 2 * n**3 / timed(lambda: a @ b, repeats, CLOCK)
 
 
 def bandwidth(mb: int = 512, repeats: int = 3) -> dict:
     x = torch.ones(mb * 2**20 // 4)
     y = torch.empty_like(x)
     S = x.numel() * 4
-    copy = 2 * S / timed(lambda: y.copy_(x), repeats)
-    read = S / timed(lambda: x.sum(), repeats)
+    copy = 2 * S / timed(lambda: y.copy_(x), repeats, CLOCK)
+    read = S / timed(lambda: x.sum(), repeats, CLOCK)
     return {"copy": copy, "read": read, "best": max(copy, read)}
 
 
@@ -122,9 +133,9 @@ class Steps:
 
 def cached_run(lm, B: int, d: int) -> float:
     sampler = get_sampler("mdlm")(cache=True)
-    t = time.perf_counter()
+    t = CLOCK()
     sampler.sample(lm, batch_size=B, length=d, generator=torch.Generator().manual_seed(0))
-    return time.perf_counter() - t
+    return CLOCK() - t
 
 
 def interp(xs: list, ys: list, x: float) -> float:
@@ -139,7 +150,8 @@ def load() -> str:
 
 
 @torch.no_grad()
-def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, weight_bytes: int, full_run: bool) -> dict:
+def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, weight_bytes: int, full_run: bool,
+              overhead_per_step: "float | None" = None) -> dict:
     nb = d // WIDTH
     blocks = sorted({round(i * (nb - 1) / max(points - 1, 1)) for i in range(points)})
     steps = Steps(model, B, d, N)
@@ -153,14 +165,15 @@ def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, wei
     lm = DiffusionLM(model, Absorb(N), Block(WIDTH, WIDTH))
     times = {key: [] for key in kinds}
     runs, peaks, bws, loads = [], [], [], []
-    for key, (fn, _, _) in kinds.items():  # warm-up
-        fn()
+    for key, (fn, _, _) in kinds.items():  # warm-up: the kinds at the first block
+        if key[1] == blocks[0]:
+            fn()
     for r in range(repeats):  # rounds: every kind once per round, alternating
         loads.append(load())
         peaks.append(matmul_peak())
         bws.append(bandwidth()["best"])
         for key, (fn, _, _) in kinds.items():
-            times[key].append(timed(fn, 1))
+            times[key].append(timed(fn, 1, CLOCK, warmup=False))
         if full_run:
             runs.append(cached_run(lm, B, d))
         print(f"  B={B} round {r + 1}/{repeats}: load {loads[-1]}, peak {peaks[-1] / 1e9:.1f} GFLOP/s, "
@@ -190,9 +203,13 @@ def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, wei
            "uncached_s_interpolated": est_unc, "cached_forwards_s_interpolated": est_cac}
     if runs:
         run = statistics.median(runs)
-        out.update(cached_run_s=run, cached_runs=runs, achieved_ratio=est_unc / run,
-                   fraction_of_roofline_ratio=est_unc / run / (roof_unc / roof_cac),
-                   driver_overhead_s=run - est_cac)
+        out.update(cached_run_s=run, cached_runs=runs, driver_overhead_s=run - est_cac, cached_is="measured run")
+    elif overhead_per_step is not None:
+        run = est_cac + overhead_per_step * d
+        out.update(cached_run_s=run, cached_is="forwards + per-step overhead of the measured batch")
+    else:
+        return out
+    out.update(achieved_ratio=est_unc / run, fraction_of_roofline_ratio=est_unc / run / (roof_unc / roof_cac))
     return out
 
 
@@ -204,9 +221,13 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=259, help="N real tokens (259: the byte tokenizer)")
     ap.add_argument("--points", type=int, default=6, help="blocks at which each step kind is timed")
     ap.add_argument("--repeats", type=int, default=3, help="rounds (every kind once per round)")
-    ap.add_argument("--no-run", action="store_true", help="skip the whole cached sampling run")
+    ap.add_argument("--run-batches", type=int, nargs="*", default=[1],
+                    help="batches timed by a whole cached sampling run (the others: estimated)")
+    ap.add_argument("--clock", choices=list(CLOCKS), default="cpu")
     ap.add_argument("--out", default="benchmarks/out/roofline.json")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = CLOCKS[args.clock]
     d, N = args.length, args.vocab
     if d % WIDTH:
         raise SystemExit(f"--length must be a multiple of {WIDTH}, got {d}")
@@ -216,11 +237,14 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     results = {"preset": args.preset, "d": d, "vocab": N, "threads": torch.get_num_threads(), "commit": rev,
-               "weight_bytes": weight_bytes, "batches": []}
+               "clock": args.clock, "weight_bytes": weight_bytes, "batches": []}
     print(f"{args.preset} d={d} V={N + 1}: {weight_bytes / 1e6:.0f} MB of weights, {torch.get_num_threads()} threads, "
-          f"commit {rev}, load {load()}", flush=True)
-    for B in args.batches:
-        r = run_batch(model, cfg, B, d, N, args.points, args.repeats, weight_bytes, not args.no_run)
+          f"{args.clock} clock, commit {rev}, load {load()}", flush=True)
+    overhead = None
+    for B in sorted(args.batches, key=lambda b: b not in args.run_batches):  # measured runs first
+        r = run_batch(model, cfg, B, d, N, args.points, args.repeats, weight_bytes, B in args.run_batches, overhead)
+        if overhead is None and "driver_overhead_s" in r:
+            overhead = r["driver_overhead_s"] / d
         results["batches"].append(r)
         print(f"B={B}: peak {r['peak_flops'] / 1e9:.1f} GFLOP/s, bandwidth {r['bandwidth'] / 1e9:.2f} GB/s")
         print("| kind | block | rows x keys | bound | roofline ms | measured ms | roofline / measured |")
@@ -232,9 +256,9 @@ def main() -> None:
                 f"{r['roof_ratio']:.1f}x; uncached (interpolated) {r['uncached_s_interpolated']:.1f} s, cached forwards "
                 f"{r['cached_forwards_s_interpolated']:.2f} s")
         if "cached_run_s" in r:
-            line += (f", cached run {r['cached_run_s']:.2f} s: achieved {r['achieved_ratio']:.1f}x = "
+            line += (f", cached ({r['cached_is']}) {r['cached_run_s']:.2f} s: achieved {r['achieved_ratio']:.1f}x = "
                      f"{100 * r['fraction_of_roofline_ratio']:.0f}% of the roofline ratio "
-                     f"(driver + draws {r['driver_overhead_s']:.2f} s)")
+                     + (f" (driver + draws {r['driver_overhead_s']:.2f} s)" if "driver_overhead_s" in r else ""))
         print(line, flush=True)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

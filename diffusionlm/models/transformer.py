@@ -445,8 +445,10 @@ class DiffusionTransformer(nn.Module):
         cache: Optional[KVCache] = None,
         cache_commit: int = 0,
         embedding_weight: Optional[Tensor] = None,
+        logits_to_keep: int = 0,
     ) -> DenoiserOutput:
-        """Logits for the L rows of `input_ids` [B, L].
+        """Logits for the L rows of `input_ids` [B, L] (the last `logits_to_keep` rows only, if > 0:
+        the final norm and head skip the others, e.g. a prompt's rows when decoding).
 
         position_ids     [B or 1, L] true positions (default: cache.length + arange(L))
         attention_mask   None (full), "causal", bool [B or 1, 1 or H, L, P + L] (True = may attend;
@@ -465,6 +467,8 @@ class DiffusionTransformer(nn.Module):
             input_ids, position_ids, levels, cache, cache_commit, embedding_weight
         )
         B, L = input_ids.shape
+        if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or not 0 <= logits_to_keep <= L:
+            raise ValueError(f"logits_to_keep must be an int in [0, {L}] (0: every row), got {logits_to_keep!r}")
         backend = get_backend(cfg.attention)
         mask = backend.prepare(attention_mask, B, cfg.n_heads, L, past + L, input_ids.device)
 
@@ -484,6 +488,9 @@ class DiffusionTransformer(nn.Module):
             if want_cache:
                 new_kvs.append(kv)
 
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+            c = c[:, -logits_to_keep:] if c is not None else None
         h = self.norm_f(h)
         if self.ada_f is not None:
             shift, scale = self.ada_f(c).chunk(2, dim=-1)
