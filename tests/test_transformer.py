@@ -232,6 +232,20 @@ def test_cache_store_is_written_only_past_the_newest_cache(monkeypatch):
         assert_close(a, b, atol=1e-6, rtol=0)
 
 
+def test_logits_to_keep_gives_the_last_rows():
+    model = make_model(randomize_ada=True, time_conditioning=True)
+    ids = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(1))
+    lv = torch.rand(2, 6, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(ids, levels=lv, attention_mask="causal").logits
+        last = model(ids, levels=lv, attention_mask="causal", logits_to_keep=3).logits
+    assert last.shape == (2, 3, full.shape[-1])
+    assert_close(last, full[:, -3:], atol=1e-6, rtol=0)
+    for bad in (-1, 7, True):
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            model(ids, levels=lv, logits_to_keep=bad)
+
+
 def test_plan_cached_step_checks_prefix():
     rows = torch.arange(4)
     with pytest.raises(ValueError, match="prefix"):
