@@ -151,7 +151,7 @@ def load() -> str:
 
 @torch.no_grad()
 def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, weight_bytes: int, full_run: bool,
-              overhead_per_step: "float | None" = None) -> dict:
+              overhead_per_step: "float | None" = None, warm: bool = True) -> dict:
     nb = d // WIDTH
     blocks = sorted({round(i * (nb - 1) / max(points - 1, 1)) for i in range(points)})
     steps = Steps(model, B, d, N)
@@ -173,7 +173,7 @@ def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, wei
         peaks.append(matmul_peak())
         bws.append(bandwidth()["best"])
         for key, (fn, _, _) in kinds.items():
-            times[key].append(timed(fn, 1, CLOCK, warmup=False))
+            times[key].append(timed(fn, 1, CLOCK, warmup=warm))  # warm: the same call just before
         if full_run:
             runs.append(cached_run(lm, B, d))
         print(f"  B={B} round {r + 1}/{repeats}: load {loads[-1]}, peak {peaks[-1] / 1e9:.1f} GFLOP/s, "
@@ -224,6 +224,9 @@ def main() -> None:
     ap.add_argument("--run-batches", type=int, nargs="*", default=[1],
                     help="batches timed by a whole cached sampling run (the others: estimated)")
     ap.add_argument("--clock", choices=list(CLOCKS), default="cpu")
+    ap.add_argument("--cold", action="store_true", help="time each step once, without calling it just before "
+                    "(the allocator and caches cold: single-shot step times at batch 1 came out 1.6-1.8x the "
+                    "steady state inside a sampling run)")
     ap.add_argument("--out", default="benchmarks/out/roofline.json")
     args = ap.parse_args()
     global CLOCK
@@ -242,9 +245,10 @@ def main() -> None:
           f"{args.clock} clock, commit {rev}, load {load()}", flush=True)
     overhead = None
     for B in sorted(args.batches, key=lambda b: b not in args.run_batches):  # measured runs first
-        r = run_batch(model, cfg, B, d, N, args.points, args.repeats, weight_bytes, B in args.run_batches, overhead)
+        r = run_batch(model, cfg, B, d, N, args.points, args.repeats, weight_bytes, B in args.run_batches, overhead,
+                      not args.cold)
         if overhead is None and "driver_overhead_s" in r:
-            overhead = r["driver_overhead_s"] / d
+            overhead = max(r["driver_overhead_s"], 0.0) / d
         results["batches"].append(r)
         print(f"B={B}: peak {r['peak_flops'] / 1e9:.1f} GFLOP/s, bandwidth {r['bandwidth'] / 1e9:.2f} GB/s")
         print("| kind | block | rows x keys | bound | roofline ms | measured ms | roofline / measured |")
