@@ -1,6 +1,8 @@
-"""Shared by the benchmark scripts: timing and the model FLOP count."""
+"""Shared by the benchmark scripts: timing, the model FLOP count, writing the results."""
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 
@@ -33,3 +35,11 @@ def step_flops(rows: int, keys: int, cfg) -> float:
     (QKV, output projection, 4x MLP) + 4 R C E (scores and weighted sum), plus the head 2 R E V."""
     E = cfg.hidden
     return cfg.n_layers * (24 * rows * E * E + 4 * rows * keys * E) + 2 * rows * E * cfg.vocab_size
+
+
+def write_json(path: str, results) -> None:
+    """Write a benchmark's results to `path` (its folder created), and say where."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {path}")

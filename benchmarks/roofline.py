@@ -43,7 +43,6 @@ batch, the roofline's uncached / cached ratio (summed over every step) against t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -51,7 +50,7 @@ import time
 
 import torch
 
-from common import CLOCKS, step_flops, timed
+from common import CLOCKS, step_flops, timed, write_json
 from diffusionlm import masks
 from diffusionlm.lm import DiffusionLM
 from diffusionlm.models import DiffusionTransformer, TransformerConfig
@@ -208,7 +207,8 @@ def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, wei
         run = est_cac + overhead_per_step * d
         out.update(cached_run_s=run, cached_is="forwards + per-step overhead of the measured batch")
     else:
-        return out
+        run = est_cac
+        out.update(cached_run_s=run, cached_is="forwards only")
     out.update(achieved_ratio=est_unc / run, fraction_of_roofline_ratio=est_unc / run / (roof_unc / roof_cac))
     return out
 
@@ -264,10 +264,7 @@ def main() -> None:
                      f"{100 * r['fraction_of_roofline_ratio']:.0f}% of the roofline ratio "
                      + (f" (driver + draws {r['driver_overhead_s']:.2f} s)" if "driver_overhead_s" in r else ""))
         print(line, flush=True)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import statistics
 import time
 
 import torch
 
-from common import CLOCKS, step_flops
+from common import CLOCKS, step_flops, write_json
 from diffusionlm import masks
 from diffusionlm.lm import DiffusionLM
 from diffusionlm.models import DiffusionTransformer, TransformerConfig
@@ -185,10 +183,7 @@ def main() -> None:
     if not args.no_ar:
         for name in args.ar:
             results["ar"].append(run_ar(name, args.ar_tokens, args.batch, args.ar_repeats, args.clock))
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":
