@@ -1,24 +1,32 @@
-"""Shared by the benchmark scripts: timing and the model FLOP count."""
+"""Shared by the benchmark scripts: timing, the model FLOP count, writing the results."""
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 
 import torch
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall time of `fn` over `repeats` runs after one warm-up (CUDA synchronised)."""
-    fn()
+#: the clocks a benchmark may time with: wall time, or this process's CPU time (on a CPU shared
+#: with other jobs, a 1-thread run's CPU time is what it would take alone, its wall time is not)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed(fn, repeats: int, clock=time.perf_counter, warmup: bool = True) -> float:
+    """Median time of `fn` over `repeats` runs after one warm-up (CUDA synchronised)."""
+    if warmup:
+        fn()
     out = []
     for _ in range(repeats):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        t = clock()
         fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        out.append(time.perf_counter() - t)
+        out.append(clock() - t)
     return statistics.median(out)
 
 
@@ -27,3 +35,11 @@ def step_flops(rows: int, keys: int, cfg) -> float:
     (QKV, output projection, 4x MLP) + 4 R C E (scores and weighted sum), plus the head 2 R E V."""
     E = cfg.hidden
     return cfg.n_layers * (24 * rows * E * E + 4 * rows * keys * E) + 2 * rows * E * cfg.vocab_size
+
+
+def write_json(path: str, results) -> None:
+    """Write a benchmark's results to `path` (its folder created), and say where."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {path}")

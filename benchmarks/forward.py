@@ -12,12 +12,10 @@ C key rows: 24 R E^2 (projections + MLP) + 4 R C E (scores + weighted sum), plus
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import torch
 
-from common import step_flops, timed
+from common import step_flops, timed, write_json
 from diffusionlm import masks
 from diffusionlm.models import DiffusionTransformer, TransformerConfig
 from diffusionlm.models.cache import plan_cached_step
@@ -69,10 +67,7 @@ def main() -> None:
                 r = results[-1]
                 print(f"{preset:<11}{r['schedule']:<38}k={k:>5}/{T:<5} rows {L:>5} -> {R:>4}  "
                       f"{r['uncached_ms']:>9.1f} ms -> {r['cached_ms']:>8.1f} ms  x{r['speedup']:>6.1f} (ideal x{ideal:>6.1f})", flush=True)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -8,22 +8,23 @@ the KV cache and without it, with the same seed (the tokens are identical; the t
 and the ideal FLOP ratio: the model FLOPs of every uncached step (every non-worthless row)
 over those of every cached step (only the rows not yet cached), from the per-step row counts.
 Then AR greedy decoding through our sampler vs Hugging Face `generate()` (greedy, KV cache)
-on the same random GPT-2 weights: tokens per second of each.
+on the same random weights (GPT-2 4 x 128, Llama 4 x 128, GPT-2 12 x 768 = gpt2-small; batch
+`--batch`, 8 prompt tokens + BOS): tokens per second of each, alternating A B A B, medians, by
+the CPU clock (`--clock cpu`, the default: run with OMP_NUM_THREADS=1 on a shared machine) and
+the wall clock.
 Targets (issue 4): cached Block(d/4) >= 2x uncached; Block(16) at d = 1024 >= 10x; AR >= 0.9x
-generate().
+generate(). Issue 17: AR >= 1.1x generate() on the small GPT-2 and Llama, >= 1.0x on gpt2-small.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import statistics
 import time
 
 import torch
 
-from common import step_flops
+from common import CLOCKS, step_flops, write_json
 from diffusionlm import masks
 from diffusionlm.lm import DiffusionLM
 from diffusionlm.models import DiffusionTransformer, TransformerConfig
@@ -80,19 +81,40 @@ def run_diffusion(preset: str, d: int, batch: int, N: int, schedules=tuple(SCHED
     return rows
 
 
-def run_ar(n_layer: int, n_embd: int, n_head: int, new_tokens: int, batch: int, repeats: int = 3) -> dict:
-    """AR (Quench + KV cache) against Hugging Face ``generate()`` greedy on the same GPT-2 weights.
+def hf_causal_lm(kind: str, n_layer: int, hidden: int, n_head: int, vocab: int):
+    """A random HF causal LM: GPT-2 (learned positions, tied head) or Llama (RoPE, GQA 2:1, SwiGLU)."""
+    import transformers
 
-    The two runs alternate ``repeats`` times and the medians are compared, so a burst of load
-    on the shared machine does not favour either side.
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=vocab, n_layer=n_layer, n_embd=hidden, n_head=n_head, n_positions=1024)
+        return transformers.GPT2LMHeadModel(cfg).eval()
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden,
+                                   num_hidden_layers=n_layer, num_attention_heads=n_head,
+                                   num_key_value_heads=max(1, n_head // 2), max_position_embeddings=1024)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+#: the AR comparisons, by the names --ar takes: (kind, layers, hidden, heads)
+AR_MODELS = {
+    "gpt2-4x128": ("gpt2", 4, 128, 4),
+    "llama-4x128": ("llama", 4, 128, 4),
+    "gpt2-small": ("gpt2", 12, 768, 12),
+}
+
+
+def run_ar(name: str, new_tokens: int, batch: int, repeats: int = 3, clock: str = "cpu") -> dict:
+    """AR (Quench + KV cache) against Hugging Face ``generate()`` greedy on the same weights.
+
+    The two runs alternate ``repeats`` times (A B A B ...) and the medians are compared, so a
+    burst of load on the shared machine does not favour either side. Both clocks are recorded;
+    `clock` is the one the ratio uses (CPU time: what each would take alone at 1 thread).
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from diffusionlm.models.hf import HFDenoiser
 
+    kind, n_layer, hidden, n_head = AR_MODELS[name]
     V = 50257
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=1024)).eval()
+    hf = hf_causal_lm(kind, n_layer, hidden, n_head, V)
     # No early stop on either side: every run decodes exactly new_tokens tokens.
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = V - 1
@@ -104,22 +126,38 @@ def run_ar(n_layer: int, n_embd: int, n_head: int, new_tokens: int, batch: int, 
     den = HFDenoiser.from_model(copy.deepcopy(hf), mask="add")
     lm = DiffusionLM(den, Absorb(V, mask_id=den.mask_id), Quench(), layout="shifted", bos_id=V - 1)
     sampler = get_sampler("ar")(max_new_tokens=new_tokens, greedy=True)
-    t_hf, t_ours = [], []
-    for _ in range(repeats):
+
+    def hf_run():
         with torch.no_grad():
-            t = time.perf_counter()
-            ref = hf.generate(with_bos, max_new_tokens=new_tokens, do_sample=False, attention_mask=torch.ones_like(with_bos))
-            t_hf.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        ours = sampler.sample(lm, batch_size=batch, prompt=prompt)
-        t_ours.append(time.perf_counter() - t)
+            return hf.generate(with_bos, max_new_tokens=new_tokens, do_sample=False, attention_mask=torch.ones_like(with_bos))
+
+    def ours_run():
+        return sampler.sample(lm, batch_size=batch, prompt=prompt)
+
+    hf_run(), ours_run()  # warm-up
+    t = {("hf", c): [] for c in CLOCKS} | {("ours", c): [] for c in CLOCKS}
+    for _ in range(repeats):
+        for side, fn in (("hf", hf_run), ("ours", ours_run)):
+            t0 = {c: CLOCKS[c]() for c in CLOCKS}
+            out = fn()
+            for c in CLOCKS:
+                t[(side, c)].append(CLOCKS[c]() - t0[c])
+            if side == "hf":
+                ref = out
+            else:
+                ours = out
     same = bool(torch.equal(ours.tokens, ref[:, 1:]))
-    m_hf, m_ours = statistics.median(t_hf), statistics.median(t_ours)
-    res = {"model": f"gpt2 {n_layer}x{n_embd}", "batch": batch, "new_tokens": new_tokens, "repeats": repeats,
-           "hf_tokens_per_s": batch * new_tokens / m_hf, "ours_tokens_per_s": batch * new_tokens / m_ours,
-           "ratio": m_hf / m_ours, "same_tokens": same}
-    print(f"AR {res['model']:<14} HF generate {res['hf_tokens_per_s']:8.1f} tok/s   ours {res['ours_tokens_per_s']:8.1f} tok/s"
-          f"   ratio {res['ratio']:.2f}   same={same}", flush=True)
+    med = {key: statistics.median(v) for key, v in t.items()}
+    res = {"model": f"{kind} {n_layer}x{hidden}", "batch": batch, "new_tokens": new_tokens, "repeats": repeats,
+           "clock": clock, "same_tokens": same, "load": open("/proc/loadavg").read().split()[0]}
+    for c in CLOCKS:
+        res[f"hf_tokens_per_s_{c}"] = batch * new_tokens / med[("hf", c)]
+        res[f"ours_tokens_per_s_{c}"] = batch * new_tokens / med[("ours", c)]
+        res[f"ratio_{c}"] = med[("hf", c)] / med[("ours", c)]
+    res["ratio"] = res[f"ratio_{clock}"]
+    print(f"AR {res['model']:<14} HF generate {res[f'hf_tokens_per_s_{clock}']:8.1f} tok/s   ours "
+          f"{res[f'ours_tokens_per_s_{clock}']:8.1f} tok/s ({clock} clock)   ratio {res['ratio']:.2f} "
+          f"(wall {res['ratio_wall']:.2f}, cpu {res['ratio_cpu']:.2f})   same={same}   load {res['load']}", flush=True)
     return res
 
 
@@ -132,19 +170,20 @@ def main() -> None:
     ap.add_argument("--ar-tokens", type=int, default=128)
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     ap.add_argument("--no-ar", action="store_true", help="skip AR vs HF generate()")
+    ap.add_argument("--ar", nargs="+", default=list(AR_MODELS), choices=list(AR_MODELS), help="the AR comparisons")
+    ap.add_argument("--ar-repeats", type=int, default=3)
+    ap.add_argument("--clock", choices=list(CLOCKS), default="cpu", help="the clock of the AR ratio")
+    ap.add_argument("--no-diffusion", action="store_true", help="only AR vs HF generate()")
     ap.add_argument("--out", default="benchmarks/out/sampling.json")
     args = ap.parse_args()
     results = {"threads": torch.get_num_threads(), "diffusion": [], "ar": []}
-    for item in args.configs:
+    for item in ([] if args.no_diffusion else args.configs):
         preset, d, *b = item.split(":")
         results["diffusion"] += run_diffusion(preset, int(d), int(b[0]) if b else args.batch, args.vocab, args.schedules)
     if not args.no_ar:
-        results["ar"].append(run_ar(4, 128, 4, args.ar_tokens, args.batch))
-        results["ar"].append(run_ar(12, 768, 12, args.ar_tokens, args.batch))
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.out}")
+        for name in args.ar:
+            results["ar"].append(run_ar(name, args.ar_tokens, args.batch, args.ar_repeats, args.clock))
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -427,3 +427,22 @@ def test_reserved_mask_token_in_the_middle_is_exposed_after_the_real_ids():
     out = lm.loss(x0, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out.loss)
     out.loss.backward()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_logits_to_keep_and_the_unmasked_decoding_row(kind):
+    """logits_to_keep=n gives the last n rows of the full logits; one decoding row whose mask
+    allows every key (handed to HF with no mask) equals the same row under the explicit mask."""
+    model = denoiser(kind)
+    ids = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(ids, attention_mask="causal", cache_commit=6)
+        last = model(ids, attention_mask="causal", logits_to_keep=2)
+        assert last.logits.shape[1] == 2 and max_diff(last.logits, full.logits[:, -2:]) < 1e-5
+        row = ids[:, 6:]
+        free = model(row, position_ids=torch.tensor([[6]]), attention_mask=None, cache=full.cache).logits
+        masked = model(row, position_ids=torch.tensor([[6]]), attention_mask=torch.ones(1, 1, 1, 7, dtype=torch.bool),
+                       cache=full.cache, logits_to_keep=1).logits
+        assert max_diff(free, full.logits[:, 6:]) < 1e-5 and max_diff(masked, free) < 1e-5
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            model(ids, logits_to_keep=8)

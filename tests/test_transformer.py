@@ -19,6 +19,7 @@ from diffusionlm.models import (
     output_size,
     plan_cached_step,
 )
+from diffusionlm.models.cache import _Store
 from diffusionlm.schedules.hyper import ACTIVE, SETTLED, WORTHLESS, Block, Flat, Quench, Slide
 
 V = 20  # real tokens 0..19
@@ -193,6 +194,56 @@ def test_cache_is_immutable_and_crops():
     a = model(ids[:, 3:5], cache=c3, attention_mask="causal").logits
     b = model(ids[:, 3:5], cache=c3, position_ids=torch.tensor([[3, 4]]), attention_mask="causal").logits
     assert_close(a, b, atol=0, rtol=0)
+
+
+def test_cache_store_is_written_only_past_the_newest_cache(monkeypatch):
+    """The preallocated K/V store (cache.py, "Storage"): a cache appends in place only while it
+    is the newest built on its store; appending to an older cache again (a branch), extending
+    it for attention, cropping it, copy instead, and no cache's rows ever change."""
+    monkeypatch.setattr(_Store, "MIN_CAPACITY", 4)  # so that 32 rows outgrow the first buffers
+    model = make_model()
+    ids = torch.randint(0, V, (2, 32), generator=torch.Generator().manual_seed(3))
+    causal = lambda L, P: torch.ones(P + L, P + L, dtype=torch.bool).tril()[P:][None, None]  # noqa: E731
+    c3 = model(ids[:, :3], cache_commit=3, attention_mask="causal").cache
+    c5 = model(ids[:, 3:5], cache=c3, cache_commit=2, attention_mask=causal(2, 3)).cache
+    assert c5._store is c3._store  # the newest cache appended in place
+    snap = [t.clone() for t in c3.keys + c3.values + c5.keys + c5.values]
+    # a branch from the older c3: other rows 3..4; must not touch c5's rows 3..4
+    other = ids[:, 10:12]
+    b5 = model(other, cache=c3, position_ids=torch.tensor([[3, 4]]), cache_commit=2, attention_mask=causal(2, 3)).cache
+    assert b5._store is not c3._store
+    # scratch rows written by an uncommitted call on the newest cache are past every view
+    model(ids[:, 5:9], cache=c5, attention_mask=causal(4, 5))
+    model(ids[:, 5:7], cache=c5.crop(4), position_ids=torch.tensor([[4, 5]]), cache_commit=2, attention_mask=causal(2, 4))
+    for a, b in zip(snap, c3.keys + c3.values + c5.keys + c5.values):
+        assert torch.equal(a, b)
+    # the branch equals one forward over its rows; growth past the first capacity stays exact
+    ref = model(torch.cat([ids[:, :3], other], 1), cache_commit=5, attention_mask="causal").cache
+    for a, b in zip(b5.keys + b5.values, ref.keys + ref.values):
+        assert_close(a, b, atol=1e-6, rtol=0)
+    c = model.empty_cache()
+    capacities = set()
+    for j in range(0, 32, 8):
+        c = model(ids[:, j : j + 8], cache=c, cache_commit=8, attention_mask=causal(8, j)).cache
+        capacities.add(c._store.keys[0].shape[2])
+    full = model(ids, cache_commit=32, attention_mask="causal").cache
+    assert c.length == 32 and c.keys[0].shape == (2, 4, 32, 8) and len(capacities) > 1
+    for a, b in zip(c.keys + c.values, full.keys + full.values):
+        assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_logits_to_keep_gives_the_last_rows():
+    model = make_model(randomize_ada=True, time_conditioning=True)
+    ids = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(1))
+    lv = torch.rand(2, 6, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(ids, levels=lv, attention_mask="causal").logits
+        last = model(ids, levels=lv, attention_mask="causal", logits_to_keep=3).logits
+    assert last.shape == (2, 3, full.shape[-1])
+    assert_close(last, full[:, -3:], atol=1e-6, rtol=0)
+    for bad in (-1, 7, True):
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            model(ids, levels=lv, logits_to_keep=bad)
 
 
 def test_plan_cached_step_checks_prefix():

@@ -8,7 +8,23 @@ The cache is a value, passed into a forward and returned from it, never state hi
 
 Per layer it holds K and V of shape [B, H, length, Dh] (keys after the rotary embedding, so a
 cached row keeps the position it was computed at), and `length`, the number of cached rows.
-`append` and `crop` return new caches; tensors are shared, never modified in place.
+`append` and `crop` return new caches; the rows a cache shows never change.
+
+Storage (no copy of the prefix per step). Appending by concatenation copies the whole prefix at
+every call, and attention over [cached; new] rows copies it again: O(length) per layer per step,
+O(d^2) per generated sequence. Instead the K/V rows live in preallocated buffers [B, H, capacity,
+Dh] per layer (a `_Store`), shared by the caches built from one another; each cache's `keys[i]`
+is the view buffer[:, :, :length]. The store remembers `filled`, the rows committed by the
+newest cache built on it. A cache may write into the buffer only past its own length and only
+when length = filled (it is the newest): rows [0, filled) are never written again, so every view
+any cache holds keeps its values. Otherwise (an older cache appended to again, a crop, a
+selection) the rows are copied into a new store. Capacity grows geometrically (x2, copying the
+rows once), so a sequence of d rows copies O(d) rows in all.
+
+    cache.extend(i, k, v)   K/V of layer i for attention: the cached rows then this call's rows
+                            (written after the cached rows as scratch, not committed: length and
+                            filled do not change)
+    cache.append(kvs, n)    a new cache with the first n of this call's rows committed
 
 Which rows may be cached, and why the cache is exact
 ----------------------------------------------------
@@ -30,7 +46,7 @@ settled positions are always a prefix. Flat has no settled prefix, so nothing is
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
@@ -41,6 +57,50 @@ from ..schedules.hyper import SETTLED
 __all__ = ["KVCache", "CachedStep", "plan_cached_step"]
 
 
+class _Store:
+    """Preallocated K/V buffers [B, H, capacity, Dh] per layer, shared by the caches built from
+    one another; rows [0, filled) are committed and never written again (module docstring)."""
+
+    __slots__ = ("keys", "values", "filled")
+
+    MIN_CAPACITY = 64
+
+    def __init__(self, keys: list, values: list, filled: int):
+        self.keys, self.values, self.filled = keys, values, filled
+
+    @classmethod
+    def of(cls, keys: Sequence[Tensor], values: Sequence[Tensor], rows: int, needed: int) -> "_Store":
+        """A new store of capacity >= needed holding copies of the first `rows` rows of these
+        per-layer [B, H, >= rows, Dh] tensors."""
+        store = cls([None] * len(keys), [None] * len(keys), rows)
+        for i, (k, v) in enumerate(zip(keys, values)):
+            store.keys[i], store.values[i] = cls._grown(k, rows, needed), cls._grown(v, rows, needed)
+        return store
+
+    @classmethod
+    def _grown(cls, t: Tensor, rows: int, needed: int) -> Tensor:
+        """A buffer of capacity >= needed (x2 growth) holding t's first `rows` rows."""
+        B, H, _, Dh = t.shape
+        buf = t.new_empty(B, H, max(2 * needed, cls.MIN_CAPACITY), Dh)
+        buf[:, :, :rows] = t[:, :, :rows]
+        return buf
+
+    def ensure(self, i: int, needed: int) -> None:
+        """Layer i's buffers hold at least `needed` rows (the committed rows carried over)."""
+        if self.keys[i].shape[2] < needed:
+            self.keys[i] = self._grown(self.keys[i], self.filled, needed)
+            self.values[i] = self._grown(self.values[i], self.filled, needed)
+
+    def write(self, i: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, H, n, Dh] at rows start.. of layer i; the views of rows [0, start + n)."""
+        end = start + k.shape[2]
+        self.ensure(i, end)
+        K, V = self.keys[i], self.values[i]
+        K[:, :, start:end] = k
+        V[:, :, start:end] = v
+        return K[:, :, :end], V[:, :, :end]
+
+
 @dataclass(frozen=True)
 class KVCache:
     """K/V of the cached rows per layer: keys[i], values[i] are [B, H, length, Dh] (or None while empty)."""
@@ -48,6 +108,7 @@ class KVCache:
     keys: tuple[Optional[Tensor], ...]
     values: tuple[Optional[Tensor], ...]
     length: int = 0
+    _store: Optional[_Store] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.keys) != len(self.values):
@@ -93,6 +154,27 @@ class KVCache:
         return self.length
 
     # -- new caches ----------------------------------------------------------------------
+    def _owns_tail(self, like: Tensor) -> bool:
+        """Whether this cache may write past its rows in its store (it is the newest cache built
+        on it) for new rows shaped like `like` [B, H, n, Dh]."""
+        st = self._store
+        if st is None or st.filled != self.length:
+            return False
+        k = st.keys[0]
+        return k.shape[:2] == like.shape[:2] and k.shape[3] == like.shape[3] and k.dtype == like.dtype and k.device == like.device
+
+    def extend(self, i: int, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor]:
+        """K, V of layer i for one attention call: the cached rows followed by this call's rows
+        [B, H, L_new, Dh]. Nothing is committed (this cache and its store's committed rows are
+        unchanged); the newest cache of a store writes the new rows after its own as scratch
+        instead of concatenating a copy of the whole prefix."""
+        k_old, v_old = self.keys[i], self.values[i]
+        if k_old is None:
+            return k_new, v_new
+        if self._owns_tail(k_new):
+            return self._store.write(i, self.length, k_new, v_new)
+        return torch.cat([k_old, k_new], dim=2), torch.cat([v_old, v_new], dim=2)
+
     def append(self, layer_kvs: Sequence[tuple[Tensor, Tensor]], n: int) -> "KVCache":
         """A new cache: these rows followed by the first `n` rows of this call's K/V.
 
@@ -102,22 +184,25 @@ class KVCache:
             raise ValueError(f"got K/V for {len(layer_kvs)} layers, the cache has {self.num_layers}")
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"the number of rows to commit must be an int >= 0, got {n!r}")
-        keys, values = [], []
-        for i, ((k_new, v_new), k_old, v_old) in enumerate(zip(layer_kvs, self.keys, self.values)):
+        for i, ((k_new, v_new), k_old) in enumerate(zip(layer_kvs, self.keys)):
             if n > k_new.shape[2]:
                 raise ValueError(f"cannot commit {n} rows: this call computed only {k_new.shape[2]}")
-            k_add, v_add = k_new[:, :, :n], v_new[:, :, :n]
-            if k_old is None:
-                keys.append(k_add)
-                values.append(v_add)
-            else:
-                if k_old.shape[:2] != k_add.shape[:2] or k_old.shape[3] != k_add.shape[3]:
-                    raise ValueError(
-                        f"layer {i}: new K/V {tuple(k_add.shape)} do not match the cached {tuple(k_old.shape)}"
-                    )
-                keys.append(torch.cat([k_old, k_add], dim=2) if n else k_old)
-                values.append(torch.cat([v_old, v_add], dim=2) if n else v_old)
-        return KVCache(tuple(keys), tuple(values), self.length + n)
+            if k_old is not None and (k_old.shape[:2] != k_new.shape[:2] or k_old.shape[3] != k_new.shape[3]):
+                raise ValueError(
+                    f"layer {i}: new K/V {tuple(k_new[:, :, :n].shape)} do not match the cached {tuple(k_old.shape)}"
+                )
+        if n == 0:
+            return self
+        end = self.length + n
+        if self._owns_tail(layer_kvs[0][0]):
+            st = self._store
+        elif self.length == 0:
+            st = _Store.of([k for k, _ in layer_kvs], [v for _, v in layer_kvs], 0, end)
+        else:
+            st = _Store.of(self.keys, self.values, self.length, end)
+        views = [st.write(i, self.length, k[:, :, :n], v[:, :, :n]) for i, (k, v) in enumerate(layer_kvs)]
+        st.filled = end
+        return KVCache(tuple(k for k, _ in views), tuple(v for _, v in views), end, st)
 
     def crop(self, n: int) -> "KVCache":
         """A new cache holding only the first `n` cached rows (n <= length)."""

@@ -67,11 +67,20 @@ KV cache
 
 `levels` are accepted and ignored (DiffuGPT's time-embedding-free architecture: the noise level is
 implicit in the number of MASK tokens).
+
+Speed (one decoding row per call, as in AR): `logits_to_keep=n` computes the head on the last n
+rows only (HF's own argument; sliced afterwards for a model without it); a single query row
+whose mask allows every key is handed to HF with no mask (what `generate()` passes: a row that
+sees every key is the causal row, and SDPA takes its unmasked kernel); the cache goes in under
+the argument name the model's forward declares (`cache` in transformers >= 5.x, else
+`past_key_values`), so no deprecation warning is raised per call.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -108,6 +117,15 @@ def _max_positions(config: Any) -> Optional[int]:
         if isinstance(v, int) and v > 0:
             return v
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_params(cls: type) -> frozenset:
+    """The keyword names the forward of this model class declares (none known: empty)."""
+    try:
+        return frozenset(inspect.signature(cls.forward).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return frozenset()
 
 
 def _cache_length(cache: Any) -> int:
@@ -517,8 +535,9 @@ class HFDenoiser(nn.Module):
         levels: Optional[Tensor] = None,
         cache: Any = None,
         cache_commit: int = 0,
+        logits_to_keep: int = 0,
     ) -> DenoiserOutput:
-        """Logits for the L rows of `input_ids` [B, L].
+        """Logits for the L rows of `input_ids` [B, L] (the last `logits_to_keep` rows only, if > 0).
 
         position_ids    [B or 1, L] true positions (default: cached rows + arange(L))
         attention_mask  None (FULL attention), "causal", bool [B or 1, 1, L, P + L] (True = may
@@ -535,20 +554,29 @@ class HFDenoiser(nn.Module):
         if levels is not None:
             check_levels(levels, what="levels")
         B, L = input_ids.shape
+        if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or not 0 <= logits_to_keep <= L:
+            raise ValueError(f"logits_to_keep must be an int in [0, {L}] (0: every row), got {logits_to_keep!r}")
         dtype = self.model.get_input_embeddings().weight.dtype
         mask = self._prepare_mask(attention_mask, B, L, past + L, input_ids.device, dtype)
+        if L == 1 and past and self.attn_implementation == "sdpa" and bool(mask.all()):
+            mask = None  # one row seeing every key: HF's causal row (module docstring, "Speed")
         want_cache = cache is not None or cache_commit > 0
         work = None
         if want_cache:
             work = _copy_cache(cache) if cache is not None else self.empty_cache()
         if self.reserved_id is not None:
             input_ids = torch.where(input_ids == self.mask_id, torch.full_like(input_ids, self.reserved_id), input_ids)
+        params = _forward_params(type(self.model))
+        extra: dict = {}
+        if logits_to_keep and "logits_to_keep" in params:
+            extra["logits_to_keep"] = logits_to_keep
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=work,
             use_cache=want_cache,
+            **{"cache" if "cache" in params else "past_key_values": work},
+            **extra,
         )
         new_cache = None
         if want_cache:
@@ -561,6 +589,8 @@ class HFDenoiser(nn.Module):
                     f"the cache holds {_cache_length(new_cache)} rows after the call, expected {past + cache_commit}"
                 )
         logits = out.logits
+        if logits_to_keep and logits.shape[1] != logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
         if self.reserved_id is not None:
             r = self.reserved_id
             logits = torch.cat([logits, logits[..., r : r + 1]], dim=-1)

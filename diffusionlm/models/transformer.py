@@ -36,11 +36,12 @@ until trained (gate = 0 makes every block start as the identity map).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -226,7 +227,7 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head attention with RoPE; new K/V are concatenated after the cached ones."""
+    """Multi-head attention with RoPE; the new K/V follow the cached ones (`KVCache.extend`)."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -242,14 +243,15 @@ class SelfAttention(nn.Module):
         sin: Tensor,
         backend,
         mask: Any,
-        past: tuple[Optional[Tensor], Optional[Tensor]],
+        extend: Optional[Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]],
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """`extend(k, v)`: the cached K/V followed by these rows' (`KVCache.extend` of this
+        layer), or None without a cache."""
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, H, L, Dh]
         new_kv = (k, v)
-        k_past, v_past = past
-        if k_past is not None:
-            k, v = torch.cat((k_past, k), dim=2), torch.cat((v_past, v), dim=2)
+        if extend is not None:
+            k, v = extend(k, v)
         y = backend(q, k, v, mask, self.dropout if self.training else 0.0)
         return self.proj(rearrange(y, "b h l d -> b l (h d)")), new_kv
 
@@ -277,14 +279,14 @@ class Block(nn.Module):
         # c -> shift/scale/gate for attention and MLP; zero-initialised (adaLN-Zero)
         self.ada = nn.Linear(config.cond_dim, 6 * config.hidden) if config.time_conditioning else None
 
-    def forward(self, x, cos, sin, backend, mask, past, c: Optional[Tensor]):
+    def forward(self, x, cos, sin, backend, mask, extend, c: Optional[Tensor]):
         if self.ada is None:
-            a, kv = self.attn(self.norm1(x), cos, sin, backend, mask, past)
+            a, kv = self.attn(self.norm1(x), cos, sin, backend, mask, extend)
             x = x + self.drop(a)
             x = x + self.drop(self.mlp(self.norm2(x)))
             return x, kv
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.ada(c).chunk(6, dim=-1)
-        a, kv = self.attn(modulate(self.norm1(x), shift_a, scale_a), cos, sin, backend, mask, past)
+        a, kv = self.attn(modulate(self.norm1(x), shift_a, scale_a), cos, sin, backend, mask, extend)
         x = x + gate_a * self.drop(a)
         x = x + gate_m * self.drop(self.mlp(modulate(self.norm2(x), shift_m, scale_m)))
         return x, kv
@@ -443,8 +445,10 @@ class DiffusionTransformer(nn.Module):
         cache: Optional[KVCache] = None,
         cache_commit: int = 0,
         embedding_weight: Optional[Tensor] = None,
+        logits_to_keep: int = 0,
     ) -> DenoiserOutput:
-        """Logits for the L rows of `input_ids` [B, L].
+        """Logits for the L rows of `input_ids` [B, L] (the last `logits_to_keep` rows only, if > 0:
+        the final norm and head skip the others, e.g. a prompt's rows when decoding).
 
         position_ids     [B or 1, L] true positions (default: cache.length + arange(L))
         attention_mask   None (full), "causal", bool [B or 1, 1 or H, L, P + L] (True = may attend;
@@ -463,6 +467,8 @@ class DiffusionTransformer(nn.Module):
             input_ids, position_ids, levels, cache, cache_commit, embedding_weight
         )
         B, L = input_ids.shape
+        if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or not 0 <= logits_to_keep <= L:
+            raise ValueError(f"logits_to_keep must be an int in [0, {L}] (0: every row), got {logits_to_keep!r}")
         backend = get_backend(cfg.attention)
         mask = backend.prepare(attention_mask, B, cfg.n_heads, L, past + L, input_ids.device)
 
@@ -477,11 +483,14 @@ class DiffusionTransformer(nn.Module):
         want_cache = cache is not None or cache_commit > 0
         new_kvs = []
         for i, block in enumerate(self.blocks):
-            past_kv = cache.layer(i) if cache is not None else (None, None)
-            h, kv = block(h, cos, sin, backend, mask, past_kv, c)
+            extend = functools.partial(cache.extend, i) if cache is not None else None
+            h, kv = block(h, cos, sin, backend, mask, extend, c)
             if want_cache:
                 new_kvs.append(kv)
 
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+            c = c[:, -logits_to_keep:] if c is not None else None
         h = self.norm_f(h)
         if self.ada_f is not None:
             shift, scale = self.ada_f(c).chunk(2, dim=-1)

@@ -35,7 +35,7 @@ from torch import Tensor
 from ..masks import Layout, shift_inputs
 from ..schedules.hyper import Quench
 from .base import SampleOutput, SampleRequest, Sampler, StepRecord, categorical, prepare_fixed, register_sampler
-from .driver import Step, StepFn, check_dtype, drive, ignores_levels, logits_of, model_device, resolve_length
+from .driver import Step, StepFn, check_dtype, drive, ignores_levels, logits_of, model_device, resolve_length, takes_keyword
 
 __all__ = ["AR"]
 
@@ -130,21 +130,24 @@ class AR(Sampler):
         x = torch.where(fix, values, x)
         step_fn = self.step_fn(lm, confidence=request.wants_records)
         pos = torch.arange(d, device=dev)
+        # the prompt step needs the head on its last row only (models that can skip the others)
+        keep = {"logits_to_keep": 1} if takes_keyword(model, "logits_to_keep") else {}
         kv = model.empty_cache()
-        cached, calls, history = 0, 0, []
+        calls, history = 0, []
         for j in range(P, d):
-            feed = pos[cached : j + 1]
+            if j == P:  # the prompt's rows and the first new row, causally
+                feed = pos[: j + 1]
+                ids = shift_inputs(x[:, : j + 1], lm.layout, lm.bos_id)
+                mask = (feed[None] <= feed[:, None])[None, None]
+            else:  # one row, reading token j - 1, that sees every cached row: full = causal
+                feed = pos[j : j + 1]
+                ids = x[:, j - 1 : j]
+                mask = None
             L = int(feed.numel())
-            ids = shift_inputs(x[:, : j + 1], lm.layout, lm.bos_id)[:, cached:]
-            mask = (pos[None, : j + 1] <= feed[:, None])[None, None]  # causal, [1, 1, L, j + 1]
-            lv = torch.zeros(B, L, device=dev)
-            lv[:, -1] = 1.0
-            out = model(
-                ids, position_ids=feed[None].expand(B, L), attention_mask=mask, levels=lv,
-                cache=kv, cache_commit=L,
-            )
+            # a level-blind model (the condition of this path) gets no levels
+            out = model(ids, position_ids=feed[None].expand(B, L), attention_mask=mask, cache=kv, cache_commit=L, **keep)
             calls += 1
-            kv, cached = out.cache, j + 1
+            kv = out.cache
             lt = (pos >= j).double()[None].expand(B, d)
             ls = (pos > j).double()[None].expand(B, d)
             active = torch.zeros(B, d, dtype=torch.bool, device=dev)
@@ -152,11 +155,13 @@ class AR(Sampler):
             cols = pos[j : j + 1]
             step = Step(j + 1, x, lt, ls, active, cols, logits_of(out)[:, -1:])
             new, conf = step_fn(step, generator)
+            if not request.wants_records:
+                x[:, j] = new[:, 0].to(x.dtype)  # x is this call's own tensor; nobody kept it
+                continue
             x_new = x.clone()
             x_new[:, j] = new[:, 0].to(x.dtype)
-            if request.wants_records:
-                confidence = torch.full((B, d), float("nan"), dtype=torch.float64, device=dev)
-                confidence[:, j] = conf[:, 0].double()
-                request.emit(StepRecord(j + 1, x_new, x_new != x, confidence, ls), history)
+            confidence = torch.full((B, d), float("nan"), dtype=torch.float64, device=dev)
+            confidence[:, j] = conf[:, 0].double()
+            request.emit(StepRecord(j + 1, x_new, x_new != x, confidence, ls), history)
             x = x_new
         return SampleOutput(x, history, calls, time.perf_counter() - t0)

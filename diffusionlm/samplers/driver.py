@@ -38,6 +38,7 @@ from its seed, with or without the cache.
 """
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -60,6 +61,7 @@ __all__ = [
     "unit_interval",
     "model_device",
     "ignores_levels",
+    "takes_keyword",
     "inverse_cdf",
     "logits_of",
 ]
@@ -163,6 +165,15 @@ def ignores_levels(model: Any) -> bool:
     if isinstance(tc, bool):
         return not tc
     return False
+
+
+def takes_keyword(model: Any, name: str) -> bool:
+    """Whether the model's forward (or call) declares the keyword argument `name`."""
+    fn = getattr(model, "forward", None) if isinstance(model, torch.nn.Module) else getattr(model, "__call__", None)
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def logits_of(out: Any) -> Tensor:
