@@ -51,7 +51,7 @@ def judge_fn(path: str, tokenizer):
 
     def judge(toks):
         r = generative_perplexity([tokenizer.decode(row.tolist()) for row in toks], model, jtok)
-        return r["nll"], r["tokens"]
+        return r["nll"] * r["tokens"], r["tokens"]  # its "nll" is per token; the judge returns the total
 
     return judge, f"causal LM {path}"
 
