@@ -1,0 +1,78 @@
+"""The adaptation corpus of the SmolLM2 recipes: English news, Shakespeare and Python, none of it
+an evaluation split the SmolLM2 report scores (those are WikiText-2 and LAMBADA).
+
+    python scripts/smollm2_data.py [--out runs/smollm2-data/train.jsonl] [--stdlib-chars 1500000]
+
+Writes one JSONL row per document ({"text", "source"}), shuffled with a fixed seed, so that the
+JSONL rule of `diffusionlm.data.load_corpus` (rows split 90 / 5 / 5 in file order) gives a
+train / validation / test split mixing the three sources:
+
+* ``ag_news``: every row of the stored AG News file (title + " " + description, 7600 rows; only
+  the test csv is stored offline, and AG News is not a reported evaluation set here);
+* ``tinyshakespeare``: the train part (the first 90% of its paragraphs), one row per paragraph;
+* ``stdlib``: train files of the standard-library corpus in sha1(path) order until
+  ``--stdlib-chars`` characters (the whole corpus, 12 MB, would drown the English).
+
+Prints the documents and tokens (SmolLM2 tokenizer, when fetched) per source.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+from pathlib import Path
+
+
+def build_rows(stdlib_chars: int) -> list:
+    from diffusionlm.data import load_corpus, stdlib_files
+
+    rows = [{"text": t, "source": "ag_news"} for t in load_corpus("ag_news", "test")]
+    rows += [{"text": t, "source": "tinyshakespeare"} for t in load_corpus("tinyshakespeare", "train", unit="paragraph")]
+    files = stdlib_files("train")
+    texts = load_corpus("stdlib", "train")
+    order = sorted(range(len(files)), key=lambda i: hashlib.sha1(files[i].encode()).hexdigest())
+    total = 0
+    for i in order:
+        if total >= stdlib_chars:
+            break
+        rows.append({"text": texts[i], "source": "stdlib"})
+        total += len(texts[i])
+    random.Random(0).shuffle(rows)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/smollm2-data/train.jsonl")
+    ap.add_argument("--stdlib-chars", type=int, default=1_500_000)
+    args = ap.parse_args(argv)
+    rows = build_rows(args.stdlib_chars)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    tmp.replace(out)
+    stats = {}
+    try:
+        from diffusionlm.fetch import load_hf_tokenizer
+
+        tok = load_hf_tokenizer("smollm2")
+        count = lambda t: len(tok.encode(t, add_special_tokens=False))  # noqa: E731
+    except ValueError:
+        count = None
+    for r in rows:
+        s = stats.setdefault(r["source"], {"documents": 0, "characters": 0, "tokens": 0})
+        s["documents"] += 1
+        s["characters"] += len(r["text"])
+        if count is not None:
+            s["tokens"] += count(r["text"])
+    print(json.dumps({"out": str(out), "rows": len(rows), "sources": stats}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
