@@ -315,3 +315,38 @@ def test_recipe_adapter_trains_saves_and_reloads_the_same_logits(smol, tmp_path)
         lm.model = reloaded
         b = lm.forward(xt, torch.zeros(2, 24), None, pos)
     assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo's default model
+# ---------------------------------------------------------------------------------------------
+def test_demo_default_is_the_adapted_smollm2_when_present(tmp_path, monkeypatch, capsys):
+    """load_demo_model(None) opens runs/smollm2-diffullama once its adapter is exported, and says how
+    to get it when it is not (tiny stand-in runs: the choice, not the weights, is under test)."""
+    from diffusionlm.compare import CompareConfig, save_variant
+    from diffusionlm.demo.core import ADAPTED_MODEL_DIR, DEFAULT_MODEL_DIR, load_demo_model
+    from diffusionlm.lm import DiffusionLM
+    from diffusionlm.models import DiffusionTransformer, TransformerConfig
+    from diffusionlm.processes import Absorb
+    from diffusionlm.schedules import Block, Flat
+
+    def tiny(schedule):
+        torch.manual_seed(0)
+        cfg = TransformerConfig.preset("tiny", vocab_size=260, input_vocab_size=260, max_positions=32, n_layers=1,
+                                       hidden=32, n_heads=2)
+        return DiffusionLM(DiffusionTransformer(cfg).eval(), Absorb(259), schedule, bos_id=257)
+
+    monkeypatch.chdir(tmp_path)
+    save_variant(Path(DEFAULT_MODEL_DIR), CompareConfig(length=32), "mdlm", tiny(Flat()))
+    save_variant(Path(ADAPTED_MODEL_DIR), CompareConfig(length=32), "block", tiny(Block(8)))
+    first = load_demo_model(None)  # trained but not exported: not yet the default
+    assert first.name == DEFAULT_MODEL_DIR
+    assert "bash scripts/smollm2_train.sh" in capsys.readouterr().out
+    (Path(ADAPTED_MODEL_DIR) / "adapter").mkdir()
+    (Path(ADAPTED_MODEL_DIR) / "adapter" / "adapter_config.json").write_text("{}")
+    chosen = load_demo_model(None)
+    assert chosen.name == ADAPTED_MODEL_DIR and chosen.lm.schedule == Block(8)
+    assert load_demo_model(None, default_dir=DEFAULT_MODEL_DIR).name == ADAPTED_MODEL_DIR
+    other = tmp_path / "elsewhere"
+    save_variant(other, CompareConfig(length=32), "mdlm", tiny(Flat()))
+    assert load_demo_model(None, default_dir=other).name == str(other)  # an explicit default dir wins

@@ -60,6 +60,7 @@ __all__ = [
     "PackedFrames",
     "SCHEDULE_CHOICES",
     "DEFAULT_MODEL_DIR",
+    "ADAPTED_MODEL_DIR",
     "load_demo_model",
     "sampler_kwargs",
     "sampler_knobs",
@@ -78,6 +79,9 @@ __all__ = [
 SCHEDULE_CHOICES = ("trained", "flat", "block", "slide", "quench")
 #: where the main job (`diffusionlm compare`) saves its MDLM variant: the demo's default model
 DEFAULT_MODEL_DIR = "runs/compare/models/mdlm"
+#: preferred over it when present: SmolLM2-135M adapted to diffusion (recipes/smollm2-diffullama.json,
+#: made and exported by scripts/smollm2_train.sh), so the default shows English being denoised
+ADAPTED_MODEL_DIR = "runs/smollm2-diffullama"
 
 
 class DemoInputError(ValueError):
@@ -308,15 +312,23 @@ class PackedFrames:
 def load_demo_model(spec: "str | Path | None" = None, default_dir: "str | Path" = DEFAULT_MODEL_DIR, **load_kw: Any) -> DemoModel:
     """Any kind of model (`diffusionlm.hub.load_model`: a run directory, a saved composition, a
     Hugging Face causal LM directory or hub id, read by default as a SHIFTED Absorb denoiser, as
-    DiffuGPT does; `load_kw`: process / schedule / layout / base / device). With no spec: the main
-    job's MDLM variant in `default_dir`, trained there first if missing."""
+    DiffuGPT does; `load_kw`: process / schedule / layout / base / device). With no spec: the
+    adapted SmolLM2 (ADAPTED_MODEL_DIR) once its training has saved it, when `default_dir` is the
+    default one; else the main job's MDLM variant in `default_dir`, trained there first if missing."""
     from ..hub import load_model
 
     if spec is None:
-        path = Path(default_dir)
-        if not (path / "run.json").exists():
-            train_default_model(path)
-        spec = path
+        adapted, default = Path(ADAPTED_MODEL_DIR), Path(default_dir) == Path(DEFAULT_MODEL_DIR)
+        if default and (adapted / "model" / "config.json").is_file():
+            spec = adapted  # the adapted SmolLM2, saved when its training finished
+        else:
+            if default:
+                print(f"the adapted SmolLM2 ({ADAPTED_MODEL_DIR}) is not there: `bash scripts/smollm2_train.sh` makes it "
+                      f"(about 45 minutes on 2 quiet cores); showing the main job's model from {default_dir}", flush=True)
+            path = Path(default_dir)
+            if not (path / "run.json").exists():
+                train_default_model(path)
+            spec = path
     loaded = load_model(spec, **{k: v for k, v in load_kw.items() if v is not None})
     return DemoModel(loaded.lm, loaded.tokenizer, str(spec), loaded.kind, _adapted(loaded))
 
