@@ -304,54 +304,37 @@ def _pm(v, se, fmt="{:.3f}"):
 LABEL = {"base": "SmolLM2 un-adapted", "diffullama": "DiffuLLaMA-style LoRA", "lad": "LAD LoRA"}
 
 
-def likelihood_table(work: Path) -> str:
-    lines = ["| model | reading | " + " | ".join(f"{d} nats/token | {d} PPL" for d in DATASETS) + " |",
-             "|---|---|" + "---|---|" * len(DATASETS)]
-    cells = []
-    for ds in DATASETS:
-        r = _load(work, f"ar_{ds}")
-        cells += [_pm(r and r["nll"], r and r["stderr"]), "—" if r is None else f"{r['ppl']:.2f}"]
-    lines.append(f"| SmolLM2 (base) | exact AR NLL (= Quench bound, M = T) | " + " | ".join(cells) + " |")
-    for name in MODELS:
-        cells = []
-        for ds in DATASETS:
-            r = _load(work, f"bound_{name}_{ds}")
-            cells += [_pm(r and r["nll"], r and r["stderr"]), "—" if r is None else f"≤ {r['ppl']:.1f}"]
-        reading = "Absorb bound (Flat, M draws)" if name != "lad" else "read as an Absorb denoiser (Flat, M draws)"
-        lines.append(f"| {LABEL[name]} | {reading} | " + " | ".join(cells) + " |")
+def _table(work: Path, head: list, rows: list, cell, width: int = 1) -> str:
+    """A Markdown table: `head` the header cells; each row (label cells, measurement keys), a key
+    formatted by `cell` into `width` cells (joined by " | "), "—" each when not measured."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    missing = " | ".join(["—"] * width)
+    for labels, keys in rows:
+        vals = [_load(work, k) for k in keys]
+        lines.append("| " + " | ".join(list(labels) + [cell(v) if v is not None else missing for v in vals]) + " |")
     return "\n".join(lines)
+
+
+def likelihood_table(work: Path) -> str:
+    head = ["model", "reading"] + [f"{d} {c}" for d in DATASETS for c in ("nats/token", "PPL")]
+    rows = [(["SmolLM2 (base)", "exact AR NLL (= Quench bound, M = T)"], [f"ar_{d}" for d in DATASETS])]
+    rows += [([LABEL[n], "Absorb bound (Flat, M draws)" if n != "lad" else "read as an Absorb denoiser (Flat, M draws)"],
+              [f"bound_{n}_{d}" for d in DATASETS]) for n in MODELS]
+    return _table(work, head, rows, lambda r: f"{_pm(r['nll'], r['stderr'])} | {'≤ ' if r['stderr'] else ''}{r['ppl']:.1f}", width=2)
 
 
 def gen_table(work: Path) -> str:
-    lines = ["| model | sampler | " + " | ".join(f"{s} steps: gen PPL / entropy" for s in STEPS) + " |",
-             "|---|---|" + "---|" * len(STEPS)]
-    for name, kind in GEN:
-        cells = []
-        for s in STEPS:
-            r = _load(work, f"gen_{name}_{kind}_{s}")
-            if r is None:
-                cells.append("—")
-                continue
-            cells.append(f"{r['gen_ppl']:.0f} ({_pm(r['nll'], r['nll_stderr'], '{:.2f}')}) / "
-                         f"{_pm(r['unigram_entropy'], r['unigram_entropy_stderr'], '{:.2f}')}")
-        lines.append(f"| {LABEL[name]} | {kind.upper()} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    head = ["model", "sampler"] + [f"{s} steps: gen PPL (judge NLL) / entropy" for s in STEPS]
+    rows = [([LABEL[n], k.upper()], [f"gen_{n}_{k}_{s}" for s in STEPS]) for n, k in GEN]
+    return _table(work, head, rows, lambda r: f"{r['gen_ppl']:.0f} ({_pm(r['nll'], r['nll_stderr'], '{:.2f}')}) / "
+                                              f"{_pm(r['unigram_entropy'], r['unigram_entropy_stderr'], '{:.2f}')}")
 
 
 def fix_table(work: Path) -> str:
-    lines = ["| model | " + " | ".join(f"p_max {p}: changed / edit before / edit after / better-worse" for p in NOISE) + " |",
-             "|---|" + "---|" * len(NOISE)]
-    for name in MODELS:
-        cells = []
-        for p in NOISE:
-            r = _load(work, f"fix_{name}_{p}")
-            if r is None:
-                cells.append("—")
-                continue
-            cells.append(f"{r['changed_fraction']:.1%} / {_pm(r['edit_before'], r['edit_before_stderr'])} / "
-                         f"{_pm(r['edit_after'], r['edit_after_stderr'])} / {r['improved']}-{r['worsened']}")
-        lines.append(f"| {LABEL[name]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    head = ["model"] + [f"p_max {p}: changed / edit before / edit after / better-worse" for p in NOISE]
+    rows = [([LABEL[n]], [f"fix_{n}_{p}" for p in NOISE]) for n in MODELS]
+    return _table(work, head, rows, lambda r: f"{r['changed_fraction']:.1%} / {_pm(r['edit_before'], r['edit_before_stderr'])} / "
+                                              f"{_pm(r['edit_after'], r['edit_after_stderr'])} / {r['improved']}-{r['worsened']}")
 
 
 def training_summary(runs: Path) -> tuple:
