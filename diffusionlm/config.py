@@ -291,10 +291,10 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
             cfg = AutoConfig.for_model(hc.pop("model_type"), **hc)
             model = AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation)
         elif spec.path:
-            from .fetch import resolve_model
+            from .fetch import load_causal_lm
 
-            src = resolve_model(spec.path)  # a fetchable name ("smollm2"), a .gguf, an HF folder or a hub id
-            model = AutoModelForCausalLM.from_pretrained(src.path, attn_implementation=spec.attn_implementation, **src.kwargs())
+            # a fetchable name ("smollm2"), a .gguf, an HF folder or a hub id (diffusionlm.fetch)
+            model = load_causal_lm(spec.path, attn_implementation=spec.attn_implementation)
         else:
             raise ValueError("model.kind=hf needs model.path (a local directory or hub id) or model.hf_config")
         denoiser = HFDenoiser.from_model(model, mask=spec.mask, tokenizer=getattr(tokenizer, "hf", None))

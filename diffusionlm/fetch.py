@@ -22,7 +22,9 @@ The folder is written into a temporary name and renamed, so it is either complet
 Cache: ``$DIFFUSIONLM_CACHE`` (default ``~/.cache/diffusionlm``), one folder per name:
 ``<cache>/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` and ``<cache>/smollm2/hf/``.
 
-Resolution (:func:`resolve_model`, the one hook every loader uses), first match wins:
+Resolution (:func:`resolve_model`, the one hook every loader uses: `config.build_model` /
+`build_tokenizer` for recipes, and `diffusionlm.hub.load_model` for `--model` through
+:func:`hub_path`), first match wins:
 a registered name -> its converted folder when complete and made from the pinned GGUF, else the
 verified GGUF; never a download (a missing name says which command fetches it). A ``.gguf``
 file -> its folder and file name, after checking that the ``gguf`` package is present and that
@@ -59,6 +61,7 @@ __all__ = [
     "load_causal_lm",
     "load_hf_tokenizer",
     "resolve_tokenizer",
+    "hub_path",
     "gguf_architecture",
 ]
 
@@ -251,7 +254,9 @@ def _hf_dir_ok(hf_dir: Path, source: ModelSource) -> bool:
 def convert_to_hf(gguf: Path, hf_dir: Path, source: Optional[ModelSource] = None) -> Path:
     """De-quantise `gguf` once (transformers' GGUF path) and save the float32 model and its
     tokenizer as an HF folder (safetensors) at `hf_dir`, atomically (temporary name, rename)."""
-    model = load_causal_lm(str(gguf))
+    import torch
+
+    model = load_causal_lm(str(gguf), dtype=torch.float32)
     tok = load_hf_tokenizer(str(gguf))
     # the weights are plain float32 tensors now; transformers still marks the model as "GGUF
     # quantised" and refuses to save it: drop the marker (the tensors are what we save)
@@ -359,16 +364,31 @@ def resolve_model(name_or_path: "str | os.PathLike", cache: "str | os.PathLike |
 
 def load_causal_lm(name_or_path: "str | os.PathLike", attn_implementation: str = "sdpa", dtype: Any = None,
                    cache: "str | os.PathLike | None" = None):
-    """`AutoModelForCausalLM.from_pretrained` on what :func:`resolve_model` gives (float32 by
-    default), in eval mode."""
-    import torch
+    """`AutoModelForCausalLM.from_pretrained` on what :func:`resolve_model` gives (`dtype` None:
+    transformers' default, float32 for a GGUF and for the converted folder). A registered name
+    stays the model's `name_or_path`, so that a LoRA adapter trained on it names its base
+    portably ("smollm2", not this machine's cache folder; peft records `name_or_path`)."""
     from transformers import AutoModelForCausalLM
 
-    src = resolve_model(name_or_path, cache)
-    model = AutoModelForCausalLM.from_pretrained(
-        src.path, attn_implementation=attn_implementation, dtype=dtype or torch.float32, **src.kwargs()
-    )
-    return model.eval()
+    spec = os.fspath(name_or_path)
+    src = resolve_model(spec, cache)
+    kw = {"dtype": dtype} if dtype is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(src.path, attn_implementation=attn_implementation, **kw, **src.kwargs())
+    if spec in SOURCES:
+        model.config._name_or_path = model.name_or_path = spec
+    return model
+
+
+def hub_path(name: str) -> Optional[str]:
+    """The resolver of `diffusionlm.hub.load_model` (`--model smollm2` on every command): a
+    registered name -> its converted HF folder; None for any other name. Never downloads."""
+    if name not in SOURCES:
+        return None
+    src = resolve_model(name)
+    if src.gguf_file:
+        raise FetchError(f"{name} is in the cache as a GGUF only: run `diffusionlm fetch {name}` to convert it "
+                         "(the model loader reads Hugging Face folders)")
+    return src.path
 
 
 def load_hf_tokenizer(name_or_path: "str | os.PathLike", cache: "str | os.PathLike | None" = None):

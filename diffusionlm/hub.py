@@ -458,6 +458,14 @@ def register_resolver(fn: Callable[[str], "Optional[str | os.PathLike]"]) -> Cal
     return fn
 
 
+@register_resolver
+def _fetched(name: str) -> "Optional[str]":
+    """Names `diffusionlm fetch` knows ("smollm2") -> their converted folder (diffusionlm.fetch)."""
+    from .fetch import hub_path
+
+    return hub_path(name)
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 
 

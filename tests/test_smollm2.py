@@ -17,6 +17,7 @@ which command fetches them. The weights are loaded once per module.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -104,7 +105,7 @@ def test_fetch_command_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFUSIONLM_CACHE", str(tmp_path))
     proc = subprocess.run([sys.executable, "-m", "diffusionlm.cli", "fetch", "gpt5"], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stderr.strip() == "diffusionlm fetch: error: unknown model name 'gpt5'; fetchable names: smollm2"
 
 
@@ -279,11 +280,14 @@ def test_mdlm_block_same_tokens_with_and_without_the_kv_cache(smol):
 
 @pytest.mark.slow
 def test_recipe_adapter_trains_saves_and_reloads_the_same_logits(smol, tmp_path):
-    """The DiffuLLaMA recipe built by name, two LoRA steps, peft's own save format, reloaded onto
-    a freshly built base: the same logits."""
+    """The DiffuLLaMA recipe built by name, two LoRA steps, saved as a composition (the adapter in
+    peft's format, base named "smollm2"), reloaded by the one loader through the fetch resolver and
+    by peft alone: the same logits."""
+    from peft import PeftModel
+
     from diffusionlm.config import RunConfig, build
-    from diffusionlm.models.hf import HFDenoiser
-    from diffusionlm.models.lora import load_adapters, peft_model_of, save_adapters
+    from diffusionlm.hub import load_model
+    from diffusionlm.models.lora import peft_model_of
     from diffusionlm.training import TrainConfig, Trainer
 
     run = RunConfig.from_file(REPO / "recipes" / "smollm2-diffullama.json",
@@ -293,33 +297,50 @@ def test_recipe_adapter_trains_saves_and_reloads_the_same_logits(smol, tmp_path)
     assert lm.model.mask_id == smol.den.mask_id and built.tokenizer.vocab_size == smol.N
     x = torch.tensor(smol.tok.encode("It was the best of times, it was the worst of times, it was the age of wisdom,"
                                       " it was the age of foolishness, it was the epoch of belief")[:32]).view(2, 16)
-    trainer = Trainer(lm, TrainConfig(steps=2, batch_size=2, lr=1e-2, progress=False), iter([x, x]))
-    trainer.fit()
-    adapters = tmp_path / "adapter"
-    save_adapters(lm.model, adapters)
-    assert sorted(p.name for p in adapters.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    Trainer(lm, TrainConfig(steps=2, batch_size=2, lr=1e-2, progress=False), iter([x, x])).fit()
     changed = [n for n, p in peft_model_of(lm.model).named_parameters() if "lora_B" in n and p.abs().sum() > 0]
     assert changed  # the steps moved the adapters (lora_B starts at zero)
-
-    fresh = HFDenoiser.from_model(F.load_causal_lm("smollm2"), mask="add")
-    reloaded = load_adapters(fresh, adapters)
     lm.model.eval()
+    lm.save_pretrained(tmp_path / "saved", tokenizer=built.tokenizer)
+    backbone = tmp_path / "saved" / "backbone"
+    assert (backbone / "adapter_model.safetensors").stat().st_size < 30e6  # the adapter, not the 540 MB base
+    assert json.loads((backbone / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2"
+
     pos = torch.arange(16)[None].expand(2, 16)
     xt = x.clone()
     xt[:, ::3] = lm.process.mask_id
     with torch.no_grad():
-        a = lm.forward(xt, torch.zeros(2, 16), None, pos)
-        lm.model = reloaded
-        b = lm.forward(xt, torch.zeros(2, 16), None, pos)
-    assert torch.equal(a, b)
+        ref = lm.forward(xt, torch.zeros(2, 16), None, pos)
+        loaded = load_model(tmp_path / "saved").lm  # base "smollm2" -> the fetched folder
+        assert torch.equal(loaded.forward(xt, torch.zeros(2, 16), None, pos), ref)
+        # peft alone: the base resized by one row (any values: the MASK row travels in the adapter)
+        base = F.load_causal_lm("smollm2")
+        base.resize_token_embeddings(smol.N + 1, mean_resizing=False)
+        lm.model.model = PeftModel.from_pretrained(base, backbone)
+        assert torch.equal(lm.forward(xt, torch.zeros(2, 16), None, pos), ref)
+
+
+def test_every_command_takes_smollm2_by_name(monkeypatch, tmp_path):
+    """The one loader (diffusionlm.hub) resolves the fetched name; missing, it says what to run."""
+    from diffusionlm.hub import resolve_model_path
+
+    monkeypatch.setenv("DIFFUSIONLM_CACHE", str(tmp_path))
+    with pytest.raises(F.FetchError, match=r"smollm2 is not in the cache .*: run `diffusionlm fetch smollm2`"):
+        resolve_model_path("smollm2")
+    proc = subprocess.run([sys.executable, "-m", "diffusionlm.cli", "sample", "--model", "smollm2", "--length", "8"],
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("diffusionlm sample: error: smollm2 is not in the cache")
+    monkeypatch.delenv("DIFFUSIONLM_CACHE")
+    assert resolve_model_path("smollm2") == F.cache_root() / "smollm2" / "hf"  # the fetched, converted folder
 
 
 # ---------------------------------------------------------------------------------------------
 # the demo's default model
 # ---------------------------------------------------------------------------------------------
 def test_demo_default_is_the_adapted_smollm2_when_present(tmp_path, monkeypatch, capsys):
-    """load_demo_model(None) opens runs/smollm2-diffullama once its adapter is exported, and says how
-    to get it when it is not (tiny stand-in runs: the choice, not the weights, is under test)."""
+    """load_demo_model(None) opens runs/smollm2-diffullama once its training has saved model/, and
+    says how to get it when it has not (tiny stand-in runs: the choice, not the weights, is tested)."""
     from diffusionlm.compare import CompareConfig, save_variant
     from diffusionlm.demo.core import ADAPTED_MODEL_DIR, DEFAULT_MODEL_DIR, load_demo_model
     from diffusionlm.lm import DiffusionLM
@@ -335,15 +356,15 @@ def test_demo_default_is_the_adapted_smollm2_when_present(tmp_path, monkeypatch,
 
     monkeypatch.chdir(tmp_path)
     save_variant(Path(DEFAULT_MODEL_DIR), CompareConfig(length=32), "mdlm", tiny(Flat()))
-    save_variant(Path(ADAPTED_MODEL_DIR), CompareConfig(length=32), "block", tiny(Block(8)))
-    first = load_demo_model(None)  # trained but not exported: not yet the default
-    assert first.name == DEFAULT_MODEL_DIR
+    Path(ADAPTED_MODEL_DIR).mkdir(parents=True)
+    (Path(ADAPTED_MODEL_DIR) / "run.json").write_text("{}")  # training under way: no model/ yet
+    assert load_demo_model(None).name == DEFAULT_MODEL_DIR
     assert "bash scripts/smollm2_train.sh" in capsys.readouterr().out
-    (Path(ADAPTED_MODEL_DIR) / "adapter").mkdir()
-    (Path(ADAPTED_MODEL_DIR) / "adapter" / "adapter_config.json").write_text("{}")
+    shutil.rmtree(ADAPTED_MODEL_DIR)
+    save_variant(Path(ADAPTED_MODEL_DIR), CompareConfig(length=32), "block", tiny(Block(8)))
+    assert (Path(ADAPTED_MODEL_DIR) / "model" / "config.json").is_file()
     chosen = load_demo_model(None)
     assert chosen.name == ADAPTED_MODEL_DIR and chosen.lm.schedule == Block(8)
-    assert load_demo_model(None, default_dir=DEFAULT_MODEL_DIR).name == ADAPTED_MODEL_DIR
     other = tmp_path / "elsewhere"
     save_variant(other, CompareConfig(length=32), "mdlm", tiny(Flat()))
     assert load_demo_model(None, default_dir=other).name == str(other)  # an explicit default dir wins
