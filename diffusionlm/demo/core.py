@@ -324,7 +324,7 @@ def load_demo_model(spec: "str | Path | None" = None, default_dir: "str | Path" 
         else:
             if default:
                 print(f"the adapted SmolLM2 ({ADAPTED_MODEL_DIR}) is not there: `bash scripts/smollm2_train.sh` makes it "
-                      f"(about 45 minutes on 2 quiet cores); showing the main job's model from {default_dir}", flush=True)
+                      f"(two LoRA trainings of about 45 minutes each on 2 quiet cores); showing the main job's model from {default_dir}", flush=True)
             path = Path(default_dir)
             if not (path / "run.json").exists():
                 train_default_model(path)
