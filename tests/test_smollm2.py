@@ -275,7 +275,14 @@ def test_mdlm_block_same_tokens_with_and_without_the_kv_cache(smol):
     assert torch.equal(runs[True].tokens, runs[False].tokens)
     assert not (runs[True].tokens == smol.den.mask_id).any()
     assert torch.equal(runs[True].tokens[:, : prompt.shape[1]], prompt.expand(2, -1))
-    assert runs[True].num_model_calls == runs[False].num_model_calls == 3 * 4  # 24 new tokens: 3 blocks of 4 steps
+    # uncached: one call per step that moves a free position (every block the 24 new tokens touch,
+    # 4 steps each; the prompt need not end on a block boundary); cached: never more (a step
+    # that changed nothing reuses the previous logits)
+    table = lm.schedule.table(length)[:, prompt.shape[1]:]
+    moving = int(((table[:-1] > 0) & ~((table[:-1] == 1) & (table[1:] == 1))).any(1).sum())
+    assert moving in (3 * 4, 4 * 4)
+    assert runs[False].num_model_calls == moving
+    assert runs[True].num_model_calls <= moving
 
 
 @pytest.mark.slow
