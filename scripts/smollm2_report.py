@@ -173,30 +173,40 @@ def ratio_stderr(a: list, b: list) -> float:
     return math.sqrt(sum((x - r * y) ** 2 for x, y in zip(a, b)) / (n * (n - 1))) / mb
 
 
-def measure_gen(models: Models, name: str, kind: str, steps: int, args) -> dict:
+def judged(models: Models, rows: list) -> dict:
+    """Gen PPL of token rows judged by the base AR model (special tokens dropped) and their
+    unigram entropy, each with its stderr over rows."""
     from diffusionlm.eval import generative_perplexity, unigram_entropy
 
-    lm = models.lm(name, "own" if kind == "lad" else "absorb")
     tok = models.tokenizer()
     judge, jtok = models.judge()
-    g = torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = _sampler(kind, steps).sample(lm, batch_size=args.samples, length=args.gen_length, generator=g)
-    seconds = time.perf_counter() - t0
-    rows = out.tokens.tolist()
     texts = [tok.hf.decode(r, skip_special_tokens=True) for r in rows]
-    judged = [t for t in texts if t.strip()]
-    gp = generative_perplexity(judged, judge, jtok, batch_size=8)
+    nonempty = [t for t in texts if t.strip()]
+    gp = generative_perplexity(nonempty, judge, jtok, batch_size=8)
     a = [p["nll"] for p in gp["per_sample"]]
     b = [p["tokens"] for p in gp["per_sample"]]
     ent = [unigram_entropy([r]) for r in rows]
     m = sum(ent) / len(ent)
     ent_se = math.sqrt(sum((e - m) ** 2 for e in ent) / (len(ent) - 1) / len(ent)) if len(ent) > 1 else float("nan")
     return {"gen_ppl": gp["gen_ppl"], "nll": gp["nll"], "nll_stderr": ratio_stderr(a, b), "judged_tokens": gp["tokens"],
-            "judged_samples": len(judged), "unigram_entropy": m, "unigram_entropy_stderr": ent_se,
-            "model_calls": out.num_model_calls, "seconds": seconds, "samples": texts,
+            "judged_samples": len(nonempty), "unigram_entropy": m, "unigram_entropy_stderr": ent_se, "samples": texts}
+
+
+def measure_gen(models: Models, name: str, kind: str, steps: int, args) -> dict:
+    lm = models.lm(name, "own" if kind == "lad" else "absorb")
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = _sampler(kind, steps).sample(lm, batch_size=args.samples, length=args.gen_length, generator=g)
+    seconds = time.perf_counter() - t0
+    return {**judged(models, out.tokens.tolist()), "model_calls": out.num_model_calls, "seconds": seconds,
             "sampler": _sampler(kind, steps).to_dict(), "checkpoint_step": models.checkpoint_step(name)}
+
+
+def measure_real(models: Models, args) -> dict:
+    """The reference for the generation table: real text, the first --samples rows of
+    --gen-length tokens of WikiText-2 raw test, judged the same way."""
+    return judged(models, rows_of("wikitext2-raw", models.tokenizer(), args.gen_length, args.samples).tolist())
 
 
 def sentences(tok, k: int, lo: int = 16, hi: int = 48) -> list:
@@ -276,18 +286,21 @@ def measure_fix(models: Models, name: str, p_max: float, args) -> dict:
 
 
 def plan(args) -> list:
-    """(key, function, arguments) of every measurement, model by model; the DiffuLLaMA model's
-    self-correction (a LAD measurement, beside the point of that run) comes last of all."""
-    todo, last = [], []
-    for name in MODELS:
-        if args.only and name not in args.only:
-            continue
-        if name == "base":
-            todo += [(f"ar_{ds}", measure_ar, (ds,)) for ds in DATASETS]
-        todo += [(f"bound_{name}_{ds}", measure_bound, (name, ds)) for ds in DATASETS]
-        todo += [(f"gen_{m}_{k}_{s}", measure_gen, (m, k, s)) for m, k in GEN if m == name for s in STEPS]
-        (last if name == "diffullama" else todo).extend((f"fix_{name}_{p}", measure_fix, (name, p)) for p in NOISE)
-    return todo + last
+    """(key, function, arguments) of every measurement: the base's first, then the adapted
+    models' in the order of what matters most when time runs short (the DiffuLLaMA bound, LAD's
+    self-correction, the samples of each, the LAD model read as an Absorb denoiser, and last the
+    DiffuLLaMA model's self-correction, a LAD measurement beside the point of that run)."""
+    want = [n for n in MODELS if not args.only or n in args.only]
+    bound = lambda n: [(f"bound_{n}_{ds}", measure_bound, (n, ds)) for ds in DATASETS]
+    fix = lambda n: [(f"fix_{n}_{p}", measure_fix, (n, p)) for p in NOISE]
+    gen = lambda n: [(f"gen_{m}_{k}_{s}", measure_gen, (m, k, s)) for m, k in GEN if m == n for s in STEPS]
+    order = {
+        "base": [(f"ar_{ds}", measure_ar, (ds,)) for ds in DATASETS] + [("gen_real", measure_real, ())]
+        + bound("base") + gen("base") + fix("base"),
+        "adapted": bound("diffullama") + fix("lad") + gen("diffullama") + gen("lad") + bound("lad") + fix("diffullama"),
+    }
+    todo = order["base"] if "base" in want else []
+    return todo + [item for item in order["adapted"] if item[2][0] in want]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +342,7 @@ def likelihood_table(work: Path) -> str:
 def gen_table(work: Path) -> str:
     head = ["model", "sampler"] + [f"{s} steps: gen PPL (judge NLL) / entropy" for s in STEPS]
     rows = [([LABEL[n], k.upper()], [f"gen_{n}_{k}_{s}" for s in STEPS]) for n, k in GEN]
+    rows.append((["real text (WikiText-2 test rows)", "—"], ["gen_real"] * len(STEPS)))
     return _table(work, head, rows, lambda r: f"{r['gen_ppl']:.0f} ({_pm(r['nll'], r['nll_stderr'], '{:.2f}')}) / "
                                               f"{_pm(r['unigram_entropy'], r['unigram_entropy_stderr'], '{:.2f}')}")
 
@@ -518,8 +532,8 @@ is an upper bound on the NLL: lower is better, and no bound can go below the tru
 {args.samples} unconditional samples of {args.gen_length} tokens per cell (seed 0). Each cell: gen PPL
 (token-weighted; in brackets the judge's NLL in nats/token ± its stderr over samples) / unigram
 entropy in nats ± stderr.
-Real text of this length has a unigram entropy of about 4.2-4.4 nats; very low gen PPL with low
-entropy is repetition.
+The last row is real text of the same length judged the same way (the same value in every column):
+the target. Very low gen PPL with low entropy is repetition.
 
 {gen_table(work)}
 
@@ -560,12 +574,12 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="runs/smollm2-report")
     ap.add_argument("--out", default="docs/smollm2")
     ap.add_argument("--only", nargs="*", choices=MODELS, help="measure these models only")
-    ap.add_argument("--rows", type=int, default=16, help="test rows per dataset for the bound and the AR NLL")
+    ap.add_argument("--rows", type=int, default=8, help="test rows per dataset for the bound and the AR NLL")
     ap.add_argument("--length", type=int, default=128, help="tokens per test row")
     ap.add_argument("--bound-samples", type=int, default=2, help="M, model evaluations per row of the bound")
     ap.add_argument("--samples", type=int, default=3, help="unconditional samples per generation cell")
-    ap.add_argument("--gen-length", type=int, default=64, help="tokens per unconditional sample")
-    ap.add_argument("--sentences", type=int, default=24)
+    ap.add_argument("--gen-length", type=int, default=32, help="tokens per unconditional sample")
+    ap.add_argument("--sentences", type=int, default=16)
     ap.add_argument("--refine-iterations", type=int, default=8)
     ap.add_argument("--docs-only", action="store_true")
     args = ap.parse_args(argv)
