@@ -91,9 +91,37 @@ class Models:
                 built = build(run, data=False)
                 built.lm.model.eval()
             else:
-                run, built = load_run(self.run_dir(name))
+                try:
+                    run, built = load_run(self.run_dir(name))
+                except ValueError as err:
+                    if "trainable weights of another configuration" not in str(err):
+                        raise
+                    built = self._checkpoint_with_tied_aliases(name)
             self._built[name] = built
         return self._built[name]
+
+    def _checkpoint_with_tied_aliases(self, name: str):
+        """The newest checkpoint of a LoRA run whose trainer stored the tied embedding / head
+        tensors under the head's names (lm_head.token_adapter.*) where a freshly built model lists
+        them under the embedding's: load_run's key check refuses it, though every key is a weight
+        of the model (state_dict holds both names of a tied tensor). Loaded by those names, after
+        checking that each one is there with its shape."""
+        from safetensors.torch import load_file
+
+        from diffusionlm.config import RunConfig, build
+        from diffusionlm.training.checkpoint import latest_checkpoint
+
+        run_dir = self.run_dir(name)
+        run = RunConfig.from_dict(json.loads((run_dir / "run.json").read_text()))
+        built = build(run, data=False)
+        weights = load_file(str(latest_checkpoint(run_dir) / "model.safetensors"))
+        own = built.lm.model.state_dict()
+        bad = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
+        if bad:
+            raise ValueError(f"{run_dir}: checkpoint weights this model lacks: {bad[:3]}")
+        built.lm.model.load_state_dict(weights, strict=False)
+        built.lm.model.eval()
+        return built
 
     def tokenizer(self):
         return self.built("base").tokenizer
