@@ -536,7 +536,8 @@ def write_docs(args) -> None:
     text = f"""# SmolLM2-135M adapted to diffusion on 2 CPU cores
 
 A real pretrained Llama (SmolLM2-135M-Instruct, `diffusionlm fetch smollm2`) read as a diffusion
-denoiser before and after two LoRA adaptations of the same budget: DiffuLLaMA-style
+denoiser before and after two LoRA adaptations whose recipes have the same budget (the runs
+measured here were shorter: see "What was run"): DiffuLLaMA-style
 (`recipes/smollm2-diffullama.json`: absorbing diffusion, 1/t weighting, the shift, attention-mask
 annealing) and LAD (`recipes/smollm2-lad.json`: Structural noise, plain denoising CE). No GPU was
 lent to this task: everything here ran on the shared 2-core CPU machine.
