@@ -473,3 +473,28 @@ def test_two_trainings_with_one_seed_give_identical_weights(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "non-finite" in err and "at step 2" in err, err
     assert latest_checkpoint(tmp_path / "nan") is None
+
+
+def test_a_tied_trainable_pair_is_checked_by_tensor_not_by_name(tmp_path):
+    """A tied embedding / head trains as one parameter under two names (SmolLM2's LoRA run saved
+    its MASK rows under the head's name; a fresh model lists the embedding's): either name loads,
+    and a tensor that does not train here is still refused."""
+    from diffusionlm.training.checkpoint import check_weights
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(5, 3)
+            self.body = torch.nn.Linear(3, 3)
+            self.head = torch.nn.Linear(3, 5, bias=False)
+            self.head.weight = self.emb.weight
+            self.body.requires_grad_(False)
+
+    m = Tied()
+    assert [n for n, p in m.named_parameters() if p.requires_grad] == ["emb.weight"]
+    check_weights(m, {"head.weight": torch.zeros(5, 3)}, tmp_path, partial=True)
+    check_weights(m, {"emb.weight": torch.zeros(5, 3)}, tmp_path, partial=True)
+    with pytest.raises(ValueError, match="not trainable here"):
+        check_weights(m, {"emb.weight": torch.zeros(5, 3), "body.weight": torch.zeros(3, 3)}, tmp_path, partial=True)
+    with pytest.raises(ValueError, match=r"missing \['emb.weight'\]"):
+        check_weights(m, {}, tmp_path, partial=True)

@@ -230,9 +230,13 @@ def check_weights(model: torch.nn.Module, state: dict, path: "str | Path", parti
     if unexpected:
         raise ValueError(f"checkpoint {path} holds weights this model lacks: {unexpected[:5]}")
     if partial:
-        want = {n for n, p in model.named_parameters() if p.requires_grad}
-        missing = sorted(want - set(state))
-        extra = sorted(set(state) - want)
+        # By tensor, not by name: a tied pair (an embedding and its head) is one parameter with two
+        # names, and which name `named_parameters` keeps depends on the order modules were built in.
+        tensors = model.state_dict(keep_vars=True)
+        saved = {id(tensors[k]) for k in state}
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and id(p) not in saved)
+        extra = sorted(k for k in state if id(tensors[k]) not in trainable)
         if missing or extra:
             raise ValueError(
                 f"checkpoint {path} holds the trainable weights of another configuration "
