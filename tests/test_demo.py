@@ -457,7 +457,7 @@ def test_a_cancelled_run_stops_at_the_next_step_and_frees_its_frames():
 
 
 def test_the_queue_and_the_concurrency_limit_are_configured():
-    pytest.importorskip("gradio")
+    import gradio  # noqa: F401  (the test extras install it: required, never skipped)
     from diffusionlm.demo import build_app
 
     limits = DemoLimits(concurrency=3, max_queue=7)
@@ -474,7 +474,6 @@ def test_the_queue_and_the_concurrency_limit_are_configured():
 @pytest.fixture(scope="module")
 def served():
     """A demo server on a slow-able model, and a gradio_client on it (the HTTP API)."""
-    pytest.importorskip("gradio_client")
     from gradio_client import Client
 
     from diffusionlm.demo import launch
