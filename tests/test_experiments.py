@@ -277,6 +277,6 @@ def test_self_correct_repairs_run_on_tiny_random_models():
     assert len(before) == 1  # every method repairs the same corrupted lines
     for m in sc.METHODS:
         r = res[m]
-        assert r["improved"] + r["worsened"] <= 4 and len(r["examples"]) == 3
+        assert r["improved"] + r["worsened"] <= 4 and len(r["examples"]) == min(3, 4 - res["uncorrupted"])
         assert r["delta"] == pytest.approx(r["edit_after"] - r["edit_before"])
     assert "| 10% target" in sc.table({"0.10": res})

@@ -21,7 +21,9 @@ For K validation lines x of shakespeare_char (16-64 characters, in corpus order)
                  model from the procedure.
 
 Score: the character edit distance (Levenshtein, unit costs) to x normalised by |x|, before
-and after; mean +- standard error over the lines; lines improved / worsened; 3 examples.
+and after; mean +- standard error over the lines; lines improved / worsened / exactly restored
+(lines the draw left unchanged, p near 0, count as exact for a repair that changes nothing);
+3 examples among the corrupted lines.
 Predictions are restricted to the tokenizer's characters (never MASK or the special id).
 
     PYTHONPATH=$PWD DIFFUSIONLM_DATA=$PWD/../shared/data OMP_NUM_THREADS=1 \\
@@ -194,7 +196,7 @@ def score(lines: list, noisy: list, repaired: list, decode: Callable, examples: 
         "worsened": sum(a > b for b, a in zip(before, after)),
         "exact": sum(z == x for x, z in zip(lines, repaired)),
         "examples": [{"original": decode(x), "corrupted": decode(y), "repaired": decode(z)}
-                     for x, y, z in list(zip(lines, noisy, repaired))[:examples]],
+                     for x, y, z in [t for t in zip(lines, noisy, repaired) if t[0] != t[1]][:examples]],
     }
 
 
@@ -210,7 +212,8 @@ def run(lad, mdlm, lines: list, levels=LEVELS, n_out: Optional[int] = None, iter
         p_max = calibrate(lines, level, lad.process.vocab_size, seed)
         noisy = corrupt(lines, p_max, lad.process.vocab_size, seed)
         ch = mean_se(changed_fraction(lines, noisy))
-        res = {"p_max": p_max, "changed": ch[0], "changed_stderr": ch[1], "lines": len(lines)}
+        res = {"p_max": p_max, "changed": ch[0], "changed_stderr": ch[1], "lines": len(lines),
+               "uncorrupted": sum(x == y for x, y in zip(lines, noisy))}
         g = torch.Generator().manual_seed(seed)
         for name in methods:
             t0 = time.perf_counter()
@@ -240,7 +243,7 @@ def table(results: dict) -> str:
                 f"| {float(level):.0%} target ({res['changed']:.3f} +- {res['changed_stderr']:.3f}, p_max {res['p_max']:.3f}) "
                 f"| {name} | {r['edit_before']:.4f} +- {r['edit_before_stderr']:.4f} | {r['edit_after']:.4f} +- "
                 f"{r['edit_after_stderr']:.4f} | {r['delta']:+.4f} +- {r['delta_stderr']:.4f} | "
-                f"{r['improved']} / {r['worsened']} / {r['exact']} of {res['lines']} |")
+                f"{r['improved']} / {r['worsened']} / {r['exact']} of {res['lines']} ({res['uncorrupted']} uncorrupted) |")
     return "\n".join(rows)
 
 
