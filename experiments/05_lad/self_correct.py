@@ -277,7 +277,8 @@ def main(argv=None) -> int:
     for level, res in results.items():
         for name in ("lad_refine", "mdlm_remask"):
             for e in res[name]["examples"]:
-                ex.append(f"- {level} {name}: `{e['original']}` -> `{e['corrupted']}` -> `{e['repaired']}`")
+                shown = [e[k].replace("\n", "\\n") for k in ("original", "corrupted", "repaired")]  # one line each
+                ex.append(f"- {level} {name}: `{shown[0]}` -> `{shown[1]}` -> `{shown[2]}`")
     (out / "self_correct.md").write_text(md + "\n\nExamples (original -> corrupted -> repaired):\n\n" + "\n".join(ex) + "\n")
     print(md)
     print("\n".join(ex))
