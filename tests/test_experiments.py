@@ -235,7 +235,7 @@ def test_self_correct_corruption_hits_its_rate_with_structural_edits_only():
         sc.calibrate(lines, 0.9, tok.vocab_size)
 
 
-def test_self_correct_repairs_run_on_tiny_random_models():
+def test_self_correct_repairs_run_on_tiny_random_models(tmp_path):
     from diffusionlm.lm import DiffusionLM
     from diffusionlm.models.transformer import DiffusionTransformer, TransformerConfig
     from diffusionlm.processes import Absorb, Structural
@@ -280,3 +280,5 @@ def test_self_correct_repairs_run_on_tiny_random_models():
         assert r["improved"] + r["worsened"] <= 4 and len(r["examples"]) == min(3, 4 - res["uncorrupted"])
         assert r["delta"] == pytest.approx(r["edit_after"] - r["edit_before"])
     assert "| 10% target" in sc.table({"0.10": res})
+    sc.plot({"0.10": res}, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000

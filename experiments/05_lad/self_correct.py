@@ -247,13 +247,41 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def plot(results: dict, path: Path) -> None:
+    """Edit distance before (hatched) and after each method, per corruption level, with s.e. bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = list(results)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / (len(METHODS) + 1)
+    for k, level in enumerate(levels):
+        res = results[level]
+        first = res[METHODS[0]]
+        ax.bar(k, first["edit_before"], width, yerr=first["edit_before_stderr"], color="lightgrey", hatch="//",
+               label="corrupted (before)" if k == 0 else None)
+        for j, name in enumerate(METHODS, 1):
+            r = res[name]
+            ax.bar(k + j * width, r["edit_after"], width, yerr=r["edit_after_stderr"], color=f"C{j - 1}",
+                   label=name if k == 0 else None)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(levels))])
+    ax.set_xticklabels([f"{float(v):.0%} changed" for v in levels])
+    ax.set_ylabel("edit distance / length")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lines", type=int, default=200, help="K validation lines (default 200)")
     ap.add_argument("--iterations", type=int, default=16, help="max greedy refinement calls (default 16)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default=str(HERE / "run" / "models"), help="folder with lad/ and mdlm/")
-    ap.add_argument("--out", default=str(HERE / "run"), help="where self_correct.json / .md go")
+    ap.add_argument("--out", default=str(HERE / "run"), help="where self_correct.json / .md / .png go")
     args = ap.parse_args(argv)
     if args.lines < 2:
         raise SystemExit(f"--lines must be >= 2 (a standard error needs two), got {args.lines}")
@@ -272,6 +300,7 @@ def main(argv=None) -> int:
             "lines": len(lines), "iterations": args.iterations, "seed": args.seed,
             "seconds": round(time.perf_counter() - t0, 1)}
     (out / "self_correct.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    plot(results, out / "self_correct.png")
     md = table(results)
     ex = []
     for level, res in results.items():
