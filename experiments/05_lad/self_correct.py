@@ -42,6 +42,11 @@ from typing import Callable, Optional
 import torch
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parents[1]) not in sys.path:  # the repository root, for scripts/
+    sys.path.insert(0, str(HERE.parents[1]))
+
+from scripts.smollm2_report import levenshtein  # noqa: E402  unit-cost edit distance, two-row DP
+
 LEVELS = (0.10, 0.20)
 
 
@@ -60,17 +65,6 @@ def validation_lines(tok, k: int, lo: int = 16, hi: int = 64) -> list:
                 if len(out) == k:
                     return out
     return out
-
-
-def levenshtein(a: list, b: list) -> int:
-    """Unit-cost edit distance (insert, delete, substitute), two-row dynamic programme."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
 
 
 def mean_se(v: list) -> tuple:
