@@ -175,3 +175,110 @@ def test_every_study_spec_runs_at_toy_size(tmp_path):
     assert {(s["sampler"], s["steps"]) for s in s4} == {
         (f"{n}-{d}", k) for n in ("mdlm", "acs") for d in ("f64", "f32") for k in (8, 16, 32, 64, 128)}
     assert all(s["gen_ppl"] is not None for s in s4)  # judged by study 1's (toy) AR model
+
+
+# ---------------------------------------------------------------------------------------------
+# study 5, the refinement half: experiments/05_lad/self_correct.py on tiny random models
+# ---------------------------------------------------------------------------------------------
+def _self_correct():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("self_correct", EXP / "05_lad" / "self_correct.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _edit_distance_by_search(a: tuple, b: tuple) -> int:
+    """Breadth-first search over single insertions / deletions / substitutions (letters of a and b)."""
+    letters = set(a) | set(b) or {0}
+    seen, frontier, d = {a}, [a], 0
+    while b not in seen:
+        d += 1
+        nxt = []
+        for s in frontier:
+            cands = [s[:i] + s[i + 1:] for i in range(len(s))]
+            cands += [s[:i] + (c,) + s[i:] for i in range(len(s) + 1) for c in letters]
+            cands += [s[:i] + (c,) + s[i + 1:] for i in range(len(s)) for c in letters]
+            for t in cands:
+                if t not in seen and len(t) <= max(len(a), len(b)) + 1:
+                    seen.add(t)
+                    nxt.append(t)
+        frontier = nxt
+    return d
+
+
+def test_self_correct_edit_distance_is_the_searched_minimum():
+    sc = _self_correct()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        a, b = (tuple(torch.randint(0, 3, (int(torch.randint(0, 5, (1,), generator=g)),), generator=g).tolist())
+                for _ in range(2))
+        assert sc.levenshtein(list(a), list(b)) == _edit_distance_by_search(a, b), (a, b)
+
+
+def test_self_correct_corruption_hits_its_rate_with_structural_edits_only():
+    sc = _self_correct()
+    tok = load_tokenizer("shakespeare_char")
+    lines = sc.validation_lines(tok, 60)
+    assert len(lines) == 60 and all(16 <= len(x) <= 64 for x in lines)
+    assert tok.decode(lines[0]) in load_corpus("shakespeare_char", "validation")[0].split("\n")
+    for target in (0.10, 0.20):
+        p = sc.calibrate(lines, target, tok.vocab_size)
+        noisy = sc.corrupt(lines, p, tok.vocab_size)
+        assert [len(y) for y in noisy] == [len(x) for x in lines]  # edits move tokens, never add / drop
+        assert all(t < len(tok.chars) for y in noisy for t in y)  # no MASK, no special id
+        rate = sum(sc.changed_fraction(lines, noisy)) / len(lines)
+        assert abs(rate - target) < 0.01, (target, rate)
+    assert sc.corrupt(lines, p, tok.vocab_size) == noisy  # same seed, same corruption
+    with pytest.raises(ValueError, match="above what p_max = 1 gives"):
+        sc.calibrate(lines, 0.9, tok.vocab_size)
+
+
+def test_self_correct_repairs_run_on_tiny_random_models(tmp_path):
+    from diffusionlm.lm import DiffusionLM
+    from diffusionlm.models.transformer import DiffusionTransformer, TransformerConfig
+    from diffusionlm.processes import Absorb, Structural
+    from diffusionlm.schedules.hyper import Flat
+
+    sc = _self_correct()
+    N = 12
+    torch.manual_seed(0)
+    lms = {name: DiffusionLM(DiffusionTransformer(TransformerConfig.preset("tiny", vocab_size=N + 1)).eval(), proc(N), Flat())
+           for name, proc in (("lad", Structural), ("mdlm", Absorb))}
+    g = torch.Generator().manual_seed(1)
+    lines = [torch.randint(0, N - 2, (n,), generator=g).tolist() for n in (16, 20, 24, 30)]
+    n_out = N - 2  # the last two real ids are never predicted
+    # confidence: p(y_i | y with only i masked), position by position
+    y = lines[0]
+    conf = sc.confidence(lms["mdlm"], y, n_out)
+    x = torch.tensor([y])
+    x[0, 5] = N
+    with torch.no_grad():
+        ref = torch.softmax(lms["mdlm"].forward(x, torch.zeros(x.shape), None)[0, 5, :n_out].float(), -1)[y[5]]
+    assert conf[5] == pytest.approx(float(ref), rel=1e-5)
+    # re-masking: round(r n) least confident positions change at most; the rest are kept
+    out, pos = sc.remask_fill(lms["mdlm"], y, n_out, 0.2)
+    assert pos == sorted(conf.argsort(stable=True)[:3].tolist())  # floor(0.2 * 16 + 0.5) = 3
+    assert all(out[i] == y[i] for i in range(len(y)) if i not in pos) and max(out) < n_out
+    _, rpos = sc.remask_fill(lms["mdlm"], y, n_out, 0.5, "random", torch.Generator().manual_seed(0))
+    assert len(rpos) == 8
+    with pytest.raises(ValueError, match="how must be 'confidence' or 'random'"):
+        sc.remask_fill(lms["mdlm"], y, n_out, 0.2, "lowest")
+    # greedy refinement: a fixed point of the argmax map, or the call budget spent
+    z, calls = sc.refine(lms["lad"], y, n_out, iterations=3)
+    assert 1 <= calls <= 3 and len(z) == len(y)
+    if calls < 3:
+        with torch.no_grad():
+            assert lms["lad"].forward(torch.tensor([z]), torch.zeros(1, len(z)), None)[0, :, :n_out].argmax(-1).tolist() == z
+    res = sc.run(lms["lad"], lms["mdlm"], lines, levels=(0.1,), n_out=n_out, iterations=2)["0.10"]
+    assert {m for m in sc.METHODS} <= set(res) and res["lines"] == 4
+    before = {res[m]["edit_before"] for m in sc.METHODS}
+    assert len(before) == 1  # every method repairs the same corrupted lines
+    for m in sc.METHODS:
+        r = res[m]
+        assert r["improved"] + r["worsened"] <= 4 and len(r["examples"]) == min(3, 4 - res["uncorrupted"])
+        assert r["delta"] == pytest.approx(r["edit_after"] - r["edit_before"])
+    assert "| 10% target" in sc.table({"0.10": res})
+    sc.plot({"0.10": res}, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
