@@ -282,3 +282,34 @@ def test_self_correct_repairs_run_on_tiny_random_models(tmp_path):
     assert "| 10% target" in sc.table({"0.10": res})
     sc.plot({"0.10": res}, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_study1_architecture_check_spec_runs_at_toy_size_on_study1s_token_stream(tmp_path):
+    """spec_gpt2.json (nanoGPT's GPT-2 architecture, and GPT-2 with RoPE, in our loop beside study 1's saved model) as
+    shipped, toy sizes: the GPT-2 variant keeps its own backbone (learned positions, 128 rows for
+    the two-halves input), study 1's model is evaluated only, and the GPT-2 trains on exactly the
+    tokens study 1's AR trains on (same shared settings, same stream)."""
+    spec1, spec = _spec("01_ar_sanity"), json.loads((EXP / "01_ar_sanity" / "spec_gpt2.json").read_text())
+    assert {k: v for k, v in spec["shared"].items() if k != "out_dir"} == {k: v for k, v in spec1["shared"].items() if k != "out_dir"}
+    ar, gpt2, neox = spec["variants"]
+    assert ar["model"] == "experiments/01_ar_sanity/run/models/ar"
+    assert {k: v for k, v in gpt2.items() if k not in ("name", "label", "backbone")} == {
+        k: v for k, v in spec1["variants"][0].items() if k not in ("name", "label")} == {
+        k: v for k, v in neox.items() if k not in ("name", "label", "backbone")}
+    r1 = C.compare(spec1, **{**TOY, "out_dir": str(tmp_path / "s1")})
+    ar["model"] = str(tmp_path / "s1" / "models" / "ar")
+    r = C.compare(spec, **{**TOY, "out_dir": str(tmp_path / "s1g")})
+    assert r["variants"]["ar_study1"]["evaluated_only"]
+    row = r["variants"]["gpt2"]
+    hc = row["composition"]["backbone"]["hf_config"]
+    assert hc["model_type"] == "gpt2" and hc["n_positions"] == 128 and hc["n_embd"] == 128 and hc["n_layer"] == 4
+    assert row["train_tokens_sha1"] == r1["variants"]["ar"]["train_tokens_sha1"] and row["train_steps"] == 2
+    assert row["likelihood"]["method"].startswith("exact: causal NLL")
+    # the RoPE variant: GPT-2's weights less its position table, every head dimension rotary
+    from diffusionlm.hub import load_model
+
+    g, n = (load_model(tmp_path / "s1g" / "models" / v).lm.model.model for v in ("gpt2", "neox_rope"))
+    assert sum(p.numel() for p in g.parameters()) - sum(p.numel() for p in n.parameters()) == 128 * 128
+    assert n.config.rope_parameters["partial_rotary_factor"] == 1.0 and not n.config.use_parallel_residual
+    assert r["variants"]["neox_rope"]["train_tokens_sha1"] == row["train_tokens_sha1"]
