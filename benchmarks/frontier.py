@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from diffusionlm.compare import ar_judge_nll
+from diffusionlm.compare import ar_judge_nll, causal_lm_judge
 from diffusionlm.eval.diversity import unigram_entropy
 from diffusionlm.hub import load_model
 from diffusionlm.samplers import MDLM, ReMDM, Threshold
@@ -45,15 +45,7 @@ def judge_fn(path: str, tokenizer):
     lm = m.lm
     if getattr(lm.process, "name", None) == "absorb" and type(lm.schedule).__name__ == "Quench":
         return (lambda toks: ar_judge_nll(lm, toks)), f"AR composition {path} (exact NLL)"
-    from diffusionlm.eval.generative import generative_perplexity, load_judge
-
-    model, jtok = load_judge(path)
-
-    def judge(toks):
-        r = generative_perplexity([tokenizer.decode(row.tolist()) for row in toks], model, jtok)
-        return r["nll"] * r["tokens"], r["tokens"]  # its "nll" is per token; the judge returns the total
-
-    return judge, f"causal LM {path}"
+    return causal_lm_judge(path, tokenizer), f"causal LM {path}"
 
 
 def runs(args) -> list[tuple[str, object]]:

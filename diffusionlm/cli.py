@@ -346,9 +346,7 @@ def cmd_compare(args) -> dict:
     results = compare(spec, variants=variants, **shared)
     out = Path(results["spec"]["shared"]["out_dir"])
     print((out / "results.md").read_text())
-    # the sample plots exist only with a judge: name what was written
-    names = ("results.json", "results.md", "ppl.png", "genppl_vs_entropy.png", "quality_vs_steps.png")
-    print(f"wrote {out}/" + ", ".join(n for n in names if (out / n).exists()))
+    print(f"wrote {out}/" + ", ".join(results["written"]))  # the sample plots only with a judge
     return results
 
 

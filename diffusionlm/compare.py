@@ -671,15 +671,21 @@ def _judge_fn(cfg: CompareConfig, judge_lm: Any, tok: Any):
     if cfg.judge["name"] == "trained_ar":
         return (lambda toks: ar_judge_nll(judge_lm, toks),
                 f"an AR model (Absorb+Quench, shifted) trained like the variants with seed {cfg.judge['seed']}")
+    return causal_lm_judge(cfg.judge["path"], tok), f"the causal LM {cfg.judge['path']}"
+
+
+def causal_lm_judge(path: str, tok: Any):
+    """tokens [S, d] (ids of `tok`) -> (total NLL, tokens) under the causal LM at `path` (any model
+    `eval.generative.load_judge` reads), which re-tokenizes the decoded text with its own tokenizer."""
     from .eval.generative import generative_perplexity, load_judge
 
-    model, jtok = load_judge(cfg.judge["path"])
+    model, jtok = load_judge(path)
 
     def judge(toks):
         r = generative_perplexity([tok.decode(row.tolist()) for row in toks], model, jtok)
         return r["nll"] * r["tokens"], r["tokens"]  # its "nll" is per token; the judge returns the total
 
-    return judge, f"the causal LM {cfg.judge['path']}"
+    return judge
 
 
 def _sampling(cfg: CompareConfig, entry: _Entry, lm: Any, judge, tok: Any) -> list:
@@ -812,7 +818,8 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     results["wall_seconds"] = time.perf_counter() - t_start
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown_table(results))
-    plot(results, out)
+    # the files of this run (not results.json's content: the plots are drawn from it)
+    results["written"] = ["results.json", "results.md"] + plot(results, out)
     return results
 
 
@@ -934,9 +941,9 @@ def _plain_log_axis(axis) -> None:
     axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
-def plot(results: dict, out: Path) -> None:
+def plot(results: dict, out: Path) -> list:
     """ppl.png, genppl_vs_entropy.png, quality_vs_steps.png (module docstring; the last two only
-    with a judge)."""
+    with a judge); returns the names of the files it wrote."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -960,7 +967,7 @@ def plot(results: dict, out: Path) -> None:
 
     ref = results.get("reference")
     if not any(s["gen_ppl"] is not None for _, rows in _series(results) for s in rows):
-        return  # no judge: no generative PPL to plot
+        return ["ppl.png"]  # no judge: no generative PPL to plot
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for label, rows in _series(results):
         rows = [s for s in rows if s["gen_ppl"] is not None]
@@ -995,6 +1002,7 @@ def plot(results: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "quality_vs_steps.png", dpi=120)
     plt.close(fig)
+    return ["ppl.png", "genppl_vs_entropy.png", "quality_vs_steps.png"]
 
 
 class _CallableModule(types.ModuleType):
