@@ -48,6 +48,8 @@ from pathlib import Path
 
 import torch
 
+from diffusionlm.eval.edit import levenshtein
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("wikitext2-raw", "lambada")
 STEPS = (16, 32, 64)
@@ -252,16 +254,6 @@ def sentences(tok, k: int, lo: int = 16, hi: int = 48) -> list:
                 if len(out) == k:
                     return out
     return out
-
-
-def levenshtein(a: list, b: list) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
 
 
 @torch.no_grad()

@@ -41,11 +41,9 @@ from typing import Callable, Optional
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-if str(HERE.parents[1]) not in sys.path:  # the repository root, for scripts/
-    sys.path.insert(0, str(HERE.parents[1]))
+from diffusionlm.eval.edit import levenshtein  # unit-cost edit distance, two-row DP
 
-from scripts.smollm2_report import levenshtein  # noqa: E402  unit-cost edit distance, two-row DP
+HERE = Path(__file__).resolve().parent
 
 LEVELS = (0.10, 0.20)
 
