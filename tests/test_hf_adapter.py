@@ -204,6 +204,50 @@ def test_cache_commit_and_crop():
         assert model(ids[:, 5:], cache=c5, attention_mask="causal").cache.get_seq_length() == 5  # commit 0
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_stored_cache_writes_in_place_and_never_changes_a_cache_handed_out(kind):
+    """empty_cache()'s layers keep their rows in one preallocated buffer: extending the newest
+    cache writes after its rows (no copy of the prefix), while extending an older cache, or one
+    cropped from outside, copies first; every cache keeps its values and gives the logits of a
+    plain transformers DynamicCache."""
+    model = denoiser(kind)
+    ids = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(7))
+    other = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(8))
+    snap = lambda c: [(la.keys.clone(), la.values.clone()) for la in c.layers]  # noqa: E731
+    with torch.no_grad():
+        c4 = model(ids[:, :4], attention_mask="causal", cache=model.empty_cache(), cache_commit=4).cache
+        s4 = snap(c4)
+        # the newest cache: rows 4, 5 written in place, row 5 cropped again (scratch)
+        c5 = model(ids[:, 4:6], attention_mask="causal", cache=c4, cache_commit=1).cache
+        assert c5.layers[0].keys.data_ptr() == c4.layers[0].keys.data_ptr()
+        s5 = snap(c5)
+        # c4 is older than c5 now: a branch from it copies instead of overwriting c5's row 4
+        b6 = model(other[:, 4:6], attention_mask="causal", cache=c4, cache_commit=2).cache
+        assert b6.layers[0].keys.data_ptr() != c4.layers[0].keys.data_ptr()
+        # c5 is still the newest on its buffer (its scratch row 5 was released): in place again
+        c7 = model(ids[:, 5:7], attention_mask="causal", cache=c5, cache_commit=2).cache
+        assert c7.layers[0].keys.data_ptr() == c5.layers[0].keys.data_ptr()
+        # a crop from outside makes a cache older than its buffer: the next call copies
+        c7.crop(-1)
+        c8 = model(other[:, 6:8], attention_mask="causal", cache=c7, cache_commit=2).cache
+        assert c8.layers[0].keys.data_ptr() != c7.layers[0].keys.data_ptr()
+        for c, s in ((c4, s4), (c5, s5)):
+            for la, (k, v) in zip(c.layers, s):
+                assert torch.equal(la.keys, k) and torch.equal(la.values, v)
+        # the same calls on plain transformers caches give the same logits and rows
+        plain = DynamicCache(config=model.model.config)
+        p4 = model(ids[:, :4], attention_mask="causal", cache=plain, cache_commit=4).cache
+        assert type(p4.layers[0]).__name__ == "DynamicLayer"
+        a = model(other[:, 4:6], attention_mask="causal", cache=c4, cache_commit=0).logits
+        b = model(other[:, 4:6], attention_mask="causal", cache=p4, cache_commit=0).logits
+        assert max_diff(a, b) == 0.0
+        p8 = model(torch.cat([ids[:, 4:6], other[:, 6:8]], 1), attention_mask="causal", cache=p4, cache_commit=4).cache
+        p8.crop(-2)
+        p8 = model(other[:, 6:8], attention_mask="causal", cache=p8, cache_commit=2).cache
+        for la, lb in zip(c8.layers, p8.layers):
+            assert max_diff(la.keys, lb.keys) < 1e-6 and max_diff(la.values, lb.values) < 1e-6
+
+
 def test_caching_an_active_row_is_detected():
     """Negative control: caching an active row (its token changes later) is not exact."""
     model = denoiser("llama")

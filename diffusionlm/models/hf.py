@@ -58,7 +58,10 @@ KV cache
     The settled prefix is cached in a `transformers.DynamicCache`. The cache is a value passed in
     and returned, never state kept in the module: the adapter works on a shallow copy of the given
     cache (DynamicLayer.update concatenates into new tensors and crop slices, so the caller's cache
-    and its tensors are never modified) and returns the new cache in `out.cache`. With
+    and its tensors are never modified) and returns the new cache in `out.cache`. `empty_cache()`
+    gives layers that keep their rows in preallocated buffers instead of concatenating the whole
+    prefix at every call (`_StoredLayer`, the rules of `diffusionlm.models.cache`: only the newest
+    cache on a buffer writes past its rows, so no cache handed out ever changes). With
     `cache_commit=n` the returned cache holds the previously cached rows plus the first n rows of
     this call: HF's forward appends ALL rows of the call, so the extra rows are cropped afterwards.
     Note: in transformers 5.x `DynamicCache.crop(k)` takes the number of rows to REMOVE as a
@@ -138,6 +141,62 @@ def _cache_batch(cache: Any) -> Optional[int]:
         if getattr(layer, "is_initialized", False) and isinstance(keys, Tensor) and keys.numel():
             return int(keys.shape[0])
     return None
+
+
+def _stored_layer_class():
+    """`_StoredLayer` (defined on first use: transformers is imported lazily)."""
+    global _STORED_LAYER
+    if _STORED_LAYER is not None:
+        return _STORED_LAYER
+    from transformers.cache_utils import DynamicLayer
+
+    from .cache import _Store
+
+    class _StoredLayer(DynamicLayer):
+        """transformers' DynamicLayer whose K/V rows live in a preallocated buffer (a one-layer
+        `models.cache._Store`, x2 growth) instead of being concatenated into new tensors at every
+        call: `keys` / `values` are views buffer[:, :, :length]. The rules of `models.cache` hold:
+        rows [0, filled) are never written again, and a layer writes into the buffer only when it
+        is the newest layer on it (length = filled and its keys are that buffer's view); otherwise
+        (an older cache extended again, a crop, keys replaced by HF's own batch methods) its rows
+        are copied into a new buffer first. So every cache handed out keeps its values."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self._store = None
+
+        def get_seq_length(self) -> int:
+            return 0 if not self.is_initialized or self.keys is None else int(self.keys.shape[-2])
+
+        def _owns_tail(self, k: Tensor) -> bool:
+            st, L = self._store, self.get_seq_length()
+            if st is None or st.filled != L:
+                return False
+            buf = st.keys[0]
+            return (buf.shape[:2] == k.shape[:2] and buf.shape[3] == k.shape[3] and buf.dtype == k.dtype
+                    and buf.device == k.device and (L == 0 or self.keys.data_ptr() == buf.data_ptr()))
+
+        def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+            L, n = self.get_seq_length(), key_states.shape[-2]
+            if not self._owns_tail(key_states):
+                keys, values = (self.keys, self.values) if L else (key_states, value_states)
+                self._store = _Store.of([keys], [values], L, L + n)
+                self.device, self.is_initialized = key_states.device, True
+            self.keys, self.values = self._store.write(0, L, key_states, value_states)
+            self._store.filled = L + n
+            return self.keys, self.values
+
+        def release(self, committed: int) -> None:
+            """Rows past `committed` of the newest layer on the buffer are scratch again (the
+            caller cropped them right after writing them; no cache shows them)."""
+            if self._store is not None and self._store.filled >= committed == self.get_seq_length():
+                self._store.filled = committed
+
+    _STORED_LAYER = _StoredLayer
+    return _StoredLayer
+
+
+_STORED_LAYER = None
 
 
 def _copy_cache(cache: Any) -> Any:
@@ -337,10 +396,15 @@ class HFDenoiser(nn.Module):
         return _attn_impl(self.model.config)
 
     def empty_cache(self) -> Any:
-        """An empty `transformers.DynamicCache` for this model."""
+        """An empty `transformers.DynamicCache` for this model, its full-attention layers keeping
+        their rows in preallocated buffers (`_StoredLayer`: no copy of the prefix per call)."""
         from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
 
-        return DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=self.model.config)
+        stored = _stored_layer_class()
+        cache.layers = [stored() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+        return cache
 
     # -- saving ------------------------------------------------------------------------
     def save_pretrained(self, directory: "str | os.PathLike", merge: bool = False) -> dict:
@@ -444,9 +508,10 @@ class HFDenoiser(nn.Module):
         if L < 1:
             raise ValueError("input_ids has no rows")
         n_in = self.input_vocab_size
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= n_in):
+        lo, hi = (int(t) for t in torch.aminmax(input_ids)) if input_ids.numel() else (0, 0)
+        if lo < 0 or hi >= n_in:
             raise ValueError(
-                f"input ids out of range: found [{int(input_ids.min())}, {int(input_ids.max())}], allowed [0, {n_in - 1}]"
+                f"input ids out of range: found [{lo}, {hi}], allowed [0, {n_in - 1}]"
                 + ("" if self.mask_id is not None else " (this model has no MASK token: see HFDenoiser.from_model)")
             )
         if cache is not None:
@@ -475,19 +540,20 @@ class HFDenoiser(nn.Module):
                 raise TypeError(f"position_ids must be an integer tensor, got {position_ids.dtype}")
             position_ids = position_ids.long()
         limit = self.max_positions
+        p_lo, p_hi = (int(t) for t in torch.aminmax(position_ids)) if position_ids.numel() else (0, 0)
         if limit is not None:
             if past + L > limit:
                 raise ValueError(
                     f"sequence too long: {past} cached + {L} new rows exceed the model's {limit} positions "
                     "(max_position_embeddings / n_positions)"
                 )
-            if position_ids.numel() and int(position_ids.max()) >= limit:
+            if p_hi >= limit:
                 raise ValueError(
-                    f"position id {int(position_ids.max())} is out of range: the model has {limit} positions, "
+                    f"position id {p_hi} is out of range: the model has {limit} positions, "
                     f"allowed [0, {limit - 1}]"
                 )
-        if position_ids.numel() and int(position_ids.min()) < 0:
-            raise ValueError(f"position ids must be >= 0, found {int(position_ids.min())}")
+        if p_lo < 0:
+            raise ValueError(f"position ids must be >= 0, found {p_lo}")
         return position_ids.expand(B, L), past
 
     def _prepare_mask(self, attention_mask: Any, B: int, L: int, kv: int, device, dtype) -> Tensor:
@@ -557,9 +623,13 @@ class HFDenoiser(nn.Module):
         if not isinstance(logits_to_keep, int) or isinstance(logits_to_keep, bool) or not 0 <= logits_to_keep <= L:
             raise ValueError(f"logits_to_keep must be an int in [0, {L}] (0: every row), got {logits_to_keep!r}")
         dtype = self.model.get_input_embeddings().weight.dtype
-        mask = self._prepare_mask(attention_mask, B, L, past + L, input_ids.device, dtype)
-        if L == 1 and past and self.attn_implementation == "sdpa" and bool(mask.all()):
+        one_row = L == 1 and past and self.attn_implementation == "sdpa"
+        if one_row and attention_mask is None:
             mask = None  # one row seeing every key: HF's causal row (module docstring, "Speed")
+        else:
+            mask = self._prepare_mask(attention_mask, B, L, past + L, input_ids.device, dtype)
+            if one_row and bool(mask.all()):
+                mask = None
         want_cache = cache is not None or cache_commit > 0
         work = None
         if want_cache:
@@ -584,6 +654,9 @@ class HFDenoiser(nn.Module):
             drop = L - cache_commit
             if drop:
                 new_cache.crop(-drop)  # transformers 5.x: crop(-k) removes the last k rows
+                for layer in new_cache.layers:
+                    if hasattr(layer, "release"):
+                        layer.release(past + cache_commit)
             if _cache_length(new_cache) != past + cache_commit:  # pragma: no cover - defensive
                 raise RuntimeError(
                     f"the cache holds {_cache_length(new_cache)} rows after the call, expected {past + cache_commit}"
