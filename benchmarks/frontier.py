@@ -16,6 +16,9 @@ Runs, all on the same seed: MDLM at each --steps; Threshold(t) for each t (the w
 one stage under Flat); Threshold(t0, block=B) uncached (t0 the first threshold), and the same
 with approx_cache="prefix" and "dual" (refreshed at each block): their token agreement with that
 uncached run says how approximate the caches are; with --remdm-steps, ReMDM at those steps.
+With --prompt-corpus / --prompt-length P, every sample continues a P-token window of that corpus's
+validation split (as Fast-dLLM measures: decoding given a prompt), and gen PPL, entropy and token
+agreement are of the generated positions only (the judge: NLL of each given all before it).
 Per run: gen PPL (token-weighted exp of the
 judge's mean NLL), unigram entropy (a collapsed sampler has a flattering PPL and a low entropy),
 network calls per sample (mean of `calls_per_sample`) and seconds per sample.
@@ -40,12 +43,27 @@ from diffusionlm.hub import load_model
 from diffusionlm.samplers import MDLM, ReMDM, Threshold
 
 
-def judge_fn(path: str, tokenizer):
+def judge_fn(path: str, tokenizer, start: int = 0):
+    """tokens [S, d] -> (total NLL, tokens) of positions `start`.. (the continuation of a prompt)."""
     m = load_model(path)
     lm = m.lm
     if getattr(lm.process, "name", None) == "absorb" and type(lm.schedule).__name__ == "Quench":
-        return (lambda toks: ar_judge_nll(lm, toks)), f"AR composition {path} (exact NLL)"
+        return (lambda toks: ar_judge_nll(lm, toks, start)), f"AR composition {path} (exact NLL)"
+    if start:
+        # a causal LM with another tokenizer cannot score "tokens P.. given 0..P-1" exactly
+        raise SystemExit(f"--prompt-length needs an AR composition judge (Absorb + Quench), not {path}")
     return causal_lm_judge(path, tokenizer), f"causal LM {path}"
+
+
+def prompts_from(corpus: str, tokenizer, samples: int, length: int) -> torch.Tensor:
+    """[samples, length] prompts: windows of the corpus's validation split at evenly spaced offsets."""
+    from diffusionlm.data import load_corpus
+
+    ids = torch.tensor(tokenizer.encode("".join(load_corpus(corpus, "validation"))))
+    if len(ids) < samples * length:
+        raise SystemExit(f"{corpus}'s validation split has {len(ids)} tokens: too few for {samples} prompts of {length}")
+    offsets = torch.arange(samples) * ((len(ids) - length) // samples)
+    return torch.stack([ids[o: o + length] for o in offsets.tolist()])
 
 
 def runs(args) -> list[tuple[str, object]]:
@@ -74,6 +92,10 @@ def main() -> None:
     ap.add_argument("--remdm-eta", type=float, default=0.02)
     ap.add_argument("--remdm-schedule", default="cap")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompt-corpus", default=None,
+                    help="condition every sample on a prompt from this corpus's validation split")
+    ap.add_argument("--prompt-length", type=int, default=0,
+                    help="prompt tokens out of --length; the judge scores only the continuation")
     ap.add_argument("--out", default="benchmarks/frontier.json")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--replot", action="store_true", help="only draw --plot from the rows in --out")
@@ -85,7 +107,11 @@ def main() -> None:
 
     m = load_model(args.model)
     lm, tok = m.lm, m.tokenizer
-    judge, judge_name = judge_fn(args.judge, tok)
+    P = args.prompt_length
+    if (P > 0) != (args.prompt_corpus is not None) or not 0 <= P < args.length:
+        raise SystemExit("--prompt-corpus and --prompt-length (in [1, --length)) go together")
+    prompts = prompts_from(args.prompt_corpus, tok, args.samples, P) if P else None
+    judge, judge_name = judge_fn(args.judge, tok, P)
     N = lm.process.vocab_size
     rows, ref_tokens = [], {}
     for label, sampler in runs(args):
@@ -94,13 +120,17 @@ def main() -> None:
             b = min(args.batch, args.samples - i)
             g = torch.Generator().manual_seed(args.seed + i)
             t = time.perf_counter()
-            out = sampler.sample(lm, batch_size=b, length=args.length, generator=g)
+            out = sampler.sample(lm, batch_size=b, length=args.length, generator=g,
+                                 prompt=None if prompts is None else prompts[i: i + b])
             secs += time.perf_counter() - t
             toks.append(out.tokens)
             calls.append(out.calls_of_samples().double())
         toks = torch.cat(toks)
         assert not bool((toks >= N).any()), label
+        if prompts is not None:
+            assert torch.equal(toks[:, :P], prompts), label
         nll, cnt = judge(toks)
+        toks = toks[:, P:]  # the generated part only, below
         row = {"run": label, "sampler": sampler.to_dict(), "gen_ppl": math.exp(nll / cnt),
                "entropy": unigram_entropy(toks), "calls_per_sample": float(torch.cat(calls).mean()),
                "seconds_per_sample": secs / args.samples}
@@ -122,6 +152,7 @@ def main() -> None:
         r["meets_target"] = (r["run"].startswith("threshold") and r["ppl_vs_fixed"] <= 1.05
                              and r["calls_vs_fixed"] <= 1 / 3 and r["entropy_vs_fixed"] >= 0.9)
     result = {"model": args.model, "judge": judge_name, "samples": args.samples, "length": args.length,
+              "prompt": None if P == 0 else {"corpus": args.prompt_corpus, "tokens": P},
               "seed": args.seed, "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                                              "load": os.getloadavg(), "platform": platform.platform()},
               "rows": rows}

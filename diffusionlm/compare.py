@@ -651,17 +651,21 @@ def _is_causal_ar(lm: Any) -> bool:
 
 
 @torch.no_grad()
-def ar_judge_nll(lm_ar: Any, tokens: torch.Tensor) -> tuple[float, int]:
+def ar_judge_nll(lm_ar: Any, tokens: torch.Tensor, start: int = 0) -> tuple[float, int]:
     """Total NLL and token count of `tokens` [S, d] under an AR composition (Absorb + Quench,
-    SHIFTED): one causal forward over [BOS, x[:-1]] (equal to its Quench bound, see tests/test_lm.py)."""
+    SHIFTED): one causal forward over [BOS, x[:-1]] (equal to its Quench bound, see tests/test_lm.py).
+    With `start` = P, only positions P.. are scored, each given everything before it: the NLL of a
+    continuation given its P-token prompt."""
     from .masks import causal_mask_mod, dense_mask, shift_inputs
 
     S, d = tokens.shape
+    if not 0 <= start < d:
+        raise ValueError(f"start {start} must lie in [0, {d}) for sequences of {d} tokens")
     ids = shift_inputs(tokens, "shifted", lm_ar.bos_id)
     mask = dense_mask(causal_mask_mod(), 1, d)
     logits = lm_ar.model(ids, position_ids=torch.arange(d)[None].expand(S, d), attention_mask=mask).logits
-    logp = torch.log_softmax(logits[..., : lm_ar.process.vocab_size].double(), -1)
-    return float(-logp.gather(-1, tokens[..., None]).sum()), S * d
+    logp = torch.log_softmax(logits[..., start:, : lm_ar.process.vocab_size].double(), -1)
+    return float(-logp.gather(-1, tokens[:, start:, None]).sum()), S * (d - start)
 
 
 def _judge_fn(cfg: CompareConfig, judge_lm: Any, tok: Any):

@@ -317,3 +317,22 @@ def test_an_eq12_composition_round_trips_through_its_saved_dict():
         a = lm.loss(x0, generator=torch.Generator().manual_seed(3)).loss
         b = back.loss(x0, generator=torch.Generator().manual_seed(3)).loss
     assert torch.equal(a, b)
+
+
+def test_ar_judge_scores_a_continuation_given_its_prompt():
+    """`ar_judge_nll(start=P)` scores positions P.. given everything before each: equal to scoring
+    each position j alone as the last of a sequence cut after it (a causal model sees only 0..j-1)."""
+    from diffusionlm.compare import ar_judge_nll
+
+    lm = DiffusionLM(tiny(N + 1), Absorb(N), Quench(), layout="shifted", bos_id=N + 1)
+    x0 = batch(B=2, d=10)
+    with torch.no_grad():
+        nll, n = ar_judge_nll(lm, x0, start=4)
+        one_by_one = sum(ar_judge_nll(lm, x0[:, : j + 1], start=j)[0] for j in range(4, 10))
+        whole, _ = ar_judge_nll(lm, x0)
+        prompt, _ = ar_judge_nll(lm, x0[:, :4])
+    assert n == 2 * 6
+    assert nll == pytest.approx(one_by_one, rel=1e-9)
+    assert nll == pytest.approx(whole - prompt, rel=1e-9)
+    with pytest.raises(ValueError, match="start 10 must lie in"):
+        ar_judge_nll(lm, x0, start=10)
