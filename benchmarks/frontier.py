@@ -13,7 +13,8 @@ samples exactly (`compare.ar_judge_nll`), or a Hugging Face causal LM directory
 (`eval.generative.generative_perplexity` after decoding with the model's tokenizer).
 
 Runs, all on the same seed: MDLM at each --steps; Threshold(t) for each t (the whole sequence
-one stage under Flat); Threshold(t0, block=B) uncached (t0 the first threshold), and the same
+one stage under Flat); with --max-per-step k, the budgeted variant Threshold(0, max_per_step=k)
+(the k most confident per call); Threshold(t0, block=B) uncached (t0 the first threshold), and the same
 with approx_cache="prefix" and "dual" (refreshed at each block): their token agreement with that
 uncached run says how approximate the caches are; with --remdm-steps, ReMDM at those steps.
 With --prompt-corpus / --prompt-length P, every sample continues a P-token window of that corpus's
@@ -55,13 +56,14 @@ def judge_fn(path: str, tokenizer, start: int = 0):
     return causal_lm_judge(path, tokenizer), f"causal LM {path}"
 
 
-def prompts_from(corpus: str, tokenizer, samples: int, length: int) -> torch.Tensor:
-    """[samples, length] prompts: windows of the corpus's validation split at evenly spaced offsets."""
+def windows_from(corpus: str, tokenizer, samples: int, length: int) -> torch.Tensor:
+    """[samples, length] windows of the corpus's validation split at evenly spaced offsets: the
+    first P tokens of each are a prompt, the rest its real continuation (a reference row)."""
     from diffusionlm.data import load_corpus
 
     ids = torch.tensor(tokenizer.encode("".join(load_corpus(corpus, "validation"))))
     if len(ids) < samples * length:
-        raise SystemExit(f"{corpus}'s validation split has {len(ids)} tokens: too few for {samples} prompts of {length}")
+        raise SystemExit(f"{corpus}'s validation split has {len(ids)} tokens: too few for {samples} windows of {length}")
     offsets = torch.arange(samples) * ((len(ids) - length) // samples)
     return torch.stack([ids[o: o + length] for o in offsets.tolist()])
 
@@ -69,6 +71,8 @@ def prompts_from(corpus: str, tokenizer, samples: int, length: int) -> torch.Ten
 def runs(args) -> list[tuple[str, object]]:
     out = [(f"MDLM steps={s}", MDLM(steps=s)) for s in args.steps]
     out += [(f"threshold {t}", Threshold(t)) for t in args.thresholds]
+    # the budgeted variant at a fixed rate: the k most confident per call (threshold 0, cap k)
+    out += [(f"threshold budget k={k}", Threshold(0.0, max_per_step=k)) for k in args.max_per_step]
     t0 = args.thresholds[0]
     out += [(f"threshold {t0} block={args.block}", Threshold(t0, block=args.block))]
     out += [(f"threshold {t0} block={args.block} {mode} cache", Threshold(t0, block=args.block, approx_cache=mode))
@@ -88,6 +92,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[128, 32])
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.7, 0.5])
     ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--max-per-step", type=int, nargs="*", default=[],
+                    help="budgeted runs: the k most confident positions per call (Threshold(0, max_per_step=k))")
     ap.add_argument("--remdm-steps", type=int, nargs="*", default=[], help="ReMDM runs (more steps buy quality)")
     ap.add_argument("--remdm-eta", type=float, default=0.02)
     ap.add_argument("--remdm-schedule", default="cap")
@@ -110,7 +116,8 @@ def main() -> None:
     P = args.prompt_length
     if (P > 0) != (args.prompt_corpus is not None) or not 0 <= P < args.length:
         raise SystemExit("--prompt-corpus and --prompt-length (in [1, --length)) go together")
-    prompts = prompts_from(args.prompt_corpus, tok, args.samples, P) if P else None
+    real = windows_from(args.prompt_corpus, tok, args.samples, args.length) if P else None
+    prompts = None if real is None else real[:, :P]
     judge, judge_name = judge_fn(args.judge, tok, P)
     N = lm.process.vocab_size
     rows, ref_tokens = [], {}
@@ -138,13 +145,22 @@ def main() -> None:
             ref_tokens["block"] = toks
         if getattr(sampler, "approx_cache", None) is not None:
             row["agreement_with_uncached"] = float((toks == ref_tokens["block"]).double().mean())
+        row["examples"] = [tok.decode(t.tolist()) for t in toks[:2]]
         rows.append(row)
         print(f"{label:40s} gen PPL {row['gen_ppl']:8.2f}  entropy {row['entropy']:.3f}  calls/sample "
               f"{row['calls_per_sample']:7.1f}  s/sample {row['seconds_per_sample']:.3f}"
               + (f"  agreement {row['agreement_with_uncached']:.3f}" if "agreement_with_uncached" in row else ""),
               flush=True)
+    if real is not None:  # what the judge says of the corpus's own continuations of the prompts
+        nll, cnt = judge(real)
+        rows.append({"run": "real continuation (reference)", "gen_ppl": math.exp(nll / cnt),
+                     "entropy": unigram_entropy(real[:, P:]), "calls_per_sample": None, "seconds_per_sample": None,
+                     "examples": [tok.decode(t.tolist()) for t in real[:2, P:]]})
+        print(f"{rows[-1]['run']:40s} gen PPL {rows[-1]['gen_ppl']:8.2f}  entropy {rows[-1]['entropy']:.3f}", flush=True)
     ref = next(r for r in rows if r["run"] == f"MDLM steps={args.steps[0]}")
     for r in rows:
+        if r["calls_per_sample"] is None:  # the real-text reference
+            continue
         r["ppl_vs_fixed"] = r["gen_ppl"] / ref["gen_ppl"]
         r["calls_vs_fixed"] = r["calls_per_sample"] / ref["calls_per_sample"]
         r["entropy_vs_fixed"] = r["entropy"] / ref["entropy"]
@@ -173,11 +189,15 @@ def plot(rows: list, path: str) -> None:
     for ax, key, xlabel in ((axes[0], "calls_per_sample", "network calls per sample"),
                             (axes[1], "seconds_per_sample", "seconds per sample (loaded 2-core CPU)")):
         for r in rows:
+            if r[key] is None:  # the real continuations: a line, they cost no calls
+                ax.axhline(r["gen_ppl"], color="gray", linestyle="--", label=f"{r['run']} (entropy {r['entropy']:.2f})")
+                continue
             ax.scatter(r[key], r["gen_ppl"], marker="o" if r["run"].startswith(("MDLM", "ReMDM")) else "s",
                        label=f"{r['run']} (entropy {r['entropy']:.2f})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", alpha=0.3)
         ax.set_ylabel("generative PPL (judge)")
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
