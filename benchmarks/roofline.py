@@ -43,6 +43,7 @@ batch, the roofline's uncached / cached ratio (summed over every step) against t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -55,6 +56,7 @@ from diffusionlm import masks
 from diffusionlm.lm import DiffusionLM
 from diffusionlm.models import DiffusionTransformer, TransformerConfig
 from diffusionlm.models.cache import plan_cached_step
+from diffusionlm.models.packed import PackedLinears
 from diffusionlm.processes import Absorb
 from diffusionlm.samplers import get_sampler
 from diffusionlm.schedules import Block, Quench
@@ -227,6 +229,9 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true", help="time each step once, without calling it just before "
                     "(the allocator and caches cold: single-shot step times at batch 1 came out 1.6-1.8x the "
                     "steady state inside a sampling run)")
+    ap.add_argument("--packed", action="store_true",
+                    help="every linear layer through MKL's prepacked GEMM for the few-row calls (models.packed."
+                         "PackedLinears, rows 16 B and 32 B: cached steps; B: AR steps); bitwise the same results")
     ap.add_argument("--out", default="benchmarks/out/roofline.json")
     args = ap.parse_args()
     global CLOCK
@@ -244,9 +249,11 @@ def main() -> None:
     print(f"{args.preset} d={d} V={N + 1}: {weight_bytes / 1e6:.0f} MB of weights, {torch.get_num_threads()} threads, "
           f"{args.clock} clock, commit {rev}, load {load()}", flush=True)
     overhead = None
+    results["packed"] = args.packed
     for B in sorted(args.batches, key=lambda b: b not in args.run_batches):  # measured runs first
-        r = run_batch(model, cfg, B, d, N, args.points, args.repeats, weight_bytes, B in args.run_batches, overhead,
-                      not args.cold)
+        with PackedLinears(model, rows=(WIDTH * B, 2 * WIDTH * B, B)) if args.packed else contextlib.nullcontext():
+            r = run_batch(model, cfg, B, d, N, args.points, args.repeats, weight_bytes, B in args.run_batches, overhead,
+                          not args.cold)
         if overhead is None and "driver_overhead_s" in r:
             overhead = max(r["driver_overhead_s"], 0.0) / d
         results["batches"].append(r)

@@ -2,6 +2,7 @@
 from .attention import ATTENTION_BACKENDS, AttentionBackend, attention, get_backend
 from .base import Denoiser, DenoiserOutput, output_size
 from .cache import CachedStep, KVCache, plan_cached_step
+from .packed import PackedLinears
 from .transformer import DiffusionTransformer, TransformerConfig
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "KVCache",
     "CachedStep",
     "plan_cached_step",
+    "PackedLinears",
     "DiffusionTransformer",
     "TransformerConfig",
 ]
