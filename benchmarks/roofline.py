@@ -230,8 +230,8 @@ def main() -> None:
                     "(the allocator and caches cold: single-shot step times at batch 1 came out 1.6-1.8x the "
                     "steady state inside a sampling run)")
     ap.add_argument("--packed", action="store_true",
-                    help="every linear layer through MKL's prepacked GEMM for the few-row calls (models.packed."
-                         "PackedLinears, rows 16 B and 32 B: cached steps; B: AR steps); bitwise the same results")
+                    help="every linear layer through MKL's prepacked GEMM for the cached steps (models.packed."
+                         "PackedLinears, rows 16 B and 32 B); bitwise the same results")
     ap.add_argument("--out", default="benchmarks/out/roofline.json")
     args = ap.parse_args()
     global CLOCK
@@ -251,7 +251,7 @@ def main() -> None:
     overhead = None
     results["packed"] = args.packed
     for B in sorted(args.batches, key=lambda b: b not in args.run_batches):  # measured runs first
-        with PackedLinears(model, rows=(WIDTH * B, 2 * WIDTH * B, B)) if args.packed else contextlib.nullcontext():
+        with PackedLinears(model, rows=(WIDTH * B, 2 * WIDTH * B)) if args.packed else contextlib.nullcontext():
             r = run_batch(model, cfg, B, d, N, args.points, args.repeats, weight_bytes, B in args.run_batches, overhead,
                           not args.cold)
         if overhead is None and "driver_overhead_s" in r:

@@ -229,6 +229,15 @@ def _sampler(name: str, options: "str | None", steps):
         raise ValueError(f"sampler {name}: {err}") from None
 
 
+def _packed(model, on: bool):
+    """models.packed.PackedLinears around sampling when asked (CPU: the same tokens, faster few-row steps)."""
+    import contextlib
+
+    from .models.packed import PackedLinears
+
+    return PackedLinears(model) if on else contextlib.nullcontext()
+
+
 def cmd_sample(args) -> dict:
     from .demo.core import DemoModel, Frame, frame_text
 
@@ -255,8 +264,9 @@ def cmd_sample(args) -> dict:
             print(frame_text(Frame.from_record(rec, fixed), view, colour=colour), flush=True)
 
     dev = next(iter(m.lm.model.parameters())).device
-    out = sampler.sample(m.lm, batch_size=args.num, length=length, prompt=None if prompt is None else prompt.to(dev),
-                         generator=g, callback=show)
+    with _packed(m.lm.model, args.packed):
+        out = sampler.sample(m.lm, batch_size=args.num, length=length, prompt=None if prompt is None else prompt.to(dev),
+                             generator=g, callback=show)
     texts = [tok.decode(row.tolist()) for row in out.tokens]
     result = {"model": m.name, "sampler": sampler.to_dict() if hasattr(sampler, "to_dict") else args.sampler,
               "seconds": out.seconds, "model_calls": out.num_model_calls, "samples": texts}
@@ -476,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the sampler's generator")
     s.add_argument("--options", help="sampler options as JSON, e.g. '{\"eta\": 0.1}' for acs (default: none)")
     s.add_argument("--show-steps", action="store_true", help="print every step (MASK as _)")
+    s.add_argument("--packed", action="store_true",
+                   help="CPU: linear layers through MKL's prepacked GEMM for the first two row counts >= 16 fed "
+                        "(cached steps; the same tokens, ~2.2x the weights' memory per row count)")
     s.set_defaults(fn=cmd_sample)
 
     e = command("eval", "NLL upper bound / perplexity of any model on a dataset")
