@@ -187,12 +187,14 @@ def plot(rows: list, path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
     for ax, key, xlabel in ((axes[0], "calls_per_sample", "network calls per sample"),
-                            (axes[1], "seconds_per_sample", "seconds per sample (loaded 2-core CPU)")):
-        for r in rows:
+                            (axes[1], "seconds_per_sample", "seconds per sample (CPU, 1 thread)")):
+        colours = plt.get_cmap("tab20").colors  # one colour per run (the default cycle repeats after 10)
+        for i, r in enumerate(rows):
             if r[key] is None:  # the real continuations: a line, they cost no calls
                 ax.axhline(r["gen_ppl"], color="gray", linestyle="--", label=f"{r['run']} (entropy {r['entropy']:.2f})")
                 continue
             ax.scatter(r[key], r["gen_ppl"], marker="o" if r["run"].startswith(("MDLM", "ReMDM")) else "s",
+                       color=colours[i % len(colours)],
                        label=f"{r['run']} (entropy {r['entropy']:.2f})")
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -43,7 +43,6 @@ batch, the roofline's uncached / cached ratio (summed over every step) against t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import subprocess
@@ -61,6 +60,7 @@ from diffusionlm.processes import Absorb
 from diffusionlm.samplers import get_sampler
 from diffusionlm.schedules import Block, Quench
 
+PACKED = "+packed"  # the suffix of the step kinds timed through PackedLinears
 WIDTH = 16  # Block(16, 16)
 
 
@@ -152,7 +152,7 @@ def load() -> str:
 
 @torch.no_grad()
 def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, weight_bytes: int, full_run: bool,
-              overhead_per_step: "float | None" = None, warm: bool = True) -> dict:
+              overhead_per_step: "float | None" = None, warm: bool = True, packed: bool = False) -> dict:
     nb = d // WIDTH
     blocks = sorted({round(i * (nb - 1) / max(points - 1, 1)) for i in range(points)})
     steps = Steps(model, B, d, N)
@@ -164,8 +164,13 @@ def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, wei
         kinds[("cached_first", b)] = steps.step(k0, cached_step=True)
         kinds[("ar", b)] = steps.ar(WIDTH * b)
     lm = DiffusionLM(model, Absorb(N), Block(WIDTH, WIDTH))
-    times = {key: [] for key in kinds}
-    runs, peaks, bws, loads = [], [], [], []
+    # --packed: the cached kinds and the whole cached run again, in the same rounds, through
+    # PackedLinears (its packs are built by each round's first packed call, the warm-up)
+    ctx = PackedLinears(model, rows=(WIDTH * B, 2 * WIDTH * B)) if packed else None
+    packed_kinds = {(k + PACKED, b): v for (k, b), v in kinds.items() if k.startswith("cached")} if packed else {}
+    times = {key: [] for key in {**kinds, **packed_kinds}}
+    runs = {"": [], PACKED: []}
+    peaks, bws, loads = [], [], []
     for key, (fn, _, _) in kinds.items():  # warm-up: the kinds at the first block
         if key[1] == blocks[0]:
             fn()
@@ -176,18 +181,26 @@ def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, wei
         for key, (fn, _, _) in kinds.items():
             times[key].append(timed(fn, 1, CLOCK, warmup=warm))  # warm: the same call just before
         if full_run:
-            runs.append(cached_run(lm, B, d))
+            runs[""].append(cached_run(lm, B, d))
+        if ctx is not None:
+            with ctx:
+                for key, (fn, _, _) in packed_kinds.items():
+                    times[key].append(timed(fn, 1, CLOCK, warmup=True))  # the warm-up call packs
+                if full_run:
+                    runs[PACKED].append(cached_run(lm, B, d))
         print(f"  B={B} round {r + 1}/{repeats}: load {loads[-1]}, peak {peaks[-1] / 1e9:.1f} GFLOP/s, "
-              f"bandwidth {bws[-1] / 1e9:.2f} GB/s" + (f", cached run {runs[-1]:.1f} s" if runs else ""), flush=True)
+              f"bandwidth {bws[-1] / 1e9:.2f} GB/s"
+              + "".join(f", cached run{v} {runs[v][-1]:.1f} s" for v in runs if runs[v]), flush=True)
     peak, bw = statistics.median(peaks), statistics.median(bws)
     med = {key: statistics.median(v) for key, v in times.items()}
     per_step = []
-    for (kind, b), (fn, R, C) in kinds.items():
+    for (kind, b), (fn, R, C) in {**kinds, **packed_kinds}.items():
         roof = roofline(B, R, C, cfg, weight_bytes, peak, bw)
         per_step.append({"kind": kind, "block": b, "rows": R, "keys": C, "measured_s": med[(kind, b)], **roof,
                          "roof_over_measured": roof["t_roof"] / med[(kind, b)]})
     # whole-run sums over every step (block b: 16 steps; cached: 1 first step + 15 others)
-    roof_unc = roof_cac = est_unc = est_cac = 0.0
+    roof_unc = roof_cac = est_unc = 0.0
+    est_cac = {v: 0.0 for v in runs}
     xs = blocks
     for b in range(nb):
         L = WIDTH * (b + 1)
@@ -196,22 +209,29 @@ def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, wei
         roof_cac += roofline(B, first_rows, L, cfg, weight_bytes, peak, bw)["t_roof"]
         roof_cac += (WIDTH - 1) * roofline(B, WIDTH, L, cfg, weight_bytes, peak, bw)["t_roof"]
         est_unc += WIDTH * interp(xs, [med[("uncached", x)] for x in xs], b)
-        est_cac += interp(xs, [med[("cached_first", x)] for x in xs], b)
-        est_cac += (WIDTH - 1) * interp(xs, [med[("cached", x)] for x in xs], b)
+        for v in est_cac if packed else [""]:
+            est_cac[v] += interp(xs, [med[("cached_first" + v, x)] for x in xs], b)
+            est_cac[v] += (WIDTH - 1) * interp(xs, [med[("cached" + v, x)] for x in xs], b)
     out = {"batch": B, "d": d, "blocks": blocks, "peak_flops": peak, "bandwidth": bw, "peaks": peaks,
            "bandwidths": bws, "loads": loads, "per_step": per_step,
            "roof_uncached_s": roof_unc, "roof_cached_s": roof_cac, "roof_ratio": roof_unc / roof_cac,
-           "uncached_s_interpolated": est_unc, "cached_forwards_s_interpolated": est_cac}
-    if runs:
-        run = statistics.median(runs)
-        out.update(cached_run_s=run, cached_runs=runs, driver_overhead_s=run - est_cac, cached_is="measured run")
-    elif overhead_per_step is not None:
-        run = est_cac + overhead_per_step * d
-        out.update(cached_run_s=run, cached_is="forwards + per-step overhead of the measured batch")
-    else:
-        run = est_cac
-        out.update(cached_run_s=run, cached_is="forwards only")
-    out.update(achieved_ratio=est_unc / run, fraction_of_roofline_ratio=est_unc / run / (roof_unc / roof_cac))
+           "uncached_s_interpolated": est_unc}
+    for v in est_cac if packed else [""]:  # v = "": the plain layers; PACKED: through PackedLinears
+        res = {"cached_forwards_s_interpolated": est_cac[v]}
+        if runs[v]:
+            run = statistics.median(runs[v])
+            res.update(cached_run_s=run, cached_runs=runs[v], driver_overhead_s=run - est_cac[v], cached_is="measured run")
+        elif overhead_per_step is not None:
+            run = est_cac[v] + overhead_per_step * d
+            res.update(cached_run_s=run, cached_is="forwards + per-step overhead of the measured batch")
+        else:
+            run = est_cac[v]
+            res.update(cached_run_s=run, cached_is="forwards only")
+        res.update(achieved_ratio=est_unc / run, fraction_of_roofline_ratio=est_unc / run / (roof_unc / roof_cac))
+        if v:
+            out["packed"] = res
+        else:
+            out.update(res)
     return out
 
 
@@ -230,8 +250,9 @@ def main() -> None:
                     "(the allocator and caches cold: single-shot step times at batch 1 came out 1.6-1.8x the "
                     "steady state inside a sampling run)")
     ap.add_argument("--packed", action="store_true",
-                    help="every linear layer through MKL's prepacked GEMM for the cached steps (models.packed."
-                         "PackedLinears, rows 16 B and 32 B); bitwise the same results")
+                    help="also time the cached steps (and run) with every linear layer through MKL's prepacked GEMM "
+                         "(models.packed.PackedLinears, rows 16 B and 32 B; bitwise the same results), in the same "
+                         "rounds: both fractions of the roofline ratio from one run")
     ap.add_argument("--out", default="benchmarks/out/roofline.json")
     args = ap.parse_args()
     global CLOCK
@@ -251,9 +272,8 @@ def main() -> None:
     overhead = None
     results["packed"] = args.packed
     for B in sorted(args.batches, key=lambda b: b not in args.run_batches):  # measured runs first
-        with PackedLinears(model, rows=(WIDTH * B, 2 * WIDTH * B)) if args.packed else contextlib.nullcontext():
-            r = run_batch(model, cfg, B, d, N, args.points, args.repeats, weight_bytes, B in args.run_batches, overhead,
-                          not args.cold)
+        r = run_batch(model, cfg, B, d, N, args.points, args.repeats, weight_bytes, B in args.run_batches, overhead,
+                      not args.cold, args.packed)
         if overhead is None and "driver_overhead_s" in r:
             overhead = max(r["driver_overhead_s"], 0.0) / d
         results["batches"].append(r)
@@ -264,13 +284,14 @@ def main() -> None:
             print(f"| {s['kind']} | {s['block']} | {s['rows']} x {s['keys']} | {s['bound']} | {s['t_roof'] * 1e3:.1f} "
                   f"| {s['measured_s'] * 1e3:.1f} | {s['roof_over_measured']:.2f} |")
         line = (f"B={B}: roofline uncached {r['roof_uncached_s']:.1f} s / cached {r['roof_cached_s']:.2f} s = "
-                f"{r['roof_ratio']:.1f}x; uncached (interpolated) {r['uncached_s_interpolated']:.1f} s, cached forwards "
-                f"{r['cached_forwards_s_interpolated']:.2f} s")
-        if "cached_run_s" in r:
-            line += (f", cached ({r['cached_is']}) {r['cached_run_s']:.2f} s: achieved {r['achieved_ratio']:.1f}x = "
-                     f"{100 * r['fraction_of_roofline_ratio']:.0f}% of the roofline ratio "
-                     + (f" (driver + draws {r['driver_overhead_s']:.2f} s)" if "driver_overhead_s" in r else ""))
+                f"{r['roof_ratio']:.1f}x; uncached (interpolated) {r['uncached_s_interpolated']:.1f} s")
         print(line, flush=True)
+        for name, v in (("plain", r), ("packed", r.get("packed"))):
+            if v is not None:
+                print(f"B={B} {name}: cached forwards {v['cached_forwards_s_interpolated']:.2f} s, cached ({v['cached_is']}) "
+                      f"{v['cached_run_s']:.2f} s: achieved {v['achieved_ratio']:.1f}x = "
+                      f"{100 * v['fraction_of_roofline_ratio']:.0f}% of the roofline ratio"
+                      + (f" (driver + draws {v['driver_overhead_s']:.2f} s)" if "driver_overhead_s" in v else ""), flush=True)
     write_json(args.out, results)
 
 
