@@ -41,6 +41,9 @@ import torch
 from diffusionlm.compare import ar_judge_nll, causal_lm_judge
 from diffusionlm.eval.diversity import unigram_entropy
 from diffusionlm.hub import load_model
+from diffusionlm.lm import DiffusionLM
+from diffusionlm.masks import Layout
+from diffusionlm.schedules import Quench
 from diffusionlm.samplers import MDLM, ReMDM, Threshold
 
 
@@ -51,19 +54,26 @@ def judge_fn(path: str, tokenizer, start: int = 0):
     if getattr(lm.process, "name", None) == "absorb" and type(lm.schedule).__name__ == "Quench":
         return (lambda toks: ar_judge_nll(lm, toks, start)), f"AR composition {path} (exact NLL)"
     if start:
-        # a causal LM with another tokenizer cannot score "tokens P.. given 0..P-1" exactly
-        raise SystemExit(f"--prompt-length needs an AR composition judge (Absorb + Quench), not {path}")
+        # a causal LM behind the denoiser protocol sharing the model's tokenizer (the base of an
+        # adapted SmolLM2) is read as its AR composition: Quench, SHIFTED, exact; with another
+        # tokenizer "tokens P.. given 0..P-1" cannot be scored exactly
+        if getattr(lm.model, "ignores_levels", False) and m.tokenizer.vocab_size == tokenizer.vocab_size \
+                and lm.bos_id is not None and Layout(lm.layout) is Layout.SHIFTED:
+            ar = DiffusionLM(lm.model, lm.process, Quench(), layout="shifted", bos_id=lm.bos_id)
+            return (lambda toks: ar_judge_nll(ar, toks, start)), f"causal LM {path} read as AR (exact NLL)"
+        raise SystemExit(f"--prompt-length needs an AR composition judge (Absorb + Quench) or a causal LM with "
+                         f"the model's tokenizer, not {path}")
     return causal_lm_judge(path, tokenizer), f"causal LM {path}"
 
 
-def windows_from(corpus: str, tokenizer, samples: int, length: int) -> torch.Tensor:
-    """[samples, length] windows of the corpus's validation split at evenly spaced offsets: the
-    first P tokens of each are a prompt, the rest its real continuation (a reference row)."""
+def windows_from(corpus: str, tokenizer, samples: int, length: int, split: str = "validation") -> torch.Tensor:
+    """[samples, length] windows of the corpus's split at evenly spaced offsets: the first P
+    tokens of each are a prompt, the rest its real continuation (a reference row)."""
     from diffusionlm.data import load_corpus
 
-    ids = torch.tensor(tokenizer.encode("".join(load_corpus(corpus, "validation"))))
+    ids = torch.tensor(tokenizer.encode("\n".join(load_corpus(corpus, split))))
     if len(ids) < samples * length:
-        raise SystemExit(f"{corpus}'s validation split has {len(ids)} tokens: too few for {samples} windows of {length}")
+        raise SystemExit(f"{corpus}'s {split} split has {len(ids)} tokens: too few for {samples} windows of {length}")
     offsets = torch.arange(samples) * ((len(ids) - length) // samples)
     return torch.stack([ids[o: o + length] for o in offsets.tolist()])
 
@@ -100,6 +110,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt-corpus", default=None,
                     help="condition every sample on a prompt from this corpus's validation split")
+    ap.add_argument("--prompt-split", default="validation", help="the split prompts come from (wikitext2: test only)")
     ap.add_argument("--prompt-length", type=int, default=0,
                     help="prompt tokens out of --length; the judge scores only the continuation")
     ap.add_argument("--out", default="benchmarks/frontier.json")
@@ -108,7 +119,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.replot:
         with open(args.out) as f:
-            plot(json.load(f)["rows"], args.plot)
+            res = json.load(f)
+        plot(res["rows"], args.plot, res.get("machine", {}).get("threads"))
         return
 
     m = load_model(args.model)
@@ -116,7 +128,7 @@ def main() -> None:
     P = args.prompt_length
     if (P > 0) != (args.prompt_corpus is not None) or not 0 <= P < args.length:
         raise SystemExit("--prompt-corpus and --prompt-length (in [1, --length)) go together")
-    real = windows_from(args.prompt_corpus, tok, args.samples, args.length) if P else None
+    real = windows_from(args.prompt_corpus, tok, args.samples, args.length, args.prompt_split) if P else None
     prompts = None if real is None else real[:, :P]
     judge, judge_name = judge_fn(args.judge, tok, P)
     N = lm.process.vocab_size
@@ -168,7 +180,7 @@ def main() -> None:
         r["meets_target"] = (r["run"].startswith("threshold") and r["ppl_vs_fixed"] <= 1.05
                              and r["calls_vs_fixed"] <= 1 / 3 and r["entropy_vs_fixed"] >= 0.9)
     result = {"model": args.model, "judge": judge_name, "samples": args.samples, "length": args.length,
-              "prompt": None if P == 0 else {"corpus": args.prompt_corpus, "tokens": P},
+              "prompt": None if P == 0 else {"corpus": args.prompt_corpus, "split": args.prompt_split, "tokens": P},
               "seed": args.seed, "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                                              "load": os.getloadavg(), "platform": platform.platform()},
               "rows": rows}
@@ -176,10 +188,10 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     if args.plot:
-        plot(rows, args.plot)
+        plot(rows, args.plot, torch.get_num_threads())
 
 
-def plot(rows: list, path: str) -> None:
+def plot(rows: list, path: str, threads: "int | None" = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,7 +199,7 @@ def plot(rows: list, path: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
     for ax, key, xlabel in ((axes[0], "calls_per_sample", "network calls per sample"),
-                            (axes[1], "seconds_per_sample", "seconds per sample (CPU, 1 thread)")):
+                            (axes[1], "seconds_per_sample", f"seconds per sample (CPU, {threads or '?'} thread{'' if threads == 1 else 's'})")):
         colours = plt.get_cmap("tab20").colors  # one colour per run (the default cycle repeats after 10)
         for i, r in enumerate(rows):
             if r[key] is None:  # the real continuations: a line, they cost no calls

@@ -25,7 +25,7 @@ def test_frontier_with_prompts_end_to_end(tmp_path):
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
-    assert res["prompt"] == {"corpus": "shakespeare_char", "tokens": 8}
+    assert res["prompt"] == {"corpus": "shakespeare_char", "split": "validation", "tokens": 8}
     runs = {row["run"]: row for row in res["rows"]}
     assert {"MDLM steps=16", "threshold 0.9", "threshold budget k=4", "threshold 0.9 block=8 dual cache",
             "real continuation (reference)"} <= set(runs)
