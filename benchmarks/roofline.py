@@ -169,7 +169,8 @@ def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, wei
     ctx = PackedLinears(model, rows=(WIDTH * B, 2 * WIDTH * B)) if packed else None
     packed_kinds = {(k + PACKED, b): v for (k, b), v in kinds.items() if k.startswith("cached")} if packed else {}
     times = {key: [] for key in {**kinds, **packed_kinds}}
-    runs = {"": [], PACKED: []}
+    variants = ["", PACKED] if packed else [""]  # "": the plain layers; PACKED: through PackedLinears
+    runs = {v: [] for v in variants}
     peaks, bws, loads = [], [], []
     for key, (fn, _, _) in kinds.items():  # warm-up: the kinds at the first block
         if key[1] == blocks[0]:
@@ -200,7 +201,7 @@ def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, wei
                          "roof_over_measured": roof["t_roof"] / med[(kind, b)]})
     # whole-run sums over every step (block b: 16 steps; cached: 1 first step + 15 others)
     roof_unc = roof_cac = est_unc = 0.0
-    est_cac = {v: 0.0 for v in runs}
+    est_cac = {v: 0.0 for v in variants}
     xs = blocks
     for b in range(nb):
         L = WIDTH * (b + 1)
@@ -209,14 +210,14 @@ def run_batch(model, cfg, B: int, d: int, N: int, points: int, repeats: int, wei
         roof_cac += roofline(B, first_rows, L, cfg, weight_bytes, peak, bw)["t_roof"]
         roof_cac += (WIDTH - 1) * roofline(B, WIDTH, L, cfg, weight_bytes, peak, bw)["t_roof"]
         est_unc += WIDTH * interp(xs, [med[("uncached", x)] for x in xs], b)
-        for v in est_cac if packed else [""]:
+        for v in variants:
             est_cac[v] += interp(xs, [med[("cached_first" + v, x)] for x in xs], b)
             est_cac[v] += (WIDTH - 1) * interp(xs, [med[("cached" + v, x)] for x in xs], b)
     out = {"batch": B, "d": d, "blocks": blocks, "peak_flops": peak, "bandwidth": bw, "peaks": peaks,
            "bandwidths": bws, "loads": loads, "per_step": per_step,
            "roof_uncached_s": roof_unc, "roof_cached_s": roof_cac, "roof_ratio": roof_unc / roof_cac,
            "uncached_s_interpolated": est_unc}
-    for v in est_cac if packed else [""]:  # v = "": the plain layers; PACKED: through PackedLinears
+    for v in variants:
         res = {"cached_forwards_s_interpolated": est_cac[v]}
         if runs[v]:
             run = statistics.median(runs[v])
