@@ -81,6 +81,8 @@ from typing import Any, Optional
 
 import torch
 
+from .lm import DiffusionLM
+
 __all__ = ["CompareConfig", "Variant", "compare", "default_spec", "load_spec", "size_steps", "ar_judge_nll",
            "train_variant", "save_variant", "markdown_table", "plot"]
 
@@ -211,8 +213,6 @@ class Variant:
     def from_spec(cls, d: Any, index: int = 0) -> "Variant":
         """A variant from its spec dict, a DiffusionLM, or {"name", "lm", ...}; one-line errors
         name the variant and the field."""
-        from .lm import DiffusionLM
-
         if isinstance(d, DiffusionLM):
             d = {"lm": d}
         if not isinstance(d, dict):
@@ -340,7 +340,7 @@ def _composition(cfg: CompareConfig, v: Variant, tok: Any) -> dict:
 
     if v.lm is not None:
         try:
-            return specs.composition_dict(v.lm)
+            return v.lm.to_dict()
         except TypeError:  # a model outside the backbone registry: recorded by its class
             lm = v.lm
             return {"name": "diffusion_lm", "process": specs.to_dict(lm.process), "schedule": specs.to_dict(lm.schedule),
@@ -486,7 +486,7 @@ def _build_lm(cfg: CompareConfig, entry: _Entry) -> Any:
     if entry.variant.lm is not None:
         return entry.variant.lm
     torch.manual_seed(entry.seed)
-    return specs.build_composition(entry.composition)
+    return DiffusionLM.from_dict(entry.composition)
 
 
 def _trainer(cfg: CompareConfig, entry: _Entry, train_blocks: Any, steps: int, lm: Any = None):
@@ -561,7 +561,7 @@ def _train(cfg: CompareConfig, entry: _Entry, train_blocks: Any, steps: int) -> 
     bar.close()
     lm.model.eval()
     tail = losses[-10:]
-    info = {"label": entry.variant.label or entry.name, "composition": specs.composition_dict(lm),
+    info = {"label": entry.variant.label or entry.name, "composition": lm.to_dict(),
             "train_overrides": entry.variant.train, "seed": entry.seed, "train_steps": trainer.step,
             "train_tokens": stream.tokens, "train_tokens_sha1": stream.digest, "train_seconds": seconds,
             "final_loss": sum(tail) / len(tail), "params": sum(p.numel() for p in lm.model.parameters())}
@@ -574,7 +574,7 @@ def _evaluated_only_info(entry: _Entry) -> dict:
 
     lm = entry.variant.lm
     lm.model.eval()
-    return {"label": entry.variant.label or entry.name, "composition": specs.composition_dict(lm),
+    return {"label": entry.variant.label or entry.name, "composition": lm.to_dict(),
             "evaluated_only": True, "model_path": entry.variant.model, "train_overrides": {}, "seed": entry.seed,
             "train_steps": 0, "train_tokens": 0, "train_tokens_sha1": "-", "train_seconds": 0.0,
             "final_loss": None, "params": sum(p.numel() for p in lm.model.parameters())}
@@ -646,8 +646,7 @@ def _likelihood(lm: Any, test_ids: torch.Tensor, cfg: CompareConfig) -> dict:
 
 def _is_causal_ar(lm: Any) -> bool:
     """Absorb + Quench under the SHIFTED layout: the AR special case, whose bound is one causal forward."""
-    return (type(lm.process).__name__ == "Absorb" and type(lm.schedule).__name__ == "Quench"
-            and getattr(lm.layout, "value", lm.layout) == "shifted")
+    return lm.is_autoregressive
 
 
 @torch.no_grad()

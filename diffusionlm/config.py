@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .configcheck import Bool, Choice, Dict, Int, Opt, Str, check_fields
+from .specs import build as build_spec
 from .models.transformer import TransformerConfig
 from .training.trainer import TrainConfig
 
@@ -138,10 +139,8 @@ def _strip_comments(d: Any) -> Any:
 def _check_schedule(spec: Any, length: int, where: str) -> None:
     """The hyperschedule builds and, when discrete, has a level table at the data length (a Block
     or Slide width larger than the length is refused here, before anything is built)."""
-    from .schedules import hyperschedule
-
     try:
-        hs = build_part("schedule", hyperschedule, spec)
+        hs = build_spec("hyperschedule", spec)
         if not hs.continuous:
             hs.table(length)
     except (TypeError, ValueError) as err:
@@ -228,35 +227,6 @@ def build_tokenizer(spec: DataSpec):
     return load_tokenizer(resolve_tokenizer(spec.tokenizer))  # a fetchable name / .gguf -> its tokenizer
 
 
-def build_part(kind: str, factory, spec: Any):
-    """`factory(spec)` for a registry part ("process", "schedule"), with an unknown or missing
-    key reported as one ValueError naming the part, the key and the valid keys."""
-    import inspect
-
-    try:
-        return factory(spec)
-    except TypeError as err:
-        name = spec.get("name") if isinstance(spec, dict) else spec
-        registry = _registry(kind)
-        cls = registry.get(name)
-        if cls is None or not isinstance(spec, dict):
-            raise ValueError(f"{kind} {spec!r}: {err}") from None
-        valid = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
-        bad = [k for k in spec if k != "name" and k not in valid]
-        what = f"unknown key(s) {', '.join(bad)}" if bad else str(err)
-        raise ValueError(f"{kind} {name}: {what}; its keys: {', '.join(valid) or '(none)'}") from None
-
-
-def _registry(kind: str) -> dict:
-    if kind == "process":
-        from .processes import PROCESSES
-
-        return PROCESSES
-    from .schedules import HYPERSCHEDULES
-
-    return HYPERSCHEDULES
-
-
 def build_process(spec: dict, tokenizer, mask_id: Optional[int] = None):
     from .processes import process
 
@@ -264,7 +234,7 @@ def build_process(spec: dict, tokenizer, mask_id: Optional[int] = None):
     spec.setdefault("vocab_size", tokenizer.vocab_size)
     if mask_id is not None and spec.get("name") != "uniform":
         spec.setdefault("mask_id", mask_id)
-    return build_part("process", process, spec)
+    return process(spec)
 
 
 def build_model(spec: ModelSpec, proc, tokenizer, length: int):
@@ -274,7 +244,7 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
 
         if spec.path:
             return DiffusionTransformer.from_pretrained(spec.path)
-        from .specs import backbone_defaults
+        from .lm import backbone_defaults
 
         fields = [f.name for f in dataclasses.fields(TransformerConfig)]
         _reject_unknown(spec.overrides, fields, "model.overrides.")
@@ -311,7 +281,6 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
     batches of a run; `data=False` skips reading the corpus (sampling, evaluation, the demo)."""
     from .data import BatchStream, TokenBlocks, check_vocab, load_corpus
     from .lm import DiffusionLM
-    from .schedules import hyperschedule
 
     tok = build_tokenizer(run.data)
     # the process needs the MASK id the model uses; HF models decide it when wrapped
@@ -332,8 +301,8 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
     bos = getattr(tok, "bos_id", None)
     if bos is None:
         bos = getattr(tok, "eos_id", None)
-    lm = DiffusionLM(model, proc, build_part("schedule", hyperschedule, run.schedule), layout=run.layout, bos_id=bos,
-                     annealing=annealing)
+    lm = DiffusionLM.from_dict({"name": DiffusionLM.name, "process": proc, "schedule": run.schedule,
+                                "layout": run.layout, "bos_id": bos, "annealing": annealing}, model=model)
     if run.data.length > (lm.max_positions or run.data.length):
         raise ValueError(f"data.length {run.data.length} exceeds the model's {lm.max_positions} positions")
     if not data:

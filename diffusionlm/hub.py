@@ -9,8 +9,9 @@
 A **saved composition** (format version ``FORMAT_VERSION``) is a folder:
 
     config.json      {"format": "diffusionlm-composition", "format_version", "library_version",
-                      "composition": the composition dict (process, schedule, layout, bos_id,
-                                     settled_weight, max_positions: :func:`composition_dict`),
+                      "composition": DiffusionLM.to_dict() (name, process, schedule, layout,
+                                     bos_id, settled_weight, ..., backbone: its spec, descriptive;
+                                     the weights folder is what is loaded),
                       "backbone": {"kind": "transformer" | "hf", "path": "backbone", ...},
                       "tokenizer": {"class", "vocab_size", ...},
                       "training": data / steps / tokens when known, "evaluation": figures when known}
@@ -27,7 +28,9 @@ Saving, loading and uploading follow `huggingface_hub.ModelHubMixin`: :class:`Sa
 is a ModelHubMixin whose `_save_pretrained` / `_from_pretrained` write and read that folder, so
 `save_pretrained(dir, push_to_hub=..., repo_id=...)`, `from_pretrained(dir_or_id, revision=...,
 token=...)` and `push_to_hub(repo_id, private=..., branch=..., create_pr=...)` are the mixin's own
-(HfApi.create_repo + upload_folder). `DiffusionLM` gets them through :class:`CompositionHubMixin`.
+(HfApi.create_repo + upload_folder). `DiffusionLM.save_pretrained / from_pretrained / push_to_hub` are
+:func:`save_pretrained`, :func:`from_pretrained`, :func:`push_to_hub` here, late-bound
+(diffusionlm.specs.provide): the composition does not import this module.
 
 **The loader** (:func:`load_model`; `diffusionlm sample / eval / demo / compare --judge / lm-eval`):
 
@@ -58,16 +61,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import warnings
+
 from huggingface_hub import ModelCard, ModelHubMixin
 
+from .lm import DiffusionLM
+from .specs import build, provide
+
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "CompositionHubMixin", "SavedComposition", "composition_dict", "build_composition",
+    "FORMAT", "FORMAT_VERSION", "SavedComposition", "save_pretrained", "from_pretrained", "push_to_hub",
+    "composition_from_v1", "composition_dict", "build_composition",
     "model_card", "load_model", "LoadedModel", "MODEL_RESOLVERS", "register_resolver", "resolve_model_path",
     "ModelNotFoundError", "parse_part",
 ]
 
 FORMAT = "diffusionlm-composition"
-FORMAT_VERSION = 1
+#: 2: "composition" is DiffusionLM.to_dict() (name, parts, backbone); 1: the parts without
+#: name or backbone (still read, by :func:`composition_from_v1`)
+FORMAT_VERSION = 2
 CONFIG_NAME = "config.json"
 BACKBONE_DIR = "backbone"
 HUB_TAGS = ["diffusionlm", "discrete-diffusion", "text-generation"]
@@ -91,33 +102,39 @@ def library_version() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the composition dict (one place: the lead swaps it for diffusionlm.specs when that lands)
+# the composition dict: DiffusionLM.to_dict / from_dict, and the reader of format 1
 # ---------------------------------------------------------------------------------------------
+def composition_from_v1(old: dict) -> dict:
+    """A format-1 config.json's "composition" (no name, no backbone, an older Uniform's
+    "mask_id": null) as the one composition format (the backbone comes from the folder)."""
+    spec = {"name": DiffusionLM.name, **{k: v for k, v in old.items() if k != "name"}}
+    proc = spec.get("process")
+    if isinstance(proc, dict) and proc.get("name") == "uniform" and proc.get("mask_id", 0) is None:
+        spec["process"] = {k: v for k, v in proc.items() if k != "mask_id"}
+    return spec
+
+
+def _composition(config: dict, directory: Path) -> dict:
+    """The composition dict of a checked config.json, format 1 converted (said in one line)."""
+    comp = config["composition"]
+    if config["format_version"] == 1:
+        warnings.warn(f"{directory} was saved in composition format 1: read by its converter (save it again to write "
+                      f"format {FORMAT_VERSION})", FutureWarning, stacklevel=3)
+        return composition_from_v1(comp)
+    return comp
+
+
 def composition_dict(lm: Any) -> dict:
-    """The composition of `lm` as a plain JSON dict (the backbone is saved beside it)."""
-    return {
-        "process": lm.process.config(),
-        "schedule": lm.schedule.to_dict(),
-        "layout": lm.layout.value,
-        "bos_id": lm.bos_id,
-        "settled_weight": lm.settled_weight,
-        "settled_weighting": lm.settled_weighting,
-        "max_positions": lm.max_positions,
-    }
+    """Deprecated: ``lm.to_dict()`` (the one composition format)."""
+    warnings.warn("diffusionlm.hub.composition_dict(lm) is deprecated: use lm.to_dict()", DeprecationWarning, stacklevel=2)
+    return lm.to_dict()
 
 
 def build_composition(spec: dict, model: Any) -> Any:
-    """A DiffusionLM from a :func:`composition_dict` and its backbone."""
-    from .config import build_part
-    from .lm import DiffusionLM
-    from .processes import process
-    from .schedules import hyperschedule
-
-    return DiffusionLM(
-        model, build_part("process", process, spec["process"]), build_part("schedule", hyperschedule, spec["schedule"]),
-        layout=spec.get("layout", "aligned"), bos_id=spec.get("bos_id"), settled_weight=spec.get("settled_weight", 0.0),
-        settled_weighting=spec.get("settled_weighting", "uniform"), max_positions=spec.get("max_positions"),
-    )
+    """Deprecated: ``DiffusionLM.from_dict(spec, model=model)``."""
+    warnings.warn("diffusionlm.hub.build_composition(spec, model) is deprecated: use DiffusionLM.from_dict(spec, model=model)",
+                  DeprecationWarning, stacklevel=2)
+    return DiffusionLM.from_dict(spec if "name" in spec else composition_from_v1(spec), model=model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +206,7 @@ def _config(p: _Payload) -> dict:
     tok = as_tokenizer(p.tokenizer)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "library_version": library_version(),
-        "composition": composition_dict(p.lm), "backbone": p.backbone or {"kind": _backbone_kind(_bare(p.lm.model))},
+        "composition": p.lm.to_dict(), "backbone": p.backbone or {"kind": _backbone_kind(_bare(p.lm.model))},
         "tokenizer": {"class": type(tok).__name__, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
                       "bos_id": getattr(tok, "bos_id", None), "name": getattr(tok, "name", None)},
         "training": p.training or {}, "evaluation": p.evaluation or {},
@@ -245,7 +262,8 @@ def _read(directory: Path, base: Any = None, device: Any = None) -> _Payload:
     except safetensors_errors() as err:
         raise ValueError(f"{path}: a weights file is corrupt or truncated ({err})") from None
     tokenizer = load_tokenizer(directory)
-    lm = build_composition(config["composition"], model)
+    spec = {k: v for k, v in _composition(config, directory).items() if k != "backbone"}  # the folder's weights
+    lm = DiffusionLM.from_dict(spec, model=model)
     model.eval()
     if device is not None:
         model.to(device)
@@ -400,48 +418,47 @@ class SavedComposition(ModelHubMixin, library_name="diffusionlm", tags=list(HUB_
         return cls(_read(path, base=base, device=device))
 
 
-class CompositionHubMixin:
-    """save_pretrained / from_pretrained / push_to_hub for `DiffusionLM` (module docstring).
+def _payload(lm: Any, tokenizer: Any, merge: bool, training: Optional[dict], evaluation: Optional[dict]) -> _Payload:
+    info = lm.card_info or {}
+    return _Payload(lm, tokenizer if tokenizer is not None else lm.tokenizer, bool(merge),
+                    training if training is not None else info.get("training"),
+                    evaluation if evaluation is not None else info.get("evaluation"))
 
-    `tokenizer` and `card_info` are plain attributes: `from_pretrained` sets them, `save_pretrained`
-    and `push_to_hub` use them when no tokenizer / training / evaluation is passed."""
 
-    tokenizer = None
-    card_info = None
+def save_pretrained(lm: Any, save_directory: "str | os.PathLike", *, tokenizer: Any = None, merge: bool = False,
+                    training: Optional[dict] = None, evaluation: Optional[dict] = None, **hub_kwargs: Any) -> Optional[str]:
+    """`lm.save_pretrained(dir)`: write the saved composition into `save_directory` (created if
+    needed). `tokenizer`: the tokenizer of the ids (default `lm.tokenizer`); `merge`: LoRA merged
+    into full HF weights; `training` / `evaluation`: facts for config.json and the model card.
+    Other keywords are `ModelHubMixin.save_pretrained`'s (`push_to_hub=True, repo_id=...`)."""
+    return SavedComposition(_payload(lm, tokenizer, merge, training, evaluation)).save_pretrained(save_directory, **hub_kwargs)
 
-    def _payload(self, tokenizer: Any, merge: bool, training: Optional[dict], evaluation: Optional[dict]) -> _Payload:
-        info = self.card_info or {}
-        return _Payload(self, tokenizer if tokenizer is not None else self.tokenizer, bool(merge),
-                        training if training is not None else info.get("training"),
-                        evaluation if evaluation is not None else info.get("evaluation"))
 
-    def save_pretrained(self, save_directory: "str | os.PathLike", *, tokenizer: Any = None, merge: bool = False,
-                        training: Optional[dict] = None, evaluation: Optional[dict] = None, **hub_kwargs: Any) -> Optional[str]:
-        """Write the saved composition into `save_directory` (created if needed). `tokenizer`: the
-        tokenizer of the ids (default `self.tokenizer`); `merge`: LoRA merged into full HF weights;
-        `training` / `evaluation`: facts for config.json and the model card. Other keywords are
-        `ModelHubMixin.save_pretrained`'s (`push_to_hub=True, repo_id=...`)."""
-        return SavedComposition(self._payload(tokenizer, merge, training, evaluation)).save_pretrained(save_directory, **hub_kwargs)
+def from_pretrained(cls: Any, pretrained_model_name_or_path: "str | os.PathLike", *, base: Any = None,
+                    device: Any = None, **hub_kwargs: Any) -> Any:
+    """`DiffusionLM.from_pretrained(dir_or_id)`: a saved composition from a local folder or a hub id
+    (`revision=`, `token=`, ...: the mixin's). `base`: another location of a LoRA adapter's base
+    (checked against it)."""
+    src = str(pretrained_model_name_or_path)
+    path = Path(src).expanduser()
+    if not path.is_dir():
+        path = resolve_model_path(src, **{k: hub_kwargs[k] for k in ("revision", "token", "cache_dir") if k in hub_kwargs})
+    return SavedComposition.from_pretrained(path, base=base, device=device, **hub_kwargs).payload.lm
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: "str | os.PathLike", *, base: Any = None, device: Any = None,
-                        **hub_kwargs: Any) -> Any:
-        """A saved composition from a local folder or a hub id (`revision=`, `token=`, ...: the
-        mixin's). `base`: another location of a LoRA adapter's base (checked against it)."""
-        src = str(pretrained_model_name_or_path)
-        path = Path(src).expanduser()
-        if not path.is_dir():
-            path = resolve_model_path(src, **{k: hub_kwargs[k] for k in ("revision", "token", "cache_dir") if k in hub_kwargs})
-        return SavedComposition.from_pretrained(path, base=base, device=device, **hub_kwargs).payload.lm
 
-    def push_to_hub(self, repo_id: str, *, tokenizer: Any = None, merge: bool = False, training: Optional[dict] = None,
-                    evaluation: Optional[dict] = None, **hub_kwargs: Any) -> str:
-        """Upload the saved composition to the Hub repository `repo_id` (created if needed) in one
-        commit: `ModelHubMixin.push_to_hub` (`private`, `token`, `branch`, `create_pr`,
-        `commit_message`, ...). Returns the commit URL."""
-        kw = dict(hub_kwargs)
-        kw.setdefault("model_card_kwargs", {"repo_id": repo_id})
-        return SavedComposition(self._payload(tokenizer, merge, training, evaluation)).push_to_hub(repo_id, **kw)
+def push_to_hub(lm: Any, repo_id: str, *, tokenizer: Any = None, merge: bool = False, training: Optional[dict] = None,
+                evaluation: Optional[dict] = None, **hub_kwargs: Any) -> str:
+    """`lm.push_to_hub(repo_id)`: upload the saved composition to the Hub repository `repo_id`
+    (created if needed) in one commit: `ModelHubMixin.push_to_hub` (`private`, `token`, `branch`,
+    `create_pr`, `commit_message`, ...). Returns the commit URL."""
+    kw = dict(hub_kwargs)
+    kw.setdefault("model_card_kwargs", {"repo_id": repo_id})
+    return SavedComposition(_payload(lm, tokenizer, merge, training, evaluation)).push_to_hub(repo_id, **kw)
+
+
+provide("save_pretrained", save_pretrained)
+provide("from_pretrained", from_pretrained)
+provide("push_to_hub", push_to_hub)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,10 +662,7 @@ def load_model(
         raise FileNotFoundError(f"{path} holds neither run.json (a run directory) nor config.json (a saved composition "
                                 "or a Hugging Face model)")
     if schedule is not None and loaded.kind != "hf":
-        from .config import build_part
-        from .schedules import hyperschedule
-
-        loaded.lm.schedule = build_part("schedule", hyperschedule, schedule)
+        loaded.lm.schedule = build("hyperschedule", schedule)
     loaded.lm.model.eval()
     if dev is not None:
         loaded.lm.model.to(dev)
@@ -742,9 +756,7 @@ def load_judge(spec: "str | os.PathLike", device: Any = None) -> tuple:
             return model.eval(), load_tokenizer(path)
     m = load_model(spec, device=device)
     lm = m.lm
-    from .schedules import Quench
-
-    if lm.process.name != "absorb" or not isinstance(lm.schedule, Quench) or lm.layout.value != "shifted":
+    if not lm.is_autoregressive:
         raise ValueError(
             f"judge {os.fspath(spec)} is {lm.process.name} + {lm.schedule.name} ({lm.layout.value}): a judge scores text "
             "left to right, so it must be a causal LM (a Hugging Face model, or a model trained as absorb + quench, shifted)"

@@ -26,6 +26,15 @@ A process that constrains the hyperschedule or layout says so (`process.check_sc
 `process.check_two_halves`: Structural honours only Flat and no two-halves layout); the
 composition calls them, so a combination it cannot honour is an error naming both.
 
+The one composition format: `to_dict()` gives {"name": "diffusion_lm", every field (parts as
+their specs), "backbone": the model's spec}; `DiffusionLM.from_dict(d)` (or `model=` a backbone
+already built) builds it back. Saved folders, run configs and compare specs write and read it.
+
+Layers: this module depends on processes, schedules, masks and models only. What a higher layer
+does for a composition is late-bound (diffusionlm.specs.provided): `nll_bound` is done by the
+bound estimator (diffusionlm.eval.bound), `save_pretrained` / `from_pretrained` / `push_to_hub`
+by the io layer (diffusionlm.io.saving), each imported on first use, never by this module.
+
 NLL bound: `nll_bound` is `diffusionlm.eval.bound.conditional_nll_bound` with nothing fixed --
 the one estimator of every caller (exact when every step is enumerated and the corruption is
 deterministic; otherwise stratified over steps with R independent random shifts and a stderr
@@ -34,10 +43,12 @@ line). See that module for the definitions.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
+import os
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -50,13 +61,13 @@ from .masks import (
     two_halves_inputs,
     two_halves_mask,
 )
-from .eval.bound import BoundOutput, conditional_nll_bound
-from .hub import CompositionHubMixin
-from .models.base import output_size
+from .models.base import logits_of, output_size
 from .processes.base import Corruption, Process, check_ids, real_token_nll
-from .schedules.hyper import ACTIVE, SETTLED, Hyperschedule
+from .processes.absorb import Absorb
+from .schedules.hyper import ACTIVE, SETTLED, Hyperschedule, Quench
+from .specs import Part, build, check_keys, encode, field_names, lookup, provided, register, to_dict
 
-__all__ = ["DiffusionLM", "LossOutput", "BoundOutput", "SETTLED_WEIGHTINGS", "eq11_weights"]
+__all__ = ["DiffusionLM", "LossOutput", "SETTLED_WEIGHTINGS", "eq11_weights", "backbone_defaults"]
 
 
 class LossOutput(NamedTuple):
@@ -64,10 +75,6 @@ class LossOutput(NamedTuple):
     per_token: Tensor  # [B, d]
     corruption: Corruption
     draw: Any
-
-
-def _logits(out: Any) -> Tensor:
-    return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, tuple) else out
 
 
 SETTLED_WEIGHTINGS = ("uniform", "eq11")
@@ -92,8 +99,39 @@ def _accepts(model: Any, name: str) -> bool:
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
 
 
+def backbone_defaults(process: Any, bos_id: Optional[int] = None, max_positions: Optional[int] = None) -> dict:
+    """TransformerConfig fields a composition derives from its process (and BOS id): the output
+    size, the input ids (real tokens, MASK and BOS), time conditioning, the length, and for a
+    process that asks for the eq. 12 weighted embedding the MASK id and gamma it mixes with."""
+    ids = [process.model_vocab_size] + [i + 1 for i in (process.mask_id, bos_id) if i is not None]
+    out = {"vocab_size": process.model_vocab_size, "input_vocab_size": max(ids),
+           "time_conditioning": bool(process.time_conditioned)}
+    if max_positions is not None:
+        out["max_positions"] = max_positions
+    if getattr(process, "weighted_embedding", False):  # eq. 12: the backbone mixes in f(MASK)
+        out.update(mask_id=process.mask_id, weighted_embedding_gamma=process.gamma)
+    return out
+
+
+def _check_model_matches(backbone: dict, model: Any) -> None:
+    try:
+        have = to_dict(model)
+    except TypeError:
+        return  # an unregistered model: nothing to compare with
+    if backbone.get("name") != have.get("name"):
+        raise ValueError(f"the given model is a {have.get('name')!r} backbone, the spec's backbone a {backbone.get('name')!r}")
+    for key, value in backbone.items():
+        if key in have and have[key] != value:
+            raise ValueError(f"the given model's backbone field {key!r} is {have[key]!r}, the spec says {value!r}")
+
+
+#: DiffusionLM fields that are not part of the spec: the model (its spec is "backbone") and
+#: training state
+_NOT_SPEC = ("model", "training_step")
+
+
 @dataclass
-class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / push_to_hub (diffusionlm.hub)
+class DiffusionLM(Part, kind="composition"):
     model: Any
     process: Process
     schedule: Hyperschedule
@@ -109,6 +147,12 @@ class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / p
     annealing: Any = None
     #: the optimizer step, kept current by the trainer (read by `annealing`)
     training_step: int = 0
+
+    name: ClassVar[str] = "diffusion_lm"
+    #: set by `from_pretrained` (the tokenizer of the ids; what is known of training / evaluation);
+    #: `save_pretrained` / `push_to_hub` use them when none is passed
+    tokenizer: ClassVar[Any] = None
+    card_info: ClassVar[Any] = None
 
     def __post_init__(self) -> None:
         self.layout = Layout(self.layout)
@@ -161,6 +205,85 @@ class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / p
                 f"{self.process!r} does not provide it: use a process with weighted_embedding=True"
             )
 
+    # -- the composition format -------------------------------------------------------
+    @classmethod
+    def spec_fields(cls) -> list[str]:
+        """The composition dict's keys besides "name" (every field but the model and the step)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_SPEC] + ["backbone"]
+
+    def to_dict(self) -> dict:
+        """{"name": "diffusion_lm", every field of the composition (parts as their specs),
+        "backbone": the model's spec}: the one composition format."""
+        out: dict = {"name": self.name}
+        for key in self.spec_fields()[:-1]:
+            out[key] = encode(getattr(self, key))
+        out["backbone"] = to_dict(self.model)
+        return out
+
+    @classmethod
+    def from_dict(cls, spec: dict, model: Any = None) -> "DiffusionLM":
+        """A DiffusionLM from its composition dict. The backbone is built from spec["backbone"]
+        (fields a transformer leaves out are derived from the process: `backbone_defaults`; an HF
+        backbone decides the MASK id, which the process then takes), or `model` is used as given (a
+        "backbone" in the spec must then agree with it). Fresh weights come from torch's global RNG."""
+        if not isinstance(spec, dict):
+            raise ValueError(f"a composition spec must be a dict, got {type(spec).__name__}")
+        spec = dict(spec)
+        name = spec.pop("name", cls.name)
+        lookup("composition", name)  # an unknown name: one line listing the known ones
+        allowed = cls.spec_fields()
+        where = f"composition {name}"
+        bad = [k for k in spec if k not in allowed]
+        if bad:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(bad)}; its keys: {', '.join(allowed)}")
+        for key in ("process", "schedule") + (() if model is not None else ("backbone",)):
+            if key not in spec:
+                raise ValueError(f"{where}: missing key {key}; its keys: {', '.join(allowed)}")
+        backbone = spec.pop("backbone", None)
+        if isinstance(backbone, str):
+            backbone = {"name": backbone}
+        if model is None and isinstance(backbone, dict) and backbone.get("name") != "transformer":
+            model, backbone = build("backbone", backbone), None  # an HF model decides its MASK id
+        elif model is not None and backbone is not None:
+            _check_model_matches(backbone, model)
+        proc = build("process", _with_mask_id(spec.pop("process"), model))
+        if model is None:
+            if not isinstance(backbone, dict):
+                raise ValueError(f"composition field 'backbone' must be a backbone spec, got {type(backbone).__name__}")
+            model = build("backbone", {**backbone_defaults(proc, spec.get("bos_id"), spec.get("max_positions")), **backbone})
+        spec["schedule"] = build("hyperschedule", spec["schedule"])
+        if spec.get("annealing") is not None:
+            spec["annealing"] = build("annealing", spec["annealing"])
+        return cls(model, proc, **spec)
+
+    @property
+    def is_autoregressive(self) -> bool:
+        """Whether this composition is autoregressive language modelling: Absorb under Quench with
+        the SHIFTED layout (row i predicts token i + 1), whose bound is the exact AR NLL. The one
+        answer every caller uses (judges, the demo, comparisons)."""
+        return self.autoregressive(self.process, self.schedule, self.layout)
+
+    @staticmethod
+    def autoregressive(process: Any, schedule: Any, layout: "Layout | str") -> bool:
+        """`is_autoregressive` of the parts (for a caller asking about a trained schedule)."""
+        return isinstance(process, Absorb) and isinstance(schedule, Quench) and Layout(layout) is Layout.SHIFTED
+
+    # -- saving and loading (done by the io layer: diffusionlm.io.saving) ----------------
+    def save_pretrained(self, save_directory: "str | os.PathLike", **kwargs: Any) -> Any:
+        """Write the saved composition into `save_directory` (see diffusionlm.io.saving: tokenizer=,
+        merge=, training=, evaluation=, and ModelHubMixin's push_to_hub=, repo_id=)."""
+        return provided("save_pretrained")(self, save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: "str | os.PathLike", **kwargs: Any) -> "DiffusionLM":
+        """A saved composition from a local folder or a hub id (diffusionlm.io.saving: base=,
+        device=, and the Hub's revision=, token=, ...); lm.tokenizer is its tokenizer."""
+        return provided("from_pretrained")(cls, pretrained_model_name_or_path, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the saved composition to the Hub repository `repo_id` (diffusionlm.io.saving)."""
+        return provided("push_to_hub")(self, repo_id, **kwargs)
+
     # -- plumbing --------------------------------------------------------------------
     @property
     def process_asks_embedding_weight(self) -> bool:
@@ -191,7 +314,7 @@ class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / p
 
     def _call(self, ids: Tensor, position_ids: Tensor, mask: Any, levels: Tensor) -> Tensor:
         out = self.model(ids, position_ids=position_ids, attention_mask=mask, levels=levels, **self.model_inputs(levels))
-        return _logits(out)
+        return logits_of(out)
 
     def _mask_for(self, draw) -> tuple[Tensor, Any]:
         cats = categories_from_levels(draw.level, draw.next_level)
@@ -287,9 +410,25 @@ class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / p
         num_samples: int = 16,
         generator: "Optional[torch.Generator] | list" = None,
         replicates: Optional[int] = None,
-    ) -> BoundOutput:
+    ) -> Any:
         """NLL upper bound of each sequence with M = num_samples model evaluations per row:
-        `diffusionlm.eval.bound.conditional_nll_bound` with nothing fixed (module docstring)."""
+        `diffusionlm.eval.bound.conditional_nll_bound` with nothing fixed (module docstring); a
+        `BoundOutput`."""
         if isinstance(x0, Tensor):
             self._check_batch(x0)
-        return conditional_nll_bound(self, x0, num_samples, generator=generator, replicates=replicates)
+        return provided("nll_bound")(self, x0, num_samples, generator=generator, replicates=replicates)
+
+
+register(DiffusionLM)
+
+
+def _with_mask_id(proc_spec: Any, model: Any) -> Any:
+    """The process spec with the MASK id a given (HF) model decided, where the process takes one."""
+    mask_id = getattr(model, "mask_id", None)
+    if model is None or mask_id is None or not isinstance(proc_spec, dict):
+        return proc_spec
+    try:
+        cls = lookup("process", proc_spec.get("name"))
+    except ValueError:
+        return proc_spec  # build names the unknown process
+    return {"mask_id": mask_id, **proc_spec} if "mask_id" in field_names(cls) else proc_spec

@@ -1,4 +1,4 @@
-"""Specs: every part of a composition built from a plain dict by its registered name, and back.
+"""Specs and the one registry: every part of a composition built from a plain dict by its name.
 
 One convention for every kind of part:
 
@@ -8,103 +8,212 @@ One convention for every kind of part:
     to_dict(Block(16, 4))        # {"name": "block", "width": 16, "steps_per_block": 4}
     registry("sampler")          # {"acs": ACS, "ar": AR, "lad": LAD, "mdlm": MDLM, ...}
 
-For every object x of a registered class, ``build(kind, to_dict(x))`` rebuilds it and
-``to_dict(build(kind, to_dict(x))) == to_dict(x)``; the dict holds every constructor field and
-survives JSON exactly (torch dtypes by name, "float64" / "float32"; tensors as nested lists of
-Python floats, which JSON writes with enough digits to read back the same float64). A field that
-holds a part is that part's spec (a process's "noise", Retimed's "base", a composition's
-"process", "schedule", "backbone", "annealing").
+Every part derives from :class:`Part` (in the spirit of diffusers' ``ConfigMixin``): the base of
+each kind says its kind (``class Process(Part, kind="process")``), and every subclass that sets
+its own ``name`` is registered under it when the class is defined. ``to_dict`` / ``from_dict``
+are generic: every constructor field, read from the attribute of the same name (a class whose
+attributes differ overrides ``to_dict``). For every object x of a registered class,
+``build(kind, to_dict(x))`` rebuilds it and ``to_dict(build(kind, to_dict(x))) == to_dict(x)``;
+the dict survives JSON exactly (torch dtypes by name; tensors as nested lists of Python floats).
+A field that holds a part is that part's spec (a process's "noise", Retimed's "base", a
+composition's "process", "schedule", "backbone", "annealing").
 
-Kinds and where their registries live:
+A part written **outside the package** is registered the same way, by subclassing a base in its
+own file; ``diffusionlm.register(cls)`` (also a decorator) says so explicitly (and registers a
+class under another name or kind), the entry point group ``diffusionlm.parts`` names classes an
+installed package provides (loaded when a name is not found), and ``diffusionlm <cmd> --plugin
+my_parts.py`` imports a file that defines some (:func:`load_plugin`).
 
-    noise_schedule  schedules.noise.NOISE_SCHEDULES   linear, loglinear, cosine
-    process         processes.PROCESSES               absorb, uniform, gamma_hybrid, epsilon_hybrid, structural
-    hyperschedule   schedules.hyper.HYPERSCHEDULES    quench, flat, block, slide, custom, retimed
-    sampler         samplers.SAMPLERS                 mdlm, acs, sedd_analytic, sedd_euler, ar, lad, threshold, remdm
-    backbone        models.BACKBONES                  transformer (a preset name and/or TransformerConfig
-                                                      fields), hf (any causal LM by config or path)
-    annealing       models.hf.ANNEALINGS              attention_annealing (DiffuGPT)
-    composition     specs.COMPOSITIONS                diffusion_lm: a DiffusionLM and its parts
+Kinds: noise_schedule, process, hyperschedule, sampler, backbone (the transformer by preset
+and/or TransformerConfig fields; any HF causal LM), annealing, composition (``DiffusionLM``: its
+``to_dict`` / ``from_dict`` are the one composition format).
 
-Compositions (the dict w13 writes as a saved composition's config.json):
+Late-bound operations (:func:`provide` / :func:`provided`): a method of a lower layer whose work
+is done by a higher one (``DiffusionLM.nll_bound`` by the bound estimator, ``from_pretrained`` by
+the io layer) calls :func:`provided`; the higher module provides it when imported, and the
+package's ``__init__`` names which module provides what, so nothing here imports upward.
 
-    composition_dict(lm) = {"name": "diffusion_lm", "process": {...}, "schedule": {...},
-                            "layout": "aligned", "bos_id": ..., "settled_weight": ...,
-                            "max_positions": ..., "annealing": null, "backbone": {...}}
-    build_composition(spec, model=None)     # a DiffusionLM; `model` replaces the backbone spec
-
-Bad specs are one-line ValueErrors: a name not registered (listing the known names), a field the
-class does not take (listing its keys), a required key missing, a dtype not known.
+Bad specs are one-line ValueErrors: a name not registered (listing the known names and how to
+register one), a field the class does not take (listing its keys), a required key missing, a
+dtype not known.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
+import importlib.util
 import inspect
+import sys
 import types
 import typing
+import warnings
 from enum import Enum
-from typing import Any, Optional
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import torch
 
 __all__ = [
-    "KINDS",
-    "COMPOSITIONS",
-    "registry",
-    "build",
-    "to_dict",
-    "encode",
-    "spec_fields",
-    "field_names",
-    "composition_dict",
-    "build_composition",
-    "backbone_defaults",
+    "KINDS", "Part", "register", "registry", "lookup", "build", "to_dict", "encode", "spec_fields", "field_names",
+    "load_plugin", "ENTRY_POINT_GROUP", "provide", "provided", "declare_provider", "UnknownPartError",
+    "composition_dict", "build_composition", "COMPOSITIONS",
 ]
 
 KINDS = ("noise_schedule", "process", "hyperschedule", "sampler", "backbone", "annealing", "composition")
 _LABEL = {k: k.replace("_", " ") for k in KINDS}
-COMPOSITION_NAME = "diffusion_lm"
+ENTRY_POINT_GROUP = "diffusionlm.parts"
+HOW_TO_REGISTER = ("a part defined outside diffusionlm is registered by subclassing its base and calling "
+                   "diffusionlm.register(cls), by the entry point group 'diffusionlm.parts', or by "
+                   "--plugin FILE on the command line")
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-#: kind -> ((module, registry), (module, base class)): where each kind lives
-_WHERE = {
-    "noise_schedule": (("diffusionlm.schedules.noise", "NOISE_SCHEDULES"), ("diffusionlm.schedules.noise", "NoiseSchedule")),
-    "process": (("diffusionlm.processes", "PROCESSES"), ("diffusionlm.processes.base", "Process")),
-    "hyperschedule": (("diffusionlm.schedules.hyper", "HYPERSCHEDULES"), ("diffusionlm.schedules.hyper", "Hyperschedule")),
-    "sampler": (("diffusionlm.samplers", "SAMPLERS"), ("diffusionlm.samplers.base", "Sampler")),
-    "backbone": (("diffusionlm.models", "BACKBONES"), ("torch.nn", "Module")),
-    "annealing": (("diffusionlm.models.hf", "ANNEALINGS"), ("diffusionlm.models.hf", "AttentionAnnealing")),
-    "composition": (("diffusionlm.specs", "COMPOSITIONS"), ("diffusionlm.lm", "DiffusionLM")),
-}
+#: kind -> {name: class}; one dict per kind, filled as classes are defined
+_REGISTRIES: dict[str, dict[str, type]] = {k: {} for k in KINDS}
+#: kind -> the base class every object of the kind is an instance of
+_BASES: dict[str, type] = {}
 
 
-def _attr(where: tuple) -> Any:
-    module, name = where
-    return getattr(importlib.import_module(module), name)
+class UnknownPartError(ValueError):
+    """A spec names a part that is not registered (the message lists the known names)."""
 
 
-def _composition_class() -> type:
-    return _attr(_WHERE["composition"][1])
+class Part:
+    """Base of every registrable part: processes, noise schedules, hyperschedules, samplers,
+    backbones, annealings and the composition.
+
+    ``class Process(Part, kind="process")`` declares a kind; a subclass with its own ``name``
+    registers under it (``abstract=True`` keeps a named intermediate base out of the registry).
+    """
+
+    name: ClassVar[str] = "part"
+    part_kind: ClassVar[str] = ""
+    #: further classes whose objects `build` passes through as this kind (a backbone: any module)
+    passes_through: ClassVar[tuple] = ()
+
+    def __init_subclass__(cls, kind: str = "", abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind:
+            if kind not in KINDS:
+                raise ValueError(f"unknown kind of part {kind!r}; known: {', '.join(KINDS)}")
+            cls.part_kind = kind
+            _BASES[kind] = cls
+            return
+        if not abstract and isinstance(cls.__dict__.get("name"), str):
+            register(cls)
+
+    def to_dict(self) -> dict:
+        """{"name": ..., **every constructor field} (parts as their own specs)."""
+        return {"name": self.name, **spec_fields(self)}
+
+    @classmethod
+    def from_dict(cls, spec: "dict | str", **context: Any) -> Any:
+        """The part described by `spec` (:func:`build` of this class's kind)."""
+        return build(cls.part_kind, spec, **context)
 
 
-#: the composition registry: the one class that composes the parts (filled on first use)
-COMPOSITIONS: dict = {}
+def register(cls: type = None, *, name: str | None = None, kind: str | None = None) -> Any:
+    """Make `cls` usable in every spec, saved folder and command by its name: ``register(cls)``
+    or ``@register`` (a subclass of a part base is registered when defined; this says so
+    explicitly and is idempotent), ``register(cls, name="other")`` under another name,
+    ``kind=`` for a class that does not derive from a part base."""
+    if cls is None:
+        return lambda c: register(c, name=name, kind=kind)
+    kind = kind or getattr(cls, "part_kind", "")
+    if kind not in _REGISTRIES:
+        raise ValueError(f"cannot register {cls.__name__}: it derives from no part base (Process, NoiseSchedule, "
+                         f"Hyperschedule, Sampler, Backbone, ...) and no kind was given; kinds: {', '.join(KINDS)}")
+    key = name or cls.__dict__.get("name") or getattr(cls, "name", None)
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"cannot register {cls.__name__}: it has no name (set the class attribute `name`)")
+    have = _REGISTRIES[kind].get(key)
+    if have is not None and have is not cls and _qualname(have) != _qualname(cls):
+        raise ValueError(f"the {_LABEL[kind]} name {key!r} is taken by {_qualname(have)}; "
+                         f"give {_qualname(cls)} another name")
+    _REGISTRIES[kind][key] = cls
+    return cls
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _REGISTRIES:
+        raise ValueError(f"unknown kind of spec {kind!r}; known: {', '.join(KINDS)}")
 
 
 def registry(kind: str) -> dict:
-    """The registry of `kind`: registered name -> class (see the module docstring)."""
-    if kind not in _WHERE:
-        raise ValueError(f"unknown kind of spec {kind!r}; known: {', '.join(KINDS)}")
-    if kind == "composition" and not COMPOSITIONS:
-        COMPOSITIONS[COMPOSITION_NAME] = _composition_class()
-    return _attr(_WHERE[kind][0])
+    """The registry of `kind`: registered name -> class (the live dict)."""
+    _check_kind(kind)
+    return _REGISTRIES[kind]
 
 
-def _base(kind: str) -> type:
-    """The class every object of `kind` is an instance of (objects pass through `build`)."""
-    return _attr(_WHERE[kind][1])
+_ENTRY_POINTS_LOADED = False
+
+
+def _load_entry_points() -> None:
+    """Import every class of the `diffusionlm.parts` entry point group once (registering it)."""
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
+        return
+    _ENTRY_POINTS_LOADED = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        if inspect.isclass(obj) and isinstance(getattr(obj, "part_kind", None), str) and obj.part_kind:
+            register(obj)
+
+
+def lookup(kind: str, name: str) -> type:
+    """The class registered as `name` of `kind`; the entry points are read on a miss; an unknown
+    name is an UnknownPartError listing the known names and how to register one."""
+    reg = registry(kind)
+    if name not in reg:
+        _load_entry_points()
+    if name not in reg:
+        raise UnknownPartError(f"unknown {_LABEL[kind]} {name!r}; known: {', '.join(sorted(reg))}; {HOW_TO_REGISTER}")
+    return reg[name]
+
+
+def load_plugin(path: "str | Path") -> types.ModuleType:
+    """Import the Python file `path` (which defines and so registers parts): `--plugin FILE`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"plugin {str(path)!r} is not a file")
+    module_name = f"diffusionlm_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"plugin {str(path)!r} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# late-bound operations
+# ---------------------------------------------------------------------------------------------
+_PROVIDED: dict[str, Callable] = {}
+_PROVIDERS: dict[str, str] = {}
+
+
+def declare_provider(operation: str, module: str) -> None:
+    """Say that importing `module` provides `operation` (the package's __init__ does)."""
+    _PROVIDERS[operation] = module
+
+
+def provide(operation: str, fn: Callable) -> Callable:
+    """`fn` does `operation` (called by the providing module at import)."""
+    _PROVIDED[operation] = fn
+    return fn
+
+
+def provided(operation: str) -> Callable:
+    """The function that does `operation`, importing its declared provider on first use."""
+    if operation not in _PROVIDED and operation in _PROVIDERS:
+        importlib.import_module(_PROVIDERS[operation])
+    if operation not in _PROVIDED:
+        raise RuntimeError(f"nothing provides {operation!r}: import the module that implements it")
+    return _PROVIDED[operation]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,10 +263,8 @@ def _decode(value: Any, hint: Any, where: str) -> Any:
     for t in _types(hint):
         if t is torch.dtype and isinstance(value, str):
             return _dtype(value, where)
-        if inspect.isclass(t) and isinstance(value, (dict, str)):
-            for kind in ("noise_schedule", "process", "hyperschedule", "sampler", "annealing"):
-                if issubclass(t, _base(kind)):
-                    return build(kind, value)
+        if inspect.isclass(t) and issubclass(t, Part) and t.part_kind and isinstance(value, (dict, str)):
+            return build(t.part_kind, value)
     return value
 
 
@@ -200,28 +307,13 @@ def _split_name(kind: str, spec: Any) -> tuple[str, dict]:
         raise ValueError(f"a {label} spec must be a dict {{\"name\": ..., **fields}} or a name, got {type(spec).__name__}")
     spec = dict(spec)
     name = spec.pop("name", None)
-    reg = registry(kind)
     if name is None:
-        raise ValueError(f"a {label} spec needs a \"name\"; known: {', '.join(sorted(reg))}")
-    if name not in reg:
-        raise ValueError(f"unknown {label} {name!r}; known: {', '.join(sorted(reg))}")
+        raise ValueError(f"a {label} spec needs a \"name\"; known: {', '.join(sorted(registry(kind)))}")
     return name, spec
 
 
-def build(kind: str, spec: Any, **context: Any) -> Any:
-    """The object of `kind` described by `spec` ({"name": ..., **fields} or a bare name); an
-    object of the kind passes through. `context` goes to `build_composition` (model=...)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind of spec {kind!r}; known: {', '.join(KINDS)}")
-    if isinstance(spec, _base(kind)):
-        return spec
-    if kind == "composition":
-        return build_composition(spec, **context)
-    name, fields = _split_name(kind, spec)
-    cls = registry(kind)[name]
-    maker = getattr(cls, "from_spec", None) or cls
-    params, free = _parameters(maker)
-    where = f"{_LABEL[kind]} {name}"
+def check_keys(where: str, fields: dict, params: dict, free: bool = False) -> None:
+    """One-line errors for keys `params` does not take and required keys `fields` lacks."""
     keys = ", ".join(params) or "(none)"
     bad = [] if free else [k for k in fields if k not in params]
     if bad:
@@ -229,6 +321,25 @@ def build(kind: str, spec: Any, **context: Any) -> Any:
     for p in params.values():
         if p.default is p.empty and p.name not in fields:
             raise ValueError(f"{where}: missing key {p.name}; its keys: {keys}")
+
+
+def build(kind: str, spec: Any, **context: Any) -> Any:
+    """The object of `kind` described by `spec` ({"name": ..., **fields} or a bare name); an
+    object of the kind passes through. `context` goes to a class's own `from_dict` (the
+    composition's: model=...)."""
+    _check_kind(kind)
+    base = _BASES.get(kind)
+    if base is not None and isinstance(spec, (base, *base.passes_through)):
+        return spec
+    name, fields = _split_name(kind, spec)
+    cls = lookup(kind, name)
+    own = cls.__dict__.get("from_dict")
+    if own is not None:  # a class with its own reader (the composition)
+        return cls.from_dict({"name": name, **fields}, **context)
+    maker = getattr(cls, "from_spec", None) or cls
+    params, free = _parameters(maker)
+    where = f"{_LABEL[kind]} {name}"
+    check_keys(where, fields, params, free)
     hints = _hints(maker)
     values = {k: _decode(v, hints.get(k), f"{where} field {k!r}") for k, v in fields.items()}
     try:
@@ -238,10 +349,7 @@ def build(kind: str, spec: Any, **context: Any) -> Any:
 
 
 def to_dict(obj: Any) -> dict:
-    """The spec of a registered object ({"name": ..., **fields}); a DiffusionLM's is its
-    composition dict."""
-    if isinstance(obj, _composition_class()):
-        return composition_dict(obj)
+    """The spec of a registered object ({"name": ..., **fields})."""
     fn = getattr(obj, "to_dict", None)
     if not callable(fn):
         raise TypeError(f"{type(obj).__name__} is not a registered part: it has no to_dict()")
@@ -249,96 +357,21 @@ def to_dict(obj: Any) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# compositions
+# deprecated names (one release): the composition format is DiffusionLM.to_dict / from_dict
 # ---------------------------------------------------------------------------------------------
-#: DiffusionLM fields that are not part of the spec: the model (its spec is "backbone") and
-#: training state
-_NOT_SPEC = ("model", "training_step")
-
-
-def _composition_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(_composition_class()) if f.name not in _NOT_SPEC]
+#: the composition registry (deprecated name: registry("composition"))
+COMPOSITIONS = _REGISTRIES["composition"]
 
 
 def composition_dict(lm: Any) -> dict:
-    """The spec of a DiffusionLM: {"name": "diffusion_lm", every field of the composition (parts
-    as their specs), "backbone": the model's spec}. Saved compositions write it as config.json."""
-    out: dict = {"name": COMPOSITION_NAME}
-    for name in _composition_fields():
-        out[name] = encode(getattr(lm, name))
-    out["backbone"] = to_dict(lm.model)
-    return out
-
-
-def backbone_defaults(process: Any, bos_id: Optional[int] = None, max_positions: Optional[int] = None) -> dict:
-    """TransformerConfig fields a composition derives from its process (and BOS id): the output
-    size, the input ids (real tokens, MASK and BOS), time conditioning, the length, and for a
-    process that asks for the eq. 12 weighted embedding the MASK id and gamma it mixes with."""
-    ids = [process.model_vocab_size] + [i + 1 for i in (process.mask_id, bos_id) if i is not None]
-    out = {"vocab_size": process.model_vocab_size, "input_vocab_size": max(ids),
-           "time_conditioning": bool(process.time_conditioned)}
-    if max_positions is not None:
-        out["max_positions"] = max_positions
-    if getattr(process, "weighted_embedding", False):  # eq. 12: the backbone mixes in f(MASK)
-        out.update(mask_id=process.mask_id, weighted_embedding_gamma=process.gamma)
-    return out
-
-
-def _check_model_matches(backbone: dict, model: Any) -> None:
-    try:
-        have = to_dict(model)
-    except TypeError:
-        return  # an unregistered model: nothing to compare with
-    if backbone.get("name") != have.get("name"):
-        raise ValueError(f"the given model is a {have.get('name')!r} backbone, the spec's backbone a {backbone.get('name')!r}")
-    for key, value in backbone.items():
-        if key in have and have[key] != value:
-            raise ValueError(f"the given model's backbone field {key!r} is {have[key]!r}, the spec says {value!r}")
+    """Deprecated: ``lm.to_dict()``."""
+    warnings.warn("diffusionlm.specs.composition_dict(lm) is deprecated: use lm.to_dict()", DeprecationWarning,
+                  stacklevel=2)
+    return lm.to_dict()
 
 
 def build_composition(spec: dict, model: Any = None) -> Any:
-    """A DiffusionLM from its composition dict. The backbone is built from spec["backbone"]
-    (fields a transformer leaves out are derived from the process: `backbone_defaults`; an HF
-    backbone decides the MASK id, which the process then takes), or `model` is used as given (a
-    "backbone" in the spec must then agree with it). Fresh weights come from torch's global RNG."""
-    from .lm import DiffusionLM
-
-    if not isinstance(spec, dict):
-        raise ValueError(f"a composition spec must be a dict, got {type(spec).__name__}")
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name != COMPOSITION_NAME:
-        raise ValueError(f"unknown composition {name!r}; known: {COMPOSITION_NAME}")
-    allowed = _composition_fields() + ["backbone"]
-    bad = [k for k in spec if k not in allowed]
-    if bad:
-        raise ValueError(f"composition {COMPOSITION_NAME}: unknown key(s) {', '.join(bad)}; its keys: {', '.join(allowed)}")
-    for key in ("process", "schedule") + (() if model is not None else ("backbone",)):
-        if key not in spec:
-            raise ValueError(f"composition {COMPOSITION_NAME}: missing key {key}; its keys: {', '.join(allowed)}")
-    backbone = spec.pop("backbone", None)
-    if isinstance(backbone, str):
-        backbone = {"name": backbone}
-    proc_spec = spec.pop("process")
-    if model is None and isinstance(backbone, dict) and backbone.get("name") != "transformer":
-        model = build("backbone", backbone)  # an HF model decides its MASK id
-        backbone = None
-    if model is not None:
-        if backbone is not None:
-            _check_model_matches(backbone, model)
-        mask_id = getattr(model, "mask_id", None)
-        proc_cls = registry("process").get(proc_spec.get("name")) if isinstance(proc_spec, dict) else None
-        if mask_id is not None and proc_cls is not None and "mask_id" in field_names(proc_cls):
-            proc_spec = {"mask_id": mask_id, **proc_spec}
-    proc = build("process", proc_spec)
-    if model is None:
-        if not isinstance(backbone, dict):
-            raise ValueError(f"composition field 'backbone' must be a backbone spec, got {type(backbone).__name__}")
-        fields = {**backbone_defaults(proc, spec.get("bos_id"), spec.get("max_positions")), **backbone}
-        model = build("backbone", fields)
-    parts = {
-        "schedule": build("hyperschedule", spec.pop("schedule")),
-        "annealing": None if spec.get("annealing") is None else build("annealing", spec["annealing"]),
-    }
-    spec.pop("annealing", None)
-    return DiffusionLM(model, proc, **parts, **spec)
+    """Deprecated: ``DiffusionLM.from_dict(spec, model=model)``."""
+    warnings.warn("diffusionlm.specs.build_composition(spec) is deprecated: use DiffusionLM.from_dict(spec)",
+                  DeprecationWarning, stacklevel=2)
+    return build("composition", spec, model=model)

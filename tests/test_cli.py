@@ -89,7 +89,7 @@ def _table(tmp: Path, comp: Path, hf: Path, corpus: Path, lora_out: Path, other_
          "eval_samples"),
         (["sample", "--model", tmp / "nope"], "nope: no such file or directory"),
         (["sample", "--model", tmp / "empty"], "holds neither run.json (a run directory) nor config.json"),
-        (["sample", "--model", newer], "composition format 2"),
+        (["sample", "--model", newer], f"composition format {hub.FORMAT_VERSION + 1}"),
         (["sample", "--model", comp, "--device", "nonsense:7"], "--device 'nonsense:7' is not a device"),
         (["sample", "--model", hf], "plain Hugging Face model with no training length: give --length"),
         (["sample", "--model", comp, "--process", "uniform"], "--process apply to a plain Hugging Face model"),

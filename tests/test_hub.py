@@ -81,7 +81,7 @@ def test_composition_round_trip_same_loss_and_samples(tmp_path):
     assert sorted(p.name for p in (tmp_path / "backbone").iterdir()) == ["config.json", "model.safetensors"]
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["format"] == "diffusionlm-composition" and cfg["format_version"] == FORMAT_VERSION
-    assert cfg["composition"] == hub.composition_dict(lm)
+    assert cfg["composition"] == lm.to_dict()
 
     back = DiffusionLM.from_pretrained(tmp_path)
     assert back.process.config() == lm.process.config() and back.schedule == lm.schedule
@@ -94,6 +94,26 @@ def test_composition_round_trip_same_loss_and_samples(tmp_path):
     back.save_pretrained(tmp_path, training={"steps": 3})
     assert json.loads((tmp_path / "config.json").read_text())["training"] == {"steps": 3}
     assert "| steps | 3 |" in (tmp_path / "README.md").read_text()
+
+
+def test_a_folder_of_format_1_still_loads_and_says_so_in_one_line(tmp_path):
+    """Format 1 wrote the parts without a name or backbone (and an older Uniform's "mask_id": null):
+    its converter reads it into the one composition format, with one warning line."""
+    lm = tiny_composition(Quench())
+    lm.save_pretrained(tmp_path, tokenizer=TOK)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["format_version"] = 1
+    cfg["composition"] = {k: v for k, v in cfg["composition"].items() if k not in ("name", "backbone", "annealing")}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.warns(FutureWarning) as record:
+        back = DiffusionLM.from_pretrained(tmp_path)
+    (line,) = [str(w.message) for w in record if "format 1" in str(w.message)]
+    assert "\n" not in line and f"format {FORMAT_VERSION}" in line
+    assert back.to_dict() == lm.to_dict() and back.is_autoregressive
+    x = torch.randint(0, N, (2, 16), generator=seeded(0))
+    assert back.loss(x, generator=seeded(1)).loss.item() == lm.loss(x, generator=seeded(1)).loss.item()
+    uniform = hub.composition_from_v1({"process": {"name": "uniform", "vocab_size": 5, "mask_id": None}, "schedule": {"name": "flat"}})
+    assert uniform["name"] == "diffusion_lm" and "mask_id" not in uniform["process"]
 
 
 def test_lora_llama_saves_the_adapter_not_the_base(tmp_path, llama_base):

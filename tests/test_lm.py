@@ -305,11 +305,9 @@ def test_an_eq12_composition_round_trips_through_its_saved_dict():
     dict that save_pretrained writes (diffusionlm.hub)."""
     import json
 
-    from diffusionlm import hub
-
     lm = DiffusionLM(eq12_model().eval(), GammaHybrid(N, GAMMA, weighted_embedding=True), Block(4, 2),
                      settled_weight=0.2, settled_weighting="eq11")
-    back = hub.build_composition(json.loads(json.dumps(hub.composition_dict(lm))), lm.model)
+    back = DiffusionLM.from_dict(json.loads(json.dumps(lm.to_dict())), model=lm.model)
     assert back.process.config() == lm.process.config() and back.process.weighted_embedding
     assert (back.settled_weight, back.settled_weighting) == (0.2, "eq11")
     x0 = batch(B=2, d=12)

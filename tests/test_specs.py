@@ -80,7 +80,7 @@ NOT_CANONICAL = {("backbone", "transformer"), ("backbone", "hf"), ("composition"
 
 def _fields(kind: str, obj) -> set:
     if kind == "composition":
-        return set(specs.composition_dict(obj)) - {"name"}
+        return set(obj.to_dict()) - {"name"}
     if kind == "backbone" and type(obj).__name__ == "DiffusionTransformer":
         import dataclasses
 
@@ -126,15 +126,15 @@ def test_round_trips_keep_dtypes_floats_and_nested_parts_exactly():
     p = specs.build("process", EXAMPLES["process"]["absorb"] | {"name": "absorb"})
     assert p.noise == noise_schedule({"name": "cosine", "eps": 0.1}) and p.config() == p.to_dict()
     # the composition's parts are the parts the spec names, and a given model is used as it is
-    lm = specs.build_composition({"name": "diffusion_lm", **EXAMPLES["composition"]["diffusion_lm"]})
+    lm = DiffusionLM.from_dict({"name": "diffusion_lm", **EXAMPLES["composition"]["diffusion_lm"]})
     assert isinstance(lm, DiffusionLM) and lm.schedule == Block(4, 2) and lm.process.gamma == 0.1
     cfg = lm.model.config  # derived from the process: output size, input ids (BOS), time conditioning
     assert (cfg.vocab_size, cfg.input_vocab_size, cfg.time_conditioning, cfg.max_positions) == (10, 10, True, 16)
-    spec = specs.composition_dict(lm)
-    same = specs.build_composition(spec, model=lm.model)
-    assert same.model is lm.model and specs.composition_dict(same) == spec
+    spec = lm.to_dict()
+    same = DiffusionLM.from_dict(spec, model=lm.model)
+    assert same.model is lm.model and same.to_dict() == spec
     # the eq. 12 weighted embedding: the backbone derived from such a process mixes in f(MASK)
-    eq12 = specs.build_composition({**EXAMPLES["composition"]["diffusion_lm"], "name": "diffusion_lm",
+    eq12 = DiffusionLM.from_dict({**EXAMPLES["composition"]["diffusion_lm"], "name": "diffusion_lm",
                                     "process": {"name": "gamma_hybrid", "vocab_size": 9, "gamma": 0.1, "weighted_embedding": True}})
     assert (eq12.model.config.mask_id, eq12.model.config.weighted_embedding_gamma) == (9, 0.1)
     assert set(eq12.model_inputs(torch.full((1, 3), 0.5))) == {"embedding_weight"}
@@ -179,10 +179,10 @@ def test_bad_specs_are_one_line_errors(kind, spec, message):
 
 
 def test_a_given_model_must_agree_with_the_spec_backbone():
-    lm = specs.build_composition({"name": "diffusion_lm", "process": {"name": "absorb", "vocab_size": 5},
+    lm = DiffusionLM.from_dict({"name": "diffusion_lm", "process": {"name": "absorb", "vocab_size": 5},
                                   "schedule": "flat", "backbone": {"name": "transformer", "n_layers": 1, "hidden": 32,
                                                                    "n_heads": 2, "max_positions": 8}})
-    spec = specs.composition_dict(lm)
+    spec = lm.to_dict()
     spec["backbone"]["n_layers"] = 2
     with pytest.raises(ValueError, match="the given model's backbone field 'n_layers' is 1, the spec says 2"):
-        specs.build_composition(spec, model=lm.model)
+        DiffusionLM.from_dict(spec, model=lm.model)

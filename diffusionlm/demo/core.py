@@ -358,8 +358,7 @@ def model_kind(lm: Any, adapted: bool = True) -> str:
     denoiser without training; "LAD (Structural)" for a process with no likelihood; an Absorb model
     trained under Quench is an "autoregressive LM (Absorb + Quench)"; else "diffusion LM (Process +
     Hyperschedule)" (the trained hyperschedule's family, e.g. "diffusion LM (Absorb + Block)")."""
-    from ..processes import Absorb
-    from ..schedules import Quench
+    from ..lm import DiffusionLM
 
     if not adapted:
         return "autoregressive LM (not adapted)"
@@ -367,7 +366,7 @@ def model_kind(lm: Any, adapted: bool = True) -> str:
     proc, sched = type(process).__name__, type(schedule).__name__
     if not getattr(process, "likelihood", True):
         return f"LAD ({proc})"
-    if isinstance(process, Absorb) and isinstance(schedule, Quench):
+    if DiffusionLM.autoregressive(process, schedule, lm.layout):
         return f"autoregressive LM ({proc} + {sched})"
     return f"diffusion LM ({proc} + {sched})"
 

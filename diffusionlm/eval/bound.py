@@ -81,6 +81,7 @@ from ..checks import as_mask as _as_mask
 from ..masks import categories_from_levels, training_mask
 from ..processes.base import Corruption, check_ids
 from ..schedules.hyper import ACTIVE
+from ..specs import provide
 
 __all__ = [
     "BoundOutput",
@@ -548,3 +549,7 @@ def corpus_bound(
         "rows": int(ids.shape[0]),
         "num_samples": M,
     }
+
+
+#: `DiffusionLM.nll_bound` is this estimator with nothing fixed (late-bound: diffusionlm.specs)
+provide("nll_bound", conditional_nll_bound)

@@ -1,6 +1,6 @@
 """Backbones (denoisers): the from-scratch DiT-style transformer, its KV cache and attention backends."""
 from .attention import ATTENTION_BACKENDS, AttentionBackend, attention, get_backend
-from .base import Denoiser, DenoiserOutput, output_size
+from .base import Annealing, Backbone, Denoiser, DenoiserOutput, bare, logits_of, output_size
 from .cache import CachedStep, KVCache, plan_cached_step
 from .packed import PackedLinears
 from .transformer import DiffusionTransformer, TransformerConfig
@@ -10,6 +10,10 @@ __all__ = [
     "AttentionBackend",
     "attention",
     "get_backend",
+    "Annealing",
+    "Backbone",
+    "bare",
+    "logits_of",
     "Denoiser",
     "DenoiserOutput",
     "output_size",
@@ -29,5 +33,7 @@ from .lora import apply_lora, load_adapters, lora_audit, save_adapters
 __all__ += ["HFDenoiser", "AttentionAnnealing", "annealed_mask", "apply_lora", "lora_audit", "save_adapters", "load_adapters"]
 
 #: registry of backbones by spec name (diffusionlm.specs kind "backbone")
-BACKBONES = {DiffusionTransformer.spec_name: DiffusionTransformer, HFDenoiser.spec_name: HFDenoiser}
+from ..specs import registry
+
+BACKBONES = registry("backbone")
 __all__ += ["BACKBONES"]

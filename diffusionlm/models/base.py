@@ -11,14 +11,48 @@
 
 `model.vocab_size` is the output size; a composition checks it against the process.
 Processes never import models and models never import processes.
+
+Beside the protocol: :class:`Backbone` and :class:`Annealing`, the registrable bases of the
+backbone and annealing kinds (diffusionlm.specs), and the two helpers every caller of a backbone
+needs: :func:`bare` (the module under torch.compile / DDP / FSDP wrappers) and :func:`logits_of`
+(the logits of any backbone's output: a DenoiserOutput, an HF output, a tuple or a tensor).
 """
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional, Protocol, runtime_checkable
 
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["Denoiser", "DenoiserOutput", "output_size"]
+from ..specs import Part
+
+__all__ = ["Annealing", "Backbone", "Denoiser", "DenoiserOutput", "bare", "logits_of", "output_size"]
+
+
+class Backbone(Part, kind="backbone"):
+    """Registrable base of backbones: a subclass with a `name` is the backbone spec of that name
+    (`from_spec(**fields)` builds one, `to_dict()` writes it). Any torch module passes through
+    `specs.build("backbone", module)` as it is."""
+
+    passes_through = (nn.Module,)
+
+
+class Annealing(Part, kind="annealing"):
+    """Registrable base of training-time attention annealings (`mask(batch, length, step)`)."""
+
+
+def bare(model: Any) -> Any:
+    """The module under wrappers: torch.compile's `_orig_mod`, DistributedDataParallel's `module`."""
+    for attr in ("_orig_mod", "module"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, nn.Module):
+            model = inner
+    return model
+
+
+def logits_of(out: Any) -> Tensor:
+    """The logits of a backbone's output: `.logits` (DenoiserOutput, HF), the first item of a
+    tuple, or the tensor itself."""
+    return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, tuple) else out
 
 
 class DenoiserOutput(NamedTuple):

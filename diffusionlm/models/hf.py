@@ -95,8 +95,9 @@ from torch import Tensor
 
 from ..checks import check_levels
 from ..masks import additive_mask
+from ..specs import registry
 from .attention import _dense_from_block_mask, _is_block_mask, causal_mask
-from .base import DenoiserOutput
+from .base import Annealing, Backbone, DenoiserOutput
 
 __all__ = ["HFDenoiser", "AttentionAnnealing", "annealed_mask", "SUPPORTED_ATTENTION", "base_fingerprint"]
 
@@ -207,7 +208,7 @@ def _copy_cache(cache: Any) -> Any:
     return new
 
 
-class HFDenoiser(nn.Module):
+class HFDenoiser(nn.Module, Backbone):
     """A Hugging Face causal LM behind the denoiser protocol (see the module docstring).
 
     model    an `AutoModelForCausalLM` instance (GPT-2, Llama, ...; also a peft-wrapped one)
@@ -310,7 +311,8 @@ class HFDenoiser(nn.Module):
         return n
 
     # -- spec (diffusionlm.specs, backbone "hf") --------------------------------------------
-    spec_name = "hf"
+    name = "hf"
+    spec_name = name  # the older attribute
 
     @classmethod
     def from_spec(
@@ -358,7 +360,7 @@ class HFDenoiser(nn.Module):
                     "modules_to_save": None if c.modules_to_save is None else sorted(c.modules_to_save)}
         hc = {k: v for k, v in self.config.to_diff_dict().items() if k != "transformers_version"}
         own_mask = self.reserved_id if self.reserved_id is not None else self.mask_id
-        return {"name": self.spec_name, "hf_config": hc, "path": None, "attn_implementation": self.attn_implementation,
+        return {"name": self.name, "hf_config": hc, "path": None, "attn_implementation": self.attn_implementation,
                 "mask": None, "mask_id": own_mask, "lora": lora}
 
     # -- queries -------------------------------------------------------------------------
@@ -730,7 +732,7 @@ def annealed_mask(
     return (causal | (u < ratio)).expand(batch, 1, length, length).contiguous()
 
 
-class AttentionAnnealing:
+class AttentionAnnealing(Annealing):
     """Causal -> bidirectional attention over training (DiffuGPT's attention-mask annealing).
 
     ratio(step) = min(1, step / warmup_steps) (1 from the start when warmup_steps = 0);
@@ -739,10 +741,6 @@ class AttentionAnnealing:
     """
 
     name = "attention_annealing"
-
-    def to_dict(self) -> dict:
-        """{"name": "attention_annealing", "warmup_steps": ..., "shared": ...} (diffusionlm.specs)."""
-        return {"name": self.name, "warmup_steps": self.warmup_steps, "shared": self.shared}
 
     def __init__(self, warmup_steps: int, shared: bool = False):
         if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
@@ -767,4 +765,4 @@ class AttentionAnnealing:
 
 
 #: registry of the training-time attention annealings (diffusionlm.specs kind "annealing")
-ANNEALINGS = {AttentionAnnealing.name: AttentionAnnealing}
+ANNEALINGS = registry("annealing")

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from ..checks import check_ids, check_levels
 from .attention import ATTENTION_BACKENDS, get_backend
-from .base import DenoiserOutput
+from .base import Backbone, DenoiserOutput
 from .cache import KVCache
 
 __all__ = ["TransformerConfig", "DiffusionTransformer", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -295,7 +295,7 @@ class Block(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------
-class DiffusionTransformer(nn.Module):
+class DiffusionTransformer(nn.Module, Backbone):
     """DiT-style denoiser implementing the `diffusionlm.models.base.Denoiser` protocol."""
 
     def __init__(self, config: TransformerConfig):
@@ -337,7 +337,8 @@ class DiffusionTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # -- spec (diffusionlm.specs, backbone "transformer") ---------------------------------------
-    spec_name = "transformer"
+    name = "transformer"
+    spec_name = name  # the older attribute
 
     @classmethod
     def from_spec(cls, preset: Optional[str] = None, **fields: Any) -> "DiffusionTransformer":
@@ -354,7 +355,7 @@ class DiffusionTransformer(nn.Module):
 
     def to_dict(self) -> dict[str, Any]:
         """{"name": "transformer", **every TransformerConfig field} (no preset: every size is written)."""
-        return {"name": self.spec_name, **self.config.to_dict()}
+        return {"name": self.name, **self.config.to_dict()}
 
     def embedding_weight_from_sigma(self, sigma: Tensor) -> Tensor:
         """w = e^{-gamma sigma}: the `embedding_weight` for per-position total noise sigma [B, L]."""

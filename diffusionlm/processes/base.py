@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..checks import check_ids, check_levels, check_scores
+from ..specs import Part
 from ..schedules.noise import NoiseSchedule
 
 __all__ = ["Corruption", "Process", "TokenSet", "check_ids", "check_levels", "mc_weight", "real_token_nll"]
@@ -89,7 +90,7 @@ def _xlogy_over(p: Tensor, q: Tensor) -> Tensor:
     return torch.where(p > 0, p * (torch.log(p.clamp_min(1e-300)) - torch.log(q.clamp_min(1e-300))), 0.0)
 
 
-class Process:
+class Process(Part, kind="process"):
     """Interface of a corruption process. See the module docstring for the shared maths.
 
     Subclasses set `likelihood`, `time_conditioned`, and implement `event_probs` (or, for
@@ -137,13 +138,6 @@ class Process:
             raise ValueError(
                 f"model output size {size} does not fit {self!r}: it needs {self.model_vocab_size}{extra}"
             )
-
-    def to_dict(self) -> dict:
-        """The spec {"name": ..., **every constructor field} (noise as its own spec), read from
-        the attributes of the same names; `specs.build("process", d)` builds it back."""
-        from ..specs import spec_fields
-
-        return {"name": self.name, **spec_fields(self)}
 
     def config(self) -> dict:
         """The older name of `to_dict`."""

@@ -75,7 +75,7 @@ from torch import Tensor
 
 from ..masks import shift_inputs
 from ..models.cache import KVCache
-from .base import SampleOutput, SampleRequest, StepRecord, categorical, register_sampler
+from .base import SampleOutput, SampleRequest, StepRecord, categorical
 from .driver import _categories, _Run, _StepView, check_dtype, logits_of, unit_interval
 from .mdlm import LevelSampler
 
@@ -129,7 +129,6 @@ def cache_rows(cache: Any, index: Tensor) -> Any:
     return new
 
 
-@register_sampler
 @dataclass
 class Threshold(LevelSampler):
     """Confidence-threshold parallel decoding (module docstring)."""

@@ -34,13 +34,12 @@ from torch import Tensor
 
 from ..masks import Layout, shift_inputs
 from ..schedules.hyper import Quench
-from .base import SampleOutput, SampleRequest, Sampler, StepRecord, categorical, prepare_fixed, register_sampler
+from .base import SampleOutput, SampleRequest, Sampler, StepRecord, categorical, prepare_fixed
 from .driver import StepFn, check_dtype, drive, ignores_levels, logits_of, model_device, resolve_length, takes_keyword
 
 __all__ = ["AR"]
 
 
-@register_sampler
 @dataclass
 class AR(Sampler):
     """Autoregressive sampling (Quench + KV cache); see the module docstring."""

@@ -17,10 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
+import warnings
+
 import torch
 from torch import Tensor
 
 from ..checks import as_mask, check_ids
+from ..specs import Part, encode, lookup, register, registry
 
 __all__ = [
     "Sampler",
@@ -151,7 +154,7 @@ class SampleRequest(NamedTuple):
 
 
 @dataclass
-class Sampler:
+class Sampler(Part, kind="sampler"):
     """Base class: subclasses set `name` (and `steps_field`), declare which processes they fit
     (`check_fits`) and implement `_sample(lm, request)`; `sample` is the one entry point."""
 
@@ -186,20 +189,20 @@ class Sampler:
 
     def to_dict(self) -> dict:
         """{"name": ..., **fields}: the spec that builds this sampler back (dtypes by name)."""
-        from ..specs import encode
-
         return {"name": self.name, **{f.name: encode(getattr(self, f.name)) for f in fields(self)}}
 
 
-SAMPLERS: dict[str, type[Sampler]] = {}
+#: the registry of samplers (diffusionlm.specs; a subclass with a name registers itself)
+SAMPLERS: dict[str, type[Sampler]] = registry("sampler")
 
 
 def register_sampler(cls: type[Sampler]) -> type[Sampler]:
-    SAMPLERS[cls.name] = cls
-    return cls
+    """Deprecated: a Sampler subclass with a `name` registers itself (or `diffusionlm.register`)."""
+    warnings.warn("register_sampler is deprecated: a Sampler subclass with a name registers itself "
+                  "(diffusionlm.register(cls) says so explicitly)", DeprecationWarning, stacklevel=2)
+    return register(cls)
 
 
 def get_sampler(name: str) -> type[Sampler]:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; known: {sorted(SAMPLERS)}")
-    return SAMPLERS[name]
+    """The sampler class registered as `name` (one-line ValueError listing the known names)."""
+    return lookup("sampler", name)

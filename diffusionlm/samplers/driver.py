@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from ..masks import Layout, MaskCache, dense_mask, inference_mask_mod, shift_inputs
+from ..models.base import logits_of
 from ..models.cache import CachedStep, plan_cached_step
 from ..schedules.hyper import ACTIVE, SETTLED, WORTHLESS, Hyperschedule
 from .base import SampleOutput, SampleRequest, StepRecord, prepare_fixed
@@ -174,10 +175,6 @@ def takes_keyword(model: Any, name: str) -> bool:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-
-
-def logits_of(out: Any) -> Tensor:
-    return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, tuple) else out
 
 
 def inverse_cdf(probs: Tensor, u: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:

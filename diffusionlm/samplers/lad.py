@@ -80,7 +80,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import Tensor
 
-from .base import SampleOutput, SampleRequest, Sampler, StepRecord, categorical, prepare_fixed, register_sampler
+from .base import SampleOutput, SampleRequest, Sampler, StepRecord, categorical, prepare_fixed
 from .driver import model_device, resolve_length
 
 __all__ = ["LAD"]
@@ -96,7 +96,6 @@ def _is_real(v: Any) -> bool:
     return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-@register_sampler
 @dataclass
 class LAD(Sampler):
     """LAD iterative refinement with scheduled / confidence-guided re-masking or self-refinement,

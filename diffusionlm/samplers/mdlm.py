@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import Tensor
 
-from .base import SampleOutput, SampleRequest, Sampler, categorical, register_sampler
+from .base import SampleOutput, SampleRequest, Sampler, categorical
 from .driver import Step, StepFn, check_dtype, check_steps, drive, inverse_cdf, resolve_schedule, unit_interval
 
 __all__ = ["MDLM", "ACS", "LevelSampler", "ancestral_step", "clean_confidence"]
@@ -79,7 +79,7 @@ def ancestral_step(process: Any, eta: float = 0.0, dtype: torch.dtype = torch.fl
 
 
 @dataclass
-class LevelSampler(Sampler):
+class LevelSampler(Sampler, abstract=True):
     """Base of the samplers driven by `driver.drive` over a hyperschedule's level table.
 
     Subclasses declare the fields `steps`, `rate`, `cache`, `dtype` and implement `step_fn`.
@@ -115,7 +115,6 @@ class LevelSampler(Sampler):
         return drive(lm, self.schedule_for(lm), self.step_fn(lm), request, cache=getattr(self, "cache", True))
 
 
-@register_sampler
 @dataclass
 class MDLM(LevelSampler):
     """Ancestral sampling with per-position levels (module docstring)."""
@@ -130,7 +129,6 @@ class MDLM(LevelSampler):
         return ancestral_step(lm.process, 0.0, self.dtype)
 
 
-@register_sampler
 @dataclass
 class ACS(LevelSampler):
     """Adaptive Correction Sampler: MDLM plus redraws of decoded tokens with prob eta (1 - p_transfer)."""

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import Tensor
 
-from .base import categorical, register_sampler
+from .base import categorical
 from .driver import Step, StepFn, unit_interval
 from .mdlm import LevelSampler, clean_confidence
 
@@ -80,7 +80,6 @@ def remask_step(process: Any, eta: float, schedule: str, dtype: torch.dtype = to
     return step_fn
 
 
-@register_sampler
 @dataclass
 class ReMDM(LevelSampler):
     """Re-masking ancestral sampler for Absorb (module docstring)."""

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ..processes.absorb import Absorb
 from ..processes.hybrid import GammaHybrid
-from .base import categorical, register_sampler
+from .base import categorical
 from .driver import Step, StepFn
 from .mdlm import LevelSampler, ancestral_step, clean_confidence
 
@@ -99,7 +99,6 @@ def euler_step(process: GammaHybrid, dtype: torch.dtype = torch.float64) -> Step
     return step_fn
 
 
-@register_sampler
 @dataclass
 class SEDDAnalytic(LevelSampler):
     """SEDD's analytic (tau-leaping) sampler = the exact structured posterior under mean
@@ -122,7 +121,6 @@ class SEDDAnalytic(LevelSampler):
         return ancestral_step(lm.process, 0.0, self.dtype)
 
 
-@register_sampler
 @dataclass
 class SEDDEuler(LevelSampler):
     """Euler steps of the reverse CTMC with SEDD's scores (module docstring)."""

@@ -36,6 +36,8 @@ from typing import ClassVar, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..specs import Part, build, registry
+
 __all__ = [
     "Hyperschedule",
     "Quench",
@@ -197,7 +199,7 @@ def _segment_plan(schedule: "Hyperschedule", d: int) -> tuple[Tensor, Tensor, Te
 
 
 @dataclass(frozen=True)
-class Hyperschedule:
+class Hyperschedule(Part, kind="hyperschedule"):
     """Interface. Subclasses implement `num_steps` and `_build_table`; the rest is derived."""
 
     name: ClassVar[str] = "base"
@@ -352,9 +354,6 @@ class Hyperschedule:
         )
 
     # -- serialisation -----------------------------------------------------------------
-    def to_dict(self) -> dict:
-        raise NotImplementedError
-
     def __repr__(self) -> str:
         body = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "name")
         return f"{type(self).__name__}({body})"
@@ -577,14 +576,11 @@ class Retimed(Hyperschedule):
         return {"name": self.name, "base": self.base.to_dict(), "steps": self.steps, "speed": self.speed}
 
 
-HYPERSCHEDULES: dict[str, type[Hyperschedule]] = {
-    c.name: c for c in (Quench, Flat, Block, Slide, Custom, Retimed)
-}
+#: the registry of hyperschedules (diffusionlm.specs; a subclass with a name registers itself)
+HYPERSCHEDULES: dict[str, type[Hyperschedule]] = registry("hyperschedule")
 
 
 def hyperschedule(spec: "str | dict | Hyperschedule") -> Hyperschedule:
     """Build a hyperschedule from a name, a `to_dict()` dict, or pass one through
     (`diffusionlm.specs.build("hyperschedule", spec)`)."""
-    from ..specs import build
-
     return build("hyperschedule", spec)

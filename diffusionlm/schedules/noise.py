@@ -16,11 +16,13 @@ Implemented:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from ..specs import Part, build, registry
 
 __all__ = ["NoiseSchedule", "Linear", "LogLinear", "Cosine", "NOISE_SCHEDULES", "noise_schedule"]
 
@@ -31,7 +33,7 @@ def _check_eps(eps: float) -> None:
 
 
 @dataclass(frozen=True)
-class NoiseSchedule:
+class NoiseSchedule(Part, kind="noise_schedule"):
     """Base class: subclasses define alpha and alpha_prime; sigma_bar follows."""
 
     eps: float = 0.0
@@ -51,9 +53,6 @@ class NoiseSchedule:
 
     def sigma_bar_prime(self, level: Tensor) -> Tensor:
         return -self.alpha_prime(level) / self.alpha(level)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, **asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -89,12 +88,11 @@ class Cosine(NoiseSchedule):
         return -(1.0 - self.eps) * 0.5 * math.pi * torch.sin(0.5 * math.pi * level)
 
 
-NOISE_SCHEDULES: dict[str, type[NoiseSchedule]] = {c.name: c for c in (Linear, LogLinear, Cosine)}
+#: the registry of noise schedules (diffusionlm.specs; a subclass with a name registers itself)
+NOISE_SCHEDULES: dict[str, type[NoiseSchedule]] = registry("noise_schedule")
 
 
 def noise_schedule(spec: "str | dict | NoiseSchedule") -> NoiseSchedule:
     """Build a schedule from a name, a dict from `to_dict()`, or pass one through
     (`diffusionlm.specs.build("noise_schedule", spec)`)."""
-    from ..specs import build
-
     return build("noise_schedule", spec)
