@@ -244,7 +244,11 @@ def test_the_model_kind_is_named_from_the_model():
     assert tiny_model().kind == "diffusion LM (Absorb + Flat)"
     assert tiny_model(schedule=Block(8)).kind == "diffusion LM (Absorb + Block)"
     assert tiny_model(Structural(N)).kind == "LAD (Structural)"
-    assert tiny_model(schedule=Quench()).kind == "autoregressive LM (Absorb + Quench)"
+    # autoregressive is Absorb + Quench read SHIFTED (DiffusionLM.is_autoregressive): aligned, it is not
+    assert tiny_model(schedule=Quench()).kind == "diffusion LM (Absorb + Quench)"
+    ar = tiny_model(schedule=Quench()).lm
+    ar.layout = type(ar.layout)("shifted")
+    assert ar.is_autoregressive and model_kind(ar) == "autoregressive LM (Absorb + Quench)"
     assert model_kind(tiny_model().lm, adapted=False) == "autoregressive LM (not adapted)"
 
 
