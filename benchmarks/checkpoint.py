@@ -2,7 +2,7 @@
 
     python benchmarks/checkpoint.py [--preset gpt2-small] [--repeats 3] [--out benchmarks/out/checkpoint.json]
 
-1. Checksums (diffusionlm.safeio): writing a model's weights with the sha256 in the metadata
+1. Checksums (diffusionlm.io.safeio): writing a model's weights with the sha256 in the metadata
    (save_safetensors: hash + temporary file + fsync + rename) against safetensors' own save_file
    followed by an fsync (the durability a checkpoint needs either way), as a ratio;
    reading them verified (load_safetensors) against load_file, which maps the file lazily and
@@ -30,7 +30,7 @@ def checksum_cost(preset: str, repeats: int) -> dict:
     from safetensors.torch import load_file, save_file
 
     from diffusionlm.models import DiffusionTransformer, TransformerConfig
-    from diffusionlm.safeio import load_safetensors, save_safetensors
+    from diffusionlm.io.safeio import load_safetensors, save_safetensors
 
     model = DiffusionTransformer(TransformerConfig.preset(preset, vocab_size=50258, time_conditioning=True))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

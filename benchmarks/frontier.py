@@ -6,7 +6,7 @@ prefix / dual caches (Fast-dLLM), on a trained model.
         [--samples 32] [--length 128] [--steps 128 32] [--thresholds 0.9 0.7 0.5] [--block 32] \
         [--out benchmarks/frontier.json] [--plot docs/frontier.png]
 
---model: any model `diffusionlm.hub.load_model` reads (a run directory, a saved composition, a
+--model: any model `diffusionlm.io.hub.load_model` reads (a run directory, a saved composition, a
 fetched SmolLM2 adapter) whose process has a MASK; it is sampled under its own hyperschedule.
 --judge: an AR composition (Absorb + Quench, shifted; the compare job's "ar" variant) scoring the
 samples exactly (`compare.ar_judge_nll`), or a Hugging Face causal LM directory
@@ -40,7 +40,7 @@ import torch
 
 from diffusionlm.compare import ar_judge_nll, causal_lm_judge
 from diffusionlm.eval.diversity import unigram_entropy
-from diffusionlm.hub import load_model
+from diffusionlm.io.hub import load_model
 from diffusionlm.lm import DiffusionLM
 from diffusionlm.masks import Layout
 from diffusionlm.schedules import Quench

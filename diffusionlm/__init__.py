@@ -10,13 +10,41 @@ does the late-bound operations of the core (`DiffusionLM.nll_bound` by the bound
 saving / loading / the Hub by the io layer), imported when first used, so that importing the
 composition loads neither.
 """
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
 from .specs import build, declare_provider, register, to_dict
 from .lm import DiffusionLM
 from . import samplers  # registers the package's samplers (they are above the composition)
 
 declare_provider("nll_bound", "diffusionlm.eval.bound")
 for _operation in ("save_pretrained", "from_pretrained", "push_to_hub"):
-    declare_provider(_operation, "diffusionlm.hub")
+    declare_provider(_operation, "diffusionlm.io.hub")
+
+#: modules that moved, by their old names (kept importable, with a DeprecationWarning, for one release)
+MOVED_MODULES = {"diffusionlm.hub": "diffusionlm.io.hub", "diffusionlm.fetch": "diffusionlm.io.fetch",
+                 "diffusionlm.safeio": "diffusionlm.io.safeio", "diffusionlm.configcheck": "diffusionlm.config.check"}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """`import diffusionlm.hub` gives diffusionlm.io.hub itself (one module, not a copy)."""
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.util.spec_from_loader(name, self) if name in MOVED_MODULES else None
+
+    def create_module(self, spec):
+        warnings.warn(f"{spec.name} moved to {MOVED_MODULES[spec.name]}: import it from there", DeprecationWarning,
+                      stacklevel=2)
+        return importlib.import_module(MOVED_MODULES[spec.name])
+
+    def exec_module(self, module):
+        pass
+
+
+sys.meta_path.insert(0, _MovedModules())  # first: an older install's files must not answer
 
 __all__ = ["DiffusionLM", "build", "compare", "register", "to_dict"]
 

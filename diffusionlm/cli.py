@@ -8,10 +8,10 @@
     diffusionlm demo --model runs/compare/models/mdlm  # the browser demo (see diffusionlm.demo)
     diffusionlm export --model runs/lad out/lad --merge [--push-to-hub me/lad]
     diffusionlm lm-eval --model diffusionlm --model_args pretrained=out/mdlm --tasks lambada_openai
-    diffusionlm fetch smollm2                          # pretrained weights by name (see diffusionlm.fetch)
+    diffusionlm fetch smollm2                          # pretrained weights by name (see diffusionlm.io.fetch)
 
 Every command that runs a model takes any kind of model through one loader
-(`diffusionlm.hub.load_model`): a run directory, a saved composition, a Hugging Face causal-LM
+(`diffusionlm.io.hub.load_model`): a run directory, a saved composition, a Hugging Face causal-LM
 directory or hub id (then `--process`, `--schedule`, `--layout` say how to read it).
 
 `train` writes into train.out_dir (default runs/<config name>): checkpoints, metrics.jsonl,
@@ -58,7 +58,7 @@ def _dist_env() -> tuple[int, int]:
 
 def _device(name: str):
     """--device: "auto" is CUDA when available, else CPU; anything else is checked."""
-    from .hub import _device as check
+    from .io.hub import _device as check
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -192,7 +192,7 @@ def _save_trained(built, run, results: dict, target: Path, merge: bool, world: i
 # loading (sample, eval, demo, export)
 # ---------------------------------------------------------------------------------------------
 def _load(args):
-    from .hub import load_model
+    from .io.hub import load_model
 
     return load_model(args.model, process=args.process, schedule=args.schedule, layout=args.layout,
                       base=args.base, device=_device(args.device))
@@ -394,8 +394,8 @@ def cmd_demo(args) -> dict:
 
 
 def cmd_fetch(args) -> dict:
-    """Fetch pretrained weights by name into the cache (diffusionlm.fetch) and print where they are."""
-    from .fetch import main_fetch
+    """Fetch pretrained weights by name into the cache (diffusionlm.io.fetch) and print where they are."""
+    from .io.fetch import main_fetch
 
     got = main_fetch(args.name, cache=args.cache, convert=not args.no_convert)
     return {"gguf": str(got.gguf), "hf": str(got.hf_dir) if got.hf_dir else None}
@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import samplers
     from .demo.core import DEFAULT_MODEL_DIR
     from .eval.likelihood import known_datasets
-    from .hub import library_version
+    from .io.hub import library_version
 
     ap = argparse.ArgumentParser(prog="diffusionlm", description="discrete diffusion language models", formatter_class=_Help)
     ap.add_argument("--version", action="version", version=f"diffusionlm {library_version()}")

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     tmp.replace(out)
     stats = {}
     try:
-        from diffusionlm.fetch import load_hf_tokenizer
+        from diffusionlm.io.fetch import load_hf_tokenizer
 
         tok = load_hf_tokenizer("smollm2")
         count = lambda t: len(tok.encode(t, add_special_tokens=False))  # noqa: E731

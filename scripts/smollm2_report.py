@@ -143,7 +143,7 @@ class Models:
     def judge(self):
         """The pristine base AR model (never resized) and its HF tokenizer."""
         if self._judge is None:
-            from diffusionlm.fetch import load_causal_lm
+            from diffusionlm.io.fetch import load_causal_lm
 
             self._judge = (load_causal_lm("smollm2"), self.tokenizer().hf)
         return self._judge

@@ -134,7 +134,7 @@ def run_resumable(out: Path, batch: int, steps: int, fsdp: bool, die_at: int = 0
     import signal
 
     from diffusionlm.config import RunConfig, build
-    from diffusionlm.safeio import save_safetensors
+    from diffusionlm.io.safeio import save_safetensors
     from diffusionlm.training import Trainer, seed_everything
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusionlm import hub
+from diffusionlm.io import hub
 from diffusionlm.cli import main
 
 from test_hub import TOK, hf_dir, llama_base, lora_composition, tiny_composition  # noqa: F401  (fixtures too)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import diffusionlm
-from diffusionlm import compare as cmp
+from diffusionlm.compare import run as cmp  # the job itself (private steps patched below)
 from diffusionlm.cli import main
 from diffusionlm.compare import CompareConfig, default_spec, size_steps
 from diffusionlm.config import load_run
@@ -93,7 +93,7 @@ def test_a_spec_with_new_variants_and_a_composed_lm_runs_end_to_end_on_equal_ste
     assert json.loads((out / "models" / "gamma_slide" / "run.json").read_text())["process"]["gamma"] == 0.1
     # an HF backbone described by its dict: trained, saved as a composition, loaded back by the one loader
     assert res["variants"]["gpt2_flat"]["composition"]["backbone"]["hf_config"]["vocab_size"] == N + 1  # MASK added
-    from diffusionlm.hub import load_model
+    from diffusionlm.io.hub import load_model
 
     again = load_model(out / "models" / "gpt2_flat")
     assert again.kind == "composition" and again.lm.process.mask_id == N

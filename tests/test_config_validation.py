@@ -1,12 +1,12 @@
 """Configurations validate on construction: a bad value raises naming the field, the value and
-what is allowed; nothing is clamped or ignored (diffusionlm.configcheck)."""
+what is allowed; nothing is clamped or ignored (diffusionlm.config.check)."""
 import json
 
 import pytest
 
 from diffusionlm.cli import main as cli_main
 from diffusionlm.config import DataSpec, ModelSpec, RunConfig
-from diffusionlm.configcheck import unruled
+from diffusionlm.config.check import unruled
 from diffusionlm.schedules import Block, Slide
 from diffusionlm.training import TrainConfig
 

@@ -162,7 +162,7 @@ def resumable_runs(tmp_path_factory, kind):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
 @pytest.mark.parametrize("kind", ["ddp", "fsdp"])
 def test_a_killed_job_resumes_exactly_as_the_uninterrupted_one(tmp_path_factory, kind):
-    from diffusionlm.safeio import load_safetensors
+    from diffusionlm.io.safeio import load_safetensors
     from diffusionlm.training import latest_checkpoint
 
     straight, resumed = resumable_runs(tmp_path_factory, kind)
@@ -188,7 +188,7 @@ def test_a_killed_job_resumes_exactly_as_the_uninterrupted_one(tmp_path_factory,
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
 def test_fsdp_trains_the_same_model_as_ddp(tmp_path_factory):
-    from diffusionlm.safeio import load_safetensors
+    from diffusionlm.io.safeio import load_safetensors
 
     ddp, fsdp = (resumable_runs(tmp_path_factory, k)[0] for k in ("ddp", "fsdp"))
     for rank in (0, 1):
@@ -207,7 +207,7 @@ def test_diffusionlm_train_under_torchrun_with_fsdp_keeps_the_full_model(tmp_pat
     """`torchrun -m diffusionlm.cli train train.fsdp=true`: the final model/ is written from the
     gathered full weights (FSDP's own state dict holds DTensor shards), equal to the last checkpoint."""
     from diffusionlm.models import DiffusionTransformer
-    from diffusionlm.safeio import load_safetensors
+    from diffusionlm.io.safeio import load_safetensors
     from diffusionlm.training import latest_checkpoint
 
     corpus = ddp_worker.write_corpus(tmp_path / "corpus.txt")

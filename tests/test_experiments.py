@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusionlm import compare as C
+from diffusionlm.compare import run as C
 from diffusionlm.data import CharTokenizer, load_corpus, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_every_study_spec_runs_at_toy_size(tmp_path):
             assert row["evaluated_only"] and row["train_steps"] == 0 and row["model_path"] == p
             assert _state_sha(__import__("diffusionlm").hub.load_model(p).lm) == shas[name]
     # a model judge (a saved run) scores like the AR model itself: total NLL, not NLL per token
-    from diffusionlm.hub import load_model
+    from diffusionlm.io.hub import load_model
 
     cfg = C._shared(_spec("02_block_size"), {**TOY, "judge": {"name": "model", "path": ar_model}})
     tok = load_tokenizer(cfg.tokenizer)
@@ -307,7 +307,7 @@ def test_study1_architecture_check_spec_runs_at_toy_size_on_study1s_token_stream
     assert row["train_tokens_sha1"] == r1["variants"]["ar"]["train_tokens_sha1"] and row["train_steps"] == 2
     assert row["likelihood"]["method"].startswith("exact: causal NLL")
     # the RoPE variant: GPT-2's weights less its position table, every head dimension rotary
-    from diffusionlm.hub import load_model
+    from diffusionlm.io.hub import load_model
 
     g, n = (load_model(tmp_path / "s1g" / "models" / v).lm.model.model for v in ("gpt2", "neox_rope"))
     assert sum(p.numel() for p in g.parameters()) - sum(p.numel() for p in n.parameters()) == 128 * 128

@@ -1,4 +1,4 @@
-"""Saved compositions (diffusionlm.hub): save / load round trips, LoRA adapters that peft loads
+"""Saved compositions (diffusionlm.io.hub): save / load round trips, LoRA adapters that peft loads
 alone, merged exports that AutoModelForCausalLM loads, the model card, push_to_hub with the
 network replaced, one loader for every kind of model, and each bad input as one clear error."""
 import json
@@ -12,9 +12,9 @@ import peft  # noqa: E402  (required: the suite installs it)
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from diffusionlm import hub  # noqa: E402
+from diffusionlm.io import hub  # noqa: E402
 from diffusionlm.data import load_tokenizer  # noqa: E402
-from diffusionlm.hub import FORMAT_VERSION, ModelNotFoundError, load_model  # noqa: E402
+from diffusionlm.io.hub import FORMAT_VERSION, ModelNotFoundError, load_model  # noqa: E402
 from diffusionlm.lm import DiffusionLM  # noqa: E402
 from diffusionlm.models import DiffusionTransformer, TransformerConfig  # noqa: E402
 from diffusionlm.models.hf import HFDenoiser  # noqa: E402

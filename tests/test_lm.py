@@ -302,7 +302,7 @@ def test_settled_weight_errors():
 
 def test_an_eq12_composition_round_trips_through_its_saved_dict():
     """The weighted-embedding process, beta_1 and the eq. 11 weighting survive the composition
-    dict that save_pretrained writes (diffusionlm.hub)."""
+    dict that save_pretrained writes (diffusionlm.io.hub)."""
     import json
 
     lm = DiffusionLM(eq12_model().eval(), GammaHybrid(N, GAMMA, weighted_embedding=True), Block(4, 2),

@@ -17,7 +17,6 @@ from diffusionlm.lm import DiffusionLM
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "tests" / "plugins" / "my_parts.py"
-my_parts = specs.load_plugin(PLUGIN)  # what `--plugin` does: import the file, whose classes register
 TOK = load_tokenizer("byte")
 N = TOK.vocab_size
 SMALL = {"name": "transformer", "preset": "tiny", "n_layers": 1, "hidden": 32, "n_heads": 2, "cond_dim": 16}
@@ -26,7 +25,18 @@ COMPOSITION = {"name": "diffusion_lm", "process": {"name": "cosine_absorb", "voc
                "backbone": SMALL}
 
 
-def test_the_new_parts_build_from_their_specs_and_write_them_back_exactly():
+@pytest.fixture(scope="module", autouse=True)
+def my_parts():
+    """What `--plugin` does: import the file, whose classes register; the registries are restored
+    after this module (the other tests see the package's own parts only)."""
+    saved = {kind: dict(specs.registry(kind)) for kind in specs.KINDS}
+    yield specs.load_plugin(PLUGIN)
+    for kind, reg in saved.items():
+        specs.registry(kind).clear()
+        specs.registry(kind).update(reg)
+
+
+def test_the_new_parts_build_from_their_specs_and_write_them_back_exactly(my_parts):
     for kind, spec, cls in [
         ("process", {"name": "cosine_absorb", "vocab_size": 7, "mask_id": 9, "eps": 0.05}, my_parts.CosineAbsorb),
         ("hyperschedule", {"name": "interleave", "stride": 3}, my_parts.Interleave),
@@ -79,7 +89,7 @@ def _saved(tmp_path) -> Path:
     return tmp_path / "saved"
 
 
-def test_save_and_load_keep_the_new_parts(tmp_path):
+def test_save_and_load_keep_the_new_parts(tmp_path, my_parts):
     folder = _saved(tmp_path)
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["composition"]["process"]["name"] == "cosine_absorb" and cfg["classes"]["process"].endswith("my_parts.CosineAbsorb")

@@ -1,4 +1,4 @@
-"""diffusionlm.safeio: checksummed safetensors and tensor + JSON trees (nothing unpickled)."""
+"""diffusionlm.io.safeio: checksummed safetensors and tensor + JSON trees (nothing unpickled)."""
 import json
 import random
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffusionlm.models import DiffusionTransformer, TransformerConfig
-from diffusionlm.safeio import (
+from diffusionlm.io.safeio import (
     CHECKSUM_KEY, CorruptFileError, load_safetensors, load_tree, save_safetensors, save_tree, tensor_digest,
 )
 
@@ -137,7 +137,7 @@ def test_save_pretrained_checksums_and_from_pretrained_verifies(tmp_path):
 
 
 def test_first_non_finite_is_exact():
-    from diffusionlm.safeio import first_non_finite
+    from diffusionlm.io.safeio import first_non_finite
 
     t = {"a": torch.ones(3), "ids": torch.arange(3), "empty": torch.zeros(0), "huge": torch.full((4,), 1e30)}
     assert first_non_finite(t) is None  # a huge but finite weight overflows a norm: not reported

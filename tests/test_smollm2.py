@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusionlm import fetch as F
+from diffusionlm.io import fetch as F
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -293,7 +293,7 @@ def test_recipe_adapter_trains_saves_and_reloads_the_same_logits(smol, tmp_path)
     from peft import PeftModel
 
     from diffusionlm.config import RunConfig, build
-    from diffusionlm.hub import load_model
+    from diffusionlm.io.hub import load_model
     from diffusionlm.models.lora import peft_model_of
     from diffusionlm.training import TrainConfig, Trainer
 
@@ -328,8 +328,8 @@ def test_recipe_adapter_trains_saves_and_reloads_the_same_logits(smol, tmp_path)
 
 
 def test_every_command_takes_smollm2_by_name(monkeypatch, tmp_path):
-    """The one loader (diffusionlm.hub) resolves the fetched name; missing, it says what to run."""
-    from diffusionlm.hub import resolve_model_path
+    """The one loader (diffusionlm.io.hub) resolves the fetched name; missing, it says what to run."""
+    from diffusionlm.io.hub import resolve_model_path
 
     monkeypatch.setenv("DIFFUSIONLM_CACHE", str(tmp_path))
     with pytest.raises(F.FetchError, match=r"smollm2 is not in the cache .*: run `diffusionlm fetch smollm2`"):

@@ -17,7 +17,7 @@ from diffusionlm.training import (
     CheckpointFormatError, NonFiniteError, NonFiniteLossError, RunDirInUse, RunDirLock, TrainConfig, Trainer,
     latest_checkpoint, load_checkpoint,
 )
-from diffusionlm.safeio import CorruptFileError, load_safetensors
+from diffusionlm.io.safeio import CorruptFileError, load_safetensors
 from diffusionlm.training.checkpoint import save_checkpoint
 
 N = 13

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .configcheck import Bool, Choice, Dict, Int, Opt, Str, check_fields
-from .specs import build as build_spec
-from .models.transformer import TransformerConfig
-from .training.trainer import TrainConfig
+from .check import Bool, Choice, Dict, Int, Opt, Str, check_fields
+from ..specs import build as build_spec
+from ..models.transformer import TransformerConfig
+from .train import TrainConfig
 
 __all__ = ["ModelSpec", "DataSpec", "RunConfig", "build", "BuiltRun", "load_run"]
 
@@ -221,14 +221,14 @@ class BuiltRun:
 
 
 def build_tokenizer(spec: DataSpec):
-    from .data import load_tokenizer
-    from .fetch import resolve_tokenizer
+    from ..data import load_tokenizer
+    from ..io.fetch import resolve_tokenizer
 
     return load_tokenizer(resolve_tokenizer(spec.tokenizer))  # a fetchable name / .gguf -> its tokenizer
 
 
 def build_process(spec: dict, tokenizer, mask_id: Optional[int] = None):
-    from .processes import process
+    from ..processes import process
 
     spec = dict(spec)
     spec.setdefault("vocab_size", tokenizer.vocab_size)
@@ -240,11 +240,11 @@ def build_process(spec: dict, tokenizer, mask_id: Optional[int] = None):
 def build_model(spec: ModelSpec, proc, tokenizer, length: int):
     """Our transformer, or a Hugging Face causal LM wrapped as a denoiser (plus LoRA)."""
     if spec.kind == "transformer":
-        from .models import DiffusionTransformer, TransformerConfig
+        from ..models import DiffusionTransformer, TransformerConfig
 
         if spec.path:
             return DiffusionTransformer.from_pretrained(spec.path)
-        from .lm import backbone_defaults
+        from ..lm import backbone_defaults
 
         fields = [f.name for f in dataclasses.fields(TransformerConfig)]
         _reject_unknown(spec.overrides, fields, "model.overrides.")
@@ -254,22 +254,22 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
     if spec.kind == "hf":
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from .models.hf import HFDenoiser
+        from ..models.hf import HFDenoiser
 
         if spec.hf_config is not None:
             hc = dict(spec.hf_config)
             cfg = AutoConfig.for_model(hc.pop("model_type"), **hc)
             model = AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation)
         elif spec.path:
-            from .fetch import load_causal_lm
+            from ..io.fetch import load_causal_lm
 
-            # a fetchable name ("smollm2"), a .gguf, an HF folder or a hub id (diffusionlm.fetch)
+            # a fetchable name ("smollm2"), a .gguf, an HF folder or a hub id (diffusionlm.io.fetch)
             model = load_causal_lm(spec.path, attn_implementation=spec.attn_implementation)
         else:
             raise ValueError("model.kind=hf needs model.path (a local directory or hub id) or model.hf_config")
         denoiser = HFDenoiser.from_model(model, mask=spec.mask, tokenizer=getattr(tokenizer, "hf", None))
         if spec.lora:  # after the MASK row is added, so that the adapter carries it (models.lora)
-            from .models.lora import apply_lora
+            from ..models.lora import apply_lora
 
             apply_lora(denoiser, **spec.lora)
         return denoiser
@@ -279,8 +279,8 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
 def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True) -> BuiltRun:
     """The tokenizer, the DiffusionLM and (with `data`) the training stream and validation
     batches of a run; `data=False` skips reading the corpus (sampling, evaluation, the demo)."""
-    from .data import BatchStream, TokenBlocks, check_vocab, load_corpus
-    from .lm import DiffusionLM
+    from ..data import BatchStream, TokenBlocks, check_vocab, load_corpus
+    from ..lm import DiffusionLM
 
     tok = build_tokenizer(run.data)
     # the process needs the MASK id the model uses; HF models decide it when wrapped
@@ -295,7 +295,7 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
     check_vocab(tok, proc.vocab_size)
     annealing = None
     if run.model.annealing_steps is not None:
-        from .models.hf import AttentionAnnealing
+        from ..models.hf import AttentionAnnealing
 
         annealing = AttentionAnnealing(run.model.annealing_steps)
     bos = getattr(tok, "bos_id", None)
@@ -329,7 +329,7 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
     in eval mode: its model/ when training ended (a saved composition, or the bare transformer
     of older runs, rebuilt with run.json), else the newest checkpoint's weights on the model
     run.json builds. FileNotFoundError naming what is missing when there is neither. `base`: a
-    LoRA adapter's base elsewhere (see diffusionlm.hub)."""
+    LoRA adapter's base elsewhere (see diffusionlm.io.hub)."""
     run_dir = Path(path)
     cfg_file = run_dir / "run.json"
     if not cfg_file.is_file():
@@ -342,7 +342,7 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
     model_dir = run_dir / "model"
     composition = (model_dir / "config.json").is_file() and '"diffusionlm-composition"' in (model_dir / "config.json").read_text()
     if composition:
-        from .hub import SavedComposition
+        from ..io.hub import SavedComposition
 
         p = SavedComposition.from_pretrained(model_dir, base=base).payload
         return run, BuiltRun(p.tokenizer, p.lm, None, [])
@@ -351,14 +351,14 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
     final = run.model.kind == "transformer" and model_dir.exists()
     if final:
         run.model.path = str(run_dir / "model")
-    from .training.trainer import seed_everything
+    from ..training.trainer import seed_everything
 
     seed_everything(run.train.seed)  # a random-initialised base (hf_config) is the one training built
     built = build(run, data=data)
     if not final:
         # no final weights (an HF / LoRA run, or training still under way): the newest checkpoint;
         # never a silently untrained model
-        from .training.checkpoint import latest_checkpoint
+        from ..training.checkpoint import latest_checkpoint
 
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
@@ -366,7 +366,7 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
                 f"{run_dir} holds no trained weights: neither model/ (written when training ends) nor a "
                 f"checkpoint (LATEST): train it first, or give the run directory of a finished run"
             )
-        from .training.checkpoint import load_model_weights
+        from ..training.checkpoint import load_model_weights
 
         load_model_weights(built.lm.model, ckpt)  # verified; adapters only: checked against their base
     built.lm.model.eval()
@@ -375,16 +375,16 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
 
 def safetensors_errors() -> tuple:
     """What a corrupt or truncated weights file raises: safetensors' own error, and
-    diffusionlm.safeio's (a damaged file, or one failing its checksum)."""
+    diffusionlm.io.safeio's (a damaged file, or one failing its checksum)."""
     from safetensors import SafetensorError
 
-    from .safeio import CorruptFileError
+    from ..io.safeio import CorruptFileError
 
     return (SafetensorError, CorruptFileError)
 
 
 def _instruction_data(run: RunConfig, tok, rank: int, world_size: int):
-    from .data import InstructionCollator, format_instructions
+    from ..data import InstructionCollator, format_instructions
 
     path = Path(run.data.instruct)
     if not path.exists():

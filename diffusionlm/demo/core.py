@@ -310,12 +310,12 @@ class PackedFrames:
 # loading
 # ---------------------------------------------------------------------------------------------
 def load_demo_model(spec: "str | Path | None" = None, default_dir: "str | Path" = DEFAULT_MODEL_DIR, **load_kw: Any) -> DemoModel:
-    """Any kind of model (`diffusionlm.hub.load_model`: a run directory, a saved composition, a
+    """Any kind of model (`diffusionlm.io.hub.load_model`: a run directory, a saved composition, a
     Hugging Face causal LM directory or hub id, read by default as a SHIFTED Absorb denoiser, as
     DiffuGPT does; `load_kw`: process / schedule / layout / base / device). With no spec: the
     adapted SmolLM2 (ADAPTED_MODEL_DIR) once its training has saved it, when `default_dir` is the
     default one; else the main job's MDLM variant in `default_dir`, trained there first if missing."""
-    from ..hub import load_model
+    from ..io.hub import load_model
 
     if spec is None:
         adapted, default = Path(ADAPTED_MODEL_DIR), Path(default_dir) == Path(DEFAULT_MODEL_DIR)

@@ -26,7 +26,7 @@ Definitions (hyperschedules paper, appendix C.2, Algorithm 2; docs/EVALUATION.md
   that it holds, so every token is scored exactly once, with at least C - S tokens of context
   once the first window is full.
 * **Judge.** Any Hugging Face causal LM object (with its tokenizer), or any kind of model by name
-  (:func:`diffusionlm.hub.load_judge`: an HF directory or hub id as it is; a run directory or
+  (:func:`diffusionlm.io.hub.load_judge`: an HF directory or hub id as it is; a run directory or
   saved composition trained as AR, Absorb + Quench SHIFTED, read causally); its own tokenizer
   unless one is given.
 * **fp64 vs fp32 sampling.** ``sample_and_judge`` draws the samples with the sampler's
@@ -55,8 +55,8 @@ __all__ = ["generative_perplexity", "sample_and_judge", "load_judge", "judge_enc
 
 def load_judge(judge_model: Any, judge_tokenizer: Any = None) -> Tuple[Any, Any]:
     """(model, HF-style tokenizer) from an object or a local directory (see the module docstring)."""
-    if isinstance(judge_model, (str, Path)):  # any kind of model (diffusionlm.hub.load_judge)
-        from ..hub import load_judge as load_any
+    if isinstance(judge_model, (str, Path)):  # any kind of model (diffusionlm.io.hub.load_judge)
+        from ..io.hub import load_judge as load_any
 
         model, own = load_any(judge_model)
         if judge_tokenizer is None:

@@ -12,7 +12,7 @@
     # models only in its registry; newer releases read the `lm_eval.models` entry point in setup.py)
     diffusionlm lm-eval --model diffusionlm --model_args pretrained=out/mdlm --tasks lambada_openai
 
-``pretrained`` is any kind of model (:func:`diffusionlm.hub.load_model`: a run directory, a saved
+``pretrained`` is any kind of model (:func:`diffusionlm.io.hub.load_model`: a run directory, a saved
 composition, a Hugging Face causal-LM directory or hub id, with ``process``, ``schedule``,
 ``layout`` for the latter); ``run`` is its older name.
 
@@ -96,8 +96,8 @@ DEFAULT_CONTINUOUS_SAMPLES = 32
 
 
 def load_run(spec: "str | Path", **load_kw: Any):
-    """(DiffusionLM, tokenizer) of any kind of model (``diffusionlm.hub.load_model``)."""
-    from ..hub import load_model
+    """(DiffusionLM, tokenizer) of any kind of model (``diffusionlm.io.hub.load_model``)."""
+    from ..io.hub import load_model
 
     m = load_model(spec, **{k: v for k, v in load_kw.items() if v is not None})
     return m.lm, m.tokenizer

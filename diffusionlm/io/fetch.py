@@ -23,7 +23,7 @@ Cache: ``$DIFFUSIONLM_CACHE`` (default ``~/.cache/diffusionlm``), one folder per
 ``<cache>/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` and ``<cache>/smollm2/hf/``.
 
 Resolution (:func:`resolve_model`, the one hook every loader uses: `config.build_model` /
-`build_tokenizer` for recipes, and `diffusionlm.hub.load_model` for `--model` through
+`build_tokenizer` for recipes, and `diffusionlm.io.hub.load_model` for `--model` through
 :func:`hub_path`), first match wins:
 a registered name -> its converted folder when complete and made from the pinned GGUF, else the
 verified GGUF; never a download (a missing name says which command fetches it). A ``.gguf``
@@ -380,7 +380,7 @@ def load_causal_lm(name_or_path: "str | os.PathLike", attn_implementation: str =
 
 
 def hub_path(name: str) -> Optional[str]:
-    """The resolver of `diffusionlm.hub.load_model` (`--model smollm2` on every command): a
+    """The resolver of `diffusionlm.io.hub.load_model` (`--model smollm2` on every command): a
     registered name -> its converted HF folder; None for any other name. Never downloads."""
     if name not in SOURCES:
         return None

@@ -65,8 +65,8 @@ import warnings
 
 from huggingface_hub import ModelCard, ModelHubMixin
 
-from .lm import DiffusionLM
-from .specs import UnknownPartError, build, provide
+from ..lm import DiffusionLM
+from ..specs import UnknownPartError, build, provide
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "SavedComposition", "save_pretrained", "from_pretrained", "push_to_hub",
@@ -126,13 +126,13 @@ def _composition(config: dict, directory: Path) -> dict:
 
 def composition_dict(lm: Any) -> dict:
     """Deprecated: ``lm.to_dict()`` (the one composition format)."""
-    warnings.warn("diffusionlm.hub.composition_dict(lm) is deprecated: use lm.to_dict()", DeprecationWarning, stacklevel=2)
+    warnings.warn("diffusionlm.io.hub.composition_dict(lm) is deprecated: use lm.to_dict()", DeprecationWarning, stacklevel=2)
     return lm.to_dict()
 
 
 def build_composition(spec: dict, model: Any) -> Any:
     """Deprecated: ``DiffusionLM.from_dict(spec, model=model)``."""
-    warnings.warn("diffusionlm.hub.build_composition(spec, model) is deprecated: use DiffusionLM.from_dict(spec, model=model)",
+    warnings.warn("diffusionlm.io.hub.build_composition(spec, model) is deprecated: use DiffusionLM.from_dict(spec, model=model)",
                   DeprecationWarning, stacklevel=2)
     return DiffusionLM.from_dict(spec if "name" in spec else composition_from_v1(spec), model=model)
 
@@ -155,8 +155,8 @@ def _bare(model: Any) -> Any:
 
 
 def _backbone_kind(model: Any) -> str:
-    from .models import DiffusionTransformer
-    from .models.hf import HFDenoiser
+    from ..models import DiffusionTransformer
+    from ..models.hf import HFDenoiser
 
     if isinstance(model, DiffusionTransformer):
         return "transformer"
@@ -168,7 +168,7 @@ def _backbone_kind(model: Any) -> str:
 
 
 def _write(directory: Path, p: _Payload) -> None:
-    from .data import as_tokenizer, check_vocab
+    from ..data import as_tokenizer, check_vocab
 
     if p.tokenizer is None:
         raise ValueError("save_pretrained needs the tokenizer of the model's ids: pass tokenizer=... "
@@ -201,7 +201,7 @@ def _write(directory: Path, p: _Payload) -> None:
 
 def _config(p: _Payload) -> dict:
     """The config.json dict of a payload (module docstring)."""
-    from .data import as_tokenizer
+    from ..data import as_tokenizer
 
     tok = as_tokenizer(p.tokenizer)
     return {
@@ -252,8 +252,8 @@ def read_config(directory: Path) -> dict:
 
 
 def _read(directory: Path, base: Any = None, device: Any = None) -> _Payload:
-    from .config import safetensors_errors
-    from .data import load_tokenizer
+    from ..config import safetensors_errors
+    from ..data import load_tokenizer
 
     config = read_config(directory)
     backbone = config.get("backbone") or {}
@@ -263,13 +263,13 @@ def _read(directory: Path, base: Any = None, device: Any = None) -> _Payload:
     kind = backbone.get("kind")
     try:
         if kind == "transformer":
-            from .models import DiffusionTransformer
+            from ..models import DiffusionTransformer
 
             if base is not None:
                 raise ValueError("base= applies to a LoRA adapter on a Hugging Face base; this backbone is our transformer")
             model = DiffusionTransformer.from_pretrained(path)
         elif kind == "hf":
-            from .models.hf import HFDenoiser
+            from ..models.hf import HFDenoiser
 
             model = HFDenoiser.from_pretrained(path, base=base, resolve=lambda name: str(resolve_model_path(name)))
         else:
@@ -495,7 +495,7 @@ def register_resolver(fn: Callable[[str], "Optional[str | os.PathLike]"]) -> Cal
 
 @register_resolver
 def _fetched(name: str) -> "Optional[str]":
-    """Names `diffusionlm fetch` knows ("smollm2") -> their converted folder (diffusionlm.fetch)."""
+    """Names `diffusionlm fetch` knows ("smollm2") -> their converted folder (diffusionlm.io.fetch)."""
     from .fetch import hub_path
 
     return hub_path(name)
@@ -641,7 +641,7 @@ def load_model(
     for a plain HF model (default absorb / shifted); `schedule`: the hyperschedule to run under
     (default: the trained one; flat for a plain HF model); `base`: a LoRA adapter's base
     elsewhere; `device`: where to put the model."""
-    from .config import load_run, safetensors_errors
+    from ..config import load_run, safetensors_errors
 
     dev = _device(device)
     process, schedule = parse_part(process, "process"), parse_part(schedule, "schedule")
@@ -705,7 +705,7 @@ def _no_overrides(name: str, what: str, process: Any, layout: Any) -> None:
 
 
 def _load_hf(name: str, path: Path, process: Any, schedule: Any, layout: Optional[str], mask: str, impl: str) -> LoadedModel:
-    from .config import DataSpec, ModelSpec, RunConfig, build, safetensors_errors
+    from ..config import DataSpec, ModelSpec, RunConfig, build, safetensors_errors
 
     run = RunConfig(model=ModelSpec(kind="hf", path=str(path), mask=mask, attn_implementation=impl),
                     process=process or {"name": "absorb"}, schedule=schedule or {"name": "flat"},
@@ -745,7 +745,7 @@ class CausalView:
         import torch
         from types import SimpleNamespace
 
-        from .masks import causal_mask_mod, dense_mask
+        from ..masks import causal_mask_mod, dense_mask
 
         B, L = input_ids.shape
         mask = dense_mask(causal_mask_mod(), 1, L, device=input_ids.device)
@@ -766,7 +766,7 @@ def load_judge(spec: "str | os.PathLike", device: Any = None) -> tuple:
         if cfg.get("format") != FORMAT and "model_type" in cfg:
             from transformers import AutoModelForCausalLM
 
-            from .data import load_tokenizer
+            from ..data import load_tokenizer
 
             model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
             if device is not None:

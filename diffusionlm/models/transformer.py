@@ -512,9 +512,9 @@ class DiffusionTransformer(nn.Module, Backbone):
 
     # -- persistence -------------------------------------------------------------------
     def save_pretrained(self, directory: "str | os.PathLike") -> None:
-        """Write `config.json` and `model.safetensors` (checksummed, `diffusionlm.safeio`) into
+        """Write `config.json` and `model.safetensors` (checksummed, `diffusionlm.io.safeio`) into
         `directory` (created if needed)."""
-        from ..safeio import atomic_write, save_safetensors
+        from ..io.safeio import atomic_write, save_safetensors
 
         os.makedirs(directory, exist_ok=True)
         meta = {"model_type": _MODEL_TYPE, "format_version": 1, **self.config.to_dict()}
@@ -533,8 +533,8 @@ class DiffusionTransformer(nn.Module, Backbone):
     ) -> "DiffusionTransformer":
         """Load a model written by `save_pretrained`. `config_overrides` may change runtime
         settings such as `attention` or `dropout`. The weights' checksum is verified (a damaged
-        file is a `diffusionlm.safeio.CorruptFileError` naming it)."""
-        from ..safeio import load_safetensors
+        file is a `diffusionlm.io.safeio.CorruptFileError` naming it)."""
+        from ..io.safeio import load_safetensors
 
         cfg_path = os.path.join(directory, CONFIG_NAME)
         w_path = os.path.join(directory, WEIGHTS_NAME)

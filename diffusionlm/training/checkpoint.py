@@ -8,13 +8,13 @@ Layout under `out_dir` (format 2):
                                 ones when a frozen base is kept out: LoRA / HF backbones)
         ema.safetensors         the EMA weights (when train.ema is set)
         optimizer.json          optimizer, LR scheduler, grad scaler and every rank's RNG states:
-        optimizer.safetensors   JSON plus their tensors (diffusionlm.safeio.save_tree)
+        optimizer.safetensors   JSON plus their tensors (diffusionlm.io.safeio.save_tree)
         trainer_state.json      {"format": 2, "step", "data" (stream position), "config", "weights",
                                  "frozen_sha256", "world", "metrics_tail"}
     LATEST                      the name of the newest complete checkpoint
     .lock                       the writer's lock (diffusionlm.training.rundir)
 
-Every .safetensors file carries a checksum verified on load (diffusionlm.safeio). Nothing is
+Every .safetensors file carries a checksum verified on load (diffusionlm.io.safeio). Nothing is
 unpickled: a format-1 checkpoint (optimizer.pt, a pickle) is refused with a message saying so,
 without opening that file; its weights still load through `load_model_weights`.
 
@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..safeio import (
+from ..io.safeio import (
     atomic_write, first_non_finite, fsync_dir, load_json_object, load_safetensors, load_tree, save_safetensors,
     save_tree, tensor_digest,
 )

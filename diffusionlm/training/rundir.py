@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from ..safeio import atomic_write
+from ..io.safeio import atomic_write
 
 __all__ = ["RunDirInUse", "RunDirLock", "MetricsLog", "LOCK_NAME"]
 

@@ -41,7 +41,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -49,8 +49,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..configcheck import Bool, Choice, Int, Num, Opt, Pair, Str, check_fields
-from ..safeio import first_non_finite
+from ..config.train import LR_SCHEDULES, TrainConfig
+from ..io.safeio import first_non_finite
 from .checkpoint import (
     NonFiniteError, check_frozen, check_weights, frozen_digest, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
@@ -58,10 +58,6 @@ from .rundir import MetricsLog, RunDirInUse, RunDirLock
 
 __all__ = ["TrainConfig", "Trainer", "NonFiniteError", "NonFiniteLossError", "RunDirInUse", "seed_everything",
            "LR_SCHEDULES"]
-
-#: the transformers schedules the trainer can step without a metric or extra arguments
-LR_SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                "inverse_sqrt")
 
 #: earlier name, kept for callers: the error covers the loss, the gradients and the weights
 NonFiniteLossError = NonFiniteError
@@ -72,51 +68,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 3e-4
-    lr_schedule: str = "cosine"  # one of LR_SCHEDULES (transformers.get_scheduler)
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.999)
-    clip: Optional[float] = 1.0  # max gradient norm; None: no clipping
-    ema: Optional[float] = None  # EMA decay, e.g. 0.9999
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16: CUDA only)
-    two_halves: bool = False
-    eval_every: int = 0  # 0: never
-    eval_batches: int = 4
-    eval_samples: int = 8
-    save_every: int = 0  # 0: only at the end
-    keep_checkpoints: int = 2  # 0: keep all
-    out_dir: Optional[str] = None
-    log_every: int = 1
-    seed: int = 0
-    progress: bool = True
-    fsdp: bool = False
-
-    RULES = {
-        "steps": Int(1), "batch_size": Int(1), "grad_accum": Int(1),
-        "lr": Num(0, lo_open=True), "lr_schedule": Choice(*LR_SCHEDULES), "warmup_steps": Int(0),
-        "weight_decay": Num(0), "betas": Pair(Num(0, 1, hi_open=True)),
-        "clip": Opt(Num(0, lo_open=True), "no clipping"), "ema": Opt(Num(0, 1, lo_open=True, hi_open=True), "no EMA"),
-        "precision": Choice("fp32", "bf16", "fp16"), "two_halves": Bool(),
-        "eval_every": Int(0), "eval_batches": Int(1), "eval_samples": Int(1),
-        "save_every": Int(0), "keep_checkpoints": Int(0), "out_dir": Opt(Str(), "no checkpoints or metrics"),
-        "log_every": Int(1), "seed": Int(0, 2**31 - 1), "progress": Bool(), "fsdp": Bool(),
-    }
-
-    def __post_init__(self) -> None:
-        check_fields(self, self.RULES, "train")
-        self.betas = tuple(self.betas)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 def _b64(t: Tensor) -> str:

@@ -18,7 +18,7 @@ import sys
 import torch
 
 from diffusionlm.data import load_corpus
-from diffusionlm.hub import load_model
+from diffusionlm.io.hub import load_model
 from diffusionlm.masks import causal_mask_mod, dense_mask, shift_inputs
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nanogpt_metric import per_position_nll  # noqa: E402
 
 from diffusionlm.data import load_corpus  # noqa: E402
-from diffusionlm.hub import load_model  # noqa: E402
+from diffusionlm.io.hub import load_model  # noqa: E402
 
 
 @torch.no_grad()

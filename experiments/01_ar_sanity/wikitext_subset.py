@@ -16,7 +16,7 @@ import torch
 
 from diffusionlm.compare import ar_judge_nll
 from diffusionlm.data import TokenBlocks, load_corpus
-from diffusionlm.hub import load_model
+from diffusionlm.io.hub import load_model
 
 
 def main(path: str = "experiments/01_ar_sanity/run/models/ar") -> dict:

@@ -279,7 +279,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--lines must be >= 2 (a standard error needs two), got {args.lines}")
     if args.iterations < 1:
         raise SystemExit(f"--iterations must be >= 1, got {args.iterations}")
-    from diffusionlm.hub import load_model
+    from diffusionlm.io.hub import load_model
 
     lad, mdlm = (load_model(Path(args.models) / k) for k in ("lad", "mdlm"))
     tok = lad.tokenizer
