@@ -22,7 +22,10 @@ from . import samplers  # registers the package's samplers (they are above the c
 
 declare_provider("nll_bound", "diffusionlm.eval.bound")
 for _operation in ("save_pretrained", "from_pretrained", "push_to_hub"):
-    declare_provider(_operation, "diffusionlm.io.hub")
+    declare_provider(_operation, "diffusionlm.io.saving")
+declare_provider("load_judge", "diffusionlm.io.hub")
+for _operation in ("build", "build_model", "build_process", "build_tokenizer", "load_run", "safetensors_errors"):
+    declare_provider(f"runs.{_operation}", "diffusionlm.io.runs")
 
 #: modules that moved, by their old names (kept importable, with a DeprecationWarning, for one release)
 MOVED_MODULES = {"diffusionlm.hub": "diffusionlm.io.hub", "diffusionlm.fetch": "diffusionlm.io.fetch",

@@ -3,7 +3,10 @@ JSON files, `section.key=value` overrides) in :mod:`.run`, the train section in 
 and the rules every section's fields are checked by in :mod:`.check`.
 
     run = RunConfig.from_file("recipes/scratch.json", ["train.lr=1e-4", "data.length=256"])
-    parts = build(run)                      # tokenizer, lm, train stream, validation batches
+    parts = diffusionlm.io.runs.build(run)  # tokenizer, lm, train stream, validation batches
+
+Building a run and loading a run directory read files and load models: they are the io layer's
+(diffusionlm.io.runs); the names `build`, `load_run`, ... here are deprecated aliases of those.
 """
 from .check import check_fields
 from .train import LR_SCHEDULES, TrainConfig

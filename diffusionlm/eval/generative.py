@@ -44,6 +44,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..specs import provided
 from .diversity import distinct_n, unigram_entropy
 from .likelihood import _jsonable, describe_model, describe_tokenizer, lm_config
 
@@ -56,9 +57,7 @@ __all__ = ["generative_perplexity", "sample_and_judge", "load_judge", "judge_enc
 def load_judge(judge_model: Any, judge_tokenizer: Any = None) -> Tuple[Any, Any]:
     """(model, HF-style tokenizer) from an object or a local directory (see the module docstring)."""
     if isinstance(judge_model, (str, Path)):  # any kind of model (diffusionlm.io.hub.load_judge)
-        from ..io.hub import load_judge as load_any
-
-        model, own = load_any(judge_model)
+        model, own = provided("load_judge")(judge_model)  # the io layer's loader, late-bound
         if judge_tokenizer is None:
             judge_tokenizer = own
     else:

@@ -1,0 +1,246 @@
+"""Building and loading runs: a RunConfig made into its tokenizer, DiffusionLM, training stream and
+validation batches (`build`), and a run directory written by `diffusionlm train` or `compare`
+read back (`load_run`). This is io, not configuration: it reads corpora, tokenizers, weights and
+saved compositions.
+
+    run = RunConfig.from_file("recipes/scratch.json", ["train.lr=1e-4"])
+    parts = build(run)                      # tokenizer, lm, train stream, validation batches
+    run, built = load_run("runs/scratch")   # in eval mode
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config.run import DataSpec, ModelSpec, RunConfig, _reject_unknown
+from ..specs import provide
+
+__all__ = ["BuiltRun", "DataSpec", "ModelSpec", "RunConfig", "build", "build_model", "build_process", "build_tokenizer",
+           "load_run", "safetensors_errors"]
+
+
+@dataclass
+class BuiltRun:
+    tokenizer: Any
+    lm: Any
+    train_stream: Any
+    val_batches: list
+
+
+def build_tokenizer(spec: DataSpec):
+    from ..data import load_tokenizer
+    from ..io.fetch import resolve_tokenizer
+
+    return load_tokenizer(resolve_tokenizer(spec.tokenizer))  # a fetchable name / .gguf -> its tokenizer
+
+
+def build_process(spec: dict, tokenizer, mask_id: Optional[int] = None):
+    from ..processes import process
+
+    spec = dict(spec)
+    spec.setdefault("vocab_size", tokenizer.vocab_size)
+    if mask_id is not None and spec.get("name") != "uniform":
+        spec.setdefault("mask_id", mask_id)
+    return process(spec)
+
+
+def build_model(spec: ModelSpec, proc, tokenizer, length: int):
+    """Our transformer, or a Hugging Face causal LM wrapped as a denoiser (plus LoRA)."""
+    if spec.kind == "transformer":
+        from ..models import DiffusionTransformer, TransformerConfig
+
+        if spec.path:
+            return DiffusionTransformer.from_pretrained(spec.path)
+        from ..lm import backbone_defaults
+
+        fields = [f.name for f in dataclasses.fields(TransformerConfig)]
+        _reject_unknown(spec.overrides, fields, "model.overrides.")
+        kw = backbone_defaults(proc, getattr(tokenizer, "bos_id", None), length)  # sizes, MASK / BOS, eq. 12
+        kw.update(spec.overrides)  # an explicit override wins (no "multiple values" TypeError)
+        return DiffusionTransformer(TransformerConfig.preset(spec.preset, **kw))
+    if spec.kind == "hf":
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from ..models.hf import HFDenoiser
+
+        if spec.hf_config is not None:
+            hc = dict(spec.hf_config)
+            cfg = AutoConfig.for_model(hc.pop("model_type"), **hc)
+            model = AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation)
+        elif spec.path:
+            from ..io.fetch import load_causal_lm
+
+            # a fetchable name ("smollm2"), a .gguf, an HF folder or a hub id (diffusionlm.io.fetch)
+            model = load_causal_lm(spec.path, attn_implementation=spec.attn_implementation)
+        else:
+            raise ValueError("model.kind=hf needs model.path (a local directory or hub id) or model.hf_config")
+        denoiser = HFDenoiser.from_model(model, mask=spec.mask, tokenizer=getattr(tokenizer, "hf", None))
+        if spec.lora:  # after the MASK row is added, so that the adapter carries it (models.lora)
+            from ..models.lora import apply_lora
+
+            apply_lora(denoiser, **spec.lora)
+        return denoiser
+    raise ValueError(f"unknown model.kind {spec.kind!r}; known: transformer, hf")
+
+
+def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True) -> BuiltRun:
+    """The tokenizer, the DiffusionLM and (with `data`) the training stream and validation
+    batches of a run; `data=False` skips reading the corpus (sampling, evaluation, the demo)."""
+    from ..data import BatchStream, TokenBlocks, check_vocab, load_corpus
+    from ..lm import DiffusionLM
+
+    tok = build_tokenizer(run.data)
+    # the process needs the MASK id the model uses; HF models decide it when wrapped
+    if run.model.kind == "hf":
+        model = build_model(run.model, None, tok, run.data.length)
+        # the real ids the model takes (MASK, added or virtual, is the id after them)
+        check_vocab(tok, model.mask_id if model.mask_id is not None else model.vocab_size)
+        proc = build_process(run.process, tok, mask_id=model.mask_id)
+    else:
+        proc = build_process(run.process, tok)
+        model = build_model(run.model, proc, tok, run.data.length)
+    check_vocab(tok, proc.vocab_size)
+    annealing = None
+    if run.model.annealing_steps is not None:
+        from ..models.hf import AttentionAnnealing
+
+        annealing = AttentionAnnealing(run.model.annealing_steps)
+    bos = getattr(tok, "bos_id", None)
+    if bos is None:
+        bos = getattr(tok, "eos_id", None)
+    lm = DiffusionLM.from_dict({"name": DiffusionLM.name, "process": proc, "schedule": run.schedule,
+                                "layout": run.layout, "bos_id": bos, "annealing": annealing}, model=model)
+    if run.data.length > (lm.max_positions or run.data.length):
+        raise ValueError(f"data.length {run.data.length} exceeds the model's {lm.max_positions} positions")
+    if not data:
+        return BuiltRun(tok, lm, None, [])
+    if run.data.instruct:
+        stream, val = _instruction_data(run, tok, rank, world_size)
+    else:
+        train_blocks = TokenBlocks(load_corpus(run.data.corpus, "train"), tok, run.data.length, rule=run.data.rule)
+        stream = BatchStream(train_blocks, run.train.batch_size, seed=run.train.seed, rank=rank, world_size=world_size)
+        val = []
+        if run.data.val_batches:
+            vb = TokenBlocks(load_corpus(run.data.corpus, run.data.val_split), tok, run.data.length, rule=run.data.rule)
+            vs = BatchStream(vb, run.train.batch_size, seed=0, shuffle=False, epochs=1, drop_last=False)
+            for _ in range(run.data.val_batches):
+                try:
+                    val.append(next(vs)["input_ids"])
+                except StopIteration:
+                    break
+    return BuiltRun(tok, lm, stream, val)
+
+
+def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple[RunConfig, BuiltRun]":
+    """A run directory written by `diffusionlm train` (or `diffusionlm compare`, one per variant),
+    in eval mode: its model/ when training ended (a saved composition, or the bare transformer
+    of older runs, rebuilt with run.json), else the newest checkpoint's weights on the model
+    run.json builds. FileNotFoundError naming what is missing when there is neither. `base`: a
+    LoRA adapter's base elsewhere (see diffusionlm.io.hub)."""
+    run_dir = Path(path)
+    cfg_file = run_dir / "run.json"
+    if not cfg_file.is_file():
+        what = "is a directory" if cfg_file.is_dir() else "is missing"
+        raise FileNotFoundError(f"{cfg_file} {what}: give a directory written by `diffusionlm train`")
+    try:
+        run = RunConfig.from_dict(json.loads(cfg_file.read_text()))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_file} is not valid JSON: {err}") from None
+    model_dir = run_dir / "model"
+    composition = (model_dir / "config.json").is_file() and '"diffusionlm-composition"' in (model_dir / "config.json").read_text()
+    if composition:
+        from ..io.hub import SavedComposition
+
+        p = SavedComposition.from_pretrained(model_dir, base=base).payload
+        return run, BuiltRun(p.tokenizer, p.lm, None, [])
+    if base is not None:
+        raise ValueError(f"a LoRA base was given, but {run_dir} holds no saved composition with an adapter")
+    final = run.model.kind == "transformer" and model_dir.exists()
+    if final:
+        run.model.path = str(run_dir / "model")
+    from ..training.trainer import seed_everything
+
+    seed_everything(run.train.seed)  # a random-initialised base (hf_config) is the one training built
+    built = build(run, data=data)
+    if not final:
+        # no final weights (an HF / LoRA run, or training still under way): the newest checkpoint;
+        # never a silently untrained model
+        from ..training.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(
+                f"{run_dir} holds no trained weights: neither model/ (written when training ends) nor a "
+                f"checkpoint (LATEST): train it first, or give the run directory of a finished run"
+            )
+        from ..training.checkpoint import load_model_weights
+
+        load_model_weights(built.lm.model, ckpt)  # verified; adapters only: checked against their base
+    built.lm.model.eval()
+    return run, built
+
+
+def safetensors_errors() -> tuple:
+    """What a corrupt or truncated weights file raises: safetensors' own error, and
+    diffusionlm.io.safeio's (a damaged file, or one failing its checksum)."""
+    from safetensors import SafetensorError
+
+    from ..io.safeio import CorruptFileError
+
+    return (SafetensorError, CorruptFileError)
+
+
+def _instruction_data(run: RunConfig, tok, rank: int, world_size: int):
+    from ..data import InstructionCollator, format_instructions
+
+    path = Path(run.data.instruct)
+    if not path.exists():
+        raise FileNotFoundError(f"instruction data not found: {path}")
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    fm = format_instructions(tok, rows, max_length=run.data.length, on_long="skip",
+                             prompt_field=run.data.prompt_field, response_field=run.data.response_field,
+                             all_tokens=run.data.all_tokens)
+    collate = InstructionCollator.lad(tok, length=run.data.length)
+    return _InstructionStream(fm.examples, collate, run.train.batch_size, run.train.seed, rank, world_size), []
+
+
+class _InstructionStream:
+    """Resumable batches of formatted instruction examples (same contract as BatchStream)."""
+
+    def __init__(self, examples, collate, batch_size, seed, rank=0, world_size=1):
+        import torch
+
+        if len(examples) < batch_size * world_size:
+            raise ValueError(f"{len(examples)} instruction examples are fewer than one global batch ({batch_size * world_size})")
+        self.examples, self.collate, self.B = examples, collate, batch_size
+        self.seed, self.rank, self.world = seed, rank, world_size
+        self.epoch, self.pos = 0, 0
+        self._torch = torch
+
+    def _perm(self):
+        g = self._torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return self._torch.randperm(len(self.examples), generator=g)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        G = self.B * self.world
+        if (self.pos + 1) * G > len(self.examples):
+            self.epoch, self.pos = self.epoch + 1, 0
+        idx = self._perm()[self.pos * G + self.rank * self.B : self.pos * G + (self.rank + 1) * self.B]
+        self.pos += 1
+        return self.collate([self.examples[int(i)] for i in idx])
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, s):
+        self.epoch, self.pos = s["epoch"], s["pos"]
+
+
+for _fn in (build, build_model, build_process, build_tokenizer, load_run, safetensors_errors):
+    provide(f"runs.{_fn.__name__}", _fn)  # the deprecated diffusionlm.config names call these

@@ -1,0 +1,179 @@
+"""The architecture, measured from the source (ast, nothing imported): the module-level import
+graph of diffusionlm/ has no cycle and no import from a lower layer to a higher one; at most ten
+modules sit at the top level; an import inside a function is only for an optional dependency and
+says so in a comment; no function is over 80 lines and no class over 300.
+
+The layers, lowest first, follow docs DESIGN ("Imports run one way"): a module may import its
+own layer and the layers below. Importing a submodule also runs its package's __init__, so a
+package counts as imported too (the root package excepted: every module is inside it).
+"""
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "diffusionlm"
+
+#: the layer order, lowest first: module-name prefixes (the longest prefix decides)
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("checks / registry", ("checks", "specs", "io", "io.safeio", "config.check")),
+    ("parts", ("schedules", "processes", "masks", "models", "data", "config")),
+    ("composition", ("lm",)),
+    ("samplers, training, eval", ("samplers", "training", "eval", "estimate")),
+    ("io: saving, hub, fetch", ("io.hub", "io.fetch")),
+    ("compare", ("compare",)),
+    ("demo", ("demo",)),
+    ("cli", ("cli", "")),  # "": the root package's __init__, the public face, may import anything
+]
+#: optional dependencies: the only imports a function may make (each with a comment naming it)
+OPTIONAL = ("gguf", "gradio", "flash_attn", "mauve", "lm_eval", "playwright", "wandb", "tensorboard",
+            "torch.nn.attention.flex_attention")
+MAX_TOP_LEVEL, MAX_FUNCTION_IMPORTS, MAX_FUNCTION_LINES, MAX_CLASS_LINES = 10, 20, 80, 300
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(["diffusionlm", *parts])] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _targets(module: str, is_package: bool, node: ast.AST) -> list[str]:
+    """The package modules an import statement loads (its package __init__s included)."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        if node.level:
+            base = module.split(".") if is_package else module.split(".")[:-1]
+            base = base[: len(base) - node.level + 1]
+            prefix = ".".join(base + ([node.module] if node.module else []))
+        else:
+            prefix = node.module or ""
+        names = [f"{prefix}.{a.name}" if f"{prefix}.{a.name}" in MODULES else prefix for a in node.names]
+    out = []
+    for name in names:
+        parts = name.split(".")
+        out += [".".join(parts[:k]) for k in range(2, len(parts) + 1) if ".".join(parts[:k]) in MODULES]
+    return [t for t in out if t != module and not module.startswith(t + ".")]
+
+
+def _imports() -> tuple[dict, list]:
+    """(module-level graph {module: {imported modules}}, [(module, line, statement, comment?)] of
+    imports inside functions)."""
+    graph, inner = defaultdict(set), []
+    for module, path in MODULES.items():
+        source = path.read_text()
+        lines = source.splitlines()
+        is_package = path.name == "__init__.py"
+
+        def visit(node: ast.AST, in_function: bool) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.Import, ast.ImportFrom)):
+                    if in_function:
+                        text = lines[child.lineno - 1]
+                        commented = "#" in text or "#" in lines[child.lineno - 2]
+                        inner.append((module, child.lineno, ast.unparse(child), commented))
+                    else:
+                        graph[module].update(_targets(module, is_package, child))
+                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+        visit(ast.parse(source), False)
+    return graph, inner
+
+
+def layer_of(module: str) -> int:
+    name = module[len("diffusionlm."):] if module != "diffusionlm" else ""
+    best, best_len = None, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (name == prefix or name.startswith(prefix + ".") or prefix == "") and len(prefix) > best_len:
+                best, best_len = i, len(prefix)
+    return best
+
+
+def _cycles(graph: dict) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def strong(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(MODULES):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_the_import_graph_has_no_cycle():
+    graph, _ = _imports()
+    assert _cycles(graph) == []
+
+
+def test_no_import_runs_from_a_lower_layer_to_a_higher_one():
+    graph, _ = _imports()
+    upward = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})"
+              for m, targets in sorted(graph.items()) for t in sorted(targets) if layer_of(t) > layer_of(m)]
+    assert upward == []
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in MODULES if layer_of(m) is None] == []
+
+
+def test_at_most_ten_modules_at_the_top_level():
+    top = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    assert len(top) <= MAX_TOP_LEVEL, top
+
+
+def test_imports_inside_functions_are_for_optional_dependencies_and_say_so():
+    _, inner = _imports()
+    not_optional = [f"{m}:{line} {text}" for m, line, text, _ in inner
+                    if not any(text.startswith((f"import {o}", f"from {o} ", f"from {o}.")) for o in OPTIONAL)]
+    silent = [f"{m}:{line} {text}" for m, line, text, commented in inner if not commented]
+    assert not_optional == [] and silent == [] and len(inner) <= MAX_FUNCTION_IMPORTS
+
+
+def test_no_function_over_80_lines_and_no_class_over_300():
+    offenders = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            size = (node.end_lineno - node.lineno + 1) if hasattr(node, "end_lineno") else 0
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size > MAX_FUNCTION_LINES:
+                offenders.append(f"function {module}.{node.name}: {size} lines")
+            elif isinstance(node, ast.ClassDef) and size > MAX_CLASS_LINES:
+                offenders.append(f"class {module}.{node.name}: {size} lines")
+    assert offenders == []
+
+
+def test_the_measure_sees_an_upward_import_and_a_cycle():
+    """The measure itself: a graph with an upward edge and a circle is caught."""
+    assert layer_of("diffusionlm.lm") < layer_of("diffusionlm.io.hub") < layer_of("diffusionlm.cli")
+    assert layer_of("diffusionlm.io.safeio") == 0 and layer_of("diffusionlm.models.hf") == 1
+    assert _cycles({"diffusionlm.lm": {"diffusionlm.masks"}, "diffusionlm.masks": {"diffusionlm.lm"}}) == [
+        ["diffusionlm.lm", "diffusionlm.masks"]]
