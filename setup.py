@@ -15,7 +15,6 @@ setup(
     install_requires=[
         "torch==2.13.0",
         "transformers>=5.0",
-        "peft>=0.17",
         "datasets>=3.0",
         "einops>=0.8",
         "scipy>=1.11",
@@ -27,7 +26,9 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "gradio>=5", "playwright>=1.40", "lm-eval>=0.4", "gguf>=0.10"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "gradio>=5", "playwright>=1.40", "lm-eval>=0.4", "gguf>=0.10", "peft>=0.17"],
+        # LoRA adapters on Hugging Face backbones (the LAD recipe); imported only where LoRA is used
+        "lora": ["peft>=0.17"],
         # reading .gguf weights (diffusionlm fetch smollm2 converts them once; the converted
         # safetensors folder loads without it)
         "gguf": ["gguf>=0.10"],

@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--out")
     args = p.parse_args()
     import diffusionlm
-    from diffusionlm.config import load_run
+    from diffusionlm.io.runs import load_run
     from diffusionlm.data import TokenBlocks, load_corpus
 
     torch.set_num_threads(1)

@@ -80,7 +80,7 @@ def main() -> None:
 
     from gradio_client import Client
 
-    from diffusionlm.config import load_run
+    from diffusionlm.io.runs import load_run
     from diffusionlm.demo.app import api_args
     from diffusionlm.demo.core import DemoLimits
 

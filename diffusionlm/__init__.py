@@ -16,14 +16,15 @@ import importlib.util
 import sys
 import warnings
 
-from .specs import build, declare_provider, register, to_dict
-from .lm import DiffusionLM
 from . import samplers  # registers the package's samplers (they are above the composition)
+from .lm import DiffusionLM
+from .specs import build, declare_provider, register, to_dict
 
 declare_provider("nll_bound", "diffusionlm.eval.bound")
 for _operation in ("save_pretrained", "from_pretrained", "push_to_hub"):
     declare_provider(_operation, "diffusionlm.io.saving")
 declare_provider("load_judge", "diffusionlm.io.hub")
+declare_provider("load_model", "diffusionlm.io.hub")
 for _operation in ("build", "build_model", "build_process", "build_tokenizer", "load_run", "safetensors_errors"):
     declare_provider(f"runs.{_operation}", "diffusionlm.io.runs")
 
@@ -54,7 +55,6 @@ __all__ = ["DiffusionLM", "build", "compare", "register", "to_dict"]
 
 def __getattr__(name: str):
     if name == "compare":  # imported on first use; the module itself is callable
-        import importlib
 
         return importlib.import_module(f"{__name__}.compare")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

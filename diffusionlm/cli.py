@@ -26,6 +26,7 @@ traceback instead). Runs estimated to take over 30 minutes here (timed on one st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -34,17 +35,30 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from . import specs
+from . import estimate, samplers, specs
+from .compare import compare, load_spec
+from .config import RunConfig
+from .demo import launch, load_demo_model
+from .demo.core import DEFAULT_MODEL_DIR, DemoModel, Frame, frame_text
+from .estimate import bound_forward_seconds, describe, train_step_seconds
+from .eval.likelihood import dataset_blocks, evaluate_likelihood, known_datasets
+from .io.fetch import main_fetch
+from .io.hub import _device as check_device, library_version, load_model
+from .io.runs import build
+from .lm import DiffusionLM
+from .models.lora import is_peft
+from .models.packed import PackedLinears
+from .processes import PROCESSES
+from .schedules import HYPERSCHEDULES, hyperschedule
+from .specs import registry
+from .training import NonFiniteError, RunDirInUse, RunDirLock, TrainConfig, Trainer, seed_everything
 
 __all__ = ["main", "USER_ERRORS"]
 
 
 def _user_errors() -> tuple:
-    from safetensors import SafetensorError
-
-    from .training import NonFiniteError, RunDirInUse
-
     return (ValueError, TypeError, OSError, SafetensorError, NonFiniteError, RunDirInUse)
 
 
@@ -58,11 +72,9 @@ def _dist_env() -> tuple[int, int]:
 
 def _device(name: str):
     """--device: "auto" is CUDA when available, else CPU; anything else is checked."""
-    from .io.hub import _device as check
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return check(name)
+    return check_device(name)
 
 
 def _say(line: str) -> None:
@@ -74,9 +86,6 @@ def _say(line: str) -> None:
 # ---------------------------------------------------------------------------------------------
 def _train_estimate(built, run, stages: list, device) -> tuple[float, str]:
     """(seconds, one line) for every stage of the run, from one timed micro-batch per layout."""
-    from .estimate import describe, train_step_seconds
-    from .schedules import hyperschedule
-
     built.lm.model.to(device)
     timed: dict = {}
     total, steps = 0.0, 0
@@ -97,11 +106,6 @@ def _train_estimate(built, run, stages: list, device) -> tuple[float, str]:
 
 
 def cmd_train(args) -> dict:
-    from .config import RunConfig, build
-    from .estimate import LONG_RUN_SECONDS
-    from .schedules import hyperschedule
-    from .training import RunDirLock, TrainConfig, Trainer, seed_everything
-
     run = RunConfig.from_file(args.config, args.overrides)
     if run.train.out_dir is None:
         run.train.out_dir = str(Path("runs") / (Path(args.config).stem if args.config else "default"))
@@ -112,7 +116,7 @@ def cmd_train(args) -> dict:
     stages = run.stages or [{}]
     if rank == 0:
         seconds, line = _train_estimate(built, run, stages, device)
-        if args.dry_run or seconds > LONG_RUN_SECONDS:
+        if args.dry_run or seconds > estimate.LONG_RUN_SECONDS:  # read at the call (tests and callers may change it)
             _say(line)
         if args.dry_run:
             return {"estimate_seconds": seconds}
@@ -153,9 +157,6 @@ def cmd_train(args) -> dict:
 def _unsharded(built, run, weights: dict):
     """`built` with its model rebuilt from the run's config (not sharded) holding `weights`: what
     an FSDP run saves, since its own module holds shards."""
-    from .config import build
-    from .training import seed_everything
-
     seed_everything(run.train.seed)
     lm = build(run, data=False).lm
     lm.model.load_state_dict(weights)
@@ -165,9 +166,6 @@ def _unsharded(built, run, weights: dict):
 
 def _save_trained(built, run, results: dict, target: Path, merge: bool, world: int, recipe) -> dict:
     """The trained model as a saved composition (with its training facts and last evaluation)."""
-    from .lm import DiffusionLM
-    from .models.lora import is_peft
-
     lm = built.lm  # a DDP-wrapped model is saved as the module inside it
     stages = results["stages"]
     steps = sum(s["steps"] for s in stages)
@@ -192,8 +190,6 @@ def _save_trained(built, run, results: dict, target: Path, merge: bool, world: i
 # loading (sample, eval, demo, export)
 # ---------------------------------------------------------------------------------------------
 def _load(args):
-    from .io.hub import load_model
-
     return load_model(args.model, process=args.process, schedule=args.schedule, layout=args.layout,
                       base=args.base, device=_device(args.device))
 
@@ -201,8 +197,6 @@ def _load(args):
 def _sampler(name: str, options: "str | None", steps):
     """A registry sampler from --sampler, --options (JSON) and --steps, with one-line errors for
     options it does not take."""
-    from . import samplers
-
     cls = samplers.get_sampler(name)
     fields = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -233,16 +227,10 @@ def _sampler(name: str, options: "str | None", steps):
 
 def _packed(model, on: bool):
     """models.packed.PackedLinears around sampling when asked (CPU: the same tokens, faster few-row steps)."""
-    import contextlib
-
-    from .models.packed import PackedLinears
-
     return PackedLinears(model) if on else contextlib.nullcontext()
 
 
 def cmd_sample(args) -> dict:
-    from .demo.core import DemoModel, Frame, frame_text
-
     sampler = _sampler(args.sampler, args.options, args.steps)
     m = _load(args)
     tok = m.tokenizer
@@ -290,9 +278,6 @@ def _check_output_file(path: "str | None", overwrite: bool) -> None:
 
 def cmd_eval(args) -> dict:
     """The likelihood suite (diffusionlm.eval.likelihood): NLL bound / PPL on a dataset's split."""
-    from .estimate import LONG_RUN_SECONDS, bound_forward_seconds, describe
-    from .eval.likelihood import dataset_blocks, evaluate_likelihood
-
     _check_output_file(args.out, args.overwrite)
     m = _load(args)
     length = m.require_length(args.length)
@@ -301,7 +286,7 @@ def cmd_eval(args) -> dict:
     calls = -(-rows // args.batch_size) * args.samples
     per_call = bound_forward_seconds(m.lm, min(args.batch_size, rows), length)
     seconds = calls * per_call
-    if args.dry_run or seconds > LONG_RUN_SECONDS:
+    if args.dry_run or seconds > estimate.LONG_RUN_SECONDS:  # read at the call (tests and callers may change it)
         _say(describe(f"evaluating {rows:,d} rows of {args.dataset} ({args.samples} draws each)", seconds, calls,
                       "batched forwards", per_call, next(iter(m.lm.model.parameters())).device,
                       "--max-blocks or --samples make it shorter"))
@@ -337,8 +322,6 @@ def cmd_export(args) -> dict:
 def cmd_compare(args) -> dict:
     """The main job (diffusionlm.compare): a spec file (default: the package's default spec), and
     the shared settings given on the command line over the spec's."""
-    from .compare import compare, load_spec
-
     spec = load_spec(args.spec)
     shared = {k: v for k, v in {
         "corpus": args.corpus, "tokenizer": args.tokenizer, "length": args.length, "batch_size": args.batch_size,
@@ -366,7 +349,6 @@ def _with_steps(variant: dict, steps: "list | None") -> dict:
     """`variant` with `--steps` as the step counts of every sampler that takes a number of steps."""
     if steps is None:
         return variant
-    from .specs import registry
 
     samplers = []
     for spec in variant.get("samplers") or []:
@@ -380,8 +362,6 @@ def _with_steps(variant: dict, steps: "list | None") -> dict:
 
 def cmd_demo(args) -> dict:
     """Serve the browser demo (diffusionlm.demo.app) until interrupted."""
-    from .demo import launch, load_demo_model
-
     try:
         import gradio  # noqa: F401
     except ImportError as err:
@@ -395,8 +375,6 @@ def cmd_demo(args) -> dict:
 
 def cmd_fetch(args) -> dict:
     """Fetch pretrained weights by name into the cache (diffusionlm.io.fetch) and print where they are."""
-    from .io.fetch import main_fetch
-
     got = main_fetch(args.name, cache=args.cache, convert=not args.no_convert)
     return {"gguf": str(got.gguf), "hf": str(got.hf_dir) if got.hf_dir else None}
 
@@ -405,10 +383,10 @@ def cmd_lm_eval(argv: list) -> int:
     """lm-eval's own command line (0.4.13: it finds models only in its registry) with ours
     registered as "diffusionlm"; every argument passes through."""
     try:
-        import lm_eval.__main__ as lm_eval_main
+        import lm_eval.__main__ as lm_eval_main  # optional: lm-eval, pip install 'diffusionlm[eval]'
     except ImportError as err:
         raise ValueError("lm-eval is not installed: pip install 'diffusionlm[eval]'") from err
-    from .eval import lm_eval_adapter  # noqa: F401  (registers "diffusionlm")
+    from .eval import lm_eval_adapter  # noqa: F401  (optional: lm-eval's integration; registers "diffusionlm")
 
     saved = sys.argv
     sys.argv = ["lm-eval", *argv]
@@ -437,9 +415,6 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
 
 def _model_options(p, required: bool = True, name_help: str = "") -> None:
-    from .processes import PROCESSES
-    from .schedules import HYPERSCHEDULES
-
     p.add_argument("--model", "--run", dest="model", required=required, metavar="MODEL",
                    help="a run directory, a saved composition, a Hugging Face causal-LM directory or hub id" + name_help)
     p.add_argument("--process", metavar="NAME|JSON",
@@ -458,11 +433,6 @@ def _device_option(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import samplers
-    from .demo.core import DEFAULT_MODEL_DIR
-    from .eval.likelihood import known_datasets
-    from .io.hub import library_version
-
     ap = argparse.ArgumentParser(prog="diffusionlm", description="discrete diffusion language models", formatter_class=_Help)
     ap.add_argument("--version", action="version", version=f"diffusionlm {library_version()}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")

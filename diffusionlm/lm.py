@@ -65,7 +65,7 @@ from .models.base import logits_of, output_size
 from .processes.base import Corruption, Process, check_ids, real_token_nll
 from .processes.absorb import Absorb
 from .schedules.hyper import ACTIVE, SETTLED, Hyperschedule, Quench
-from .specs import Part, build, check_keys, encode, field_names, lookup, provided, register, to_dict
+from .specs import Part, build, encode, field_names, lookup, provided, register, to_dict
 
 __all__ = ["DiffusionLM", "LossOutput", "SETTLED_WEIGHTINGS", "eq11_weights", "backbone_defaults"]
 

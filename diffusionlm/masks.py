@@ -37,6 +37,7 @@ from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
+from torch.nn.attention.flex_attention import create_block_mask
 
 from .checks import check_ids, check_levels
 from .schedules.hyper import ACTIVE, SETTLED, WORTHLESS, Hyperschedule
@@ -346,8 +347,6 @@ def flex_block_mask(
     Lengths need not be multiples of `block_size` (the block mask is padded; the mask_mods here
     mask every padded index).
     """
-    from torch.nn.attention.flex_attention import create_block_mask
-
     kv_len = q_len if kv_len is None else kv_len
     if batch is None and getattr(mask_mod, "batch_size", None) is not None:
         raise ValueError(f"this mask_mod depends on the batch row (batch {mask_mod.batch_size}); pass batch")

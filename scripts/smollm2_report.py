@@ -85,7 +85,8 @@ class Models:
 
     def built(self, name: str):
         if name not in self._built:
-            from diffusionlm.config import RunConfig, build, load_run
+            from diffusionlm.config import RunConfig
+            from diffusionlm.io.runs import build, load_run
 
             if name == "base":
                 run = RunConfig.from_file(REPO / "recipes" / "smollm2-diffullama.json",
@@ -110,7 +111,8 @@ class Models:
         checking that each one is there with its shape."""
         from safetensors.torch import load_file
 
-        from diffusionlm.config import RunConfig, build
+        from diffusionlm.config import RunConfig
+        from diffusionlm.io.runs import build
         from diffusionlm.training.checkpoint import latest_checkpoint
 
         run_dir = self.run_dir(name)

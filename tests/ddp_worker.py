@@ -76,7 +76,8 @@ def run(out: Path, batch: int, steps: int) -> dict:
     """Train on this process's shard (RANK / WORLD_SIZE from the environment); rank 0 writes
     init.pt, weights.pt and each stage's checkpoint (stage-<i>/); every rank writes
     losses-<rank>.json (its losses and the rows it read)."""
-    from diffusionlm.config import RunConfig, build
+    from diffusionlm.config import RunConfig
+    from diffusionlm.io.runs import build
     from diffusionlm.schedules import hyperschedule
     from diffusionlm.training import TrainConfig, Trainer
 
@@ -133,7 +134,8 @@ def run_resumable(out: Path, batch: int, steps: int, fsdp: bool, die_at: int = 0
     at the end, rank 0 writes weights.safetensors (the gathered full weights)."""
     import signal
 
-    from diffusionlm.config import RunConfig, build
+    from diffusionlm.config import RunConfig
+    from diffusionlm.io.runs import build
     from diffusionlm.io.safeio import save_safetensors
     from diffusionlm.training import Trainer, seed_everything
 

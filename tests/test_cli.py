@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusionlm.io import hub
+from diffusionlm.io import client, hub
 from diffusionlm.cli import main
 
 from test_hub import TOK, hf_dir, llama_base, lora_composition, tiny_composition  # noqa: F401  (fixtures too)
@@ -100,7 +100,7 @@ def _table(tmp: Path, comp: Path, hf: Path, corpus: Path, lora_out: Path, other_
 
 
 def test_every_runtime_error_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch, comp, hf_dir, corpus, llama_base):  # noqa: F811
-    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(client, "_hub_reachable", lambda timeout=3.0: False)  # the Hub client (diffusionlm.io.client)
     lora_out = tmp_path / "lora"
     lora_composition(llama_base).save_pretrained(lora_out, tokenizer=TOK)
     other_base = tmp_path / "other-base"

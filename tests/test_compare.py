@@ -12,7 +12,7 @@ import diffusionlm
 from diffusionlm.compare import run as cmp  # the job itself (private steps patched below)
 from diffusionlm.cli import main
 from diffusionlm.compare import CompareConfig, default_spec, size_steps
-from diffusionlm.config import load_run
+from diffusionlm.io.runs import load_run
 from diffusionlm.data import TokenBlocks, load_corpus, load_tokenizer
 from diffusionlm.lm import DiffusionLM
 from diffusionlm.models import DiffusionTransformer, TransformerConfig

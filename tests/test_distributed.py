@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the worker, whatever pytest's import mode
 import ddp_worker  # noqa: E402
-from diffusionlm.config import RunConfig, build
+from diffusionlm.config import RunConfig
+from diffusionlm.io.runs import build
 from diffusionlm.data import BatchStream
 from diffusionlm.schedules import hyperschedule
 

@@ -12,7 +12,7 @@ import peft  # noqa: E402  (required: the suite installs it)
 import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from diffusionlm.io import hub  # noqa: E402
+from diffusionlm.io import client, hub  # noqa: E402
 from diffusionlm.data import load_tokenizer  # noqa: E402
 from diffusionlm.io.hub import FORMAT_VERSION, ModelNotFoundError, load_model  # noqa: E402
 from diffusionlm.lm import DiffusionLM  # noqa: E402
@@ -313,7 +313,7 @@ def test_lm_eval_adapter_and_judge_take_any_kind_of_model(tmp_path, hf_dir):
 def test_resolvers_map_short_names(tmp_path, monkeypatch):
     lm = tiny_composition()
     lm.save_pretrained(tmp_path / "m", tokenizer=TOK)
-    monkeypatch.setattr(hub, "MODEL_RESOLVERS", [])
+    monkeypatch.setattr(client, "MODEL_RESOLVERS", [])
     hub.register_resolver(lambda name: tmp_path / "m" if name == "tiny-demo" else None)
     assert load_model("tiny-demo").path == tmp_path / "m"
 
@@ -364,7 +364,7 @@ def test_an_adapter_on_another_base_names_both(tmp_path, llama_base):
 
 
 def test_a_hub_id_with_no_network(monkeypatch):
-    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(client, "_hub_reachable", lambda timeout=3.0: False)  # the Hub client (diffusionlm.io.client)
     with pytest.raises(ModelNotFoundError, match="^diffusionlm-tests/no-such-model: not found locally and no network: pass a local directory$"):
         load_model("diffusionlm-tests/no-such-model")
     with pytest.raises(ModelNotFoundError, match="not found locally and no network"):

@@ -199,7 +199,7 @@ def test_a_trained_run_directory(tmp_path):
         "schedule": {"name": "flat", "steps": 4},
     })
     (tmp_path / "run.json").write_text(json.dumps(run.to_dict()))
-    from diffusionlm.config import build
+    from diffusionlm.io.runs import build
 
     build(run, data=False).lm.model.save_pretrained(str(tmp_path / "model"))  # what training leaves
     if HAVE_LM_EVAL:

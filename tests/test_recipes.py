@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from diffusionlm.cli import main as cli_main
-from diffusionlm.config import RunConfig, build
+from diffusionlm.config import RunConfig
+from diffusionlm.io.runs import build
 from diffusionlm.data import data_path
 from diffusionlm.schedules import Block, Flat, hyperschedule
 from diffusionlm.training import TrainConfig, Trainer, latest_checkpoint
@@ -197,7 +198,7 @@ def test_diffugpt_recipe_trains(corpus):
 def test_a_run_without_final_weights_loads_its_newest_checkpoint(tmp_path, corpus):
     """An HF / LoRA run writes no model/ directory: load_run (sample, eval, demo) takes the newest
     checkpoint's weights, and refuses a directory with neither rather than use untrained ones."""
-    from diffusionlm.config import load_run
+    from diffusionlm.io.runs import load_run
     from diffusionlm.training.checkpoint import save_checkpoint
 
     run = RunConfig.from_file(DIFFUGPT, hf_gpt2(vocab=259, positions=64, **BYTE_SPECIALS)

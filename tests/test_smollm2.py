@@ -127,7 +127,8 @@ def test_unsupported_gguf_architecture_is_named(tmp_path):
     with pytest.raises(F.FetchError, match=r"GGUF architecture 'bert' is not supported by transformers .* \(supported: llama, "):
         F.resolve_model(str(path))
     # the same through the run configuration (every command builds models there)
-    from diffusionlm.config import ModelSpec, build_model
+    from diffusionlm.config import ModelSpec
+    from diffusionlm.io.runs import build_model
 
     with pytest.raises(ValueError, match="GGUF architecture 'bert' is not supported"):
         build_model(ModelSpec(kind="hf", path=str(path)), None, None, 16)
@@ -292,7 +293,8 @@ def test_recipe_adapter_trains_saves_and_reloads_the_same_logits(smol, tmp_path)
     by peft alone: the same logits."""
     from peft import PeftModel
 
-    from diffusionlm.config import RunConfig, build
+    from diffusionlm.config import RunConfig
+    from diffusionlm.io.runs import build
     from diffusionlm.io.hub import load_model
     from diffusionlm.models.lora import peft_model_of
     from diffusionlm.training import TrainConfig, Trainer

@@ -395,7 +395,8 @@ LLAMA = {"model_type": "llama", "vocab_size": 259, "hidden_size": 64, "intermedi
 def lora_lm(seed=0):
     """A tiny random Llama (built from its config after seeding, as `diffusionlm train` does) with
     LoRA on q / v: everything but the adapters frozen."""
-    from diffusionlm.config import RunConfig, build
+    from diffusionlm.config import RunConfig
+    from diffusionlm.io.runs import build
     from diffusionlm.training import seed_everything
 
     run = RunConfig.from_file(None, ["model.kind=hf", "model.path=null", "model.hf_config=" + json.dumps(LLAMA),

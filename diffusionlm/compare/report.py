@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.ticker import LogFormatter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,8 +98,6 @@ def _series(results: dict):
 
 
 def _plain_log_axis(axis) -> None:
-    from matplotlib.ticker import LogFormatter
-
     axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
     axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
@@ -104,10 +105,7 @@ def _plain_log_axis(axis) -> None:
 def plot(results: dict, out: Path) -> list:
     """ppl.png, genppl_vs_entropy.png, quality_vs_steps.png (module docstring; the last two only
     with a judge); returns the names of the files it wrote."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     v = {k: r["likelihood"] for k, r in results["variants"].items() if r["likelihood"].get("ppl") is not None}
     names = list(v)

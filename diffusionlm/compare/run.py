@@ -7,16 +7,29 @@ import copy
 import hashlib
 import json
 import math
+import os
+import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import transformers
+from tqdm.auto import tqdm
 
+from ..config import DataSpec, ModelSpec, RunConfig
+from ..data import BatchStream, TokenBlocks, load_corpus, load_tokenizer
+from ..eval.bound import corpus_bound
+from ..eval.diversity import distinct_n, unigram_entropy
+from ..eval.generative import generative_perplexity, load_judge
 from ..lm import DiffusionLM
+from ..masks import causal_mask_mod, dense_mask, shift_inputs
+from ..models import DiffusionTransformer
+from ..training import TrainConfig, Trainer
 from .report import markdown_table, plot
 from .spec import CompareConfig, Variant, _Entry, _judge_variant, _resolve, _shared, _variants, default_spec, load_spec
+
 
 # ---------------------------------------------------------------------------------------------
 # training
@@ -57,16 +70,13 @@ def _build_lm(cfg: CompareConfig, entry: _Entry) -> Any:
 
 
 def _trainer(cfg: CompareConfig, entry: _Entry, train_blocks: Any, steps: int, lm: Any = None):
-    from ..data import BatchStream
-    from ..training import TrainConfig, Trainer
-
     lm = _build_lm(cfg, entry) if lm is None else lm
     stream = _CountingStream(BatchStream(train_blocks, cfg.batch_size, seed=entry.seed))
     train = {"lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "clip": 1.0, **cfg.train, **entry.variant.train}
     tcfg = TrainConfig(steps=steps, batch_size=cfg.batch_size, seed=entry.seed, progress=False, **train)
     trainer = Trainer(lm, tcfg, stream, device=cfg.device)
     if cfg.min_lr is not None:  # cosine from lr down to min_lr (not 0) after the warmup
-        from transformers import get_scheduler
+        get_scheduler = transformers.get_scheduler  # transformers loads these on first use
 
         trainer.scheduler = get_scheduler("cosine_with_min_lr", trainer.optimizer, num_warmup_steps=tcfg.warmup_steps,
                                           num_training_steps=steps, scheduler_specific_kwargs={"min_lr": cfg.min_lr})
@@ -148,13 +158,8 @@ def save_variant(path: Path, cfg: CompareConfig, name: str, lm: Any, training: O
     """Write a trained variant that `diffusionlm sample / eval / demo --model` load: for our
     transformer a run directory (run.json + model/, which `load_run` reads), for any other
     backbone a saved composition (`DiffusionLM.save_pretrained`, with `training` facts)."""
-    from ..config import DataSpec, ModelSpec, RunConfig
-    from ..models import DiffusionTransformer
-
     path = Path(path)
     if not isinstance(lm.model, DiffusionTransformer):
-        from ..data import load_tokenizer
-
         lm.save_pretrained(path, tokenizer=load_tokenizer(cfg.tokenizer), training=training)
         return
     path.mkdir(parents=True, exist_ok=True)
@@ -189,8 +194,6 @@ def _likelihood(lm: Any, test_ids: torch.Tensor, cfg: CompareConfig) -> dict:
     (`diffusionlm.eval.bound.corpus_bound`): its stderr (valid for its draws), the PPL interval
     exp(nats -+ stderr), the dominant terms on their own lines. M = cfg.eval_samples evaluations
     per row, or every step (M = T) where the bound is then exact (`_enumerable_exact`: AR)."""
-    from ..eval.bound import corpus_bound
-
     if not lm.process.likelihood:
         return {"nll_per_token": None, "stderr_per_token": None, "ppl": None, "ppl_low": None, "ppl_high": None,
                 "tokens": int(test_ids.numel()), "method": f"none: {type(lm.process).__name__} declares no likelihood",
@@ -219,8 +222,6 @@ def ar_judge_nll(lm_ar: Any, tokens: torch.Tensor, start: int = 0) -> tuple[floa
     SHIFTED): one causal forward over [BOS, x[:-1]] (equal to its Quench bound, see tests/test_lm.py).
     With `start` = P, only positions P.. are scored, each given everything before it: the NLL of a
     continuation given its P-token prompt."""
-    from ..masks import causal_mask_mod, dense_mask, shift_inputs
-
     S, d = tokens.shape
     if not 0 <= start < d:
         raise ValueError(f"start {start} must lie in [0, {d}) for sequences of {d} tokens")
@@ -244,8 +245,6 @@ def _judge_fn(cfg: CompareConfig, judge_lm: Any, tok: Any):
 def causal_lm_judge(path: str, tok: Any):
     """tokens [S, d] (ids of `tok`) -> (total NLL, tokens) under the causal LM at `path` (any model
     `eval.generative.load_judge` reads), which re-tokenizes the decoded text with its own tokenizer."""
-    from ..eval.generative import generative_perplexity, load_judge
-
     model, jtok = load_judge(path)
 
     def judge(toks):
@@ -256,8 +255,6 @@ def causal_lm_judge(path: str, tok: Any):
 
 
 def _sampling(cfg: CompareConfig, entry: _Entry, lm: Any, judge, tok: Any) -> list:
-    from ..eval.diversity import distinct_n, unigram_entropy
-
     rows = []
     N = lm.process.vocab_size
     for label, sampler, steps in entry.runs:
@@ -278,8 +275,6 @@ def _sampling(cfg: CompareConfig, entry: _Entry, lm: Any, judge, tok: Any) -> li
 
 
 def _bar(total, desc, enabled):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
 
 
@@ -293,8 +288,6 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     `variants`: replaces the spec's variants (specs, DiffusionLM objects, default-spec names);
     `shared`: overrides of the shared settings (e.g. out_dir=..., budget_minutes=...).
     Everything is checked before anything trains."""
-    from ..data import TokenBlocks, load_corpus, load_tokenizer
-
     t_start = time.perf_counter()
     machine = _machine()
     if isinstance(spec, CompareConfig):
@@ -378,7 +371,6 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     bar.close()
     ref = test_ids[: cfg.num_samples]
     nll, cnt = judge(ref) if judge is not None else (None, None)
-    from ..eval.diversity import distinct_n, unigram_entropy
 
     results["reference"] = {"what": f"the first {len(ref)} test blocks (real text) under the judge",
                             "gen_ppl": None if nll is None else math.exp(nll / cnt), "entropy": unigram_entropy(ref), "distinct2": distinct_n(ref, 2)}
@@ -392,9 +384,6 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
 
 def _machine() -> dict:
     """What the timings were measured on: CPU count, torch threads, load average at the start."""
-    import os
-    import platform
-
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
             "load_average_1_5_15_min": None if load is None else [round(x, 2) for x in load]}

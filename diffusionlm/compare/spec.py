@@ -10,11 +10,14 @@ import json
 import math
 import types
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Optional
 
-
+from .. import specs
+from ..io.hub import _json, load_model
 from ..lm import DiffusionLM
+from ..training import TrainConfig
 
 DEFAULT_SPEC = "resources/default_compare.json"
 #: TrainConfig fields a variant may not override: they are what makes the comparison fair (or
@@ -24,8 +27,6 @@ FIXED_TRAIN = ("steps", "batch_size", "grad_accum", "seed", "out_dir", "progress
 
 def default_spec() -> dict:
     """The default comparison (package data): AR, MDLM, block diffusion, GammaHybrid, EpsilonHybrid."""
-    from importlib.resources import files
-
     return json.loads(files("diffusionlm").joinpath(DEFAULT_SPEC).read_text())
 
 
@@ -199,8 +200,6 @@ def load_spec(spec: "str | Path | dict | None") -> dict:
     if spec is None:
         return default_spec()
     if isinstance(spec, (str, Path)):
-        from ..io.hub import _json
-
         p = Path(spec)
         if not p.exists():
             raise FileNotFoundError(f"comparison spec not found: {p}")
@@ -266,8 +265,6 @@ class _Entry:
 
 
 def _composition(cfg: CompareConfig, v: Variant, tok: Any) -> dict:
-    from .. import specs
-
     if v.lm is not None:
         try:
             return v.lm.to_dict()
@@ -293,8 +290,6 @@ def _composition(cfg: CompareConfig, v: Variant, tok: Any) -> dict:
 def _sampler_runs(v: Variant, fit: Any, where: str) -> list:
     """One (label, sampler, steps) per sampler and step count; each checked against the process
     and the schedule (`check_fits`, a continuous schedule needs steps) before training."""
-    from .. import specs
-
     runs = []
     names = [(sp if isinstance(sp, str) else sp.get("name") if isinstance(sp, dict) else None) for sp in v.samplers]
     for j, spec in enumerate(v.samplers):
@@ -333,12 +328,8 @@ def _sampler_runs(v: Variant, fit: Any, where: str) -> list:
 
 def _resolve(cfg: CompareConfig, v: Variant, tok: Any, seed: int, is_judge: bool = False) -> _Entry:
     """Check a variant completely (parts, samplers) without building its model."""
-    from .. import specs
-
     where = f"variant {v.name!r}:"
     if v.model is not None and v.lm is None:
-        from ..io.hub import load_model
-
         try:
             v.lm = load_model(v.model, device=cfg.device).lm
         except (FileNotFoundError, ValueError) as err:
@@ -357,7 +348,6 @@ def _resolve(cfg: CompareConfig, v: Variant, tok: Any, seed: int, is_judge: bool
         raise ValueError(f"{where} its process has {proc.vocab_size} real tokens, the {cfg.tokenizer} tokenizer {tok.vocab_size}")
     if not sched.continuous:
         sched.table(cfg.length)  # a Custom table for another length fails here
-    from ..training import TrainConfig
 
     for what, given in (("shared", cfg.train), (f"variant {v.name!r}", v.train)):
         for key in given:

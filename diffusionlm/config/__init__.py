@@ -10,7 +10,9 @@ Building a run and loading a run directory read files and load models: they are 
 """
 from .check import check_fields
 from .train import LR_SCHEDULES, TrainConfig
-from .run import BuiltRun, DataSpec, ModelSpec, RunConfig, build, build_model, build_process, build_tokenizer, load_run, safetensors_errors
+from .run import (  # build ... safetensors_errors: deprecated aliases of diffusionlm.io.runs
+    DataSpec, ModelSpec, RunConfig, build, build_model, build_process, build_tokenizer, load_run, safetensors_errors,
+)
 
-__all__ = ["BuiltRun", "DataSpec", "LR_SCHEDULES", "ModelSpec", "RunConfig", "TrainConfig", "build", "build_model",
+__all__ = ["DataSpec", "LR_SCHEDULES", "ModelSpec", "RunConfig", "TrainConfig", "build", "build_model",
            "build_process", "build_tokenizer", "check_fields", "load_run", "safetensors_errors"]

@@ -52,6 +52,8 @@ import sysconfig
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+import datasets
+
 from .paths import data_dir, data_path
 
 __all__ = [
@@ -592,8 +594,6 @@ def hf_dataset(
     ``hf_dataset("json", "train", data_files="rows.jsonl", field="prompt")``, which work offline.
     Returns a list of strings, or a generator of strings with ``streaming=True``.
     """
-    import datasets
-
     spec = HF_DATASETS.get(name, {"path": name})
     split_arg = _SPLIT_ALIASES.get(split, split)
     split_arg = spec.get("splits", {}).get(split_arg, split_arg)

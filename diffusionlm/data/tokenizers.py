@@ -52,8 +52,10 @@ from pathlib import Path
 from typing import Any, Iterable, List, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import numpy as np
+import transformers
+from tokenizers import Tokenizer as _Tok, decoders, models, pre_tokenizers, trainers
 
-from .paths import data_dir
+from .paths import data_dir, data_path
 
 __all__ = [
     "Tokenizer",
@@ -207,8 +209,6 @@ class CharTokenizer(_Ids):
     @classmethod
     def named(cls, name: str) -> "CharTokenizer":
         """A named vocabulary (:data:`NAMED_CHAR_VOCABULARIES`): sorted(set(text)) of its data file."""
-        from .paths import data_path
-
         if name not in NAMED_CHAR_VOCABULARIES:
             raise ValueError(f"unknown character vocabulary {name!r}; known: {', '.join(NAMED_CHAR_VOCABULARIES)}")
         text = data_path(*NAMED_CHAR_VOCABULARIES[name]).read_text(encoding="utf-8")
@@ -324,7 +324,7 @@ class HFTokenizer:
 
 def _is_hf_tokenizer(obj: Any) -> bool:
     try:
-        from transformers import PreTrainedTokenizerBase
+        PreTrainedTokenizerBase = transformers.PreTrainedTokenizerBase  # transformers loads these on first use
     except ImportError:  # pragma: no cover
         return False
     return isinstance(obj, PreTrainedTokenizerBase)
@@ -359,7 +359,7 @@ def _gpt2_from_files(vocab: Path, merges: Path) -> HFTokenizer:
     for p in (vocab, merges):
         if not p.is_file():
             raise FileNotFoundError(f"{p} does not exist (a GPT-2 BPE needs vocab.json and merges.txt)")
-    from transformers import GPT2TokenizerFast
+    GPT2TokenizerFast = transformers.GPT2TokenizerFast  # transformers loads these on first use
 
     # transformers 5: `vocab=` / `merges=` (the old `vocab_file=` keyword is silently ignored).
     hf = GPT2TokenizerFast(vocab=str(vocab), merges=str(merges))
@@ -369,7 +369,7 @@ def _gpt2_from_files(vocab: Path, merges: Path) -> HFTokenizer:
 def _bert_from_file(vocab: Path, **kwargs: Any) -> HFTokenizer:
     if not vocab.is_file():
         raise FileNotFoundError(f"{vocab} does not exist (a WordPiece tokenizer needs vocab.txt)")
-    from transformers import BertTokenizerFast
+    BertTokenizerFast = transformers.BertTokenizerFast  # transformers loads these on first use
 
     hf = BertTokenizerFast(vocab=str(vocab), **kwargs)
     return HFTokenizer(hf, name=str(vocab.parent))
@@ -392,7 +392,7 @@ def _load_local(path: Path, **kwargs: Any) -> Tokenizer:
         if (path / CHAR_TOKENIZER_FILE).is_file():
             return CharTokenizer.load(path)
         if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
-            from transformers import AutoTokenizer
+            AutoTokenizer = transformers.AutoTokenizer  # transformers loads these on first use
 
             return HFTokenizer(AutoTokenizer.from_pretrained(str(path), **kwargs), name=str(path))
         if (path / "vocab.json").is_file() or (path / "merges.txt").is_file():
@@ -415,7 +415,7 @@ def _load_local(path: Path, **kwargs: Any) -> Tokenizer:
     if name.endswith(".txt"):
         return _bert_from_file(path, **kwargs)
     if name.endswith(".json"):
-        from transformers import PreTrainedTokenizerFast
+        PreTrainedTokenizerFast = transformers.PreTrainedTokenizerFast  # transformers loads these on first use
 
         return HFTokenizer(PreTrainedTokenizerFast(tokenizer_file=str(path), **kwargs), name=str(path))
     raise ValueError(f"do not know how to load a tokenizer from the file {path}")
@@ -439,7 +439,7 @@ def load_tokenizer(spec: Any = "byte", **kwargs: Any) -> Tokenizer:
     path = Path(spec).expanduser()
     if path.exists() or _looks_like_path(spec):
         return _load_local(path, **kwargs)
-    from transformers import AutoTokenizer  # hub name: needs the network or a warm HF cache
+    AutoTokenizer = transformers.AutoTokenizer  # transformers loads these on first use
 
     return HFTokenizer(AutoTokenizer.from_pretrained(spec, **kwargs), name=spec)
 
@@ -461,8 +461,7 @@ def train_bpe(
     When the corpus cannot supply enough merges the vocabulary comes out smaller, with a warning.
     ``save_dir``: also ``save_pretrained`` there (reload with ``load_tokenizer(save_dir)``).
     """
-    from tokenizers import Tokenizer as _Tok, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    PreTrainedTokenizerFast = transformers.PreTrainedTokenizerFast  # transformers loads these on first use
 
     special_tokens = list(special_tokens)
     if not special_tokens:

@@ -1,5 +1,6 @@
 """Watch a model denoise, step by step: `diffusionlm demo` (browser, Gradio) and the shared
 step views behind `diffusionlm sample --show-steps`. See core.py (no browser needed) and app.py."""
+from .app import build_app as _build, launch as _launch
 from .core import (
     SCHEDULE_CHOICES,
     DemoCancelled,
@@ -27,12 +28,9 @@ __all__ = [
 
 
 def build_app(model, limits=None):  # gradio is an optional extra: imported only when the app is built
-    from .app import build_app as _build
 
     return _build(model, limits)
 
 
 def launch(model, **kw):
-    from .app import launch as _launch
-
     return _launch(model, **kw)

@@ -238,7 +238,7 @@ def _extra_component(gr: Any, key: str, typ: str, default: Any):
 def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
     """The Gradio Blocks app, its queue configured from `limits` (default DemoLimits());
     `app.demo_runs` is its RunTracker and `app.demo_limits` its limits."""
-    import gradio as gr
+    import gradio as gr  # optional: gradio, pip install 'diffusionlm[demo]'
 
     names = fitting_samplers(model)  # only the samplers that fit the model are offered
     if not names:
@@ -415,7 +415,7 @@ def build_app(model: DemoModel, limits: Optional[DemoLimits] = None):
 def launch(model: DemoModel, host: str = "127.0.0.1", port: Optional[int] = None, block: bool = True,
            limits: Optional[DemoLimits] = None):
     """Serve the demo; returns (app, local_url). `block=False` returns at once (tests)."""
-    import gradio as gr
+    import gradio as gr  # optional: gradio, pip install 'diffusionlm[demo]'
 
     app = build_app(model, limits)
     # system fonts: the default theme fetches Google fonts, which an offline machine cannot reach

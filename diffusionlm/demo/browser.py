@@ -37,7 +37,7 @@ class DemoBrowser:
             raise FileNotFoundError("no Chromium found (install Debian's chromium, or set DIFFUSIONLM_CHROMIUM)")
 
     def __enter__(self) -> "DemoBrowser":
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import sync_playwright  # optional: playwright (browser tests)
 
         self._pw = sync_playwright().start()
         self._browser = self._pw.chromium.launch(executable_path=self.executable, headless=True, args=CHROMIUM_ARGS)

@@ -45,8 +45,15 @@ from typing import Any, Optional
 
 import torch
 
+from ..compare import CompareConfig, save_variant, train_variant
+from ..data import TokenBlocks, load_corpus, load_tokenizer
+from ..data.instruct import templated_prompt
+from ..io.hub import load_model
+from ..lm import DiffusionLM
+from ..models.hf import HFDenoiser
 from ..samplers import SAMPLERS, get_sampler
 from ..samplers.lad import LAD
+from ..schedules import Block, Flat, Quench, Slide
 
 __all__ = [
     "DemoInputError",
@@ -315,8 +322,6 @@ def load_demo_model(spec: "str | Path | None" = None, default_dir: "str | Path" 
     DiffuGPT does; `load_kw`: process / schedule / layout / base / device). With no spec: the
     adapted SmolLM2 (ADAPTED_MODEL_DIR) once its training has saved it, when `default_dir` is the
     default one; else the main job's MDLM variant in `default_dir`, trained there first if missing."""
-    from ..io.hub import load_model
-
     if spec is None:
         adapted, default = Path(ADAPTED_MODEL_DIR), Path(default_dir) == Path(DEFAULT_MODEL_DIR)
         if default and (adapted / "model" / "config.json").is_file():
@@ -337,8 +342,6 @@ def _adapted(loaded: Any) -> bool:
     """Whether a loaded model was trained as the composition it is read as: not a plain HF causal
     LM, nor a saved composition of an HF backbone with no training recorded (what `diffusionlm
     export` writes from a plain HF model)."""
-    from ..models.hf import HFDenoiser
-
     if loaded.kind == "hf":
         return False
     if loaded.kind == "composition" and isinstance(_bare(loaded.lm.model), HFDenoiser):
@@ -358,8 +361,6 @@ def model_kind(lm: Any, adapted: bool = True) -> str:
     denoiser without training; "LAD (Structural)" for a process with no likelihood; an Absorb model
     trained under Quench is an "autoregressive LM (Absorb + Quench)"; else "diffusion LM (Process +
     Hyperschedule)" (the trained hyperschedule's family, e.g. "diffusion LM (Absorb + Block)")."""
-    from ..lm import DiffusionLM
-
     if not adapted:
         return "autoregressive LM (not adapted)"
     process, schedule = lm.process, getattr(lm.schedule, "base", lm.schedule)  # Retimed: its base's family
@@ -373,9 +374,6 @@ def model_kind(lm: Any, adapted: bool = True) -> str:
 
 def train_default_model(path: "str | Path") -> None:
     """Train the main job's MDLM variant (same config as `diffusionlm compare`) and save it."""
-    from ..compare import CompareConfig, save_variant, train_variant
-    from ..data import TokenBlocks, load_corpus, load_tokenizer
-
     cfg = CompareConfig()
     tok = load_tokenizer(cfg.tokenizer)
     print(f"no model given and none in {path}: training the main job's MDLM variant ({cfg.train_steps} steps)", flush=True)
@@ -482,8 +480,6 @@ def _sampler_class(name: str):
 
 
 def _schedule(settings: DemoSettings, model: DemoModel):
-    from ..schedules import Block, Flat, Quench, Slide
-
     s = settings.schedule
     if s == "trained":
         return model.lm.schedule
@@ -565,9 +561,6 @@ def generate(model: DemoModel, settings: DemoSettings, limits: Optional[DemoLimi
     Raises DemoInputError (a ValueError) naming the problem for any setting it cannot run or that
     is over `limits` (default: DemoLimits()), and DemoCancelled when `cancel` is set during the run.
     """
-    from ..data.instruct import templated_prompt
-    from ..lm import DiffusionLM
-
     limits = limits or DemoLimits()
     _check_sizes(settings, model, limits)
     tok = model.tokenizer

@@ -38,7 +38,7 @@ __all__ = [
 def __getattr__(name: str):
     # the adapter imports lm_eval when it is installed: only on demand
     if name == "DiffusionLMEval":
-        from .lm_eval_adapter import DiffusionLMEval
+        from .lm_eval_adapter import DiffusionLMEval  # optional: lm-eval, imported by the adapter when installed
 
         return DiffusionLMEval
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -76,10 +76,12 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..checks import as_mask as _as_mask
 from ..masks import categories_from_levels, training_mask
 from ..processes.base import Corruption, check_ids
+from ..samplers.driver import model_device
 from ..schedules.hyper import ACTIVE
 from ..specs import provide
 
@@ -499,8 +501,6 @@ def corpus_bound(
     tokens, method, exact, terms {name: nats per token}, nll_total, stderr_total, rows,
     num_samples}.
     """
-    from ..samplers.driver import model_device
-
     check_likelihood(lm)
     M = check_num_samples(num_samples)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -517,8 +517,6 @@ def corpus_bound(
     methods: List[str] = []
     starts = range(0, ids.shape[0], batch_size)
     if progress:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc=desc, unit="batch", file=sys.stderr)
     for i in starts:
         out = conditional_nll_bound(lm, ids[i : i + batch_size].to(dev), M, count=att[i : i + batch_size].to(dev),

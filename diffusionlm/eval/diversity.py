@@ -23,6 +23,8 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
+from ..data import load_tokenizer
+
 __all__ = ["unigram_entropy", "distinct_n", "mauve_score", "as_id_lists"]
 
 
@@ -41,8 +43,6 @@ def as_id_lists(samples: Any, tokenizer: Any = None) -> List[List[int]]:
             if tokenizer is None:
                 raise ValueError("text samples need a tokenizer (it defines the token unit)")
             if tok is None:
-                from ..data import load_tokenizer
-
                 tok = load_tokenizer(tokenizer)
             out.append(list(tok.encode(s)))
         else:

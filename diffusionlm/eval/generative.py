@@ -44,6 +44,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..data import load_tokenizer
+from ..samplers import get_sampler
 from ..specs import provided
 from .diversity import distinct_n, unigram_entropy
 from .likelihood import _jsonable, describe_model, describe_tokenizer, lm_config
@@ -65,8 +67,6 @@ def load_judge(judge_model: Any, judge_tokenizer: Any = None) -> Tuple[Any, Any]
     if judge_tokenizer is None:
         raise ValueError("give the judge's tokenizer (judge_tokenizer=...) with a judge model object")
     if isinstance(judge_tokenizer, (str, Path)):
-        from ..data import load_tokenizer
-
         judge_tokenizer = load_tokenizer(str(judge_tokenizer))
     tok = getattr(judge_tokenizer, "hf", judge_tokenizer)  # unwrap diffusionlm.data.HFTokenizer
     model.eval()
@@ -282,9 +282,6 @@ def sample_and_judge(
     Entropy and distinct-2 are computed on the GENERATOR's token ids (`tokenizer`'s), and the
     entropy also on the judge's ids (``unigram_entropy_judge``).
     """
-    from ..data import load_tokenizer
-    from ..samplers import get_sampler
-
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
     if isinstance(sampler, str):

@@ -41,14 +41,28 @@ Definitions (docs/EVALUATION.md has them all):
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
+import os
 import platform
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+import diffusionlm
+
+from ..data import (
+    DATASETS,
+    HF_DATASETS,
+    TokenBlocks,
+    hf_dataset,
+    lm1b_detokenize,
+    load_corpus,
+    load_tokenizer,
+    wikitext_detokenize,
+)
 from .bound import check_likelihood, check_num_samples, corpus_bound
 
 __all__ = [
@@ -81,21 +95,15 @@ HF_EXTRA: Dict[str, Dict[str, Any]] = {
 
 def known_datasets() -> list:
     """Every dataset name evaluate_likelihood takes (``hf:<any hub id>`` besides these)."""
-    from ..data import DATASETS, HF_DATASETS
-
     return list(DATASETS) + list(ALIASES) + [f"hf:{n}" for n in list(HF_DATASETS) + list(HF_EXTRA)]
 
 
 def _scientific_detokenize(x: str) -> str:
-    from ..data import lm1b_detokenize, wikitext_detokenize
-
     return lm1b_detokenize(wikitext_detokenize(x))
 
 
 def _load_documents(dataset: str, split: str) -> Tuple[list, Dict[str, Any]]:
     """Documents and a description (file / source / detokenization / default rule)."""
-    from ..data import DATASETS, HF_DATASETS, hf_dataset, load_corpus
-
     note = None
     name = dataset
     if name in ALIASES:
@@ -127,7 +135,6 @@ def _load_documents(dataset: str, split: str) -> Tuple[list, Dict[str, Any]]:
                     "rule": base.get("rule", "wrap")}
         desc["name"] = name
         return docs, desc
-    import os
 
     if os.path.exists(os.path.expanduser(name)):
         docs = load_corpus(name, split)
@@ -146,8 +153,6 @@ def dataset_blocks(
     rule: Optional[str] = None,
 ) -> Tuple[Any, Dict[str, Any]]:
     """The rows evaluate_likelihood scores: (TokenBlocks, description of the data and its rules)."""
-    from ..data import TokenBlocks, load_tokenizer
-
     if not isinstance(dataset, str):
         raise TypeError(f"dataset must be a name, got {type(dataset).__name__}")
     if rule is not None and rule not in ("wrap", "pad"):
@@ -196,8 +201,6 @@ def describe_model(model: Any) -> Dict[str, Any]:
         if hasattr(cfg, "to_dict"):
             cfg = cfg.to_dict()
         elif hasattr(cfg, "__dataclass_fields__"):
-            import dataclasses
-
             cfg = dataclasses.asdict(cfg)
         out["config"] = _jsonable(cfg)
     out["vocab_size"] = getattr(model, "vocab_size", None)
@@ -216,8 +219,6 @@ def describe_tokenizer(tok: Any) -> Dict[str, Any]:
 
 def lm_config(lm: Any) -> Dict[str, Any]:
     """The composition: process, hyperschedule, layout, BOS, model."""
-    import diffusionlm
-
     return _jsonable({
         "process": lm.process.config(),
         "schedule": lm.schedule.to_dict(),
@@ -256,8 +257,6 @@ def _check_settings(num_samples, batch_size, max_blocks) -> int:
 def _rows(lm: Any, dataset: Any, tokenizer: Any, length: Optional[int], split: str, rule: Optional[str],
           max_blocks: Optional[int]) -> _Rows:
     """The rows of a dataset name, a TokenBlocks or a [n, length] tensor (module docstring)."""
-    from ..data import TokenBlocks, load_tokenizer
-
     tok_desc = None
     if isinstance(dataset, str):
         if tokenizer is None:

@@ -59,6 +59,9 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..data import load_tokenizer
+from ..specs import provided
+from ..samplers import get_sampler
 from ..samplers.driver import model_device as _device
 from .bound import check_likelihood, conditional_nll_bound, relevant_steps, row_generators
 
@@ -97,9 +100,7 @@ DEFAULT_CONTINUOUS_SAMPLES = 32
 
 def load_run(spec: "str | Path", **load_kw: Any):
     """(DiffusionLM, tokenizer) of any kind of model (``diffusionlm.io.hub.load_model``)."""
-    from ..io.hub import load_model
-
-    m = load_model(spec, **{k: v for k, v in load_kw.items() if v is not None})
+    m = provided("load_model")(spec, **{k: v for k, v in load_kw.items() if v is not None})  # io's loader, late-bound
     return m.lm, m.tokenizer
 
 
@@ -154,8 +155,6 @@ class DiffusionLMEval(_LMBase):
         **ignored: Any,  # the harness passes max_batch_size etc.
     ) -> None:
         super().__init__()
-        from ..data import load_tokenizer
-        from ..samplers import get_sampler
 
         if pretrained is not None and run is not None:
             raise ValueError("give pretrained (or its older name run), not both")

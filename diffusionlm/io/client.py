@@ -3,15 +3,13 @@ path, or a hub id's snapshot: the local HF cache first, then the Hub), with one-
 The lowest part of diffusionlm.io's loading (saving and the loader use it)."""
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import socket
-import warnings
-from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable, Optional
+from urllib.parse import urlparse
 
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -27,8 +25,6 @@ class ModelNotFoundError(FileNotFoundError):
 
 def library_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("diffusionlm")
     except Exception:  # pragma: no cover - not installed
         return "0+unknown"
@@ -51,8 +47,6 @@ def register_resolver(fn: Callable[[str], "Optional[str | os.PathLike]"]) -> Cal
 @register_resolver
 def _fetched(name: str) -> "Optional[str]":
     """Names `diffusionlm fetch` knows ("smollm2") -> their converted folder (diffusionlm.io.fetch)."""
-    from .fetch import hub_path
-
     return hub_path(name)
 
 
@@ -61,10 +55,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hub endpoint answers a TCP connection (HF_HUB_OFFLINE: no)."""
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
     if constants.HF_HUB_OFFLINE:
         return False
     url = urlparse(constants.ENDPOINT)
@@ -77,9 +67,6 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _hub_snapshot(repo_id: str, **kw: Any) -> Path:
     """A hub model's local snapshot: the HF cache first, then the Hub (one-line errors)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
     kw = {k: v for k, v in kw.items() if v is not None}
     only_local = kw.pop("local_files_only", False)
     force = kw.pop("force_download", False)

@@ -46,6 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+import torch
+import transformers
+
 __all__ = [
     "ModelSource",
     "SOURCES",
@@ -169,7 +172,7 @@ def _require_gguf(what: str) -> None:
 def gguf_architecture(path: "str | os.PathLike") -> str:
     """The `general.architecture` field of a GGUF file (needs the gguf package)."""
     _require_gguf(str(path))
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # optional: gguf, pip install 'diffusionlm[gguf]'
 
     try:
         reader = GGUFReader(str(path))
@@ -183,7 +186,7 @@ def gguf_architecture(path: "str | os.PathLike") -> str:
 
 def _check_gguf_supported(path: Path) -> None:
     arch = gguf_architecture(path)
-    from transformers import __version__ as tv
+    tv = transformers.__version__  # transformers loads these on first use
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     supported = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
@@ -254,8 +257,6 @@ def _hf_dir_ok(hf_dir: Path, source: ModelSource) -> bool:
 def convert_to_hf(gguf: Path, hf_dir: Path, source: Optional[ModelSource] = None) -> Path:
     """De-quantise `gguf` once (transformers' GGUF path) and save the float32 model and its
     tokenizer as an HF folder (safetensors) at `hf_dir`, atomically (temporary name, rename)."""
-    import torch
-
     model = load_causal_lm(str(gguf), dtype=torch.float32)
     tok = load_hf_tokenizer(str(gguf))
     # the weights are plain float32 tensors now; transformers still marks the model as "GGUF
@@ -368,7 +369,7 @@ def load_causal_lm(name_or_path: "str | os.PathLike", attn_implementation: str =
     transformers' default, float32 for a GGUF and for the converted folder). A registered name
     stays the model's `name_or_path`, so that a LoRA adapter trained on it names its base
     portably ("smollm2", not this machine's cache folder; peft records `name_or_path`)."""
-    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM = transformers.AutoModelForCausalLM  # transformers loads these on first use
 
     spec = os.fspath(name_or_path)
     src = resolve_model(spec, cache)
@@ -393,7 +394,7 @@ def hub_path(name: str) -> Optional[str]:
 
 def load_hf_tokenizer(name_or_path: "str | os.PathLike", cache: "str | os.PathLike | None" = None):
     """`AutoTokenizer.from_pretrained` on what :func:`resolve_model` gives."""
-    from transformers import AutoTokenizer
+    AutoTokenizer = transformers.AutoTokenizer  # transformers loads these on first use
 
     src = resolve_model(name_or_path, cache)
     return AutoTokenizer.from_pretrained(src.path, **src.kwargs())

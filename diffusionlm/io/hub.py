@@ -38,7 +38,7 @@ token=...)` and `push_to_hub(repo_id, private=..., branch=..., create_pr=...)` a
    ``smollm2`` becomes a fetched model's directory: :func:`register_resolver`);
 2. an existing local path is
    a run directory (``run.json``; its ``model/`` a saved composition, or older runs' backbone, or
-   the newest checkpoint: :func:`diffusionlm.config.load_run`), a saved composition
+   the newest checkpoint: :func:`diffusionlm.io.runs.load_run`), a saved composition
    (``config.json`` with the format marker) or a plain Hugging Face causal-LM directory
    (``config.json`` with a ``model_type``), wrapped as a denoiser (MASK row added) under the
    process / hyperschedule / layout given as options (default absorb, flat, shifted: DiffuGPT's
@@ -53,24 +53,36 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import socket
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from types import SimpleNamespace
+from typing import Any, Optional
 
 import torch
+import transformers
 
 from ..data import load_tokenizer
 from ..masks import causal_mask_mod, dense_mask
 from ..specs import build, provide
 from .client import MODEL_RESOLVERS, ModelNotFoundError, library_version, register_resolver, resolve_model_path
-from .runs import DataSpec, ModelSpec, RunConfig, build as build_run, load_run, safetensors_errors
+from .runs import DataSpec, ModelSpec, RunConfig, build as build_run, load_run
 from .saving import (
-    BACKBONE_DIR, CARD_MARK, CONFIG_NAME, FORMAT, FORMAT_VERSION, HUB_TAGS, TOKENIZER_FILES, SavedComposition,
-    build_composition, composition_dict, composition_from_v1, from_pretrained, model_card, push_to_hub, read_config,
+    BACKBONE_DIR,
+    CARD_MARK,
+    CONFIG_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    HUB_TAGS,
+    TOKENIZER_FILES,
+    SavedComposition,
+    build_composition,
+    composition_dict,
+    composition_from_v1,
+    from_pretrained,
+    model_card,
+    push_to_hub,
+    read_config,
+    safetensors_errors,
     save_pretrained,
 )
 
@@ -78,7 +90,8 @@ __all__ = [
     "FORMAT", "FORMAT_VERSION", "SavedComposition", "save_pretrained", "from_pretrained", "push_to_hub",
     "composition_from_v1", "composition_dict", "build_composition",
     "model_card", "load_model", "LoadedModel", "MODEL_RESOLVERS", "register_resolver", "resolve_model_path",
-    "ModelNotFoundError", "parse_part", "load_judge", "library_version", "read_config",
+    "ModelNotFoundError", "parse_part", "load_judge", "library_version", "read_config", "safetensors_errors",
+    "BACKBONE_DIR", "CARD_MARK", "CONFIG_NAME", "HUB_TAGS", "TOKENIZER_FILES",
 ]
 
 
@@ -133,7 +146,6 @@ def parse_part(value: Any, what: str) -> Any:
 def _device(device: Any) -> Any:
     if device is None:
         return None
-    import torch
 
     try:
         dev = torch.device(device)
@@ -161,8 +173,6 @@ def load_model(
     for a plain HF model (default absorb / shifted); `schedule`: the hyperschedule to run under
     (default: the trained one; flat for a plain HF model); `base`: a LoRA adapter's base
     elsewhere; `device`: where to put the model."""
-    from ..config import load_run, safetensors_errors
-
     dev = _device(device)
     process, schedule = parse_part(process, "process"), parse_part(schedule, "schedule")
     name = os.fspath(spec)
@@ -225,13 +235,11 @@ def _no_overrides(name: str, what: str, process: Any, layout: Any) -> None:
 
 
 def _load_hf(name: str, path: Path, process: Any, schedule: Any, layout: Optional[str], mask: str, impl: str) -> LoadedModel:
-    from ..config import DataSpec, ModelSpec, RunConfig, build, safetensors_errors
-
     run = RunConfig(model=ModelSpec(kind="hf", path=str(path), mask=mask, attn_implementation=impl),
                     process=process or {"name": "absorb"}, schedule=schedule or {"name": "flat"},
                     layout=layout or "shifted", data=DataSpec(tokenizer=str(path), length=1))  # length: training only
     try:
-        built = build(run, data=False)
+        built = build_run(run, data=False)
     except safetensors_errors() as err:
         raise ValueError(f"{path}: a weights file is corrupt or truncated ({err})") from None
     except OSError as err:  # a broken HF directory (transformers raises OSError naming the file)
@@ -249,8 +257,6 @@ class CausalView:
     BOS the judge puts first), over the N real tokens."""
 
     def __init__(self, lm: Any):
-        from types import SimpleNamespace
-
         self.lm = lm
         self.config = SimpleNamespace(max_position_embeddings=lm.max_positions, vocab_size=lm.process.vocab_size)
 
@@ -262,11 +268,6 @@ class CausalView:
         return self
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, **ignored: Any) -> Any:
-        import torch
-        from types import SimpleNamespace
-
-        from ..masks import causal_mask_mod, dense_mask
-
         B, L = input_ids.shape
         mask = dense_mask(causal_mask_mod(), 1, L, device=input_ids.device)
         pos = torch.arange(L, device=input_ids.device)[None].expand(B, L)
@@ -284,9 +285,7 @@ def load_judge(spec: "str | os.PathLike", device: Any = None) -> tuple:
     if path.is_dir() and not (path / "run.json").is_file() and cfg_file.is_file():
         cfg = _json(cfg_file)
         if cfg.get("format") != FORMAT and "model_type" in cfg:
-            from transformers import AutoModelForCausalLM
-
-            from ..data import load_tokenizer
+            AutoModelForCausalLM = transformers.AutoModelForCausalLM  # transformers loads these on first use
 
             model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
             if device is not None:
@@ -303,3 +302,4 @@ def load_judge(spec: "str | os.PathLike", device: Any = None) -> tuple:
 
 
 provide("load_judge", load_judge)
+provide("load_model", load_model)

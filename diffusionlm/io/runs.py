@@ -15,8 +15,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+import transformers
+
 from ..config.run import DataSpec, ModelSpec, RunConfig, _reject_unknown
+from ..data import (
+    BatchStream,
+    InstructionCollator,
+    TokenBlocks,
+    check_vocab,
+    format_instructions,
+    load_corpus,
+    load_tokenizer,
+)
+from ..lm import DiffusionLM, backbone_defaults
+from ..models import DiffusionTransformer, TransformerConfig
+from ..models.hf import AttentionAnnealing, HFDenoiser
+from ..models.lora import apply_lora
+from ..processes import process
 from ..specs import provide
+from ..training.checkpoint import latest_checkpoint, load_model_weights
+from ..training.trainer import seed_everything
+from .fetch import load_causal_lm, resolve_tokenizer
+from .saving import SavedComposition, safetensors_errors
 
 __all__ = ["BuiltRun", "DataSpec", "ModelSpec", "RunConfig", "build", "build_model", "build_process", "build_tokenizer",
            "load_run", "safetensors_errors"]
@@ -31,15 +52,10 @@ class BuiltRun:
 
 
 def build_tokenizer(spec: DataSpec):
-    from ..data import load_tokenizer
-    from ..io.fetch import resolve_tokenizer
-
     return load_tokenizer(resolve_tokenizer(spec.tokenizer))  # a fetchable name / .gguf -> its tokenizer
 
 
 def build_process(spec: dict, tokenizer, mask_id: Optional[int] = None):
-    from ..processes import process
-
     spec = dict(spec)
     spec.setdefault("vocab_size", tokenizer.vocab_size)
     if mask_id is not None and spec.get("name") != "uniform":
@@ -50,11 +66,8 @@ def build_process(spec: dict, tokenizer, mask_id: Optional[int] = None):
 def build_model(spec: ModelSpec, proc, tokenizer, length: int):
     """Our transformer, or a Hugging Face causal LM wrapped as a denoiser (plus LoRA)."""
     if spec.kind == "transformer":
-        from ..models import DiffusionTransformer, TransformerConfig
-
         if spec.path:
             return DiffusionTransformer.from_pretrained(spec.path)
-        from ..lm import backbone_defaults
 
         fields = [f.name for f in dataclasses.fields(TransformerConfig)]
         _reject_unknown(spec.overrides, fields, "model.overrides.")
@@ -62,24 +75,19 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
         kw.update(spec.overrides)  # an explicit override wins (no "multiple values" TypeError)
         return DiffusionTransformer(TransformerConfig.preset(spec.preset, **kw))
     if spec.kind == "hf":
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        from ..models.hf import HFDenoiser
+        AutoConfig, AutoModelForCausalLM = transformers.AutoConfig, transformers.AutoModelForCausalLM  # transformers loads these on first use
 
         if spec.hf_config is not None:
             hc = dict(spec.hf_config)
             cfg = AutoConfig.for_model(hc.pop("model_type"), **hc)
             model = AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation)
         elif spec.path:
-            from ..io.fetch import load_causal_lm
-
             # a fetchable name ("smollm2"), a .gguf, an HF folder or a hub id (diffusionlm.io.fetch)
             model = load_causal_lm(spec.path, attn_implementation=spec.attn_implementation)
         else:
             raise ValueError("model.kind=hf needs model.path (a local directory or hub id) or model.hf_config")
         denoiser = HFDenoiser.from_model(model, mask=spec.mask, tokenizer=getattr(tokenizer, "hf", None))
         if spec.lora:  # after the MASK row is added, so that the adapter carries it (models.lora)
-            from ..models.lora import apply_lora
 
             apply_lora(denoiser, **spec.lora)
         return denoiser
@@ -89,9 +97,6 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
 def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True) -> BuiltRun:
     """The tokenizer, the DiffusionLM and (with `data`) the training stream and validation
     batches of a run; `data=False` skips reading the corpus (sampling, evaluation, the demo)."""
-    from ..data import BatchStream, TokenBlocks, check_vocab, load_corpus
-    from ..lm import DiffusionLM
-
     tok = build_tokenizer(run.data)
     # the process needs the MASK id the model uses; HF models decide it when wrapped
     if run.model.kind == "hf":
@@ -105,8 +110,6 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
     check_vocab(tok, proc.vocab_size)
     annealing = None
     if run.model.annealing_steps is not None:
-        from ..models.hf import AttentionAnnealing
-
         annealing = AttentionAnnealing(run.model.annealing_steps)
     bos = getattr(tok, "bos_id", None)
     if bos is None:
@@ -152,8 +155,6 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
     model_dir = run_dir / "model"
     composition = (model_dir / "config.json").is_file() and '"diffusionlm-composition"' in (model_dir / "config.json").read_text()
     if composition:
-        from ..io.hub import SavedComposition
-
         p = SavedComposition.from_pretrained(model_dir, base=base).payload
         return run, BuiltRun(p.tokenizer, p.lm, None, [])
     if base is not None:
@@ -161,14 +162,12 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
     final = run.model.kind == "transformer" and model_dir.exists()
     if final:
         run.model.path = str(run_dir / "model")
-    from ..training.trainer import seed_everything
 
     seed_everything(run.train.seed)  # a random-initialised base (hf_config) is the one training built
     built = build(run, data=data)
     if not final:
         # no final weights (an HF / LoRA run, or training still under way): the newest checkpoint;
         # never a silently untrained model
-        from ..training.checkpoint import latest_checkpoint
 
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
@@ -176,26 +175,13 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
                 f"{run_dir} holds no trained weights: neither model/ (written when training ends) nor a "
                 f"checkpoint (LATEST): train it first, or give the run directory of a finished run"
             )
-        from ..training.checkpoint import load_model_weights
 
         load_model_weights(built.lm.model, ckpt)  # verified; adapters only: checked against their base
     built.lm.model.eval()
     return run, built
 
 
-def safetensors_errors() -> tuple:
-    """What a corrupt or truncated weights file raises: safetensors' own error, and
-    diffusionlm.io.safeio's (a damaged file, or one failing its checksum)."""
-    from safetensors import SafetensorError
-
-    from ..io.safeio import CorruptFileError
-
-    return (SafetensorError, CorruptFileError)
-
-
 def _instruction_data(run: RunConfig, tok, rank: int, world_size: int):
-    from ..data import InstructionCollator, format_instructions
-
     path = Path(run.data.instruct)
     if not path.exists():
         raise FileNotFoundError(f"instruction data not found: {path}")
@@ -211,8 +197,6 @@ class _InstructionStream:
     """Resumable batches of formatted instruction examples (same contract as BatchStream)."""
 
     def __init__(self, examples, collate, batch_size, seed, rank=0, world_size=1):
-        import torch
-
         if len(examples) < batch_size * world_size:
             raise ValueError(f"{len(examples)} instruction examples are fewer than one global batch ({batch_size * world_size})")
         self.examples, self.collate, self.B = examples, collate, batch_size

@@ -35,7 +35,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 __all__ = [
@@ -119,8 +122,6 @@ def _for_safetensors(tensors: "dict[str, Tensor]") -> "dict[str, Tensor]":
 
 def save_safetensors(path: "str | os.PathLike", tensors: "dict[str, Tensor]", metadata: "Optional[dict[str, str]]" = None) -> Path:
     """Write `tensors` to `path` atomically, with their checksum in the metadata."""
-    from safetensors.torch import save_file
-
     tensors = _for_safetensors(tensors)
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.setdefault("format", "pt")
@@ -132,9 +133,6 @@ def load_safetensors(
     path: "str | os.PathLike", device: str = "cpu", require_checksum: bool = False
 ) -> "tuple[dict[str, Tensor], dict[str, str]]":
     """The tensors and metadata of `path`, verified against the checksum it carries."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory, not a safetensors file")
@@ -163,8 +161,6 @@ def _plain_key(k: Any) -> bool:
 
 
 def _encode(obj: Any, tensors: dict, where: str) -> Any:
-    import numpy as np
-
     if isinstance(obj, Tensor):
         key = f"t{len(tensors)}"
         tensors[key] = obj
@@ -203,8 +199,6 @@ def _decode(obj: Any, tensors: dict, where: str) -> Any:
     if "__tuple__" in obj:
         return tuple(_decode(v, tensors, where) for v in obj["__tuple__"])
     if "__ndarray__" in obj:
-        import numpy as np
-
         return np.asarray(obj["__ndarray__"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
     if "__dict__" in obj:
         out = {}

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from huggingface_hub import ModelCard, ModelHubMixin
 from safetensors import SafetensorError
@@ -88,14 +86,7 @@ class _Payload:
     backbone: dict = field(default_factory=dict)  # filled when saved / loaded
 
 
-def _bare(model: Any) -> Any:
-    return getattr(model, "module", model) if type(model).__name__ == "DistributedDataParallel" else model
-
-
 def _backbone_kind(model: Any) -> str:
-    from ..models import DiffusionTransformer
-    from ..models.hf import HFDenoiser
-
     if isinstance(model, DiffusionTransformer):
         return "transformer"
     if isinstance(model, HFDenoiser):
@@ -105,15 +96,19 @@ def _backbone_kind(model: Any) -> str:
     )
 
 
-def _write(directory: Path, p: _Payload) -> None:
-    from ..data import as_tokenizer, check_vocab
+def safetensors_errors() -> tuple:
+    """What a corrupt or truncated weights file raises: safetensors' own error, and
+    diffusionlm.io.safeio's (a damaged file, or one failing its checksum)."""
+    return (SafetensorError, CorruptFileError)
 
+
+def _write(directory: Path, p: _Payload) -> None:
     if p.tokenizer is None:
         raise ValueError("save_pretrained needs the tokenizer of the model's ids: pass tokenizer=... "
                          "(from_pretrained keeps it as lm.tokenizer)")
     tok = as_tokenizer(p.tokenizer)
     check_vocab(tok, p.lm.process.vocab_size)
-    model = _bare(p.lm.model)
+    model = bare(p.lm.model)
     kind = _backbone_kind(model)
     target = directory / BACKBONE_DIR
     if target.exists():
@@ -139,12 +134,10 @@ def _write(directory: Path, p: _Payload) -> None:
 
 def _config(p: _Payload) -> dict:
     """The config.json dict of a payload (module docstring)."""
-    from ..data import as_tokenizer
-
     tok = as_tokenizer(p.tokenizer)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "library_version": library_version(),
-        "composition": p.lm.to_dict(), "classes": _classes(p.lm), "backbone": p.backbone or {"kind": _backbone_kind(_bare(p.lm.model))},
+        "composition": p.lm.to_dict(), "classes": _classes(p.lm), "backbone": p.backbone or {"kind": _backbone_kind(bare(p.lm.model))},
         "tokenizer": {"class": type(tok).__name__, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
                       "bos_id": getattr(tok, "bos_id", None), "name": getattr(tok, "name", None)},
         "training": p.training or {}, "evaluation": p.evaluation or {},
@@ -153,7 +146,7 @@ def _config(p: _Payload) -> dict:
 
 def _classes(lm: Any) -> dict:
     """{part: "module.Class"} of the composition's parts: what a loader without them must import."""
-    parts = {"process": lm.process, "schedule": lm.schedule, "annealing": lm.annealing, "backbone": _bare(lm.model)}
+    parts = {"process": lm.process, "schedule": lm.schedule, "annealing": lm.annealing, "backbone": bare(lm.model)}
     return {k: f"{type(v).__module__}.{type(v).__qualname__}" for k, v in parts.items() if v is not None}
 
 
@@ -190,9 +183,6 @@ def read_config(directory: Path) -> dict:
 
 
 def _read(directory: Path, base: Any = None, device: Any = None) -> _Payload:
-    from ..config import safetensors_errors
-    from ..data import load_tokenizer
-
     config = read_config(directory)
     backbone = config.get("backbone") or {}
     path = directory / backbone.get("path", BACKBONE_DIR)
@@ -201,14 +191,10 @@ def _read(directory: Path, base: Any = None, device: Any = None) -> _Payload:
     kind = backbone.get("kind")
     try:
         if kind == "transformer":
-            from ..models import DiffusionTransformer
-
             if base is not None:
                 raise ValueError("base= applies to a LoRA adapter on a Hugging Face base; this backbone is our transformer")
             model = DiffusionTransformer.from_pretrained(path)
         elif kind == "hf":
-            from ..models.hf import HFDenoiser
-
             model = HFDenoiser.from_pretrained(path, base=base, resolve=lambda name: str(resolve_model_path(name)))
         else:
             raise ValueError(f"{directory / CONFIG_NAME}: unknown backbone kind {kind!r} (known: transformer, hf)")
@@ -360,7 +346,7 @@ class SavedComposition(ModelHubMixin, library_name="diffusionlm", tags=list(HUB_
 
     def generate_model_card(self, *args: Any, repo_id: Optional[str] = None, **kwargs: Any) -> ModelCard:
         config = _config(self.payload)
-        n = sum(p.numel() for p in _bare(self.payload.lm.model).parameters())
+        n = sum(p.numel() for p in bare(self.payload.lm.model).parameters())
         return ModelCard(model_card(config, repo_id=repo_id, num_parameters=n))
 
     @classmethod

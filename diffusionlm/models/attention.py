@@ -38,6 +38,7 @@ from typing import Any, Callable, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, create_mask, flex_attention
 
 __all__ = [
     "AttentionBackend",
@@ -55,10 +56,6 @@ Mask = Union[None, str, Tensor, Any]  # Any: a FlexAttention BlockMask
 
 
 def _is_block_mask(mask: Any) -> bool:
-    try:
-        from torch.nn.attention.flex_attention import BlockMask
-    except ImportError:  # pragma: no cover - torch without flex attention
-        return False
     return isinstance(mask, BlockMask)
 
 
@@ -157,16 +154,12 @@ class SDPABackend(AttentionBackend):
 
 def _dense_from_block_mask(block_mask, device) -> Tensor:
     """Token-level bool mask [B, H, Lq, Lkv] from a BlockMask's mask_mod (exact, not block level)."""
-    from torch.nn.attention.flex_attention import create_mask
-
     B, H, q_len, kv_len = block_mask.shape
     return create_mask(block_mask.mask_mod, B, H, q_len, kv_len, device=device)
 
 
 @functools.lru_cache(maxsize=1)
 def _compiled_flex() -> Callable:
-    from torch.nn.attention.flex_attention import flex_attention
-
     return torch.compile(flex_attention)
 
 
@@ -176,8 +169,6 @@ class FlexBackend(AttentionBackend):
     name = "flex"
 
     def prepare(self, mask, batch, heads, q_len, kv_len, device):
-        from torch.nn.attention.flex_attention import create_block_mask
-
         check_mask_shape(mask, batch, heads, q_len, kv_len)
         if mask is None or _is_block_mask(mask):
             return mask
@@ -199,8 +190,6 @@ class FlexBackend(AttentionBackend):
         )
 
     def __call__(self, q, k, v, prepared, dropout_p=0.0):
-        from torch.nn.attention.flex_attention import flex_attention
-
         if dropout_p:
             raise ValueError("the flex backend has no attention dropout; set dropout=0 or use 'sdpa'")
         if q.device.type == "cpu":
@@ -236,7 +225,7 @@ class FlashBackend(AttentionBackend):
 
     def __call__(self, q, k, v, prepared, dropout_p=0.0):
         try:
-            from flash_attn import flash_attn_func
+            from flash_attn import flash_attn_func  # optional: flash-attn, pip install 'diffusionlm[gpu]'
         except ImportError as e:
             raise ImportError(
                 "the 'flash' attention backend needs the optional flash-attn package: "

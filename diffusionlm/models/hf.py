@@ -91,13 +91,17 @@ from typing import Any, Optional
 
 import torch
 import torch.nn as nn
+import transformers
 from torch import Tensor
+from transformers.cache_utils import DynamicLayer
 
 from ..checks import check_levels
 from ..masks import additive_mask
 from ..specs import registry
 from .attention import _dense_from_block_mask, _is_block_mask, causal_mask
 from .base import Annealing, Backbone, DenoiserOutput
+from .cache import _Store
+from .lora import apply_lora, is_peft, load_adapters, peft_model_of, save_adapters
 
 __all__ = ["HFDenoiser", "AttentionAnnealing", "annealed_mask", "SUPPORTED_ATTENTION", "base_fingerprint"]
 
@@ -149,9 +153,6 @@ def _stored_layer_class():
     global _STORED_LAYER
     if _STORED_LAYER is not None:
         return _STORED_LAYER
-    from transformers.cache_utils import DynamicLayer
-
-    from .cache import _Store
 
     class _StoredLayer(DynamicLayer):
         """transformers' DynamicLayer whose K/V rows live in a preallocated buffer (a one-layer
@@ -313,6 +314,8 @@ class HFDenoiser(nn.Module, Backbone):
     # -- spec (diffusionlm.specs, backbone "hf") --------------------------------------------
     name = "hf"
     spec_name = name  # the older attribute
+    #: what models.lora knows an HFDenoiser by (it wraps the HF causal LM as `.model`)
+    wraps_hf_causal_lm = True
 
     @classmethod
     def from_spec(
@@ -328,7 +331,7 @@ class HFDenoiser(nn.Module, Backbone):
         fresh weights) or `path` (a local directory or hub id: its weights); MASK by `mask`
         ("add": one more row) or `mask_id` (an existing id, see `from_model`); `lora` the keyword
         arguments of `models.lora.apply_lora`."""
-        from transformers import AutoConfig, AutoModelForCausalLM
+        AutoConfig, AutoModelForCausalLM = transformers.AutoConfig, transformers.AutoModelForCausalLM  # transformers loads these on first use
 
         if (hf_config is None) == (path is None):
             raise ValueError("backbone hf: give exactly one of the keys hf_config (fresh weights) and path")
@@ -342,8 +345,6 @@ class HFDenoiser(nn.Module, Backbone):
             model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation)
         denoiser = cls.from_model(model, mask, mask_id=mask_id)
         if lora is not None:
-            from .lora import apply_lora
-
             apply_lora(denoiser, **lora)
         return denoiser
 
@@ -400,8 +401,7 @@ class HFDenoiser(nn.Module, Backbone):
     def empty_cache(self) -> Any:
         """An empty `transformers.DynamicCache` for this model, its full-attention layers keeping
         their rows in preallocated buffers (`_StoredLayer`: no copy of the prefix per call)."""
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
+        DynamicCache = transformers.DynamicCache  # transformers loads these on first use
 
         cache = DynamicCache(config=self.model.config)
         stored = _stored_layer_class()
@@ -414,8 +414,6 @@ class HFDenoiser(nn.Module, Backbone):
 
         A LoRA model saves its adapter only, unless `merge`; a LoRA model whose base was built
         from a config (no directory or hub id to reload it from) can only be saved merged."""
-        from .lora import is_peft, peft_model_of, save_adapters
-
         os.makedirs(directory, exist_ok=True)
         meta: dict = {
             "format": "diffusionlm-hf-denoiser", "format_version": DENOISER_FORMAT_VERSION,
@@ -455,7 +453,7 @@ class HFDenoiser(nn.Module, Backbone):
         (a model object, a directory or a hub id) or else the one it names; `resolve` maps a base
         name to a local directory (default: unchanged). ValueError naming both when the base given
         is not the one the adapter was trained on."""
-        from transformers import AutoModelForCausalLM
+        AutoModelForCausalLM = transformers.AutoModelForCausalLM  # transformers loads these on first use
 
         directory = Path(directory)
         meta_file = directory / DENOISER_FILE
@@ -470,8 +468,6 @@ class HFDenoiser(nn.Module, Backbone):
             )
         impl = attn_implementation or meta.get("attn_implementation") or "sdpa"
         if meta.get("weights") == "adapter":
-            from .lora import load_adapters
-
             name = meta.get("base")
             if base is None:
                 base = name
@@ -517,7 +513,7 @@ class HFDenoiser(nn.Module, Backbone):
                 + ("" if self.mask_id is not None else " (this model has no MASK token: see HFDenoiser.from_model)")
             )
         if cache is not None:
-            from transformers import DynamicCache
+            DynamicCache = transformers.DynamicCache  # transformers loads these on first use
 
             if not isinstance(cache, DynamicCache):
                 raise TypeError(f"cache must be a transformers.DynamicCache (see empty_cache()), got {type(cache).__name__}")

@@ -34,25 +34,24 @@ GPT-2-style models fuse q, k and v into one `c_attn` (a transformers `Conv1D`): 
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional, Sequence
 
 import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
+
 
 __all__ = ["apply_lora", "lora_audit", "save_adapters", "load_adapters", "linear_module_names", "peft_model_of", "is_peft"]
 
 
 def _is_denoiser(model: Any) -> bool:
-    from .hf import HFDenoiser
-
-    return isinstance(model, HFDenoiser)
+    """An HFDenoiser (it wraps the HF model as `.model`; this module sits below the adapter, which
+    saves and loads its adapters with it, so it knows the adapter by that mark, not by import)."""
+    return bool(getattr(type(model), "wraps_hf_causal_lm", False))
 
 
 def _conv1d_type():
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover
-        return ()
     return (Conv1D,)
 
 
@@ -66,7 +65,7 @@ def linear_module_names(model: nn.Module) -> list[str]:
 def is_peft(model: Any) -> bool:
     """Whether `model` (an HF model, a PeftModel or an HFDenoiser) carries peft adapters."""
     try:
-        from peft import PeftModel
+        from peft import PeftModel  # optional: peft, pip install 'diffusionlm[lora]'
     except ImportError:  # pragma: no cover
         return False
     inner = model.model if _is_denoiser(model) else model
@@ -75,7 +74,7 @@ def is_peft(model: Any) -> bool:
 
 def peft_model_of(model: Any):
     """The peft.PeftModel inside `model` (an HFDenoiser after apply_lora, or a PeftModel itself)."""
-    from peft import PeftModel
+    from peft import PeftModel  # optional: peft, pip install 'diffusionlm[lora]'
 
     inner = model.model if _is_denoiser(model) else model
     if not isinstance(inner, PeftModel):
@@ -129,7 +128,7 @@ def apply_lora(
     train_mask_row  on an HFDenoiser with an added MASK row: train that row too (default: frozen;
                     it is saved with the adapter either way, see the module docstring)
     """
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model  # optional: peft, pip install 'diffusionlm[lora]'
 
     denoiser = model if _is_denoiser(model) else None
     base = denoiser.model if denoiser is not None else model
@@ -224,7 +223,7 @@ def load_adapters(base_model: Any, directory: "str | os.PathLike", is_trainable:
     MASK resizing). Returns a peft.PeftModel, or the same HFDenoiser with its wrapped model
     replaced. Only a local directory is read (never the Hub). `is_trainable`: keep the adapters
     trainable (default: frozen, for inference)."""
-    from peft import PeftModel
+    from peft import PeftModel  # optional: peft, pip install 'diffusionlm[lora]'
 
     directory = os.fspath(directory)
     if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
@@ -236,7 +235,6 @@ def load_adapters(base_model: Any, directory: "str | os.PathLike", is_trainable:
     try:
         peft_model = PeftModel.from_pretrained(base, directory, is_trainable=is_trainable)
     except RuntimeError as err:  # shapes that do not fit: another base
-        import json
 
         trained_on = json.loads(open(os.path.join(directory, "adapter_config.json")).read()).get("base_model_name_or_path")
         given = getattr(getattr(base, "config", None), "_name_or_path", None) or type(base).__name__

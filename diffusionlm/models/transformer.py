@@ -50,6 +50,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ..checks import check_ids, check_levels
+from ..io.safeio import atomic_write, load_safetensors, save_safetensors
 from .attention import ATTENTION_BACKENDS, get_backend
 from .base import Backbone, DenoiserOutput
 from .cache import KVCache
@@ -514,8 +515,6 @@ class DiffusionTransformer(nn.Module, Backbone):
     def save_pretrained(self, directory: "str | os.PathLike") -> None:
         """Write `config.json` and `model.safetensors` (checksummed, `diffusionlm.io.safeio`) into
         `directory` (created if needed)."""
-        from ..io.safeio import atomic_write, save_safetensors
-
         os.makedirs(directory, exist_ok=True)
         meta = {"model_type": _MODEL_TYPE, "format_version": 1, **self.config.to_dict()}
         text = json.dumps(meta, indent=2, sort_keys=True)
@@ -534,8 +533,6 @@ class DiffusionTransformer(nn.Module, Backbone):
         """Load a model written by `save_pretrained`. `config_overrides` may change runtime
         settings such as `attention` or `dropout`. The weights' checksum is verified (a damaged
         file is a `diffusionlm.io.safeio.CorruptFileError` naming it)."""
-        from ..io.safeio import load_safetensors
-
         cfg_path = os.path.join(directory, CONFIG_NAME)
         w_path = os.path.join(directory, WEIGHTS_NAME)
         for path in (cfg_path, w_path):

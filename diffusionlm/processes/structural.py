@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..schedules.hyper import Flat
 from ..schedules.noise import Linear
 from .base import Corruption, Process, check_ids
 
@@ -246,8 +247,6 @@ class Structural(Process):
         position: Flat() (continuous: l ~ U(0, 1), exactly Algorithm 1) or Flat(steps=T) (f on the
         grid 1/T .. 1). Per-position schedules (Quench, Block, Slide, Custom, Retimed) are refused.
         """
-        from ..schedules.hyper import Flat
-
         if not isinstance(schedule, Flat):
             raise ValueError(
                 f"{self!r} cannot honour the hyperschedule {schedule!r}: its corruption (LAD Algorithm 1) "

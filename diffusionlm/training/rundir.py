@@ -16,6 +16,7 @@ after its last checkpoint (or before its first) are never duplicated.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -50,8 +51,6 @@ class RunDirLock:
         self._key: Optional[str] = None
 
     def acquire(self) -> "RunDirLock":
-        import fcntl
-
         if self._key is not None:
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -79,8 +78,6 @@ class RunDirLock:
         return self
 
     def release(self) -> None:
-        import fcntl
-
         if self._key is None:
             return
         with _held_guard:

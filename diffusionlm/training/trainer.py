@@ -47,12 +47,29 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
+import transformers
 from torch import Tensor
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
 
 from ..config.train import LR_SCHEDULES, TrainConfig
 from ..io.safeio import first_non_finite
 from .checkpoint import (
-    NonFiniteError, check_frozen, check_weights, frozen_digest, latest_checkpoint, load_checkpoint, save_checkpoint,
+    NonFiniteError,
+    check_frozen,
+    check_weights,
+    frozen_digest,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
 )
 from .rundir import MetricsLog, RunDirInUse, RunDirLock
 
@@ -127,15 +144,13 @@ class Trainer:
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr, betas=config.betas,
         )
-        from transformers import get_scheduler
+        get_scheduler = transformers.get_scheduler  # transformers loads these on first use
 
         self.scheduler = get_scheduler(
             config.lr_schedule, self.optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
         )
         self.ema = None
         if config.ema is not None:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
             self.ema = AveragedModel(self._bare(), multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
         self.generator = torch.Generator().manual_seed(config.seed + self.rank)
         seed_everything(config.seed + self.rank)
@@ -164,14 +179,11 @@ class Trainer:
         if self.config.fsdp:
             if self.config.ema is not None:
                 raise ValueError("train.ema with train.fsdp is not supported (the EMA copy would need sharding too)")
-            from torch.distributed.fsdp import FSDPModule, fully_shard
 
             if not isinstance(self.module, FSDPModule):  # a later stage: already sharded
                 fully_shard(self.module)
             self.lm.model = self.module
         else:
-            from torch.nn.parallel import DistributedDataParallel
-
             self.lm.model = DistributedDataParallel(self.module)
 
     def _bare(self) -> torch.nn.Module:
@@ -301,8 +313,6 @@ class Trainer:
                 self.metrics.keep_until(self.step)
             bar = None
             if cfg.progress and self.rank == 0:
-                from tqdm.auto import tqdm
-
                 bar = tqdm(total=target, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
             t0, tok = time.perf_counter(), 0
             try:
@@ -364,15 +374,11 @@ class Trainer:
             torch.cuda.set_rng_state_all([_unb64(s) for s in rng["cuda"]])
 
     def _state_options(self, **kw):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions
-
         return StateDictOptions(full_state_dict=True, ignore_frozen_params=self.partial, **kw)
 
     def model_state_dict(self) -> dict:
         """The full (gathered) weights on every rank: what `save_pretrained` writes. Collective
         under FSDP: every rank calls it."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         return get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True))
 
     def _ema_state(self) -> Optional[dict]:
@@ -389,7 +395,6 @@ class Trainer:
         gathers the shards, RNG states are gathered); rank 0 writes."""
         if not self.config.out_dir:
             raise ValueError("no out_dir configured: nowhere to save")
-        from torch.distributed.checkpoint.state_dict import get_state_dict
 
         bad = self._non_finite_weight(include_ema=True)
         if bad is not None:
@@ -422,8 +427,6 @@ class Trainer:
 
     def resume(self, path: "str | Path") -> None:
         """Restore everything `save` wrote (every rank reads the checkpoint itself)."""
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
         ck = load_checkpoint(path)
         st = ck["trainer_state"]
         if st.get("world", 1) != self.world:
