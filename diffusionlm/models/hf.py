@@ -93,20 +93,15 @@ import torch
 import torch.nn as nn
 import transformers
 from torch import Tensor
-from transformers.cache_utils import DynamicLayer
 
 from ..checks import check_levels
-from ..masks import additive_mask
-from ..specs import registry
-from .attention import _dense_from_block_mask, _is_block_mask, causal_mask
-from .base import Annealing, Backbone, DenoiserOutput
-from .cache import _Store
+from .base import Backbone, DenoiserOutput
+from .annealing import ANNEALINGS, AttentionAnnealing, annealed_mask  # noqa: F401  (re-exported: their home was this module)
+from .hf_cache import SUPPORTED_ATTENTION, MasksAndCache, _copy_cache
 from .lora import apply_lora, is_peft, load_adapters, peft_model_of, save_adapters
 
 __all__ = ["HFDenoiser", "AttentionAnnealing", "annealed_mask", "SUPPORTED_ATTENTION", "base_fingerprint"]
 
-#: attention implementations whose dense 4-D masks are honoured (and how they are passed)
-SUPPORTED_ATTENTION = ("sdpa", "eager")
 #: what `HFDenoiser.save_pretrained` writes beside the HF files, and its format version
 DENOISER_FILE = "denoiser.json"
 DENOISER_FORMAT_VERSION = 1
@@ -136,80 +131,82 @@ def _forward_params(cls: type) -> frozenset:
         return frozenset()
 
 
-def _cache_length(cache: Any) -> int:
-    return int(cache.get_seq_length()) if cache is not None else 0
+def add_mask_row(model: nn.Module) -> int:
+    emb = model.get_input_embeddings()
+    n = int(emb.weight.shape[0])
+    head = model.get_output_embeddings()
+    head_rows = None if head is None else int(head.weight.shape[0])
+    if head_rows is not None and head_rows != n:
+        raise ValueError(f"the input embeddings have {n} rows but the head {head_rows}: cannot add one MASK row to both")
+    with torch.no_grad():
+        in_mean = emb.weight.mean(0).clone()
+        out_mean = None if head is None else head.weight.mean(0).clone()
+        out_bias_mean = None if head is None or getattr(head, "bias", None) is None else head.bias.mean().clone()
+    model.resize_token_embeddings(n + 1, mean_resizing=False)
+    emb = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        emb.weight[n] = in_mean
+        if head is not None and head.weight is not emb.weight:
+            head.weight[n] = out_mean
+            if out_bias_mean is not None and getattr(head, "bias", None) is not None:
+                head.bias[n] = out_bias_mean
+    return n
 
 
-def _cache_batch(cache: Any) -> Optional[int]:
-    for layer in getattr(cache, "layers", ()):
-        keys = getattr(layer, "keys", None)
-        if getattr(layer, "is_initialized", False) and isinstance(keys, Tensor) and keys.numel():
-            return int(keys.shape[0])
-    return None
+class _HFSpec:
+    """The "hf" backbone spec of an HFDenoiser (diffusionlm.specs): built from an HF config (fresh
+    weights) or a path, written back as its config without the weights."""
+
+    @classmethod
+    def from_spec(
+        cls,
+        hf_config: Optional[dict] = None,
+        path: Optional[str] = None,
+        attn_implementation: str = "sdpa",
+        mask: Optional[str] = None,
+        mask_id: Optional[int] = None,
+        lora: Optional[dict] = None,
+    ) -> "HFDenoiser":
+        """A causal LM from {"name": "hf", ...}: `hf_config` (a config dict with "model_type":
+        fresh weights) or `path` (a local directory or hub id: its weights); MASK by `mask`
+        ("add": one more row) or `mask_id` (an existing id, see `from_model`); `lora` the keyword
+        arguments of `models.lora.apply_lora`."""
+        AutoConfig, AutoModelForCausalLM = transformers.AutoConfig, transformers.AutoModelForCausalLM  # transformers loads these on first use
+
+        if (hf_config is None) == (path is None):
+            raise ValueError("backbone hf: give exactly one of the keys hf_config (fresh weights) and path")
+        if hf_config is not None:
+            hc = {k: v for k, v in dict(hf_config).items() if k != "transformers_version"}
+            if "model_type" not in hc:
+                raise ValueError("backbone hf: hf_config needs model_type (e.g. \"gpt2\", \"llama\")")
+            model = AutoModelForCausalLM.from_config(
+                AutoConfig.for_model(hc.pop("model_type"), **hc), attn_implementation=attn_implementation)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation)
+        denoiser = cls.from_model(model, mask, mask_id=mask_id)
+        if lora is not None:
+            apply_lora(denoiser, **lora)
+        return denoiser
+
+    def to_dict(self) -> dict:
+        """{"name": "hf", "hf_config": the wrapped model's config (non-default keys), "mask_id": the
+        model's own MASK id, "lora": the adapters' settings or None, ...}: builds the same
+        architecture with fresh weights (weights are saved separately)."""
+        base, lora = self.model, None
+        peft_config = getattr(base, "peft_config", None)
+        if peft_config:
+            c = peft_config["default"]
+            lora = {"r": c.r, "alpha": c.lora_alpha, "target_modules": sorted(c.target_modules),
+                    "dropout": c.lora_dropout,
+                    "modules_to_save": None if c.modules_to_save is None else sorted(c.modules_to_save)}
+        hc = {k: v for k, v in self.config.to_diff_dict().items() if k != "transformers_version"}
+        own_mask = self.reserved_id if self.reserved_id is not None else self.mask_id
+        return {"name": self.name, "hf_config": hc, "path": None, "attn_implementation": self.attn_implementation,
+                "mask": None, "mask_id": own_mask, "lora": lora}
 
 
-def _stored_layer_class():
-    """`_StoredLayer` (defined on first use: transformers is imported lazily)."""
-    global _STORED_LAYER
-    if _STORED_LAYER is not None:
-        return _STORED_LAYER
-
-    class _StoredLayer(DynamicLayer):
-        """transformers' DynamicLayer whose K/V rows live in a preallocated buffer (a one-layer
-        `models.cache._Store`, x2 growth) instead of being concatenated into new tensors at every
-        call: `keys` / `values` are views buffer[:, :, :length]. The rules of `models.cache` hold:
-        rows [0, filled) are never written again, and a layer writes into the buffer only when it
-        is the newest layer on it (length = filled and its keys are that buffer's view); otherwise
-        (an older cache extended again, a crop, keys replaced by HF's own batch methods) its rows
-        are copied into a new buffer first. So every cache handed out keeps its values."""
-
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self._store = None
-
-        def get_seq_length(self) -> int:
-            return 0 if not self.is_initialized or self.keys is None else int(self.keys.shape[-2])
-
-        def _owns_tail(self, k: Tensor) -> bool:
-            st, L = self._store, self.get_seq_length()
-            if st is None or st.filled != L:
-                return False
-            buf = st.keys[0]
-            return (buf.shape[:2] == k.shape[:2] and buf.shape[3] == k.shape[3] and buf.dtype == k.dtype
-                    and buf.device == k.device and (L == 0 or self.keys.data_ptr() == buf.data_ptr()))
-
-        def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
-            L, n = self.get_seq_length(), key_states.shape[-2]
-            if not self._owns_tail(key_states):
-                keys, values = (self.keys, self.values) if L else (key_states, value_states)
-                self._store = _Store.of([keys], [values], L, L + n)
-                self.device, self.is_initialized = key_states.device, True
-            self.keys, self.values = self._store.write(0, L, key_states, value_states)
-            self._store.filled = L + n
-            return self.keys, self.values
-
-        def release(self, committed: int) -> None:
-            """Rows past `committed` of the newest layer on the buffer are scratch again (the
-            caller cropped them right after writing them; no cache shows them)."""
-            if self._store is not None and self._store.filled >= committed == self.get_seq_length():
-                self._store.filled = committed
-
-    _STORED_LAYER = _StoredLayer
-    return _StoredLayer
-
-
-_STORED_LAYER = None
-
-
-def _copy_cache(cache: Any) -> Any:
-    """A shallow copy whose layer objects are new (sharing the K/V tensors): HF's in-place update
-    of the copy then leaves the caller's cache untouched."""
-    new = copy.copy(cache)
-    new.layers = [copy.copy(layer) for layer in cache.layers]
-    return new
-
-
-class HFDenoiser(nn.Module, Backbone):
+class HFDenoiser(_HFSpec, MasksAndCache, nn.Module, Backbone):
     """A Hugging Face causal LM behind the denoiser protocol (see the module docstring).
 
     model    an `AutoModelForCausalLM` instance (GPT-2, Llama, ...; also a peft-wrapped one)
@@ -224,6 +221,10 @@ class HFDenoiser(nn.Module, Backbone):
     reserved one never predicted) and MASK = V. `reserved_id` holds the model's own id.
     """
 
+    name = "hf"
+    spec_name = name  # the older attribute
+    #: what models.lora knows an HFDenoiser by (it wraps the HF causal LM as `.model`)
+    wraps_hf_causal_lm = True
     #: the wrapped LM has no time embedding: `levels` are accepted and ignored
     ignores_levels = True
 
@@ -275,7 +276,7 @@ class HFDenoiser(nn.Module, Backbone):
         if not isinstance(mask, str):
             raise TypeError(f"mask must be 'add' or a token string, got {type(mask).__name__}")
         if mask == "add":
-            out = cls(model, cls._add_mask_row(model))
+            out = cls(model, add_mask_row(model))
             out.mask_added = True
             return out
         if tokenizer is None:
@@ -287,82 +288,6 @@ class HFDenoiser(nn.Module, Backbone):
                 f"the MASK token {mask!r} must encode to exactly one id, but the tokenizer gives {len(ids)}: {ids}"
             )
         return cls(model, int(ids[0]))
-
-    @staticmethod
-    def _add_mask_row(model: nn.Module) -> int:
-        emb = model.get_input_embeddings()
-        n = int(emb.weight.shape[0])
-        head = model.get_output_embeddings()
-        head_rows = None if head is None else int(head.weight.shape[0])
-        if head_rows is not None and head_rows != n:
-            raise ValueError(f"the input embeddings have {n} rows but the head {head_rows}: cannot add one MASK row to both")
-        with torch.no_grad():
-            in_mean = emb.weight.mean(0).clone()
-            out_mean = None if head is None else head.weight.mean(0).clone()
-            out_bias_mean = None if head is None or getattr(head, "bias", None) is None else head.bias.mean().clone()
-        model.resize_token_embeddings(n + 1, mean_resizing=False)
-        emb = model.get_input_embeddings()
-        head = model.get_output_embeddings()
-        with torch.no_grad():
-            emb.weight[n] = in_mean
-            if head is not None and head.weight is not emb.weight:
-                head.weight[n] = out_mean
-                if out_bias_mean is not None and getattr(head, "bias", None) is not None:
-                    head.bias[n] = out_bias_mean
-        return n
-
-    # -- spec (diffusionlm.specs, backbone "hf") --------------------------------------------
-    name = "hf"
-    spec_name = name  # the older attribute
-    #: what models.lora knows an HFDenoiser by (it wraps the HF causal LM as `.model`)
-    wraps_hf_causal_lm = True
-
-    @classmethod
-    def from_spec(
-        cls,
-        hf_config: Optional[dict] = None,
-        path: Optional[str] = None,
-        attn_implementation: str = "sdpa",
-        mask: Optional[str] = None,
-        mask_id: Optional[int] = None,
-        lora: Optional[dict] = None,
-    ) -> "HFDenoiser":
-        """A causal LM from {"name": "hf", ...}: `hf_config` (a config dict with "model_type":
-        fresh weights) or `path` (a local directory or hub id: its weights); MASK by `mask`
-        ("add": one more row) or `mask_id` (an existing id, see `from_model`); `lora` the keyword
-        arguments of `models.lora.apply_lora`."""
-        AutoConfig, AutoModelForCausalLM = transformers.AutoConfig, transformers.AutoModelForCausalLM  # transformers loads these on first use
-
-        if (hf_config is None) == (path is None):
-            raise ValueError("backbone hf: give exactly one of the keys hf_config (fresh weights) and path")
-        if hf_config is not None:
-            hc = {k: v for k, v in dict(hf_config).items() if k != "transformers_version"}
-            if "model_type" not in hc:
-                raise ValueError("backbone hf: hf_config needs model_type (e.g. \"gpt2\", \"llama\")")
-            model = AutoModelForCausalLM.from_config(
-                AutoConfig.for_model(hc.pop("model_type"), **hc), attn_implementation=attn_implementation)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation)
-        denoiser = cls.from_model(model, mask, mask_id=mask_id)
-        if lora is not None:
-            apply_lora(denoiser, **lora)
-        return denoiser
-
-    def to_dict(self) -> dict:
-        """{"name": "hf", "hf_config": the wrapped model's config (non-default keys), "mask_id": the
-        model's own MASK id, "lora": the adapters' settings or None, ...}: builds the same
-        architecture with fresh weights (weights are saved separately)."""
-        base, lora = self.model, None
-        peft_config = getattr(base, "peft_config", None)
-        if peft_config:
-            c = peft_config["default"]
-            lora = {"r": c.r, "alpha": c.lora_alpha, "target_modules": sorted(c.target_modules),
-                    "dropout": c.lora_dropout,
-                    "modules_to_save": None if c.modules_to_save is None else sorted(c.modules_to_save)}
-        hc = {k: v for k, v in self.config.to_diff_dict().items() if k != "transformers_version"}
-        own_mask = self.reserved_id if self.reserved_id is not None else self.mask_id
-        return {"name": self.name, "hf_config": hc, "path": None, "attn_implementation": self.attn_implementation,
-                "mask": None, "mask_id": own_mask, "lora": lora}
 
     # -- queries -------------------------------------------------------------------------
     @property
@@ -397,16 +322,6 @@ class HFDenoiser(nn.Module, Backbone):
     @property
     def attn_implementation(self) -> str:
         return _attn_impl(self.model.config)
-
-    def empty_cache(self) -> Any:
-        """An empty `transformers.DynamicCache` for this model, its full-attention layers keeping
-        their rows in preallocated buffers (`_StoredLayer`: no copy of the prefix per call)."""
-        DynamicCache = transformers.DynamicCache  # transformers loads these on first use
-
-        cache = DynamicCache(config=self.model.config)
-        stored = _stored_layer_class()
-        cache.layers = [stored() if type(layer) is DynamicLayer else layer for layer in cache.layers]
-        return cache
 
     # -- saving ------------------------------------------------------------------------
     def save_pretrained(self, directory: "str | os.PathLike", merge: bool = False) -> dict:
@@ -485,7 +400,7 @@ class HFDenoiser(nn.Module, Backbone):
                         f"differs in {', '.join(diff)} ({_short(expected, diff)} vs {_short(found, diff)})"
                     )
             if meta.get("mask_added"):
-                cls._add_mask_row(base)  # its values come from the adapter (peft trainable tokens)
+                add_mask_row(base)  # its values come from the adapter (peft trainable tokens)
             model = load_adapters(base, directory)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(directory), attn_implementation=impl)
@@ -495,99 +410,6 @@ class HFDenoiser(nn.Module, Backbone):
         if out.mask_id != meta.get("mask_id"):
             raise ValueError(f"{meta_file} says MASK is {meta.get('mask_id')} but the weights give {out.mask_id}")
         return out
-
-    # -- checks --------------------------------------------------------------------------
-    def _check(self, input_ids: Tensor, position_ids: Optional[Tensor], cache: Any, cache_commit: int):
-        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
-        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-        B, L = input_ids.shape
-        if L < 1:
-            raise ValueError("input_ids has no rows")
-        n_in = self.input_vocab_size
-        lo, hi = (int(t) for t in torch.aminmax(input_ids)) if input_ids.numel() else (0, 0)
-        if lo < 0 or hi >= n_in:
-            raise ValueError(
-                f"input ids out of range: found [{lo}, {hi}], allowed [0, {n_in - 1}]"
-                + ("" if self.mask_id is not None else " (this model has no MASK token: see HFDenoiser.from_model)")
-            )
-        if cache is not None:
-            DynamicCache = transformers.DynamicCache  # transformers loads these on first use
-
-            if not isinstance(cache, DynamicCache):
-                raise TypeError(f"cache must be a transformers.DynamicCache (see empty_cache()), got {type(cache).__name__}")
-            for i, layer in enumerate(cache.layers):
-                if not getattr(layer, "is_croppable", False) or getattr(layer, "is_sliding", False):
-                    raise TypeError(f"cache layer {i} ({type(layer).__name__}) cannot be cropped exactly; only full-attention DynamicLayers are supported")
-            cb = _cache_batch(cache)
-            if cb is not None and cb != B:
-                raise ValueError(f"the cache holds batch size {cb}, but input_ids has batch size {B}")
-        past = _cache_length(cache)
-        if not isinstance(cache_commit, int) or isinstance(cache_commit, bool) or not 0 <= cache_commit <= L:
-            raise ValueError(f"cache_commit must be an int in [0, {L}] (rows of this call), got {cache_commit!r}")
-        if position_ids is None:
-            position_ids = torch.arange(past, past + L, device=input_ids.device)[None]
-        else:
-            position_ids = torch.as_tensor(position_ids, device=input_ids.device)
-            if position_ids.dim() == 1:
-                position_ids = position_ids[None]
-            if position_ids.dim() != 2 or position_ids.shape[0] not in (1, B) or position_ids.shape[1] != L:
-                raise ValueError(f"position_ids must be [B or 1, L] = [{B} or 1, {L}], got {tuple(position_ids.shape)}")
-            if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
-                raise TypeError(f"position_ids must be an integer tensor, got {position_ids.dtype}")
-            position_ids = position_ids.long()
-        limit = self.max_positions
-        p_lo, p_hi = (int(t) for t in torch.aminmax(position_ids)) if position_ids.numel() else (0, 0)
-        if limit is not None:
-            if past + L > limit:
-                raise ValueError(
-                    f"sequence too long: {past} cached + {L} new rows exceed the model's {limit} positions "
-                    "(max_position_embeddings / n_positions)"
-                )
-            if p_hi >= limit:
-                raise ValueError(
-                    f"position id {p_hi} is out of range: the model has {limit} positions, "
-                    f"allowed [0, {limit - 1}]"
-                )
-        if p_lo < 0:
-            raise ValueError(f"position ids must be >= 0, found {p_lo}")
-        return position_ids.expand(B, L), past
-
-    def _prepare_mask(self, attention_mask: Any, B: int, L: int, kv: int, device, dtype) -> Tensor:
-        impl = self.attn_implementation
-        if impl not in SUPPORTED_ATTENTION:
-            raise ValueError(
-                f"attn_implementation {impl!r} cannot take an arbitrary 4-D mask; use one of {SUPPORTED_ATTENTION} "
-                "(model.set_attn_implementation('sdpa'))"
-            )
-        if attention_mask is None:
-            mask = torch.ones(1, 1, L, kv, dtype=torch.bool, device=device)  # FULL bidirectional attention
-        elif isinstance(attention_mask, str):
-            if attention_mask != "causal":
-                raise ValueError(f"the only named mask is 'causal', got {attention_mask!r}")
-            mask = causal_mask(L, kv, device)
-        else:
-            if _is_block_mask(attention_mask):
-                attention_mask = _dense_from_block_mask(attention_mask, device)
-            if not isinstance(attention_mask, Tensor):
-                raise TypeError(
-                    f"attention_mask must be None (full), 'causal', a bool tensor or a BlockMask, got {type(attention_mask).__name__}"
-                )
-            if attention_mask.dtype != torch.bool:
-                raise TypeError(f"attention_mask must be a boolean tensor (True = may attend), got {attention_mask.dtype}")
-            shape = tuple(attention_mask.shape)
-            if len(shape) != 4 or shape[0] not in (1, B) or shape[1] != 1 or shape[2] != L or shape[3] != kv:
-                raise ValueError(
-                    f"attention_mask has shape {list(shape)}; expected [{B} or 1, 1, {L}, {kv}] "
-                    f"(queries x keys: {kv - L} cached + {L} new rows)"
-                )
-            mask = attention_mask.to(device)
-            if not bool(mask.any(-1).all()):
-                raise ValueError("attention_mask has a row that may attend to nothing; HF attention cannot zero it")
-        if impl == "eager":
-            return additive_mask(mask, dtype)
-        return mask
 
     # -- forward -------------------------------------------------------------------------
     def forward(
@@ -646,19 +468,7 @@ class HFDenoiser(nn.Module, Backbone):
             **{"cache" if "cache" in params else "past_key_values": work},
             **extra,
         )
-        new_cache = None
-        if want_cache:
-            new_cache = work  # HF appended this call's rows to it in place
-            drop = L - cache_commit
-            if drop:
-                new_cache.crop(-drop)  # transformers 5.x: crop(-k) removes the last k rows
-                for layer in new_cache.layers:
-                    if hasattr(layer, "release"):
-                        layer.release(past + cache_commit)
-            if _cache_length(new_cache) != past + cache_commit:  # pragma: no cover - defensive
-                raise RuntimeError(
-                    f"the cache holds {_cache_length(new_cache)} rows after the call, expected {past + cache_commit}"
-                )
+        new_cache = self._commit(work, L, past, cache_commit) if want_cache else None
         logits = out.logits
         if logits_to_keep and logits.shape[1] != logits_to_keep:
             logits = logits[:, -logits_to_keep:]
@@ -692,73 +502,3 @@ def _short(fp: dict, keys: list) -> str:
 def _mask_rows_in_adapter(peft_model: Any) -> bool:
     cfg = peft_model.peft_config[peft_model.active_adapter]
     return getattr(cfg, "trainable_token_indices", None) is not None
-
-
-# ----------------------------------------------------------------------------------------
-# attention-mask annealing (DiffuGPT)
-# ----------------------------------------------------------------------------------------
-def annealed_mask(
-    batch: int,
-    length: int,
-    ratio: float,
-    generator: Optional[torch.Generator] = None,
-    device: Any = None,
-    shared: bool = False,
-) -> Tensor:
-    """DiffuGPT's annealed attention mask: ``causal OR Bernoulli(ratio)`` per (q, kv) entry.
-
-    Dense bool [batch, 1, length, length] (True = may attend). Ratio 0 gives the causal mask,
-    ratio 1 full attention; in between each non-causal entry (kv > q) is opened independently with
-    probability `ratio`. `shared` draws one pattern for the whole batch (as DiffuGPT's code does);
-    by default every sequence gets its own.
-    """
-    if not isinstance(batch, int) or batch < 1 or not isinstance(length, int) or length < 1:
-        raise ValueError(f"batch and length must be positive ints, got {batch!r}, {length!r}")
-    ratio = float(ratio)
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"the annealing ratio must lie in [0, 1], got {ratio}")
-    dev = torch.device(device) if device is not None else (generator.device if generator is not None else torch.device("cpu"))
-    causal = causal_mask(length, length, dev)
-    n = 1 if shared else batch
-    if ratio >= 1.0:
-        return torch.ones(batch, 1, length, length, dtype=torch.bool, device=dev)
-    if ratio <= 0.0:
-        return causal.expand(batch, 1, length, length).contiguous()
-    u = torch.rand(n, 1, length, length, generator=generator, device=dev)
-    return (causal | (u < ratio)).expand(batch, 1, length, length).contiguous()
-
-
-class AttentionAnnealing(Annealing):
-    """Causal -> bidirectional attention over training (DiffuGPT's attention-mask annealing).
-
-    ratio(step) = min(1, step / warmup_steps) (1 from the start when warmup_steps = 0);
-    mask(batch, length, step, generator) = annealed_mask(batch, length, ratio(step), ...).
-    The object holds no state: the trainer passes its step.
-    """
-
-    name = "attention_annealing"
-
-    def __init__(self, warmup_steps: int, shared: bool = False):
-        if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
-        self.warmup_steps = warmup_steps
-        self.shared = shared
-
-    def ratio(self, step: int) -> float:
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        if self.warmup_steps == 0:
-            return 1.0
-        return min(1.0, step / self.warmup_steps)
-
-    def mask(
-        self, batch: int, length: int, step: int, generator: Optional[torch.Generator] = None, device: Any = None
-    ) -> Tensor:
-        return annealed_mask(batch, length, self.ratio(step), generator=generator, device=device, shared=self.shared)
-
-    def __repr__(self) -> str:
-        return f"AttentionAnnealing(warmup_steps={self.warmup_steps}, shared={self.shared})"
-
-
-#: registry of the training-time attention annealings (diffusionlm.specs kind "annealing")
-ANNEALINGS = registry("annealing")
