@@ -258,23 +258,9 @@ def sentences(tok, k: int, lo: int = 16, hi: int = 48) -> list:
     return out
 
 
-@torch.no_grad()
-def refine(lm, x: torch.Tensor, iterations: int) -> tuple:
-    """Greedy self-refinement (LAD without re-masking) from a given text: every position is
-    re-predicted (argmax over the real tokens) from the previous output until it stops changing."""
-    N = lm.process.vocab_size
-    calls = 0
-    for _ in range(iterations):
-        new = lm.forward(x, torch.zeros(x.shape, dtype=torch.float32), None)[..., :N].argmax(-1)
-        calls += 1
-        if torch.equal(new, x):
-            break
-        x = new
-    return x, calls
-
-
 def measure_fix(models: Models, name: str, p_max: float, args) -> dict:
     from diffusionlm.processes import Structural
+    from diffusionlm.samplers.lad import LAD
 
     lm = models.lm(name, "own")
     tok = models.tokenizer()
@@ -285,7 +271,7 @@ def measure_fix(models: Models, name: str, p_max: float, args) -> dict:
     for i, ids in enumerate(sents):
         x0 = torch.tensor([ids])
         noisy = proc.corrupt(x0, generator=g).ids
-        fixed, c = refine(lm, noisy, args.refine_iterations)
+        fixed, c = LAD().refine(lm, noisy, args.refine_iterations)  # greedy self-refinement, no re-masking
         n = len(ids)
         before.append(levenshtein(noisy[0].tolist(), ids) / n)
         after.append(levenshtein(fixed[0].tolist(), ids) / n)

@@ -428,3 +428,29 @@ def test_errors_at_sampling_time():
 def test_fully_fixed_needs_no_model_call():
     out = LAD(iterations=3).sample(tiny_lm(), 1, 3, prompt=torch.tensor([1, 2, 3]))
     assert out.num_model_calls == 0 and torch.equal(out.tokens, torch.tensor([[1, 2, 3]]))
+
+
+def test_refine_is_greedy_self_refinement_from_given_text():
+    """LAD.refine(lm, ids): argmax over the real tokens at every position from the whole previous
+    output, until unchanged or the budget of calls; the same as the loop written out, and a
+    fixed point of the model is returned after one call."""
+    lm = tiny_lm(Structural(N, mask_id=MASK))
+    x = torch.randint(0, N, (2, 12), generator=gen(3))
+    want, calls = x.clone(), 0
+    with torch.no_grad():
+        for _ in range(5):
+            new = lm.forward(want, torch.zeros(want.shape), None)[..., :N].argmax(-1)
+            calls += 1
+            if torch.equal(new, want):
+                break
+            want = new
+    got, n = LAD(iterations=5).refine(lm, x)
+    assert torch.equal(got, want) and n == calls
+    again, one = LAD().refine(lm, got[0].tolist(), iterations=1)  # a list is one row
+    assert one == 1 and again.shape == (12,)
+    if n < 5:  # converged: its output is a fixed point
+        assert torch.equal(LAD().refine(lm, got)[0], got) and LAD().refine(lm, got)[1] == 1
+    narrow, _ = LAD().refine(lm, x, iterations=2, real=7)
+    assert int(narrow.max()) < 7
+    with pytest.raises(ValueError, match="iterations must be an int >= 1, got 0"):
+        LAD().refine(lm, x, iterations=0)

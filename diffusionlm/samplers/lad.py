@@ -194,6 +194,37 @@ class LAD(Sampler):
                 f"{type(process).__name__} ({pname!r}) has none"
             )
 
+    # -- refinement from given text --------------------------------------------------------
+    @torch.no_grad()
+    def refine(self, lm: Any, ids: "Tensor | list", iterations: Optional[int] = None,
+               real: Optional[int] = None) -> tuple[Tensor, int]:
+        """Greedy self-refinement of given text (LAD without re-masking, started from `ids`
+        instead of MASK): every position re-predicted by argmax over the real tokens from the
+        whole previous output, until a fixed point or `iterations` calls (default: this
+        sampler's). `ids`: [B, d] or [d] ids (a list is read as one row); `real`: the argmax runs
+        over the first `real` ids (default: the process's N real tokens). Returns (ids of the same
+        shape, model calls).
+
+            fixed, calls = LAD().refine(lm, tok.encode("a line wiht a typo"), iterations=8)"""
+        x = torch.as_tensor(ids, device=model_device(lm.model))
+        one_row = x.dim() == 1
+        x = x[None] if one_row else x
+        self.check_fits(lm)
+        limit = self.iterations if iterations is None else iterations
+        if not _is_int(limit) or limit < 1:
+            raise ValueError(f"iterations must be an int >= 1, got {limit!r}")
+        N, mask_id = lm.process.vocab_size if real is None else real, lm.process.mask_id
+        time_levels = bool(getattr(lm.process, "time_conditioned", False))
+        calls = 0
+        for _ in range(limit):
+            levels = (x == mask_id).float() if time_levels else torch.zeros(x.shape, device=x.device)
+            new = lm.forward(x, levels, None)[..., :N].argmax(-1)
+            calls += 1
+            if torch.equal(new, x):
+                break
+            x = new
+        return (x[0] if one_row else x), calls
+
     # -- one draw --------------------------------------------------------------------------
     def _draw(self, logits: Tensor, generator: Optional[torch.Generator]) -> Tensor:
         """One id per row of real-token logits [M, N] (temperature, EOS bias, top-k, top-p)."""

@@ -42,6 +42,7 @@ from typing import Callable, Optional
 import torch
 
 from diffusionlm.eval.edit import levenshtein  # unit-cost edit distance, two-row DP
+from diffusionlm.samplers.lad import LAD
 
 HERE = Path(__file__).resolve().parent
 
@@ -128,19 +129,11 @@ def _logits(lm, x: torch.Tensor, n_out: int) -> torch.Tensor:
     return lm.forward(x, levels, None)[..., :n_out].float()
 
 
-@torch.no_grad()
 def refine(lm, ids: list, n_out: int, iterations: int = 16) -> tuple:
-    """(a) Greedy self-refinement from the given text: every position re-predicted by argmax from
-    the previous output until a fixed point or `iterations` calls; returns (ids, calls)."""
-    x = torch.tensor([ids])
-    calls = 0
-    for _ in range(iterations):
-        new = _logits(lm, x, n_out).argmax(-1)
-        calls += 1
-        if torch.equal(new, x):
-            break
-        x = new
-    return x[0].tolist(), calls
+    """(a) Greedy self-refinement from the given text (diffusionlm's LAD.refine over the first
+    n_out ids); returns (ids, calls)."""
+    out, calls = LAD().refine(lm, ids, iterations, real=n_out)
+    return out.tolist(), calls
 
 
 @torch.no_grad()
