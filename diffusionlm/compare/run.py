@@ -281,6 +281,37 @@ def _bar(total, desc, enabled):
 # ---------------------------------------------------------------------------------------------
 # the job
 # ---------------------------------------------------------------------------------------------
+def _data(cfg: CompareConfig, tok: Any) -> tuple:
+    """The training blocks and the test rows of the corpus; too few of either is one line."""
+    train_blocks = TokenBlocks(load_corpus(cfg.corpus, "train"), tok, cfg.length)
+    test_blocks = TokenBlocks(load_corpus(cfg.corpus, "test"), tok, cfg.length)
+    if len(test_blocks.ids) < cfg.eval_blocks:
+        raise ValueError(f"the {cfg.corpus} test split holds {len(test_blocks.ids)} blocks of {cfg.length} tokens; "
+                         f"eval_blocks (--eval-blocks) is {cfg.eval_blocks}")
+    if len(train_blocks.ids) < cfg.batch_size:
+        raise ValueError(f"the {cfg.corpus} train split holds {len(train_blocks.ids)} blocks, fewer than one batch ({cfg.batch_size})")
+    return train_blocks, test_blocks.ids[: cfg.eval_blocks]
+
+
+def _sizing(cfg: CompareConfig, models: list, train_blocks: Any) -> tuple:
+    """(steps, what the results record of them): the spec's steps, or the budget turned into one
+    number of steps for every model from a few timed steps of each, before anything trains."""
+    sizing: dict = {"train_steps_given": cfg.train_steps}
+    if cfg.budget_minutes is not None:
+        per_step = {e.name: _probe(cfg, e, train_blocks) for e in models if e.variant.model is None}
+        steps = size_steps(per_step, cfg.budget_minutes * 60)
+        sizing.update({"budget_minutes": cfg.budget_minutes, "probe_steps": cfg.probe_steps,
+                       "seconds_per_step": per_step, "seconds_per_step_sum": sum(per_step.values()),
+                       "planned_train_seconds": steps * sum(per_step.values())})
+        if cfg.progress:
+            print(f"compare: {steps} steps per model (budget {cfg.budget_minutes} min; seconds per step: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in per_step.items()) + ")", file=sys.stderr, flush=True)
+    else:
+        steps = cfg.train_steps
+    sizing["train_steps"] = steps
+    return steps, sizing
+
+
 def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants: Optional[list] = None,
             **shared: Any) -> dict:
     """Run a comparison (module docstring). `spec`: a spec file or dict (default: the default
@@ -301,30 +332,10 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     judge_entry = None
     if cfg.judge["name"] == "trained_ar":
         judge_entry = _resolve(cfg, _judge_variant(), tok, cfg.judge["seed"], is_judge=True)
-    train_blocks = TokenBlocks(load_corpus(cfg.corpus, "train"), tok, cfg.length)
-    test_blocks = TokenBlocks(load_corpus(cfg.corpus, "test"), tok, cfg.length)
-    if len(test_blocks.ids) < cfg.eval_blocks:
-        raise ValueError(f"the {cfg.corpus} test split holds {len(test_blocks.ids)} blocks of {cfg.length} tokens; "
-                         f"eval_blocks (--eval-blocks) is {cfg.eval_blocks}")
-    if len(train_blocks.ids) < cfg.batch_size:
-        raise ValueError(f"the {cfg.corpus} train split holds {len(train_blocks.ids)} blocks, fewer than one batch ({cfg.batch_size})")
-    test_ids = test_blocks.ids[: cfg.eval_blocks]
+    train_blocks, test_ids = _data(cfg, tok)
     models = entries + ([judge_entry] if judge_entry else [])
 
-    # -- the number of steps, before training -------------------------------------------
-    sizing: dict = {"train_steps_given": cfg.train_steps}
-    if cfg.budget_minutes is not None:
-        per_step = {e.name: _probe(cfg, e, train_blocks) for e in models if e.variant.model is None}
-        steps = size_steps(per_step, cfg.budget_minutes * 60)
-        sizing.update({"budget_minutes": cfg.budget_minutes, "probe_steps": cfg.probe_steps,
-                       "seconds_per_step": per_step, "seconds_per_step_sum": sum(per_step.values()),
-                       "planned_train_seconds": steps * sum(per_step.values())})
-        if cfg.progress:
-            print(f"compare: {steps} steps per model (budget {cfg.budget_minutes} min; seconds per step: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in per_step.items()) + ")", file=sys.stderr, flush=True)
-    else:
-        steps = cfg.train_steps
-    sizing["train_steps"] = steps
+    steps, sizing = _sizing(cfg, models, train_blocks)  # the number of steps, before training
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -232,6 +232,41 @@ def _part(d: dict) -> str:
     return d.get("name", "?") + (f" ({_fmt(rest)})" if rest else "")
 
 
+def _card_backbone(backbone: dict, num_parameters: Optional[int]) -> str:
+    """The model card's backbone cell."""
+    if backbone.get("kind") == "transformer":
+        c = backbone.get("config", {})
+        bb = f"DiffusionTransformer: {c.get('n_layers')} layers, hidden {c.get('hidden')}, {c.get('n_heads')} heads"
+    elif backbone.get("weights") == "adapter":
+        bb = f"Hugging Face {backbone.get('model_type')} + LoRA adapter (peft) on the base `{backbone.get('base')}`"
+    else:
+        bb = f"Hugging Face {backbone.get('model_type')} (full weights)"
+    if num_parameters:
+        bb += f", {num_parameters:,d} parameters"
+    return bb
+
+
+def _card_training(training: dict, data: dict) -> list:
+    """The model card's training table (or the line saying it was not recorded)."""
+    lines: list = []
+    if training:
+        lines += ["| | |", "|---|---|"]
+        if data:
+            lines.append(f"| data | {_fmt(data)} |")
+        for key in ("steps", "tokens", "batch_size", "seconds", "recipe", "stages"):
+            if training.get(key) is not None:
+                v = training[key]
+                if key == "stages":
+                    v = "; ".join(f"{s.get('schedule')}: {s.get('steps')} steps" for s in v)
+                elif key == "tokens":
+                    v = f"{int(v):,d}"
+                lines.append(f"| {key} | {_fmt(v)} |")
+        lines.append("")
+    else:
+        lines += ["Not recorded (saved from Python without training information).", ""]
+    return lines
+
+
 def model_card(config: dict, repo_id: Optional[str] = None, num_parameters: Optional[int] = None) -> str:
     """The README.md of a saved composition: what it is, how it was trained (data, steps,
     tokens), evaluation figures when known, how to load it. `config`: its config.json dict."""
@@ -245,15 +280,7 @@ def model_card(config: dict, repo_id: Optional[str] = None, num_parameters: Opti
     data = training.get("data") or {}
     if data.get("corpus") and not str(data["corpus"]).startswith("/"):
         meta["datasets"] = [str(data["corpus"])]
-    if backbone.get("kind") == "transformer":
-        c = backbone.get("config", {})
-        bb = f"DiffusionTransformer: {c.get('n_layers')} layers, hidden {c.get('hidden')}, {c.get('n_heads')} heads"
-    elif backbone.get("weights") == "adapter":
-        bb = f"Hugging Face {backbone.get('model_type')} + LoRA adapter (peft) on the base `{backbone.get('base')}`"
-    else:
-        bb = f"Hugging Face {backbone.get('model_type')} (full weights)"
-    if num_parameters:
-        bb += f", {num_parameters:,d} parameters"
+    bb = _card_backbone(backbone, num_parameters)
     tok = config.get("tokenizer", {})
     lines = [
         "---", *_yaml(meta), "---", "",
@@ -275,21 +302,7 @@ def model_card(config: dict, repo_id: Optional[str] = None, num_parameters: Opti
         "## Training",
         "",
     ]
-    if training:
-        lines += ["| | |", "|---|---|"]
-        if data:
-            lines.append(f"| data | {_fmt(data)} |")
-        for key in ("steps", "tokens", "batch_size", "seconds", "recipe", "stages"):
-            if training.get(key) is not None:
-                v = training[key]
-                if key == "stages":
-                    v = "; ".join(f"{s.get('schedule')}: {s.get('steps')} steps" for s in v)
-                elif key == "tokens":
-                    v = f"{int(v):,d}"
-                lines.append(f"| {key} | {_fmt(v)} |")
-        lines.append("")
-    else:
-        lines += ["Not recorded (saved from Python without training information).", ""]
+    lines += _card_training(training, data)
     lines += ["## Evaluation", ""]
     if evaluation:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in evaluation.items()] + [""]
