@@ -255,6 +255,18 @@ def _decode(tokenizer: Any, ids: List[int], skip_special_tokens: bool) -> str:
         return tokenizer.decode(ids)
 
 
+def _sampler_with_dtype(sampler: Any, sampler_kwargs: Optional[dict]) -> Any:
+    """The sampler (built from its registry name and `sampler_kwargs`, or given), which must have
+    a categorical `dtype` field for fp64 / fp32 to be compared."""
+    if isinstance(sampler, str):
+        sampler = get_sampler(sampler)(**(sampler_kwargs or {}))
+    elif sampler_kwargs:
+        raise ValueError("sampler_kwargs go with a sampler name, not an instance")
+    if not dataclasses.is_dataclass(sampler) or "dtype" not in {f.name for f in dataclasses.fields(sampler)}:
+        raise ValueError(f"{type(sampler).__name__} has no categorical `dtype` option: fp64 / fp32 cannot be compared")
+    return sampler
+
+
 def sample_and_judge(
     lm: Any,
     sampler: Any,
@@ -284,12 +296,7 @@ def sample_and_judge(
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-    if isinstance(sampler, str):
-        sampler = get_sampler(sampler)(**(sampler_kwargs or {}))
-    elif sampler_kwargs:
-        raise ValueError("sampler_kwargs go with a sampler name, not an instance")
-    if not dataclasses.is_dataclass(sampler) or "dtype" not in {f.name for f in dataclasses.fields(sampler)}:
-        raise ValueError(f"{type(sampler).__name__} has no categorical `dtype` option: fp64 / fp32 cannot be compared")
+    sampler = _sampler_with_dtype(sampler, sampler_kwargs)
     dtypes = list(dtypes)
     if not dtypes:
         raise ValueError("give at least one dtype")
