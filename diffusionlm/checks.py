@@ -1,4 +1,5 @@
 """Input checks shared by the public entry points (processes, masks, samplers, models).
+At the top level because it is the bottom layer: every package below uses it.
 
 Bad input raises before it reaches any indexing, as one line naming the argument, what it got
 and what is allowed: TypeError for a wrong kind of value (float ids, a non-bool mask), ValueError

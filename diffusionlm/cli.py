@@ -1,4 +1,5 @@
 """Command line: `diffusionlm train | sample | eval | compare | demo | export | lm-eval | fetch`.
+At the top level: the top layer, the console script's entry point.
 
     diffusionlm train --config recipes/scratch.json train.steps=500 data.length=256
     diffusionlm sample --model runs/scratch --sampler mdlm --steps 64 --num 4 --show-steps

@@ -1,4 +1,6 @@
 """How long a run will take, from a quick timing of one of its steps on this machine.
+At the top level: one small module of the measuring layer that the command line and any caller
+use before a run (training, evaluation, sampling alike), part of none of them.
 
     t = train_step_seconds(lm, batch_size=8, length=1024, device="cpu")   # one forward + backward
     total = t * steps * grad_accum

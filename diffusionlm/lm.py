@@ -1,4 +1,5 @@
 """DiffusionLM: where a process, a hyperschedule and a denoiser meet.
+At the top level: the composition is the one layer between the parts and everything that uses them.
 
     lm = DiffusionLM(model, Absorb(N), Block(16), layout="aligned")
     lm.loss(x0).loss.backward()          # training objective of a batch

@@ -1,4 +1,5 @@
 """Attention masks derived from a hyperschedule: one source of truth, two materializations.
+At the top level, as in DESIGN's map: a part of its own between hyperschedules and models.
 
 Every mask here is a ``mask_mod(b, h, q_idx, kv_idx) -> bool`` function (FlexAttention's
 signature; True = the query row may attend the key row). The same function is materialized as

@@ -1,4 +1,5 @@
 """Specs and the one registry: every part of a composition built from a plain dict by its name.
+At the top level: the bottom layer (with checks) that every part registers with.
 
 One convention for every kind of part:
 

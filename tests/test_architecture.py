@@ -32,6 +32,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 OPTIONAL = ("gguf", "gradio", "flash_attn", "mauve", "lm_eval", "playwright", "wandb", "tensorboard", "peft",
             "transformers.modeling_gguf_pytorch_utils", ".eval import lm_eval_adapter", ".lm_eval_adapter import DiffusionLMEval")
 MAX_TOP_LEVEL, MAX_FUNCTION_IMPORTS, MAX_FUNCTION_LINES, MAX_CLASS_LINES = 10, 20, 80, 300
+#: offenders known and left for now, each with its reason (the test fails when one is fixed and
+#: still listed, or when a new one appears)
+KNOWN_OFFENDERS = {
+    # the Gradio app's closures; demo/ is being changed by the loading-gate work (issue 25): split after it lands
+    "function diffusionlm.demo.app.build_app",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -167,10 +173,10 @@ def test_no_function_over_80_lines_and_no_class_over_300():
         for node in ast.walk(ast.parse(path.read_text())):
             size = (node.end_lineno - node.lineno + 1) if hasattr(node, "end_lineno") else 0
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size > MAX_FUNCTION_LINES:
-                offenders.append(f"function {module}.{node.name}: {size} lines")
+                offenders.append(f"function {module}.{node.name}")
             elif isinstance(node, ast.ClassDef) and size > MAX_CLASS_LINES:
-                offenders.append(f"class {module}.{node.name}: {size} lines")
-    assert offenders == []
+                offenders.append(f"class {module}.{node.name}")
+    assert set(offenders) == KNOWN_OFFENDERS
 
 
 def test_the_measure_sees_an_upward_import_and_a_cycle():
