@@ -102,6 +102,19 @@ def _plain_log_axis(axis) -> None:
     axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
+def _finish_genppl(fig, ax, xlabel: str, title: str, path: Path) -> None:
+    """A generative-PPL plot's log y axis, labels, legend, and the file."""
+    ax.set_yscale("log")
+    _plain_log_axis(ax.yaxis)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("generative PPL under the judge (log scale)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot(results: dict, out: Path) -> list:
     """ppl.png, genppl_vs_entropy.png, quality_vs_steps.png (module docstring; the last two only
     with a judge); returns the names of the files it wrote."""
@@ -134,15 +147,8 @@ def plot(results: dict, out: Path) -> list:
             ax.annotate(str(s["steps"]), (s["entropy"], s["gen_ppl"]), fontsize=7)
     if ref and ref["gen_ppl"] is not None:
         ax.plot([ref["entropy"]], [ref["gen_ppl"]], "k*", markersize=12, label="real test text")
-    ax.set_yscale("log")
-    _plain_log_axis(ax.yaxis)
-    ax.set_xlabel("unigram entropy of samples (nats)")
-    ax.set_ylabel("generative PPL under the judge (log scale)")
-    ax.set_title("Generative PPL against entropy (labels: sampling steps)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "genppl_vs_entropy.png", dpi=120)
-    plt.close(fig)
+    _finish_genppl(fig, ax, "unigram entropy of samples (nats)", "Generative PPL against entropy (labels: sampling steps)",
+                   out / "genppl_vs_entropy.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for label, rows in _series(results):
@@ -151,13 +157,5 @@ def plot(results: dict, out: Path) -> list:
     if ref and ref["gen_ppl"] is not None:
         ax.axhline(ref["gen_ppl"], color="k", linestyle=":", label="real test text")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    _plain_log_axis(ax.yaxis)
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("generative PPL under the judge (log scale)")
-    ax.set_title("Quality against sampling steps")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "quality_vs_steps.png", dpi=120)
-    plt.close(fig)
+    _finish_genppl(fig, ax, "sampling steps", "Quality against sampling steps", out / "quality_vs_steps.png")
     return ["ppl.png", "genppl_vs_entropy.png", "quality_vs_steps.png"]
