@@ -55,6 +55,9 @@ __all__ = ["DiffusionLM", "build", "compare", "register", "to_dict"]
 
 def __getattr__(name: str):
     if name == "compare":  # imported on first use; the module itself is callable
-
         return importlib.import_module(f"{__name__}.compare")
+    if f"{__name__}.{name}" in MOVED_MODULES:  # diffusionlm.hub and the others that moved (one release)
+        warnings.warn(f"{__name__}.{name} moved to {MOVED_MODULES[f'{__name__}.{name}']}: import it from there",
+                      DeprecationWarning, stacklevel=2)
+        return importlib.import_module(MOVED_MODULES[f"{__name__}.{name}"])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -149,7 +149,7 @@ def test_every_study_spec_runs_at_toy_size(tmp_path):
                 assert v["model"].startswith("experiments/03_hybrid/run/models/")
                 v["model"] = str(out["03_hybrid"] / "models" / Path(v["model"]).name)
         before = {v["name"]: v["model"] for v in spec["variants"] if "model" in v}
-        shas = {n: _state_sha(__import__("diffusionlm").hub.load_model(p).lm) for n, p in before.items()}
+        shas = {n: _state_sha(__import__("diffusionlm.io.hub").io.hub.load_model(p).lm) for n, p in before.items()}
         r = C.compare(spec, **shared)
         results[study] = r
         assert (out[study] / "results.md").is_file() and (out[study] / "ppl.png").is_file() or study == "05_lad"

@@ -120,3 +120,30 @@ def test_the_command_line_samples_with_the_plugin_and_names_the_class_without_it
     assert missing.returncode == 1
     (line,) = missing.stderr.strip().splitlines()
     assert "unknown process 'cosine_absorb'" in line and "my_parts.CosineAbsorb" in line and "--plugin" in line
+
+
+def test_an_entry_point_of_the_group_is_loaded_when_a_name_is_not_found(tmp_path, monkeypatch):
+    """An installed package names its parts in the entry point group `diffusionlm.parts`: the first
+    lookup of an unknown name imports them (nothing is imported before)."""
+    from importlib.metadata import EntryPoint
+
+    (tmp_path / "ep_parts.py").write_text(
+        "from dataclasses import dataclass\nfrom typing import ClassVar\nfrom diffusionlm.schedules.noise import Linear\n\n"
+        "@dataclass(frozen=True)\nclass Steep(Linear):\n    name: ClassVar[str] = 'steep'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    asked = []
+
+    def entry_points(group):
+        asked.append(group)
+        return [EntryPoint(name="steep", value="ep_parts:Steep", group=group)]
+
+    monkeypatch.setattr(specs, "entry_points", entry_points)
+    monkeypatch.setattr(specs, "_ENTRY_POINTS_LOADED", False)
+    saved = dict(specs.registry("noise_schedule"))
+    try:
+        assert specs.build("noise_schedule", "linear").name == "linear" and asked == []  # a known name: not read
+        steep = specs.build("noise_schedule", {"name": "steep", "eps": 0.1})
+        assert asked == ["diffusionlm.parts"] and type(steep).__module__ == "ep_parts" and steep.to_dict() == {"name": "steep", "eps": 0.1}
+    finally:
+        specs.registry("noise_schedule").clear()
+        specs.registry("noise_schedule").update(saved)

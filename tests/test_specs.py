@@ -186,3 +186,30 @@ def test_a_given_model_must_agree_with_the_spec_backbone():
     spec["backbone"]["n_layers"] = 2
     with pytest.raises(ValueError, match="the given model's backbone field 'n_layers' is 1, the spec says 2"):
         DiffusionLM.from_dict(spec, model=lm.model)
+
+
+def test_renamed_names_still_work_for_one_release_and_say_where_they_went():
+    """The composition builders of specs / hub, the old module paths, config's run builders and
+    register_sampler keep working, each with a DeprecationWarning naming the new place."""
+    import importlib
+    import sys
+
+    import diffusionlm.config
+    from diffusionlm.samplers import register_sampler
+
+    spec = {"name": "diffusion_lm", "process": {"name": "absorb", "vocab_size": 5}, "schedule": "flat",
+            "backbone": {"name": "transformer", "n_layers": 1, "hidden": 32, "n_heads": 2, "max_positions": 8}}
+    with pytest.warns(DeprecationWarning, match="DiffusionLM.from_dict"):
+        lm = specs.build_composition(spec)
+    with pytest.warns(DeprecationWarning, match=r"lm.to_dict\(\)"):
+        assert specs.composition_dict(lm) == lm.to_dict()
+    for old, new in [("diffusionlm.hub", "diffusionlm.io.hub"), ("diffusionlm.safeio", "diffusionlm.io.safeio"),
+                     ("diffusionlm.fetch", "diffusionlm.io.fetch"), ("diffusionlm.configcheck", "diffusionlm.config.check")]:
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match=f"{old} moved to {new}"):
+            assert importlib.import_module(old) is importlib.import_module(new)
+    with pytest.warns(DeprecationWarning, match="diffusionlm.config.safetensors_errors moved to diffusionlm.io.runs"):
+        errors = diffusionlm.config.safetensors_errors()
+    assert len(errors) == 2
+    with pytest.warns(DeprecationWarning, match="register_sampler is deprecated"):
+        assert register_sampler(get_sampler("mdlm")) is get_sampler("mdlm")

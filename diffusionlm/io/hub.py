@@ -74,6 +74,7 @@ from .saving import (
     FORMAT_VERSION,
     HUB_TAGS,
     TOKENIZER_FILES,
+    CompositionHubMixin,
     SavedComposition,
     build_composition,
     composition_dict,
@@ -91,7 +92,7 @@ __all__ = [
     "composition_from_v1", "composition_dict", "build_composition",
     "model_card", "load_model", "LoadedModel", "MODEL_RESOLVERS", "register_resolver", "resolve_model_path",
     "ModelNotFoundError", "parse_part", "load_judge", "library_version", "read_config", "safetensors_errors",
-    "BACKBONE_DIR", "CARD_MARK", "CONFIG_NAME", "HUB_TAGS", "TOKENIZER_FILES",
+    "BACKBONE_DIR", "CARD_MARK", "CONFIG_NAME", "HUB_TAGS", "TOKENIZER_FILES", "CompositionHubMixin",
 ]
 
 

@@ -411,6 +411,29 @@ def push_to_hub(lm: Any, repo_id: str, *, tokenizer: Any = None, merge: bool = F
     return SavedComposition(_payload(lm, tokenizer, merge, training, evaluation)).push_to_hub(repo_id, **kw)
 
 
+class CompositionHubMixin:
+    """Deprecated (one release): `DiffusionLM` has save_pretrained / from_pretrained / push_to_hub
+    itself (late-bound to this module's functions); a class deriving from this mixin gets the same."""
+
+    tokenizer = None
+    card_info = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        warnings.warn("CompositionHubMixin is deprecated: DiffusionLM provides save_pretrained / from_pretrained / "
+                      "push_to_hub (diffusionlm.io.saving)", DeprecationWarning, stacklevel=2)
+        super().__init_subclass__(**kwargs)
+
+    def save_pretrained(self, save_directory: "str | os.PathLike", **kwargs: Any) -> Optional[str]:
+        return save_pretrained(self, save_directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: "str | os.PathLike", **kwargs: Any) -> Any:
+        return from_pretrained(cls, pretrained_model_name_or_path, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        return push_to_hub(self, repo_id, **kwargs)
+
+
 provide("save_pretrained", save_pretrained)
 provide("from_pretrained", from_pretrained)
 provide("push_to_hub", push_to_hub)
