@@ -49,8 +49,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..configcheck import Bool, Choice, Int, Num, Opt, Pair, Str, check_fields
+from ..configcheck import Bool, Choice, Int, List, Num, Opt, Pair, Str, check_fields
 from ..safeio import first_non_finite
+from .curriculum import Curriculum
 from .checkpoint import (
     NonFiniteError, check_frozen, check_weights, frozen_digest, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
@@ -98,6 +99,8 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     fsdp: bool = False
+    #: hyperschedule by step, [{"step": s, "schedule": {...}}, ...] (training.curriculum); None: the lm's own
+    curriculum: Optional[list] = None
 
     RULES = {
         "steps": Int(1), "batch_size": Int(1), "grad_accum": Int(1),
@@ -108,11 +111,14 @@ class TrainConfig:
         "eval_every": Int(0), "eval_batches": Int(1), "eval_samples": Int(1),
         "save_every": Int(0), "keep_checkpoints": Int(0), "out_dir": Opt(Str(), "no checkpoints or metrics"),
         "log_every": Int(1), "seed": Int(0, 2**31 - 1), "progress": Bool(), "fsdp": Bool(),
+        "curriculum": Opt(List(), "the composition's own schedule at every step"),
     }
 
     def __post_init__(self) -> None:
         check_fields(self, self.RULES, "train")
         self.betas = tuple(self.betas)
+        if self.curriculum is not None:
+            self.curriculum = Curriculum.from_spec(self.curriculum).to_spec()
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -192,6 +198,7 @@ class Trainer:
         self.history: list[dict] = []
         self.last_checkpoint: Optional[Path] = None
         self._frozen_sha256: Optional[str] = None
+        self.curriculum = Curriculum.from_spec(config.curriculum) if config.curriculum is not None else None
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.metrics = MetricsLog(config.out_dir) if config.out_dir and self.rank == 0 else None
         if config.out_dir:
@@ -299,6 +306,8 @@ class Trainer:
         self.module.train()
         if hasattr(self.lm, "training_step"):
             self.lm.training_step = self.step
+        if self.curriculum is not None:
+            self.lm.schedule = self.curriculum.at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         total, tokens = 0.0, 0
         for micro in range(cfg.grad_accum):
@@ -337,7 +346,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self._bare())
         self.step += 1
-        return {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens * self.world}
+        extra = {"schedule": repr(self.lm.schedule)} if self.curriculum is not None else {}
+        return {**extra, "step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens * self.world}
 
     # -- loop ---------------------------------------------------------------------------
     def fit(self, steps: Optional[int] = None) -> list[dict]:
