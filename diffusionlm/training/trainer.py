@@ -53,7 +53,8 @@ from ..configcheck import Bool, Choice, Int, List, Num, Opt, Pair, Str, check_fi
 from ..safeio import first_non_finite
 from .curriculum import Curriculum
 from .checkpoint import (
-    NonFiniteError, check_frozen, check_weights, frozen_digest, latest_checkpoint, load_checkpoint, save_checkpoint,
+    NonFiniteError, check_frozen, check_weights, drop_frozen_aliases, frozen_digest, latest_checkpoint, load_checkpoint,
+    save_checkpoint, trainable_only,
 )
 from .rundir import MetricsLog, RunDirInUse, RunDirLock
 
@@ -454,6 +455,8 @@ class Trainer:
         if bad is not None:
             raise self._stop(f"non-finite weights ({bad}) at step {self.step}, not saved")
         model_sd, optim_sd = get_state_dict(self.module, self.optimizer, options=self._state_options(cpu_offload=True))
+        if self.partial:  # a tied frozen parameter's second name slips through ignore_frozen_params
+            model_sd = trainable_only(self._bare(), model_sd)
         rng = self._gather_json(self._rng_state())
         if self.partial and self._frozen_sha256 is None:
             self._frozen_sha256 = frozen_digest(self._bare())
@@ -491,6 +494,8 @@ class Trainer:
                 f"(got {self.world}): each rank's random streams and data shard are part of the exact resume"
             )
         partial = st.get("weights") == "trainable"
+        if partial:
+            ck["model"] = drop_frozen_aliases(self._bare(), ck["model"])
         check_weights(self._bare(), ck["model"], path, partial)
         if partial:
             check_frozen(self._bare(), st, path)
