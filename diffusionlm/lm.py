@@ -313,8 +313,8 @@ class DiffusionLM(Part, kind="composition"):
             position_ids = torch.arange(L, device=x_t.device)[None].expand(B, L)
         return self._call(ids, position_ids, mask, levels)
 
-    def _call(self, ids: Tensor, position_ids: Tensor, mask: Any, levels: Tensor) -> Tensor:
-        out = self.model(ids, position_ids=position_ids, attention_mask=mask, levels=levels, **self.model_inputs(levels))
+    def _call(self, ids: Tensor, position_ids: Tensor, mask: Any, levels: Tensor, **kw) -> Tensor:
+        out = self.model(ids, position_ids=position_ids, attention_mask=mask, levels=levels, **self.model_inputs(levels), **kw)
         return logits_of(out)
 
     def _mask_for(self, draw) -> tuple[Tensor, Any]:
@@ -384,7 +384,10 @@ class DiffusionLM(Part, kind="composition"):
         cats = categories_from_levels(draw.level, draw.next_level)
         mask = two_halves_mask(draw.segment, categories=cats, device=x0.device)
         levels = torch.cat([level, torch.zeros_like(level)], 1)
-        logits = self._call(ids, pos, mask, levels)[:, :d]
+        # only the noisy half's rows are scored: a backbone that can skip the head elsewhere does
+        bare = getattr(self.model, "module", self.model)
+        first = {"first_logits": d} if "first_logits" in inspect.signature(bare.forward).parameters else {}
+        logits = self._call(ids, pos, mask, levels, **first)[:, :d]
         per_token = self.process.loss(logits, x0, corr, level, draw)
         per_token = torch.where(cats == ACTIVE, per_token, torch.zeros_like(per_token))
         if response_mask is not None:

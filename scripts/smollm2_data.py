@@ -25,6 +25,20 @@ import sys
 from pathlib import Path
 
 
+def english_rows() -> list:
+    """The block-diffusion recipe's English-only mix (recipes/smollm2-block.json): AG News and the
+    stored LM1B heldout sentences (detokenized), grouped 8 sentences to a document; shuffled with a
+    fixed seed. LM1B is one of the suite's zero-shot sets: a model trained on this mix must not be
+    scored on LM1B (its card says so)."""
+    from diffusionlm.data import load_corpus
+
+    rows = [{"text": t, "source": "ag_news"} for t in load_corpus("ag_news", "test")]
+    lines = load_corpus("lm1b", "test")
+    rows += [{"text": " ".join(lines[i : i + 8]), "source": "lm1b"} for i in range(0, len(lines), 8)]
+    random.Random(0).shuffle(rows)
+    return rows
+
+
 def build_rows(stdlib_chars: int) -> list:
     from diffusionlm.data import load_corpus, stdlib_files
 
@@ -47,8 +61,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/smollm2-data/train.jsonl")
     ap.add_argument("--stdlib-chars", type=int, default=1_500_000)
+    ap.add_argument("--mix", choices=("news-shakespeare-python", "english"), default="news-shakespeare-python",
+                    help="english: AG News + LM1B heldout only (the block-diffusion recipe's data)")
     args = ap.parse_args(argv)
-    rows = build_rows(args.stdlib_chars)
+    rows = english_rows() if args.mix == "english" else build_rows(args.stdlib_chars)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

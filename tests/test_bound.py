@@ -319,3 +319,31 @@ def test_estimator_errors():
         corpus_bound(lm, y, 4, batch_size=0)
     with pytest.raises(ValueError, match=r"\[n, d\]"):
         corpus_bound(lm, y[0], 4)
+
+
+@pytest.mark.parametrize("noise", ["linear", "cosine", "loglinear"])
+def test_absorb_step_kl_closed_form_equals_the_generic_posterior_kl(noise):
+    """Absorb's O(B d) step KL (w times -log p_theta(y) at a masked moving position) equals the
+    generic KL between the [B, d, V] posteriors of Process.step_kl, on random logits, levels and
+    corruptions (masked, kept, moving and still positions), with MASK next to the real ids or
+    beyond an unused id."""
+    from diffusionlm.processes.base import Process
+    from diffusionlm.schedules.noise import noise_schedule
+
+    g = torch.Generator().manual_seed(0)
+    for mask_id in (None, 9):
+        proc = Absorb(7, mask_id=mask_id, noise=noise_schedule(noise))
+        B, d = 6, 9
+        y = torch.randint(0, 7, (B, d), generator=g)
+        lt = torch.rand(B, d, generator=g)
+        lt[0] = 1.0
+        ls = lt * torch.rand(B, d, generator=g)
+        ls[1] = lt[1]  # a row that does not move
+        ls[2] = 0.0
+        x_t = proc.corrupt(y, lt, generator=g).ids
+        logits = torch.randn(B, d, proc.model_vocab_size, generator=g) * 3
+        fast = proc.step_kl(logits, y, x_t, lt, ls)
+        generic = Process.step_kl(proc, logits, y, x_t, lt, ls)
+        assert fast.dtype == torch.float64 and bool((fast[1] == 0).all())
+        torch.testing.assert_close(fast, generic, rtol=1e-9, atol=1e-12)
+        assert bool((fast > 0).any())

@@ -330,7 +330,9 @@ def test_ar_judge_scores_a_continuation_given_its_prompt():
         whole, _ = ar_judge_nll(lm, x0)
         prompt, _ = ar_judge_nll(lm, x0[:, :4])
     assert n == 2 * 6
-    assert nll == pytest.approx(one_by_one, rel=1e-9)
-    assert nll == pytest.approx(whole - prompt, rel=1e-9)
+    # float32 forwards of different lengths take different matmul paths (on this AMD EPYC they
+    # differ in the 9th digit): equal to float32's precision
+    assert nll == pytest.approx(one_by_one, rel=1e-6)
+    assert nll == pytest.approx(whole - prompt, rel=1e-6)
     with pytest.raises(ValueError, match="start 10 must lie in"):
         ar_judge_nll(lm, x0, start=10)

@@ -499,3 +499,50 @@ def test_a_tied_trainable_pair_is_checked_by_tensor_not_by_name(tmp_path):
         check_weights(m, {"emb.weight": torch.zeros(5, 3), "body.weight": torch.zeros(3, 3)}, tmp_path, partial=True)
     with pytest.raises(ValueError, match=r"missing \['emb.weight'\]"):
         check_weights(m, {}, tmp_path, partial=True)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_tied_head_under_lora_checkpoints_the_adapters_only_and_resumes(tmp_path):
+    """SmolLM2's head is its embedding; with the MASK row as peft trainable tokens both are wrapped,
+    and torch's ignore_frozen_params kept the tied frozen weight under its second name (113 MB a
+    checkpoint, and a resume that refused it). Now: adapters only; resume exact; an older
+    checkpoint holding that frozen alias loads, one whose alias differs from the base is refused."""
+    from diffusionlm.config import RunConfig
+    from diffusionlm.io.runs import build
+    from diffusionlm.safeio import save_safetensors
+    from diffusionlm.training import load_model_weights, seed_everything
+
+    tied = {**LLAMA, "tie_word_embeddings": True}
+
+    def tied_lm():
+        run = RunConfig.from_file(None, ["model.kind=hf", "model.path=null", "model.hf_config=" + json.dumps(tied),
+                                         'model.lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}',
+                                         "data.tokenizer=byte", "data.length=12", 'process={"name": "absorb"}'])
+        seed_everything(0)
+        return build(run, data=False).lm
+
+    lm = tied_lm()
+    assert lm.model.model.get_output_embeddings().weight is not None
+    straight = Trainer(tied_lm(), cfg(tmp_path / "a", steps=4), Stream())
+    straight.fit()
+    first = Trainer(tied_lm(), cfg(tmp_path / "b", steps=4), Stream())
+    first.fit(steps=2)
+    ck = latest_checkpoint(tmp_path / "b")
+    saved = load_safetensors(ck / "model.safetensors")[0]
+    assert saved and all("lora_" in k for k in saved), sorted(k for k in saved if "lora_" not in k)
+    second = Trainer(tied_lm(), cfg(tmp_path / "b", steps=4), Stream())
+    assert second.step == 2
+    second.fit()
+    a, b = weights(straight), weights(second)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # a checkpoint written before the fix: the frozen tied weight under the head's name
+    fresh = tied_lm().model
+    alias = next(k for k in fresh.state_dict() if "lm_head" in k and k.endswith("base_layer.weight"))
+    old = dict(saved, **{alias: fresh.state_dict()[alias].clone()})
+    save_safetensors(ck / "model.safetensors", old)
+    load_model_weights(fresh, ck)
+    bad = dict(old, **{alias: old[alias] + 1})
+    save_safetensors(ck / "model.safetensors", bad)
+    with pytest.raises(ValueError, match="trainable weights of another configuration"):
+        load_model_weights(tied_lm().model, ck)

@@ -141,6 +141,14 @@ class Dict(Rule):
         return None if isinstance(v, dict) else f"an object, not {_a(v)}"
 
 
+class List(Rule):
+    def type_error(self, v):
+        return not isinstance(v, (list, tuple))
+
+    def check(self, v):
+        return None if isinstance(v, (list, tuple)) else f"a list, not {_a(v)}"
+
+
 @dataclass
 class Pair(Rule):
     item: Num

@@ -118,6 +118,8 @@ class RunConfig:
             raise ValueError(f"layout = {run.layout!r}: must be one of aligned, shifted")
         _check_schedule(run.schedule, run.data.length, "schedule")
         run.stages = _check_stages(run.stages, run.train, run.data.length)
+        for i, entry in enumerate(run.train.curriculum or []):
+            _check_schedule(entry["schedule"], run.data.length, f"train.curriculum[{i}].schedule")
         return run
 
     @classmethod

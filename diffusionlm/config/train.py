@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Optional
 
-from .check import Bool, Choice, Int, Num, Opt, Pair, Str, check_fields
+from ..schedules.curriculum import Curriculum
+from .check import Bool, Choice, Int, List, Num, Opt, Pair, Str, check_fields
 
 __all__ = ["TrainConfig", "LR_SCHEDULES"]
 
@@ -38,6 +39,8 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     fsdp: bool = False
+    #: hyperschedule by step, [{"step": s, "schedule": {...}}, ...] (schedules.curriculum); None: the lm's own
+    curriculum: Optional[list] = None
 
     RULES = {
         "steps": Int(1), "batch_size": Int(1), "grad_accum": Int(1),
@@ -48,11 +51,14 @@ class TrainConfig:
         "eval_every": Int(0), "eval_batches": Int(1), "eval_samples": Int(1),
         "save_every": Int(0), "keep_checkpoints": Int(0), "out_dir": Opt(Str(), "no checkpoints or metrics"),
         "log_every": Int(1), "seed": Int(0, 2**31 - 1), "progress": Bool(), "fsdp": Bool(),
+        "curriculum": Opt(List(), "the composition's own schedule at every step"),
     }
 
     def __post_init__(self) -> None:
         check_fields(self, self.RULES, "train")
         self.betas = tuple(self.betas)
+        if self.curriculum is not None:
+            self.curriculum = Curriculum.from_spec(self.curriculum).to_spec()
 
     @classmethod
     def field_names(cls) -> list[str]:

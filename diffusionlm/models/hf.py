@@ -422,8 +422,11 @@ class HFDenoiser(_HFSpec, MasksAndCache, nn.Module, Backbone):
         cache: Any = None,
         cache_commit: int = 0,
         logits_to_keep: int = 0,
+        first_logits: int = 0,
     ) -> DenoiserOutput:
-        """Logits for the L rows of `input_ids` [B, L] (the last `logits_to_keep` rows only, if > 0).
+        """Logits for the L rows of `input_ids` [B, L] (the last `logits_to_keep` rows only, if > 0;
+        the first `first_logits` rows only, if > 0: the two-halves training layout needs the noisy
+        half's, and the 49k-wide head over the clean half would cost a fifth of the forward).
 
         position_ids    [B or 1, L] true positions (default: cached rows + arange(L))
         attention_mask  None (FULL attention), "causal", bool [B or 1, 1, L, P + L] (True = may
@@ -458,8 +461,14 @@ class HFDenoiser(_HFSpec, MasksAndCache, nn.Module, Backbone):
             input_ids = torch.where(input_ids == self.mask_id, torch.full_like(input_ids, self.reserved_id), input_ids)
         params = _forward_params(type(self.model))
         extra: dict = {}
+        if logits_to_keep and first_logits:
+            raise ValueError("give logits_to_keep (the last rows) or first_logits (the first rows), not both")
+        if not isinstance(first_logits, int) or isinstance(first_logits, bool) or not 0 <= first_logits <= L:
+            raise ValueError(f"first_logits must be an int in [0, {L}] (0: every row), got {first_logits!r}")
         if logits_to_keep and "logits_to_keep" in params:
             extra["logits_to_keep"] = logits_to_keep
+        elif first_logits and "logits_to_keep" in params:
+            extra["logits_to_keep"] = torch.arange(first_logits, device=input_ids.device)
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -472,6 +481,8 @@ class HFDenoiser(_HFSpec, MasksAndCache, nn.Module, Backbone):
         logits = out.logits
         if logits_to_keep and logits.shape[1] != logits_to_keep:
             logits = logits[:, -logits_to_keep:]
+        if first_logits and logits.shape[1] != first_logits:
+            logits = logits[:, :first_logits]
         if self.reserved_id is not None:
             r = self.reserved_id
             logits = torch.cat([logits, logits[..., r : r + 1]], dim=-1)

@@ -222,6 +222,32 @@ def frozen_digest(model: torch.nn.Module) -> Optional[str]:
     return tensor_digest(frozen) if frozen else None
 
 
+def drop_frozen_aliases(model: torch.nn.Module, state: dict) -> dict:
+    """`state` without the entries that name a FROZEN tensor of `model` holding exactly the stored
+    values. torch.distributed.checkpoint's `ignore_frozen_params` drops a frozen parameter under the
+    one name `named_parameters` keeps, so a tied one (SmolLM2's head is its embedding, and peft's
+    trainable tokens wrap both) used to be written under its second name, 113 MB a checkpoint; such
+    entries are the base itself (the frozen checksum is compared too), so they are dropped, never
+    loaded. A frozen entry that differs from the model's is kept, for check_weights to refuse."""
+    tensors = model.state_dict(keep_vars=True)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    out = {}
+    for k, v in state.items():
+        t = tensors.get(k)
+        if t is not None and id(t) not in trainable and t.shape == v.shape and torch.equal(t.detach().cpu(), v.cpu()):
+            continue
+        out[k] = v
+    return out
+
+
+def trainable_only(model: torch.nn.Module, state: dict) -> dict:
+    """The entries of `state` that name a trainable tensor of `model` (by tensor, so a tied
+    parameter's second name is recognised as what it is)."""
+    tensors = model.state_dict(keep_vars=True)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    return {k: v for k, v in state.items() if k in tensors and id(tensors[k]) in trainable}
+
+
 def check_weights(model: torch.nn.Module, state: dict, path: "str | Path", partial: bool) -> None:
     """Raise unless `state` fits `model`: every key a weight of it, and (partial) exactly its
     trainable parameters, or (full) all of its weights but perhaps a tied head stored once."""
@@ -274,6 +300,8 @@ def load_model_weights(model: torch.nn.Module, path: "str | Path") -> dict:
     _format(path, state)
     weights, _ = load_safetensors(path / "model.safetensors")
     partial = state.get("weights") == "trainable"
+    if partial:
+        weights = drop_frozen_aliases(model, weights)
     check_weights(model, weights, path, partial)
     if partial:
         check_frozen(model, state, path)

@@ -58,14 +58,17 @@ from tqdm.auto import tqdm
 
 from ..config.train import LR_SCHEDULES, TrainConfig
 from ..io.safeio import first_non_finite
+from ..schedules.curriculum import Curriculum
 from .checkpoint import (
     NonFiniteError,
     check_frozen,
     check_weights,
+    drop_frozen_aliases,
     frozen_digest,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    trainable_only,
 )
 from .distributed import Distributed
 from .rundir import MetricsLog, RunDirInUse
@@ -149,6 +152,7 @@ class Trainer(Distributed):
         self.history: list[dict] = []
         self.last_checkpoint: Optional[Path] = None
         self._frozen_sha256: Optional[str] = None
+        self.curriculum = Curriculum.from_spec(config.curriculum) if config.curriculum is not None else None
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.metrics = MetricsLog(config.out_dir) if config.out_dir and self.rank == 0 else None
         if config.out_dir:
@@ -189,6 +193,8 @@ class Trainer(Distributed):
         self.module.train()
         if hasattr(self.lm, "training_step"):
             self.lm.training_step = self.step
+        if self.curriculum is not None:
+            self.lm.schedule = self.curriculum.at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         total, tokens = 0.0, 0
         for micro in range(cfg.grad_accum):
@@ -227,7 +233,8 @@ class Trainer(Distributed):
         if self.ema is not None:
             self.ema.update_parameters(self._bare())
         self.step += 1
-        return {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens * self.world}
+        extra = {"schedule": repr(self.lm.schedule)} if self.curriculum is not None else {}
+        return {**extra, "step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens * self.world}
 
     # -- loop ---------------------------------------------------------------------------
     def fit(self, steps: Optional[int] = None) -> list[dict]:
@@ -327,6 +334,8 @@ class Trainer(Distributed):
         if bad is not None:
             raise self._stop(f"non-finite weights ({bad}) at step {self.step}, not saved")
         model_sd, optim_sd = get_state_dict(self.module, self.optimizer, options=self._state_options(cpu_offload=True))
+        if self.partial:  # a tied frozen parameter's second name slips through ignore_frozen_params
+            model_sd = trainable_only(self._bare(), model_sd)
         rng = self._gather_json(self._rng_state())
         if self.partial and self._frozen_sha256 is None:
             self._frozen_sha256 = frozen_digest(self._bare())
@@ -362,6 +371,8 @@ class Trainer(Distributed):
                 f"(got {self.world}): each rank's random streams and data shard are part of the exact resume"
             )
         partial = st.get("weights") == "trainable"
+        if partial:
+            ck["model"] = drop_frozen_aliases(self._bare(), ck["model"])
         check_weights(self._bare(), ck["model"], path, partial)
         if partial:
             check_frozen(self._bare(), st, path)

@@ -1,0 +1,160 @@
+"""The LoRA adaptation step of recipes/smollm2-block.json as a fraction of this machine's measured
+matmul peak (issue 22, item 4), and what each removed waste is worth.
+
+    python benchmarks/lora_step.py [--model smollm2] [--batch 8] [--length 128] [--rounds 3] \
+        [--out benchmarks/out/lora_step.json] [--profile]
+
+One step: Absorb + Block(4, 4), SHIFTED, the two-halves layout ([x_noisy ; x_clean], 2d rows),
+LoRA r = 16 on every projection, AdamW on the adapters and the MASK row: the recipe's step, built
+by the recipe's own config code on random ids.
+
+Model FLOPs of a step (what any implementation must compute; matmuls only), for a Llama with
+hidden E, key/value width Ekv, MLP width F, L layers, vocab V and R = 2 B d rows:
+    forward   L x 2 R (E E + 2 E Ekv + E E + 3 E F)   q, k, v, o, gate, up, down projections
+              + L x 4 B d (2d) E                        scores and weighted sum (every key; an upper bound
+                                                        of what the block masks keep)
+              + 2 B d E V                               the head over the d noisy rows (the clean half
+                                                        is never scored)
+    backward  the same again: activation gradients only (frozen weights need none of their own;
+              LoRA's own products are under 1% and not counted)
+Peak: the best of several float32 [n, n] @ [n, n] (n = 2048) in this process, same threads.
+Fraction = model FLOPs / step time / peak. Variants, timed alternately in rounds (median):
+    noisy_head   the head over the noisy half only (this round's code)
+    full_head    the head over all 2d rows, sliced afterwards (the code before this round)
+    merged_mask  noisy_head, with the frozen MASK row merged into the embedding (peft's trainable
+                 tokens otherwise rebuild the 49k x 576 embedding and the tied head with index_copy
+                 at every forward, two 113 MB copies, although the row never changes)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def model_flops(cfg, batch: int, d: int) -> float:
+    E, F, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    Ekv = E * cfg.num_key_value_heads // cfg.num_attention_heads
+    R = 2 * batch * d
+    forward = L * 2 * R * (2 * E * E + 2 * E * Ekv + 3 * E * F) + L * 4 * batch * d * (2 * d) * E + 2 * batch * d * E * V
+    return 2 * forward
+
+
+def build(model: str, batch: int, d: int):
+    from diffusionlm.config import RunConfig
+    from diffusionlm.io.runs import build as build_run
+    from diffusionlm.training import TrainConfig, Trainer, seed_everything
+
+    run = RunConfig.from_file(str(REPO / "recipes" / "smollm2-block.json"), [
+        f"model.path={model}", f"data.length={d}", "train.curriculum=null", "train.out_dir=null", "train.progress=false",
+        f"train.batch_size={batch}", "train.eval_every=0", "train.save_every=0"])
+    seed_everything(0)
+    built = build_run(run, data=False)
+    V = built.lm.process.vocab_size
+    g = torch.Generator().manual_seed(0)
+
+    class Random:
+        def __next__(self):
+            return torch.randint(0, V, (batch, d), generator=g)
+
+        def state_dict(self):
+            return {}
+
+    trainer = Trainer(built.lm, run.train, Random(), None, device="cpu")
+    return built.lm, trainer
+
+
+def full_head(lm):
+    """The code before this round: the head over all 2d rows (a forward that ignores first_logits)."""
+    denoiser = lm.model
+    forward = type(denoiser).forward
+
+    class Patched(type(denoiser)):
+        def forward(self, *a, first_logits=0, **k):
+            return forward(self, *a, **k)
+
+    return Patched
+
+
+def token_layers(lm) -> list:
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    return [m for m in lm.model.modules() if isinstance(m, TrainableTokensLayer)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="print the top operators of one step")
+    ap.add_argument("--out", default="benchmarks/out/lora_step.json")
+    args = ap.parse_args()
+    lm, trainer = build(args.model, args.batch, args.length)
+    cfg = lm.model.config
+    flops = model_flops(cfg, args.batch, args.length)
+    peak = matmul_peak()
+    plain_cls, patched = type(lm.model), full_head(lm)
+    layers = token_layers(lm)
+    frozen_row = not any(p.requires_grad for m in layers for p in m.parameters(recurse=False))
+
+    def use(name):
+        lm.model.__class__ = patched if name == "full_head" else plain_cls
+        for m in layers:
+            if name == "merged_mask" and not m.merged:
+                m.merge()
+            elif name != "merged_mask" and m.merged:
+                m.unmerge()
+
+    variants = ["noisy_head", "full_head"] + (["merged_mask"] if layers and frozen_row else [])
+    trainer.train_step()  # warm-up
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            trainer.train_step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    times = {k: [] for k in variants}
+    for _ in range(args.rounds):
+        for name in variants:
+            use(name)
+            t = time.perf_counter()
+            trainer.train_step()
+            times[name].append(time.perf_counter() - t)
+    use("noisy_head")
+    rows = []
+    for name, ts in times.items():
+        s = statistics.median(ts)
+        rows.append({"variant": name, "step_s": s, "times": ts, "model_gflop": flops / 1e9,
+                     "gflop_per_s": flops / s / 1e9, "fraction_of_peak": flops / s / peak,
+                     "tokens_per_s": args.batch * args.length / s})
+        print(f"{name:12s} {s:7.2f} s/step  {flops / s / 1e9:6.1f} GFLOP/s  {flops / s / peak:6.1%} of the "
+              f"{peak / 1e9:.1f} GFLOP/s matmul peak  {args.batch * args.length / s:6.1f} tokens/s", flush=True)
+    out = {"model": args.model, "batch": args.batch, "length": args.length, "threads": torch.get_num_threads(),
+           "peak_gflop_per_s": peak / 1e9, "rows": rows, "load": os.getloadavg()}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
