@@ -185,3 +185,18 @@ def test_the_measure_sees_an_upward_import_and_a_cycle():
     assert layer_of("diffusionlm.io.safeio") == 0 and layer_of("diffusionlm.models.hf") == 1
     assert _cycles({"diffusionlm.lm": {"diffusionlm.masks"}, "diffusionlm.masks": {"diffusionlm.lm"}}) == [
         ["diffusionlm.lm", "diffusionlm.masks"]]
+
+
+def test_importing_the_composition_loads_no_higher_layer():
+    """`from diffusionlm.lm import DiffusionLM` loads neither the bound estimator nor saving, the
+    Hub client or the loader: they are late-bound, imported on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from diffusionlm.lm import DiffusionLM; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith(('diffusionlm.io', 'diffusionlm.eval', "
+            "'diffusionlm.compare', 'diffusionlm.demo', 'diffusionlm.cli')))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert set(out.stdout.split()) <= {"diffusionlm.io", "diffusionlm.io.safeio"}  # the file primitives only
