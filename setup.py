@@ -11,7 +11,8 @@ setup(
     description="Corruption processes, hyperschedules, backbones and samplers for discrete diffusion LMs",
     python_requires=">=3.10",
     packages=find_packages(include=["diffusionlm", "diffusionlm.*"]),
-    package_data={"diffusionlm": ["resources/*.json"]},  # the default comparison spec
+    # the default comparison spec, and the shipped models (fetch.SHIPPED: a LoRA adapter, its card and tokenizer)
+    package_data={"diffusionlm": ["resources/*.json", "resources/models/*/*", "resources/models/*/*/*"]},
     install_requires=[
         "torch==2.13.0",
         "transformers>=5.0",

@@ -348,10 +348,11 @@ def test_every_command_takes_smollm2_by_name(monkeypatch, tmp_path):
 # the demo's default model
 # ---------------------------------------------------------------------------------------------
 def test_demo_default_is_the_adapted_smollm2_when_present(tmp_path, monkeypatch, capsys):
-    """load_demo_model(None) opens runs/smollm2-diffullama once its training has saved model/, and
-    says how to get it when it has not (tiny stand-in runs: the choice, not the weights, is tested)."""
+    """load_demo_model(None) opens the shipped smollm2-block once SmolLM2 has been fetched; without
+    it, runs/smollm2-diffullama once its training has saved model/, and says how to get it when it
+    has not (tiny stand-in runs: the choice, not the weights, is tested)."""
     from diffusionlm.compare import CompareConfig, save_variant
-    from diffusionlm.demo.core import ADAPTED_MODEL_DIR, DEFAULT_MODEL_DIR, load_demo_model
+    from diffusionlm.demo.core import ADAPTED_MODEL_DIR, DEFAULT_MODEL_DIR, SHIPPED_MODEL, load_demo_model
     from diffusionlm.lm import DiffusionLM
     from diffusionlm.models import DiffusionTransformer, TransformerConfig
     from diffusionlm.processes import Absorb
@@ -364,6 +365,8 @@ def test_demo_default_is_the_adapted_smollm2_when_present(tmp_path, monkeypatch,
         return DiffusionLM(DiffusionTransformer(cfg).eval(), Absorb(259), schedule, bos_id=257)
 
     monkeypatch.chdir(tmp_path)
+    real_cache = F.cache_root()
+    monkeypatch.setenv("DIFFUSIONLM_CACHE", str(tmp_path / "no-smollm2"))  # SmolLM2 not fetched: no shipped model
     save_variant(Path(DEFAULT_MODEL_DIR), CompareConfig(length=32), "mdlm", tiny(Flat()))
     Path(ADAPTED_MODEL_DIR).mkdir(parents=True)
     (Path(ADAPTED_MODEL_DIR) / "run.json").write_text("{}")  # training under way: no model/ yet
@@ -377,3 +380,51 @@ def test_demo_default_is_the_adapted_smollm2_when_present(tmp_path, monkeypatch,
     other = tmp_path / "elsewhere"
     save_variant(other, CompareConfig(length=32), "mdlm", tiny(Flat()))
     assert load_demo_model(None, default_dir=other).name == str(other)  # an explicit default dir wins
+    monkeypatch.setenv("DIFFUSIONLM_CACHE", str(real_cache))  # SmolLM2 fetched: the shipped adapter comes first
+    assert load_demo_model(None).name == SHIPPED_MODEL == "smollm2-block"
+
+
+# ---------------------------------------------------------------------------------------------
+# the shipped block-diffusion adapter (issue 22): `--model smollm2-block`
+# ---------------------------------------------------------------------------------------------
+def test_a_shipped_model_is_refused_in_one_line_without_its_card_for_another_base_or_without_its_base(tmp_path):
+    folder = tmp_path / "smollm2-block"
+    folder.mkdir()
+    with pytest.raises(F.FetchError, match=r"smollm2-block: .*shipped.json is missing"):
+        F.shipped_path("smollm2-block", root=tmp_path)
+    (folder / F.SHIPPED_CARD).write_text(json.dumps({"base": {"gguf_sha256": "0" * 64}}))
+    with pytest.raises(F.FetchError, match=r"trained on a base with sha256 0000000000000000\.\.\., not the smollm2 .*refused"):
+        F.shipped_path("smollm2-block", root=tmp_path)
+    (folder / F.SHIPPED_CARD).write_text(json.dumps({"base": {"gguf_sha256": F.SOURCES["smollm2"].sha256}}))
+    with pytest.raises(F.FetchError, match=r"smollm2 is not in the cache .*: run `diffusionlm fetch smollm2`"):
+        F.shipped_path("smollm2-block", root=tmp_path, cache=tmp_path / "empty-cache")
+    assert F.shipped_path("smollm2-block", root=tmp_path) == folder  # the real cache holds the base
+
+
+@pytest.mark.slow
+def test_the_shipped_adapter_matches_its_card_loads_by_name_and_refuses_another_base(smol):
+    from diffusionlm.hub import load_model
+    from diffusionlm.masks import Layout
+    from diffusionlm.models.hf import HFDenoiser
+    from diffusionlm.samplers import MDLM
+    from diffusionlm.schedules import Block
+
+    folder = F.SHIPPED_ROOT / "smollm2-block"
+    card = json.loads((folder / F.SHIPPED_CARD).read_text())
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 25e6  # the issue's limit for a file in the repository
+    adapter = folder / "backbone" / "adapter_model.safetensors"
+    assert F.sha256_file(adapter) == card["adapter"]["sha256"]
+    assert card["base"]["gguf_sha256"] == F.SOURCES["smollm2"].sha256
+    assert {"recipe", "tokens", "steps", "bound"} <= set(card["training"]) | {"bound"} and card["bound"]["nll"] > 0
+    m = load_model("smollm2-block")
+    assert m.lm.schedule == Block(4, 4) and Layout(m.lm.layout) is Layout.SHIFTED
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.tensor([m.tokenizer.encode("The history of the city begins in")])
+    out = MDLM().sample(m.lm, batch_size=1, length=prompt.shape[1] + 8, prompt=prompt, generator=g).tokens
+    assert out.shape == (1, prompt.shape[1] + 8) and bool((out < m.lm.process.vocab_size).all())
+    other = F.load_causal_lm("smollm2")
+    with torch.no_grad():
+        other.get_input_embeddings().weight[5] += 1.0  # one row of the base changed
+    with pytest.raises(ValueError, match=r"trained on base 'smollm2' but the base given .* differs in embedding_sha256"):
+        HFDenoiser.from_pretrained(folder / "backbone", base=other)

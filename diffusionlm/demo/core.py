@@ -48,6 +48,7 @@ import torch
 from ..compare import CompareConfig, save_variant, train_variant
 from ..data import TokenBlocks, load_corpus, load_tokenizer
 from ..data.instruct import templated_prompt
+from ..io.fetch import FetchError, shipped_path
 from ..io.hub import load_model
 from ..lm import DiffusionLM
 from ..models.hf import HFDenoiser
@@ -86,9 +87,20 @@ __all__ = [
 SCHEDULE_CHOICES = ("trained", "flat", "block", "slide", "quench")
 #: where the main job (`diffusionlm compare`) saves its MDLM variant: the demo's default model
 DEFAULT_MODEL_DIR = "runs/compare/models/mdlm"
-#: preferred over it when present: SmolLM2-135M adapted to diffusion (recipes/smollm2-diffullama.json,
-#: made and exported by scripts/smollm2_train.sh), so the default shows English being denoised
+#: preferred over it once SmolLM2 has been fetched: the block-diffusion adapter shipped in the
+#: package (recipes/smollm2-block.json), so the default shows English being written
+SHIPPED_MODEL = "smollm2-block"
+#: else, when present: SmolLM2-135M adapted to diffusion by scripts/smollm2_train.sh
 ADAPTED_MODEL_DIR = "runs/smollm2-diffullama"
+
+
+def _shipped_model_ready() -> bool:
+    """Whether the shipped SmolLM2 adapter can load here (its base fetched and converted)."""
+    try:
+        shipped_path(SHIPPED_MODEL)
+    except (FetchError, FileNotFoundError):
+        return False
+    return True
 
 
 class DemoInputError(ValueError):
@@ -324,7 +336,9 @@ def load_demo_model(spec: "str | Path | None" = None, default_dir: "str | Path" 
     default one; else the main job's MDLM variant in `default_dir`, trained there first if missing."""
     if spec is None:
         adapted, default = Path(ADAPTED_MODEL_DIR), Path(default_dir) == Path(DEFAULT_MODEL_DIR)
-        if default and (adapted / "model" / "config.json").is_file():
+        if default and _shipped_model_ready():
+            spec = SHIPPED_MODEL  # SmolLM2 adapted to Block(4, 4) diffusion, shipped in the package
+        elif default and (adapted / "model" / "config.json").is_file():
             spec = adapted  # the adapted SmolLM2, saved when its training finished
         else:
             if default:

@@ -65,6 +65,8 @@ __all__ = [
     "load_hf_tokenizer",
     "resolve_tokenizer",
     "hub_path",
+    "SHIPPED",
+    "shipped_path",
     "gguf_architecture",
 ]
 
@@ -106,6 +108,14 @@ SOURCES: Dict[str, ModelSource] = {
         description="SmolLM2-135M-Instruct (Llama architecture, 134.5M parameters, Apache-2.0), Q4_1 GGUF",
     ),
 }
+
+
+#: models shipped inside the package, in diffusionlm/resources/models/<name>/ (a saved composition
+#: whose backbone is a LoRA adapter, with its card `shipped.json`): short name -> the registered base
+#: it adapts. `--model smollm2-block` on every command; the base must have been fetched.
+SHIPPED: Dict[str, str] = {"smollm2-block": "smollm2"}
+SHIPPED_CARD = "shipped.json"
+SHIPPED_ROOT = Path(__file__).resolve().parents[1] / "resources" / "models"
 
 
 class FetchError(ValueError):
@@ -380,9 +390,37 @@ def load_causal_lm(name_or_path: "str | os.PathLike", attn_implementation: str =
     return model
 
 
+def shipped_path(name: str, root: "str | os.PathLike | None" = None,
+                 cache: "str | os.PathLike | None" = None) -> Path:
+    """The folder of a model shipped in the package (:data:`SHIPPED`), once its card names the
+    base this diffusionlm pins (the GGUF's sha256) and that base is fetched and converted (the
+    adapter's own loader then checks the de-quantised embeddings' sha256). FetchError in one line
+    otherwise."""
+    base = SOURCES[SHIPPED[name]]
+    folder = Path(root or SHIPPED_ROOT) / name
+    card_file = folder / SHIPPED_CARD
+    if not card_file.is_file():
+        raise FetchError(f"{name}: {card_file} is missing (this diffusionlm was installed without its shipped models)")
+    try:
+        card = json.loads(card_file.read_text())
+    except ValueError as err:
+        raise FetchError(f"{card_file} is not valid JSON ({err})") from None
+    expected = card.get("base", {}).get("gguf_sha256") if isinstance(card.get("base"), dict) else None
+    if expected != base.sha256:
+        raise FetchError(f"{name} was trained on a base with sha256 {str(expected)[:16]}..., not the {base.name} this "
+                         f"diffusionlm fetches ({base.sha256[:16]}...): refused")
+    src = resolve_model(base.name, cache)
+    if src.gguf_file:
+        raise FetchError(f"{name} needs {base.name} converted: run `diffusionlm fetch {base.name}`")
+    return folder
+
+
 def hub_path(name: str) -> Optional[str]:
-    """The resolver of `diffusionlm.io.hub.load_model` (`--model smollm2` on every command): a
-    registered name -> its converted HF folder; None for any other name. Never downloads."""
+    """The resolver of `diffusionlm.io.hub.load_model` (`--model smollm2`, `--model smollm2-block` on
+    every command): a registered name -> its converted HF folder, a shipped model's name -> its
+    folder in the package (:func:`shipped_path`); None for any other name. Never downloads."""
+    if name in SHIPPED:
+        return str(shipped_path(name))
     if name not in SOURCES:
         return None
     src = resolve_model(name)
