@@ -287,9 +287,13 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
         from .models.hf import HFDenoiser
 
         if spec.hf_config is not None:
+            from .trust import check_hf_config
+
             hc = dict(spec.hf_config)
+            check_hf_config(hc, "model.hf_config")
             cfg = AutoConfig.for_model(hc.pop("model_type"), **hc)
-            model = AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation)
+            model = AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation,
+                                                     trust_remote_code=False)
         elif spec.path:
             from .fetch import load_causal_lm
 
@@ -361,8 +365,10 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
     of older runs, rebuilt with run.json), else the newest checkpoint's weights on the model
     run.json builds. FileNotFoundError naming what is missing when there is neither. `base`: a
     LoRA adapter's base elsewhere (see diffusionlm.hub)."""
+    from .trust import no_symlink
+
     run_dir = Path(path)
-    cfg_file = run_dir / "run.json"
+    cfg_file = no_symlink(run_dir / "run.json")
     if not cfg_file.is_file():
         what = "is a directory" if cfg_file.is_dir() else "is missing"
         raise FileNotFoundError(f"{cfg_file} {what}: give a directory written by `diffusionlm train`")
@@ -370,7 +376,7 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
         run = RunConfig.from_dict(json.loads(cfg_file.read_text()))
     except json.JSONDecodeError as err:
         raise ValueError(f"{cfg_file} is not valid JSON: {err}") from None
-    model_dir = run_dir / "model"
+    model_dir = no_symlink(run_dir / "model", f"{run_dir}: model/")
     composition = (model_dir / "config.json").is_file() and '"diffusionlm-composition"' in (model_dir / "config.json").read_text()
     if composition:
         from .hub import SavedComposition

@@ -368,12 +368,12 @@ def load_causal_lm(name_or_path: "str | os.PathLike", attn_implementation: str =
     transformers' default, float32 for a GGUF and for the converted folder). A registered name
     stays the model's `name_or_path`, so that a LoRA adapter trained on it names its base
     portably ("smollm2", not this machine's cache folder; peft records `name_or_path`)."""
-    from transformers import AutoModelForCausalLM
+    from .trust import load_hf_causal_lm
 
     spec = os.fspath(name_or_path)
     src = resolve_model(spec, cache)
     kw = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(src.path, attn_implementation=attn_implementation, **kw, **src.kwargs())
+    model = load_hf_causal_lm(src.path, attn_implementation=attn_implementation, **kw, **src.kwargs())
     if spec in SOURCES:
         model.config._name_or_path = model.name_or_path = spec
     return model
@@ -396,7 +396,7 @@ def load_hf_tokenizer(name_or_path: "str | os.PathLike", cache: "str | os.PathLi
     from transformers import AutoTokenizer
 
     src = resolve_model(name_or_path, cache)
-    return AutoTokenizer.from_pretrained(src.path, **src.kwargs())
+    return AutoTokenizer.from_pretrained(src.path, trust_remote_code=False, **src.kwargs())
 
 
 def resolve_tokenizer(spec: Any, cache: "str | os.PathLike | None" = None) -> Any:

@@ -200,7 +200,9 @@ def read_config(directory: Path) -> dict:
     """config.json of a saved composition, checked: FileNotFoundError naming the missing file,
     ValueError for another format or a format newer than this package."""
     cfg_file = directory / CONFIG_NAME
-    if not cfg_file.is_file():
+    from .trust import check_finite_tree, no_symlink
+
+    if not no_symlink(cfg_file).is_file():
         raise FileNotFoundError(f"{cfg_file} is missing: {directory} is not a saved composition")
     try:
         config = json.loads(cfg_file.read_text())
@@ -208,6 +210,7 @@ def read_config(directory: Path) -> dict:
         raise ValueError(f"{cfg_file} is not valid JSON: {err}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{cfg_file} is not a diffusionlm composition (no \"format\": \"{FORMAT}\")")
+    check_finite_tree(config, cfg_file.name)
     version = config.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"{cfg_file}: format_version must be an int >= 1, got {version!r}")
@@ -222,10 +225,11 @@ def read_config(directory: Path) -> dict:
 def _read(directory: Path, base: Any = None, device: Any = None) -> _Payload:
     from .config import safetensors_errors
     from .data import load_tokenizer
+    from .trust import confined
 
     config = read_config(directory)
     backbone = config.get("backbone") or {}
-    path = directory / backbone.get("path", BACKBONE_DIR)
+    path = confined(directory, backbone.get("path", BACKBONE_DIR), f"{directory / CONFIG_NAME}: backbone.path")
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is missing: the backbone of the composition in {directory}")
     kind = backbone.get("kind")
@@ -634,6 +638,9 @@ def load_model(
             raise ValueError(f"{path} holds a diffusionlm backbone only (no process or hyperschedule): give the run "
                              "directory or saved composition around it")
         elif "model_type" in cfg:
+            from .trust import check_hf_folder
+
+            check_hf_folder(path)  # before the tokenizer or the model is read (no prompt, no allocation)
             loaded = _load_hf(name, path, process, schedule, layout, mask, attn_implementation)
         else:
             raise ValueError(f"{path / CONFIG_NAME} is neither a diffusionlm composition nor a Hugging Face config "
@@ -732,11 +739,10 @@ def load_judge(spec: "str | os.PathLike", device: Any = None) -> tuple:
     if path.is_dir() and not (path / "run.json").is_file() and cfg_file.is_file():
         cfg = _json(cfg_file)
         if cfg.get("format") != FORMAT and "model_type" in cfg:
-            from transformers import AutoModelForCausalLM
-
             from .data import load_tokenizer
+            from .trust import load_hf_causal_lm
 
-            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+            model = load_hf_causal_lm(path, local_files_only=True)
             if device is not None:
                 model.to(_device(device))
             return model.eval(), load_tokenizer(path)

@@ -328,16 +328,20 @@ class HFDenoiser(nn.Module):
         arguments of `models.lora.apply_lora`."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        from ..trust import check_hf_config, load_hf_causal_lm
+
         if (hf_config is None) == (path is None):
             raise ValueError("backbone hf: give exactly one of the keys hf_config (fresh weights) and path")
         if hf_config is not None:
             hc = {k: v for k, v in dict(hf_config).items() if k != "transformers_version"}
             if "model_type" not in hc:
                 raise ValueError("backbone hf: hf_config needs model_type (e.g. \"gpt2\", \"llama\")")
+            check_hf_config(hc, "backbone hf: hf_config")
             model = AutoModelForCausalLM.from_config(
-                AutoConfig.for_model(hc.pop("model_type"), **hc), attn_implementation=attn_implementation)
+                AutoConfig.for_model(hc.pop("model_type"), **hc), attn_implementation=attn_implementation,
+                trust_remote_code=False)
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation)
+            model = load_hf_causal_lm(path, attn_implementation=attn_implementation)
         denoiser = cls.from_model(model, mask, mask_id=mask_id)
         if lora is not None:
             from .lora import apply_lora
@@ -453,13 +457,13 @@ class HFDenoiser(nn.Module):
         (a model object, a directory or a hub id) or else the one it names; `resolve` maps a base
         name to a local directory (default: unchanged). ValueError naming both when the base given
         is not the one the adapter was trained on."""
-        from transformers import AutoModelForCausalLM
+        from ..trust import load_hf_causal_lm, read_json_config
 
         directory = Path(directory)
         meta_file = directory / DENOISER_FILE
         if not meta_file.is_file():
             raise FileNotFoundError(f"{meta_file} is missing: {directory} was not written by HFDenoiser.save_pretrained")
-        meta = json.loads(meta_file.read_text())
+        meta = read_json_config(meta_file)
         version = meta.get("format_version", 1)
         if not isinstance(version, int) or version > DENOISER_FORMAT_VERSION:
             raise ValueError(
@@ -476,7 +480,7 @@ class HFDenoiser(nn.Module):
             given = base if isinstance(base, (str, os.PathLike)) else getattr(getattr(base, "config", None), "_name_or_path", type(base).__name__)
             if isinstance(base, (str, os.PathLike)):
                 path = resolve(str(base)) if resolve is not None else str(base)
-                base = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=impl)
+                base = load_hf_causal_lm(str(path), attn_implementation=impl)
             expected = meta.get("base_fingerprint")
             if expected:
                 found = base_fingerprint(base, expected.get("rows"))
@@ -490,7 +494,7 @@ class HFDenoiser(nn.Module):
                 cls._add_mask_row(base)  # its values come from the adapter (peft trainable tokens)
             model = load_adapters(base, directory)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(directory), attn_implementation=impl)
+            model = load_hf_causal_lm(str(directory), attn_implementation=impl)
         reserved = meta.get("reserved_id")
         out = cls(model, reserved if reserved is not None else meta.get("mask_id"))
         out.mask_added = bool(meta.get("mask_added"))
