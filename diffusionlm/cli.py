@@ -238,15 +238,31 @@ def _packed(model, on: bool):
     return PackedLinears(model) if on else contextlib.nullcontext()
 
 
+def _at_least(value, lo: int, option: str) -> None:
+    """A count option below its minimum is one line, before anything is loaded."""
+    if value is not None and value < lo:
+        raise ValueError(f"{option} must be >= {lo}, got {value}")
+
+
+def _check_scores_fit(num: int, length: int, width: int) -> None:
+    """Refuse a batch whose per-step scores (num x length x vocabulary, float64 when sampling)
+    cannot fit in the memory this machine has available, before sampling starts."""
+    need = num * length * width * 8
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    if avail is not None and need > avail:
+        raise ValueError(f"--num {num} x --length {length} needs about {need / 2**30:,.1f} GiB for one step's scores "
+                         f"({width} per token), more than the {avail / 2**30:,.1f} GiB available: ask for fewer samples")
+
+
 def cmd_sample(args) -> dict:
     from .demo.core import DemoModel, Frame, frame_text
 
+    _at_least(args.num, 1, "--num")
     sampler = _sampler(args.sampler, args.options, args.steps)
     m = _load(args)
     tok = m.tokenizer
     length = m.require_length(args.length)
-    if args.num < 1:
-        raise ValueError(f"--num must be >= 1, got {args.num}")
+    _check_scores_fit(args.num, length, m.lm.process.model_vocab_size)
     prompt = None
     if args.prompt:
         ids = tok.encode(args.prompt)
@@ -257,11 +273,14 @@ def cmd_sample(args) -> dict:
     view = DemoModel(m.lm, tok, m.name)
     P = 0 if prompt is None else prompt.shape[1]
     fixed = [i < P for i in range(length)]
-    colour = sys.stdout.isatty()
 
-    def show(rec):  # the demo's own terminal view of a step (sample 0): MASK as _, changes marked
+    colour = sys.stderr.isatty()
+
+    def show(rec):  # the demo's own terminal view of a step, every sample, on stderr (stdout is the JSON)
         if args.show_steps:
-            print(frame_text(Frame.from_record(rec, fixed), view, colour=colour), flush=True)
+            for row in range(args.num):
+                tag = f"[sample {row + 1}] " if args.num > 1 else ""
+                _say(tag + frame_text(Frame.from_record(rec, fixed, row), view, colour=colour))
 
     dev = next(iter(m.lm.model.parameters())).device
     with _packed(m.lm.model, args.packed):
@@ -292,6 +311,8 @@ def cmd_eval(args) -> dict:
     from .eval.likelihood import dataset_blocks, evaluate_likelihood
 
     _check_output_file(args.out, args.overwrite)
+    _at_least(args.batch_size, 1, "--batch-size")
+    _at_least(args.max_blocks, 1, "--max-blocks")
     m = _load(args)
     length = m.require_length(args.length)
     blocks, _ = dataset_blocks(args.dataset, m.tokenizer, length, args.split)
@@ -322,6 +343,12 @@ def cmd_export(args) -> dict:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise ValueError(f"{out} exists{' and is not empty' if out.is_dir() else ''}: pass --overwrite to replace it")
+    if args.push_to_hub:
+        from .hub import _hub_reachable
+
+        if not _hub_reachable():
+            raise ValueError(f"--push-to-hub {args.push_to_hub}: the Hugging Face Hub is not reachable (no network): "
+                             "export without --push-to-hub now, upload the folder later")
     m = _load(args)
     lm = m.lm
     lm.save_pretrained(out, tokenizer=m.tokenizer, merge=args.merge)
@@ -485,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", help="text the samples start with (default: none)")
     s.add_argument("--seed", type=int, default=0, help="seed of the sampler's generator")
     s.add_argument("--options", help="sampler options as JSON, e.g. '{\"eta\": 0.1}' for acs (default: none)")
-    s.add_argument("--show-steps", action="store_true", help="print every step (MASK as _)")
+    s.add_argument("--show-steps", action="store_true", help="print every step of every sample to stderr (MASK as _); stdout stays the JSON")
     s.add_argument("--packed", action="store_true",
                    help="CPU: linear layers through MKL's prepacked GEMM for the first two row counts >= 16 fed "
                         "(cached steps; the same tokens, ~2.2x the weights' memory per row count)")
