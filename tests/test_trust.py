@@ -20,7 +20,7 @@ from diffusionlm.safeio import load_safetensors, save_safetensors
 from diffusionlm.training.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from diffusionlm.trust import UntrustedFolderError
 
-from test_hub import TOK, hf_dir, tiny_composition  # noqa: F401  (fixtures too)
+from test_hub import TOK, hf_dir, llama_base, tiny_composition  # noqa: F401  (fixtures too)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -290,3 +290,18 @@ def test_every_transformers_loader_call_passes_trust_remote_code_false():
                 if not (isinstance(v, ast.Constant) and v.value is False):
                     missing.append(f"{file.relative_to(root)}:{node.lineno}")
     assert not missing, missing
+
+
+def test_lora_adapter_must_be_safetensors_and_no_link(tmp_path, llama_base):  # noqa: F811
+    from test_hub import lora_composition
+
+    good = tmp_path / "good"
+    lora_composition(llama_base).save_pretrained(good, tokenizer=TOK)
+    a = _copy(good, tmp_path / "a")
+    (a / "backbone" / "adapter_model.safetensors").unlink()
+    (a / "backbone" / "adapter_model.bin").write_bytes(b"\x80\x04never opened")
+    _refused(a, "adapter_model.safetensors", seconds=30)
+    b = _copy(good, tmp_path / "b")
+    (b / "backbone" / "adapter_model.safetensors").unlink()
+    (b / "backbone" / "adapter_model.safetensors").symlink_to(good / "backbone" / "adapter_model.safetensors")
+    _refused(b, "is a symbolic link", seconds=30)

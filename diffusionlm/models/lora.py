@@ -226,9 +226,16 @@ def load_adapters(base_model: Any, directory: "str | os.PathLike", is_trainable:
     trainable (default: frozen, for inference)."""
     from peft import PeftModel
 
+    from ..trust import UntrustedFolderError, no_symlink, read_json_config
+
     directory = os.fspath(directory)
     if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
         raise FileNotFoundError(f"no adapter_config.json in {directory!r}: not a directory written by save_adapters")
+    read_json_config(os.path.join(directory, "adapter_config.json"))  # no link, valid JSON, finite
+    weights = no_symlink(os.path.join(directory, "adapter_model.safetensors"))
+    if not weights.is_file():  # peft would fall back to adapter_model.bin, a pickle
+        raise UntrustedFolderError(f"{directory} holds no adapter_model.safetensors: diffusionlm loads adapters from "
+                                   "safetensors only (never a pickled adapter_model.bin)")
     denoiser = base_model if _is_denoiser(base_model) else None
     base = denoiser.model if denoiser is not None else base_model
     if isinstance(base, PeftModel):
