@@ -65,3 +65,9 @@ def test_issue_25_errors_are_one_line_and_exit_1(tmp_path, capsys, monkeypatch, 
             failures.append(f"{[str(a)[-30:] for a in argv[:6]]}: {type(e).__name__}: {e}")
     assert not failures, "\n".join(failures)
     assert not (tmp_path / "ran").exists() and not (tmp_path / "exported").exists()
+
+
+def test_sample_acs_runs_with_its_default_eta(capsys, comp):  # noqa: F811
+    rc, out, err = run_cli(capsys, ["sample", "--model", comp, "--sampler", "acs", "--steps", "4", "--length", "16"])
+    assert rc == 0, err
+    assert json.loads(out)["sampler"]["eta"] == 0.1
