@@ -169,8 +169,8 @@ class CompareConfig:
             raise ValueError(f"budget_minutes (--budget-minutes) must be a number > 0, got {self.budget_minutes!r}")
         if not isinstance(self.backbone, dict) or "name" not in self.backbone:
             raise ValueError(f"backbone must be a backbone spec {{\"name\": ...}}, got {self.backbone!r}")
-        if isinstance(self.judge, str):
-            self.judge = {"name": "model", "path": self.judge}
+        if isinstance(self.judge, str):  # --judge none: no judge; any other string names a model
+            self.judge = {"name": "none"} if self.judge == "none" else {"name": "model", "path": self.judge}
         j = self.judge
         if not isinstance(j, dict) or j.get("name") not in ("trained_ar", "model", "none"):
             raise ValueError(f"judge must be {{\"name\": \"trained_ar\", \"seed\": s}}, {{\"name\": \"model\", \"path\": P}} "

@@ -82,12 +82,9 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def library_version() -> str:
-    try:
-        from importlib.metadata import version
+    from . import __version__
 
-        return version("diffusionlm")
-    except Exception:  # pragma: no cover - not installed
-        return "0+unknown"
+    return __version__
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,12 +64,20 @@ def fsync_dir(path: "str | os.PathLike") -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: "str | os.PathLike", write: Callable[[Path], None]) -> Path:
     """Call write(tmp) to create the temporary file, fsync it, rename it to `path`."""
     path = Path(path)
     tmp = tmp_name(path)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # what open() would give a new file (some writers make 0600)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -93,8 +93,13 @@ def _composition_class() -> type:
 COMPOSITIONS: dict = {}
 
 
+#: other names of a kind ("schedule" is what compositions and configs call a hyperschedule)
+KIND_ALIASES = {"schedule": "hyperschedule"}
+
+
 def registry(kind: str) -> dict:
     """The registry of `kind`: registered name -> class (see the module docstring)."""
+    kind = KIND_ALIASES.get(kind, kind)
     if kind not in _WHERE:
         raise ValueError(f"unknown kind of spec {kind!r}; known: {', '.join(KINDS)}")
     if kind == "composition" and not COMPOSITIONS:
@@ -211,6 +216,7 @@ def _split_name(kind: str, spec: Any) -> tuple[str, dict]:
 def build(kind: str, spec: Any, **context: Any) -> Any:
     """The object of `kind` described by `spec` ({"name": ..., **fields} or a bare name); an
     object of the kind passes through. `context` goes to `build_composition` (model=...)."""
+    kind = KIND_ALIASES.get(kind, kind)
     if kind not in KINDS:
         raise ValueError(f"unknown kind of spec {kind!r}; known: {', '.join(KINDS)}")
     if isinstance(spec, _base(kind)):

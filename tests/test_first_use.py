@@ -1,0 +1,51 @@
+"""What a first-time user hits (issue 25, items 10-14): defaults that work, names that mean what
+they say, facts recorded where they are read."""
+import os
+import stat
+from importlib.metadata import version
+
+import pytest
+import torch
+
+import diffusionlm
+from diffusionlm.safeio import save_safetensors
+
+
+def test_version_is_the_installed_distributions():
+    assert diffusionlm.__version__ == version("diffusionlm")
+    from diffusionlm.hub import library_version
+
+    assert library_version() == diffusionlm.__version__
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_weight_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = save_safetensors(tmp_path / "w.safetensors", {"a": torch.ones(2)})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_schedule_is_an_alias_of_hyperschedule():
+    from diffusionlm.specs import build, registry
+
+    assert registry("schedule") is registry("hyperschedule")
+    assert build("schedule", {"name": "block", "width": 4}).to_dict() == build("hyperschedule", {"name": "block", "width": 4}).to_dict()
+
+
+def test_judge_none_means_no_judge():
+    from diffusionlm.compare import CompareConfig
+
+    assert CompareConfig(judge="none").judge == {"name": "none"}
+    assert CompareConfig(judge="some/model").judge == {"name": "model", "path": "some/model"}
+
+
+def test_lm_eval_refuses_unknown_model_args():
+    from diffusionlm.eval.lm_eval_adapter import DiffusionLMEval
+    from test_lm_eval_adapter import TOK, ar_lm
+
+    with pytest.raises(ValueError, match="unknown model_args bogus for diffusionlm; its arguments: lm, tokenizer, pretrained"):
+        DiffusionLMEval(ar_lm(), TOK, bogus=1)
+    DiffusionLMEval(ar_lm(), TOK, max_batch_size=None)  # what the harness itself adds
