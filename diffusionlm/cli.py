@@ -497,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = command("train", "train from a recipe (JSON) with section.key=value overrides")
     t.add_argument("--config", help="recipe file (JSON) (default: none, the built-in defaults)")
-    t.add_argument("overrides", nargs="*", help="section.key=value (e.g. train.steps=500 data.length=256)")
+    t.add_argument("overrides", nargs="*", help="section.key=value (e.g. train.steps=500 data.length=256); a train.key "
+                                                "applies to every stage, replacing a stage's own value")
     t.add_argument("--merge", action="store_true", help="LoRA on an HF backbone: save merged weights, not the adapter")
     t.add_argument("--dry-run", action="store_true", help="print the time estimate (one timed step) and stop")
     _device_option(t)

@@ -49,3 +49,15 @@ def test_lm_eval_refuses_unknown_model_args():
     with pytest.raises(ValueError, match="unknown model_args bogus for diffusionlm; its arguments: lm, tokenizer, pretrained"):
         DiffusionLMEval(ar_lm(), TOK, bogus=1)
     DiffusionLMEval(ar_lm(), TOK, max_batch_size=None)  # what the harness itself adds
+
+
+def test_a_train_override_applies_to_every_stage():
+    from pathlib import Path
+
+    from diffusionlm.config import RunConfig
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "scratch.json"
+    run = RunConfig.from_file(recipe, ["train.steps=10", "train.lr=1e-3"])
+    assert run.train.steps == 10 and [s.get("steps", run.train.steps) for s in run.stages] == [10, 10]
+    assert run.stages[1]["lr"] == 1e-3 and run.stages[1]["warmup_steps"] == 50  # keys not given keep the stage's
+    assert RunConfig.from_file(recipe).stages[1]["steps"] == 500
