@@ -582,22 +582,26 @@ def _evaluated_only_info(entry: _Entry) -> dict:
 
 def save_variant(path: Path, cfg: CompareConfig, name: str, lm: Any, training: Optional[dict] = None) -> None:
     """Write a trained variant that `diffusionlm sample / eval / demo --model` load: for our
-    transformer a run directory (run.json + model/, which `load_run` reads), for any other
+    transformer a run directory (run.json recording the steps and batch it trained + model/, a
+    saved composition carrying the `training` facts, which `load_run` reads), for any other
     backbone a saved composition (`DiffusionLM.save_pretrained`, with `training` facts)."""
     from .config import DataSpec, ModelSpec, RunConfig
+    from .data import load_tokenizer
     from .models import DiffusionTransformer
+    from .training import TrainConfig
 
     path = Path(path)
     if not isinstance(lm.model, DiffusionTransformer):
-        from .data import load_tokenizer
-
         lm.save_pretrained(path, tokenizer=load_tokenizer(cfg.tokenizer), training=training)
         return
     path.mkdir(parents=True, exist_ok=True)
+    trained = training or {}
     run = RunConfig(model=ModelSpec(kind="transformer", preset=cfg.preset or "tiny"), process=lm.process.to_dict(),
                     schedule=lm.schedule.to_dict(), layout=lm.layout.value,
-                    data=DataSpec(corpus=cfg.corpus, tokenizer=cfg.tokenizer, length=cfg.length))
-    lm.model.save_pretrained(str(path / "model"))
+                    data=DataSpec(corpus=cfg.corpus, tokenizer=cfg.tokenizer, length=cfg.length),
+                    train=TrainConfig(**{**cfg.train, "steps": trained.get("steps") or 1,
+                                         "batch_size": trained.get("batch_size") or cfg.batch_size, "seed": cfg.seed}))
+    lm.save_pretrained(path / "model", tokenizer=load_tokenizer(cfg.tokenizer), training=training)
     (path / "run.json").write_text(json.dumps({**run.to_dict(), "_comment": f"diffusionlm compare variant {name}"}, indent=2))
 
 

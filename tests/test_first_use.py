@@ -61,3 +61,21 @@ def test_a_train_override_applies_to_every_stage():
     assert run.train.steps == 10 and [s.get("steps", run.train.steps) for s in run.stages] == [10, 10]
     assert run.stages[1]["lr"] == 1e-3 and run.stages[1]["warmup_steps"] == 50  # keys not given keep the stage's
     assert RunConfig.from_file(recipe).stages[1]["steps"] == 500
+
+
+def test_a_compare_variant_records_what_it_trained_and_its_card_says_so(tmp_path, capsys):
+    import json
+
+    from diffusionlm.cli import main
+    from diffusionlm.compare import CompareConfig, save_variant
+    from test_demo import tiny_model
+
+    cfg = CompareConfig(length=16, batch_size=16, train_steps=5)
+    training = {"data": {"corpus": "stdlib", "tokenizer": "byte", "length": 16}, "steps": 5, "tokens": 1280,
+                "batch_size": 16, "seconds": 1.0}
+    save_variant(tmp_path / "run", cfg, "mdlm", tiny_model().lm, training=training)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (run["train"]["steps"], run["train"]["batch_size"]) == (5, 16)
+    assert main(["export", "--model", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Not recorded" not in card and "| steps | 5 |" in card, card
