@@ -79,3 +79,28 @@ def test_a_compare_variant_records_what_it_trained_and_its_card_says_so(tmp_path
     assert main(["export", "--model", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
     card = (tmp_path / "out" / "README.md").read_text()
     assert "Not recorded" not in card and "| steps | 5 |" in card, card
+
+
+def test_hf_backbone_spec_and_loader_share_the_mask_default_and_its_fields_are_documented():
+    import dataclasses
+    import inspect
+    import re
+    from pathlib import Path
+
+    from diffusionlm.config import ModelSpec
+    from diffusionlm.models.hf import HFDenoiser
+    from diffusionlm.specs import build
+
+    hc = {"model_type": "gpt2", "vocab_size": 11, "n_positions": 16, "n_embd": 8, "n_layer": 1, "n_head": 2}
+    den = build("backbone", {"name": "hf", "hf_config": hc})
+    assert ModelSpec().mask == "add" and den.mask_added and den.mask_id == 11
+    again = build("backbone", den.to_dict())
+    assert again.mask_id == den.mask_id and again.input_vocab_size == den.input_vocab_size  # the spec round-trips
+    bare = build("backbone", {"name": "hf", "hf_config": hc, "mask": "none"})
+    assert bare.mask_id is None and build("backbone", bare.to_dict()).mask_id is None
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "TRAINING.md").read_text()
+    section = doc.split("## The hf backbone", 1)[1].split("\n## ", 1)[0]
+    fields = set(inspect.signature(HFDenoiser.from_spec).parameters) - {"cls"}
+    fields |= {f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("kind", "preset", "overrides")}
+    undocumented = [f for f in sorted(fields) if not re.search(rf"\\| `{f}` \\|", section)]
+    assert not undocumented, undocumented

@@ -324,8 +324,9 @@ class HFDenoiser(nn.Module):
     ) -> "HFDenoiser":
         """A causal LM from {"name": "hf", ...}: `hf_config` (a config dict with "model_type":
         fresh weights) or `path` (a local directory or hub id: its weights); MASK by `mask`
-        ("add": one more row) or `mask_id` (an existing id, see `from_model`); `lora` the keyword
-        arguments of `models.lora.apply_lora`."""
+        ("add": one more row, the default as in `config.ModelSpec`; a token string; "none": no
+        MASK) or `mask_id` (an existing id, see `from_model`); `lora` the keyword arguments of
+        `models.lora.apply_lora`. Every field is described in docs/TRAINING.md ("The hf backbone")."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
         from ..trust import check_hf_config, load_hf_causal_lm
@@ -342,7 +343,9 @@ class HFDenoiser(nn.Module):
                 trust_remote_code=False)
         else:
             model = load_hf_causal_lm(path, attn_implementation=attn_implementation)
-        denoiser = cls.from_model(model, mask, mask_id=mask_id)
+        if mask is None and mask_id is None:
+            mask = "add"  # the loader's default (config.ModelSpec.mask): one spec, one model
+        denoiser = cls.from_model(model, None if mask == "none" else mask, mask_id=mask_id)
         if lora is not None:
             from .lora import apply_lora
 
@@ -363,7 +366,7 @@ class HFDenoiser(nn.Module):
         hc = {k: v for k, v in self.config.to_diff_dict().items() if k != "transformers_version"}
         own_mask = self.reserved_id if self.reserved_id is not None else self.mask_id
         return {"name": self.spec_name, "hf_config": hc, "path": None, "attn_implementation": self.attn_implementation,
-                "mask": None, "mask_id": own_mask, "lora": lora}
+                "mask": "none" if own_mask is None else None, "mask_id": own_mask, "lora": lora}
 
     # -- queries -------------------------------------------------------------------------
     @property
