@@ -436,9 +436,18 @@ def _resolve(cfg: CompareConfig, v: Variant, tok: Any, seed: int, is_judge: bool
                 hint = f"did you mean {close[0]}?" if close else f"its keys: {', '.join(TrainConfig.field_names())}"
                 raise ValueError(f"{what} train: unknown key(s) {key}; {hint}")
     try:
-        TrainConfig(**{**cfg.train, **v.train, "steps": 1, "batch_size": cfg.batch_size})
+        train = TrainConfig(**{**cfg.train, **v.train, "steps": 1, "batch_size": cfg.batch_size})
     except ValueError as err:
         raise ValueError(f"{where} field 'train': {err}") from err
+    backbone = comp.get("backbone") or {}
+    if train.two_halves and v.lm is None and backbone.get("name") == "hf":  # before any variant trains
+        from .lm import check_two_halves_rows
+        from .models.hf import spec_max_rows
+
+        check_two_halves_rows(cfg.length, spec_max_rows(backbone.get("hf_config"), backbone.get("path")),
+                              f"{where.rstrip(':')}'s hf backbone")
+    elif train.two_halves and v.lm is not None:
+        v.lm.check_two_halves_length(cfg.length)
     fit = types.SimpleNamespace(process=proc, schedule=sched, layout=comp["layout"])
     runs = [] if is_judge else _sampler_runs(v, fit, where)
     return _Entry(v, comp, runs, seed, is_judge)

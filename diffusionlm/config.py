@@ -352,6 +352,8 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
                      annealing=annealing)
     if run.data.length > (lm.max_positions or run.data.length):
         raise ValueError(f"data.length {run.data.length} exceeds the model's {lm.max_positions} positions")
+    if any(stage.get("two_halves", run.train.two_halves) for stage in run.stages or [{}]):
+        lm.check_two_halves_length(run.data.length)  # before anything trains, not at the first step
     if not data:
         return BuiltRun(tok, lm, None, [])
     if run.data.instruct:

@@ -56,7 +56,7 @@ from .models.base import output_size
 from .processes.base import Corruption, Process, check_ids, real_token_nll
 from .schedules.hyper import ACTIVE, SETTLED, Hyperschedule
 
-__all__ = ["DiffusionLM", "LossOutput", "BoundOutput", "SETTLED_WEIGHTINGS", "eq11_weights"]
+__all__ = ["DiffusionLM", "LossOutput", "BoundOutput", "SETTLED_WEIGHTINGS", "eq11_weights", "check_two_halves_rows"]
 
 
 class LossOutput(NamedTuple):
@@ -90,6 +90,13 @@ def _accepts(model: Any, name: str) -> bool:
     except (TypeError, ValueError):  # pragma: no cover - builtins
         return False
     return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def check_two_halves_rows(length: int, rows: Optional[int], what: str) -> None:
+    """ValueError when the two-halves layout's 2 x length rows exceed `rows` (None: no limit)."""
+    if rows is not None and 2 * length > rows:
+        raise ValueError(f"two-halves training feeds 2 x {length} = {2 * length} rows per sequence, more than the "
+                         f"{rows} positions of {what}: use a length of at most {rows // 2} or train.two_halves=false")
 
 
 @dataclass
@@ -200,6 +207,11 @@ class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / p
         return cats, training_mask(cats, device=draw.level.device)
 
     # -- training --------------------------------------------------------------------
+    def check_two_halves_length(self, length: int) -> None:
+        """Refuse, before training, a two-halves run whose 2 x length rows the backbone cannot take
+        (an HF model with fewer positions; our transformer takes them, its position ids stay < length)."""
+        check_two_halves_rows(length, getattr(self.model, "max_rows", None), f"this {type(self.model).__name__}")
+
     def loss(
         self,
         x0: Tensor,

@@ -104,3 +104,31 @@ def test_hf_backbone_spec_and_loader_share_the_mask_default_and_its_fields_are_d
     fields |= {f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("kind", "preset", "overrides")}
     undocumented = [f for f in sorted(fields) if not re.search(rf"\\| `{f}` \\|", section)]
     assert not undocumented, undocumented
+
+
+GPT2_16 = {"model_type": "gpt2", "vocab_size": 300, "n_positions": 16, "n_embd": 8, "n_layer": 1, "n_head": 2}
+
+
+def test_two_halves_beyond_an_hf_models_positions_fails_before_training():
+    from diffusionlm.config import RunConfig, build
+
+    for where in (["train.two_halves=true"], ['stages=[{}, {"two_halves": true}]']):
+        run = RunConfig.from_file(None, ["model.kind=hf", f"model.hf_config={__import__('json').dumps(GPT2_16)}",
+                                         "data.length=12", "data.val_batches=0", *where])
+        with pytest.raises(ValueError, match="2 x 12 = 24 rows per sequence, more than the 16 positions"):
+            build(run, data=False)
+    run = RunConfig.from_file(None, ["model.kind=hf", f"model.hf_config={__import__('json').dumps(GPT2_16)}",
+                                     "data.length=8", "data.val_batches=0", "train.two_halves=true"])
+    build(run, data=False)  # 16 rows fit
+
+
+def test_compare_refuses_two_halves_beyond_an_hf_backbones_positions_before_training():
+    from diffusionlm.compare import CompareConfig, Variant, _resolve
+    from diffusionlm.data import load_tokenizer
+
+    tok = load_tokenizer("byte")
+    v = Variant(name="hf2", process={"name": "absorb"}, schedule={"name": "block", "width": 4}, layout="shifted",
+                backbone={"name": "hf", "hf_config": GPT2_16}, train={"two_halves": True})
+    with pytest.raises(ValueError, match="variant 'hf2''s hf backbone"):
+        _resolve(CompareConfig(length=12, train_steps=1), v, tok, 0)
+    _resolve(CompareConfig(length=8, train_steps=1), v, tok, 0)

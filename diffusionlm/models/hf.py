@@ -114,6 +114,21 @@ def _attn_impl(config: Any) -> str:
     return str(impl)
 
 
+def spec_max_rows(hf_config: Optional[dict] = None, path: Any = None) -> Optional[int]:
+    """The rows an `hf` backbone spec's model will take (its positions), read from `hf_config` or
+    a local folder's config.json without building the model; None when unknown (a hub id)."""
+    from transformers import AutoConfig
+
+    from ..trust import read_json_config
+
+    if hf_config is None and path is not None and Path(path, "config.json").is_file():
+        hf_config = read_json_config(Path(path, "config.json"))
+    if not isinstance(hf_config, dict) or not isinstance(hf_config.get("model_type"), str):
+        return None
+    hc = {k: v for k, v in hf_config.items() if k not in ("transformers_version", "auto_map")}
+    return _max_positions(AutoConfig.for_model(hc.pop("model_type"), **hc))
+
+
 def _max_positions(config: Any) -> Optional[int]:
     for name in ("max_position_embeddings", "n_positions", "max_positions"):
         v = getattr(config, name, None)
@@ -397,6 +412,12 @@ class HFDenoiser(nn.Module):
     @property
     def max_positions(self) -> Optional[int]:
         return _max_positions(self.model.config)
+
+    @property
+    def max_rows(self) -> Optional[int]:
+        """Rows one forward takes (cache included): the model's positions. The two-halves layout
+        feeds 2 x length rows, so it needs max_rows >= 2 x length (`DiffusionLM.check_two_halves_length`)."""
+        return self.max_positions
 
     @property
     def attn_implementation(self) -> str:
