@@ -156,7 +156,8 @@ class DiffusionLM(CompositionHubMixin):  # save_pretrained / from_pretrained / p
             if mask_id != self.process.mask_id:
                 raise ValueError(
                     f"the eq. 12 embedding mixes in f(MASK): the backbone's mask_id {mask_id!r} is not the "
-                    f"process's {self.process.mask_id!r}"
+                    f"process's {self.process.mask_id!r} (build the backbone with "
+                    "TransformerConfig.preset(name, **diffusionlm.specs.backbone_defaults(process)))"
                 )
             if gamma is not None and abs(gamma - getattr(self.process, "gamma", gamma)) > 1e-12:
                 raise ValueError(

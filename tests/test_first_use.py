@@ -132,3 +132,14 @@ def test_compare_refuses_two_halves_beyond_an_hf_backbones_positions_before_trai
     with pytest.raises(ValueError, match="variant 'hf2''s hf backbone"):
         _resolve(CompareConfig(length=12, train_steps=1), v, tok, 0)
     _resolve(CompareConfig(length=8, train_steps=1), v, tok, 0)
+
+
+def test_the_readmes_first_example_runs_as_written():
+    """The 'What exists' block of README.md, eq. 12 line included, executed as it stands."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("## What exists", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "weighted_embedding=True" in block
+    block = block.replace("num_samples=32", "num_samples=2").replace("(8, 128)", "(2, 32)")  # the same code, smaller
+    exec(compile(block, "README.md", "exec"), {})
