@@ -74,6 +74,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: a step's loss over SPIKE_FACTOR x the median of the last SPIKE_WINDOW losses is warned about
+#: (after SPIKE_MIN_STEPS steps)
+SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_MIN_STEPS = 10.0, 50, 10
+
+
 @dataclass
 class TrainConfig:
     steps: int = 1000
@@ -192,6 +197,7 @@ class Trainer:
         self.history: list[dict] = []
         self.last_checkpoint: Optional[Path] = None
         self._frozen_sha256: Optional[str] = None
+        self._recent_losses: list[float] = []  # for the loss-spike warning (_spike)
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.metrics = MetricsLog(config.out_dir) if config.out_dir and self.rank == 0 else None
         if config.out_dir:
@@ -337,7 +343,26 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(self._bare())
         self.step += 1
-        return {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens * self.world}
+        out = {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens * self.world}
+        if self._spike(total):
+            out["loss_spike"] = True
+        return out
+
+    def _spike(self, loss: float) -> bool:
+        """Whether `loss` is over SPIKE_FACTOR times the median of the last SPIKE_WINDOW steps'
+        losses (once SPIKE_MIN_STEPS are known); warns in one line on stderr (rank 0) when it is.
+        A spike is not an error (training goes on), but nobody should miss it."""
+        recent = self._recent_losses
+        spike = len(recent) >= SPIKE_MIN_STEPS and loss > SPIKE_FACTOR * max(float(np.median(recent)), 1e-12)
+        if spike and self.rank == 0:
+            import sys
+
+            print(f"diffusionlm train: warning: step {self.step}: loss {loss:.4g} is {loss / float(np.median(recent)):.0f}x "
+                  f"the median of the last {len(recent)} steps ({float(np.median(recent)):.4g}): a loss spike",
+                  file=sys.stderr, flush=True)
+        recent.append(loss)
+        del recent[:-SPIKE_WINDOW]
+        return spike
 
     # -- loop ---------------------------------------------------------------------------
     def fit(self, steps: Optional[int] = None) -> list[dict]:
