@@ -200,7 +200,10 @@ class Variant:
     backbone: dict = field(default_factory=dict)  # overrides of the shared backbone spec (another "name": replaces it)
     train: dict = field(default_factory=dict)  # TrainConfig overrides (not FIXED_TRAIN)
     settled_weight: float = 0.0
-    lm: Any = None  # a DiffusionLM composed in Python (then process / schedule / layout / backbone are its own)
+    #: a DiffusionLM composed in Python (then process / schedule / layout / backbone are its own);
+    #: with our transformer as backbone its weights are re-drawn from the variant's seed before
+    #: training, so that it and the same composition given as a spec are the same run
+    lm: Any = None
     #: an already-trained model (any path `hub.load_model` takes: a run directory, a saved
     #: composition): evaluated only, never trained (its parts are its own)
     model: Optional[str] = None
@@ -492,8 +495,16 @@ class _CountingStream:
 def _build_lm(cfg: CompareConfig, entry: _Entry) -> Any:
     from . import specs
 
-    if entry.variant.lm is not None:
-        return entry.variant.lm
+    from .models import DiffusionTransformer
+
+    lm = entry.variant.lm
+    if lm is not None and entry.variant.model is None and isinstance(lm.model, DiffusionTransformer):
+        torch.manual_seed(entry.seed)  # the weights the spec of this composition gets (Variant.lm)
+        fresh = specs.build_composition(specs.composition_dict(lm))
+        with torch.no_grad():
+            lm.model.load_state_dict(fresh.model.state_dict())
+    if lm is not None:
+        return lm
     torch.manual_seed(entry.seed)
     return specs.build_composition(entry.composition)
 
