@@ -81,6 +81,8 @@ class ModelSource:
     sha256: str  # of the member (hex)
     size: int  # bytes of the member
     description: str
+    #: what these weights are, said wherever they are used (fetch output, model cards)
+    provenance: str = ""
 
     @property
     def filename(self) -> str:
@@ -101,6 +103,8 @@ SOURCES: Dict[str, ModelSource] = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size=98_362_432,
         description="SmolLM2-135M-Instruct (Llama architecture, 134.5M parameters, Apache-2.0), Q4_1 GGUF",
+        provenance="SmolLM2-135M-Instruct de-quantised to float32 from a 4-bit (Q4_1) GGUF, not the published "
+                   "weights: scores differ from the published model's",
     ),
 }
 
@@ -411,6 +415,8 @@ def main_fetch(name: str, cache: "str | os.PathLike | None" = None, convert: boo
     """The `diffusionlm fetch` command: fetch, then print where the files are (stdout)."""
     got = fetch(name, cache=cache, convert=convert)
     print(f"{got.name}: gguf {got.gguf}")
+    if SOURCES[name].provenance:
+        print(f"{got.name}: note: {SOURCES[name].provenance}")
     if got.hf_dir is not None:
         print(f"{got.name}: hf {got.hf_dir}")
     return got

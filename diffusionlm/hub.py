@@ -169,6 +169,9 @@ def _write(directory: Path, p: _Payload) -> None:
         meta = model.save_pretrained(str(target), merge=p.merge)
         backbone = {"kind": kind, "path": BACKBONE_DIR, "weights": meta["weights"], "base": meta["base"],
                     "model_type": getattr(model.config, "model_type", None), "mask_id": meta["mask_id"]}
+        source = getattr(model.config, "_name_or_path", None)  # a fetched name ("smollm2") stays the model's name
+        if source in _fetch_sources():
+            backbone["source"] = source
     for name in TOKENIZER_FILES:  # an earlier save's tokenizer of another kind must not be read back
         (directory / name).unlink(missing_ok=True)
     tok.save(directory)
@@ -273,6 +276,13 @@ def _part(d: dict) -> str:
     return d.get("name", "?") + (f" ({_fmt(rest)})" if rest else "")
 
 
+def _fetch_sources() -> dict:
+    """The names `diffusionlm fetch` knows, with what their weights are (diffusionlm.fetch.SOURCES)."""
+    from .fetch import SOURCES
+
+    return SOURCES
+
+
 def model_card(config: dict, repo_id: Optional[str] = None, num_parameters: Optional[int] = None) -> str:
     """The README.md of a saved composition: what it is, how it was trained (data, steps,
     tokens), evaluation figures when known, how to load it. `config`: its config.json dict."""
@@ -295,6 +305,9 @@ def model_card(config: dict, repo_id: Optional[str] = None, num_parameters: Opti
         bb = f"Hugging Face {backbone.get('model_type')} (full weights)"
     if num_parameters:
         bb += f", {num_parameters:,d} parameters"
+    origin = _fetch_sources().get(backbone.get("source") or backbone.get("base"))
+    if origin is not None and origin.provenance:
+        bb += f". Its weights: {origin.provenance}"
     tok = config.get("tokenizer", {})
     lines = [
         "---", *_yaml(meta), "---", "",

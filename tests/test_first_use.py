@@ -143,3 +143,65 @@ def test_the_readmes_first_example_runs_as_written():
     assert "weighted_embedding=True" in block
     block = block.replace("num_samples=32", "num_samples=2").replace("(8, 128)", "(2, 32)")  # the same code, smaller
     exec(compile(block, "README.md", "exec"), {})
+
+
+def test_a_variant_composed_in_python_is_seeded_like_its_spec():
+    from diffusionlm import specs
+    from diffusionlm.compare import CompareConfig, Variant, _build_lm, _resolve
+    from diffusionlm.data import load_tokenizer
+
+    tok = load_tokenizer("byte")
+    cfg = CompareConfig(length=16, train_steps=1)
+    spec = Variant(name="spec", process={"name": "absorb"}, schedule={"name": "flat"}, layout="aligned",
+                   backbone={"n_layers": 1, "hidden": 32, "n_heads": 2, "cond_dim": 16},
+                   samplers=[{"name": "mdlm", "steps": 4}])
+    e_spec = _resolve(cfg, spec, tok, 0)
+    torch.manual_seed(12345)  # whatever state the user's session is in
+    lm = specs.build_composition(e_spec.composition)
+    e_py = _resolve(cfg, Variant(name="py", lm=lm, samplers=[{"name": "mdlm", "steps": 4}]), tok, 0)
+    a, b = _build_lm(cfg, e_spec).model.state_dict(), _build_lm(cfg, e_py).model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_loss_spike_is_warned_in_one_line(tmp_path, capsys):
+    from diffusionlm.training import Trainer
+    from test_trainer import Stream, cfg, make_lm
+
+    lm = make_lm(dropout=0.0)
+    loss = lm.loss
+    spike_at = {15}
+    t = Trainer(lm, cfg(tmp_path, steps=20, save_every=0, ema=None), Stream())
+
+    def spiky(*a, **k):
+        out = loss(*a, **k)
+        return out._replace(loss=out.loss * 100) if t.step + 1 in spike_at else out
+
+    lm.loss = spiky
+    history = t.fit()
+    err = [l for l in capsys.readouterr().err.splitlines() if "loss spike" in l]
+    assert len(err) == 1 and err[0].startswith("diffusionlm train: warning: step 15: loss "), err
+    assert [m["step"] for m in history if m.get("loss_spike")] == [15]
+
+
+def test_smollm2_is_said_to_be_dequantised_in_fetch_output_and_model_cards(tmp_path, capsys, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from diffusionlm import fetch
+    from diffusionlm.data import load_tokenizer
+    from diffusionlm.lm import DiffusionLM
+    from diffusionlm.models.hf import HFDenoiser
+    from diffusionlm.processes import Absorb
+    from diffusionlm.schedules import Flat
+
+    monkeypatch.setattr(fetch, "fetch", lambda name, cache=None, convert=True: fetch.Fetched(name, tmp_path / "x.gguf", tmp_path / "hf"))
+    fetch.main_fetch("smollm2")
+    assert "de-quantised to float32 from a 4-bit (Q4_1) GGUF, not the published weights" in capsys.readouterr().out
+    tok = load_tokenizer("byte")
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=32))
+    hf.config._name_or_path = "smollm2"  # what fetch.load_causal_lm sets on the fetched model
+    lm = DiffusionLM(HFDenoiser.from_model(hf, mask="add"), Absorb(tok.vocab_size), Flat(), layout="shifted", bos_id=tok.bos_id)
+    lm.save_pretrained(tmp_path / "out", tokenizer=tok)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Q4_1" in card and "not the published weights" in card
