@@ -45,6 +45,9 @@ def _table(tmp: Path, comp: Path, hf: Path):
         (["eval", "--model", comp, "--batch-size", "0"], "--batch-size must be >= 1"),
         (["eval", "--model", comp, "--max-blocks", "-1"], "--max-blocks must be >= 1"),
         (["export", "--model", comp, tmp / "exported", "--push-to-hub", "me/x"], "Hub is not reachable"),
+        (["train", "model.kind=hf", 'model.hf_config={"model_type": "gpt2", "vocab_size": 300, "n_positions": 16, '
+          '"n_embd": 8, "n_layer": 1, "n_head": 2}', "data.length=12", "train.two_halves=true", "train.steps=1",
+          "train.progress=false", f"train.out_dir={tmp / 'never'}"], "2 x 12 = 24 rows per sequence"),
     ]
 
 
@@ -65,6 +68,7 @@ def test_issue_25_errors_are_one_line_and_exit_1(tmp_path, capsys, monkeypatch, 
             failures.append(f"{[str(a)[-30:] for a in argv[:6]]}: {type(e).__name__}: {e}")
     assert not failures, "\n".join(failures)
     assert not (tmp_path / "ran").exists() and not (tmp_path / "exported").exists()
+    assert not (tmp_path / "never").exists()  # refused before the run directory was made
 
 
 def test_sample_acs_runs_with_its_default_eta(capsys, comp):  # noqa: F811

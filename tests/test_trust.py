@@ -305,3 +305,21 @@ def test_lora_adapter_must_be_safetensors_and_no_link(tmp_path, llama_base):  # 
     (b / "backbone" / "adapter_model.safetensors").unlink()
     (b / "backbone" / "adapter_model.safetensors").symlink_to(good / "backbone" / "adapter_model.safetensors")
     _refused(b, "is a symbolic link", seconds=30)
+
+
+def test_security_md_table_names_tests_that_exist():
+    """Every test SECURITY.md's attack table cites exists (a renamed test cannot orphan a row)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    table = (root / "SECURITY.md").read_text().split("## Attack classes", 1)[1].split("\n## ", 1)[0]
+    rows = [l for l in table.splitlines() if re.match(r"\| \d \|", l)]
+    assert [int(l.split("|")[1]) for l in rows] == list(range(1, 9))
+    missing = []
+    for row in rows:
+        file = None
+        for ref in re.findall(r"`(tests/[\w/]+\.py)?(::\w+)?`", row.split("|")[-2]):
+            file = ref[0] or file
+            if ref[1] and f"def {ref[1][2:]}(" not in (root / file).read_text():
+                missing.append(f"{file}{ref[1]}")
+    assert not missing, missing
