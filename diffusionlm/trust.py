@@ -32,7 +32,7 @@ import struct
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from .safeio import CorruptFileError, first_non_finite
+from .safeio import CorruptFileError, first_non_finite, load_json_object
 
 __all__ = [
     "UntrustedFolderError", "confined", "no_symlink", "check_finite_tree", "safetensors_header", "header_numel",
@@ -100,14 +100,8 @@ def check_finite_tree(obj: Any, where: str) -> None:
 
 def read_json_config(file: "str | os.PathLike") -> dict:
     """A JSON object from a file that is no link, with every number finite."""
-    file = no_symlink(file)
-    try:
-        doc = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UntrustedFolderError(f"{file} is not valid JSON ({err})") from None
-    if not isinstance(doc, dict):
-        raise UntrustedFolderError(f"{file} does not hold a JSON object")
-    check_finite_tree(doc, file.name)
+    doc = load_json_object(no_symlink(file))
+    check_finite_tree(doc, Path(file).name)
     return doc
 
 

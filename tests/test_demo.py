@@ -596,11 +596,17 @@ def test_load_a_run_directory_and_an_hf_directory(tmp_path):
         load_demo_model(tmp_path)
 
 
-def test_sample_show_steps_prints_the_demos_frames(tmp_path, capsys):
+def _saved_run(path) -> DemoModel:
+    """tiny_model() saved as a compare variant's run directory at `path`."""
     from diffusionlm.compare import CompareConfig, save_variant
 
     model = tiny_model()
-    save_variant(tmp_path / "run", CompareConfig(length=48), "mdlm", model.lm)
+    save_variant(path, CompareConfig(length=48), "mdlm", model.lm)
+    return model
+
+
+def test_sample_show_steps_prints_the_demos_frames(tmp_path, capsys):
+    model = _saved_run(tmp_path / "run")
     assert main(["sample", "--run", str(tmp_path / "run"), "--steps", "5", "--length", "16", "--prompt", "ab",
                  "--show-steps"]) == 0
     out = capsys.readouterr()
@@ -611,10 +617,7 @@ def test_sample_show_steps_prints_the_demos_frames(tmp_path, capsys):
 
 
 def test_sample_show_steps_shows_every_sample(tmp_path, capsys):
-    from diffusionlm.compare import CompareConfig, save_variant
-
-    model = tiny_model()
-    save_variant(tmp_path / "run", CompareConfig(length=48), "mdlm", model.lm)
+    _saved_run(tmp_path / "run")
     assert main(["sample", "--run", str(tmp_path / "run"), "--steps", "4", "--length", "16", "--num", "3",
                  "--show-steps"]) == 0
     out = capsys.readouterr()
