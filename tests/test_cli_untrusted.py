@@ -48,6 +48,8 @@ def _table(tmp: Path, comp: Path, hf: Path):
         (["train", "model.kind=hf", 'model.hf_config={"model_type": "gpt2", "vocab_size": 300, "n_positions": 16, '
           '"n_embd": 8, "n_layer": 1, "n_head": 2}', "data.length=12", "train.two_halves=true", "train.steps=1",
           "train.progress=false", f"train.out_dir={tmp / 'never'}"], "2 x 12 = 24 rows per sequence"),
+        (["lm-eval", "--model", "diffusionlm", "--model_args", f"pretrained={comp},bogus=1", "--tasks", "lambada_openai"],
+         "unknown model_args bogus for diffusionlm"),
     ]
 
 
