@@ -264,8 +264,10 @@ def check_hf_folder(folder: "str | os.PathLike") -> None:
     with torch.device("meta"):
         try:
             meta = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-        except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        except (TypeError, ValueError, KeyError) as err:
             raise UntrustedFolderError(f"{cfg_file}: transformers cannot build this config ({str(err).splitlines()[0]})") from None
+        except (RuntimeError, NotImplementedError):  # an architecture that computes on its weights while built:
+            return  # no exact pre-check; load_hf_causal_lm still refuses missing / unexpected / mismatched tensors
     state = meta.state_dict(keep_vars=True)
     prefix = getattr(meta, "base_model_prefix", "") or ""
     stored = {}

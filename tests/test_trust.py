@@ -323,3 +323,21 @@ def test_security_md_table_names_tests_that_exist():
             if ref[1] and f"def {ref[1][2:]}(" not in (root / file).read_text():
                 missing.append(f"{file}{ref[1]}")
     assert not missing, missing
+
+
+def test_an_architecture_that_cannot_be_built_on_meta_still_loads_and_is_checked_after(tmp_path, hf_dir, monkeypatch):  # noqa: F811
+    import transformers
+
+    real = transformers.AutoModelForCausalLM.from_config
+
+    def no_meta(*a, **k):
+        if torch.empty(0).device.type == "meta":
+            raise NotImplementedError("Cannot copy out of meta tensor")
+        return real(*a, **k)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", no_meta)
+    assert load_model(hf_dir).kind == "hf"
+    key = next(k for k, v in load_file(str(hf_dir / "model.safetensors")).items() if v.dim() == 2 and v.shape[0] != v.shape[1])
+    bad = _copy(hf_dir, tmp_path / "removed")
+    _hf_resave(bad / "model.safetensors", lambda t: t.pop(key))
+    _refused(bad, f"missing keys ['{key}']", seconds=10)
