@@ -53,6 +53,14 @@ sys.meta_path.insert(0, _MovedModules())  # first: an older install's files must
 __all__ = ["DiffusionLM", "build", "compare", "register", "to_dict"]
 
 
+from importlib.metadata import PackageNotFoundError as _NotInstalled, version as _version
+
+try:
+    __version__ = _version("diffusionlm")  # the installed distribution's (pyproject.toml)
+except _NotInstalled:  # pragma: no cover - run from a source tree that was never installed
+    __version__ = "0+unknown"
+
+
 def __getattr__(name: str):
     if name == "compare":  # imported on first use; the module itself is callable
         return importlib.import_module(f"{__name__}.compare")

@@ -45,6 +45,7 @@ from .demo import launch, load_demo_model
 from .demo.core import DEFAULT_MODEL_DIR, DemoModel, Frame, frame_text
 from .estimate import bound_forward_seconds, describe, train_step_seconds
 from .eval.likelihood import dataset_blocks, evaluate_likelihood, known_datasets
+from .io import client
 from .io.fetch import main_fetch
 from .io.hub import _device as check_device, library_version, load_model
 from .io.runs import build
@@ -231,13 +232,29 @@ def _packed(model, on: bool):
     return PackedLinears(model) if on else contextlib.nullcontext()
 
 
+def _at_least(value, lo: int, option: str) -> None:
+    """A count option below its minimum is one line, before anything is loaded."""
+    if value is not None and value < lo:
+        raise ValueError(f"{option} must be >= {lo}, got {value}")
+
+
+def _check_scores_fit(num: int, length: int, width: int) -> None:
+    """Refuse a batch whose per-step scores (num x length x vocabulary, float64 when sampling)
+    cannot fit in the memory this machine has available, before sampling starts."""
+    need = num * length * width * 8
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    if avail is not None and need > avail:
+        raise ValueError(f"--num {num} x --length {length} needs about {need / 2**30:,.1f} GiB for one step's scores "
+                         f"({width} per token), more than the {avail / 2**30:,.1f} GiB available: ask for fewer samples")
+
+
 def cmd_sample(args) -> dict:
+    _at_least(args.num, 1, "--num")
     sampler = _sampler(args.sampler, args.options, args.steps)
     m = _load(args)
     tok = m.tokenizer
     length = m.require_length(args.length)
-    if args.num < 1:
-        raise ValueError(f"--num must be >= 1, got {args.num}")
+    _check_scores_fit(args.num, length, m.lm.process.model_vocab_size)
     prompt = None
     if args.prompt:
         ids = tok.encode(args.prompt)
@@ -248,11 +265,14 @@ def cmd_sample(args) -> dict:
     view = DemoModel(m.lm, tok, m.name)
     P = 0 if prompt is None else prompt.shape[1]
     fixed = [i < P for i in range(length)]
-    colour = sys.stdout.isatty()
 
-    def show(rec):  # the demo's own terminal view of a step (sample 0): MASK as _, changes marked
+    colour = sys.stderr.isatty()
+
+    def show(rec):  # the demo's own terminal view of a step, every sample, on stderr (stdout is the JSON)
         if args.show_steps:
-            print(frame_text(Frame.from_record(rec, fixed), view, colour=colour), flush=True)
+            for row in range(args.num):
+                tag = f"[sample {row + 1}] " if args.num > 1 else ""
+                _say(tag + frame_text(Frame.from_record(rec, fixed, row), view, colour=colour))
 
     dev = next(iter(m.lm.model.parameters())).device
     with _packed(m.lm.model, args.packed):
@@ -280,6 +300,8 @@ def _check_output_file(path: "str | None", overwrite: bool) -> None:
 def cmd_eval(args) -> dict:
     """The likelihood suite (diffusionlm.eval.likelihood): NLL bound / PPL on a dataset's split."""
     _check_output_file(args.out, args.overwrite)
+    _at_least(args.batch_size, 1, "--batch-size")
+    _at_least(args.max_blocks, 1, "--max-blocks")
     m = _load(args)
     length = m.require_length(args.length)
     blocks, _ = dataset_blocks(args.dataset, m.tokenizer, length, args.split)
@@ -310,6 +332,10 @@ def cmd_export(args) -> dict:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise ValueError(f"{out} exists{' and is not empty' if out.is_dir() else ''}: pass --overwrite to replace it")
+    if args.push_to_hub:
+        if not client._hub_reachable():  # looked up on the module, so that tests can replace the network
+            raise ValueError(f"--push-to-hub {args.push_to_hub}: the Hugging Face Hub is not reachable (no network): "
+                             "export without --push-to-hub now, upload the folder later")
     m = _load(args)
     lm = m.lm
     lm.save_pretrained(out, tokenizer=m.tokenizer, merge=args.merge)
@@ -437,7 +463,8 @@ def _train_command(command) -> None:
     """The `train` command's options."""
     t = command("train", "train from a recipe (JSON) with section.key=value overrides")
     t.add_argument("--config", help="recipe file (JSON) (default: none, the built-in defaults)")
-    t.add_argument("overrides", nargs="*", help="section.key=value (e.g. train.steps=500 data.length=256)")
+    t.add_argument("overrides", nargs="*", help="section.key=value (e.g. train.steps=500 data.length=256); a train.key "
+                                                "applies to every stage, replacing a stage's own value")
     t.add_argument("--merge", action="store_true", help="LoRA on an HF backbone: save merged weights, not the adapter")
     t.add_argument("--dry-run", action="store_true", help="print the time estimate (one timed step) and stop")
     _device_option(t)
@@ -455,7 +482,7 @@ def _sample_command(command) -> None:
     s.add_argument("--prompt", help="text the samples start with (default: none)")
     s.add_argument("--seed", type=int, default=0, help="seed of the sampler's generator")
     s.add_argument("--options", help="sampler options as JSON, e.g. '{\"eta\": 0.1}' for acs (default: none)")
-    s.add_argument("--show-steps", action="store_true", help="print every step (MASK as _)")
+    s.add_argument("--show-steps", action="store_true", help="print every step of every sample to stderr (MASK as _); stdout stays the JSON")
     s.add_argument("--packed", action="store_true",
                    help="CPU: linear layers through MKL's prepacked GEMM for the first two row counts >= 16 fed "
                         "(cached steps; the same tokens, ~2.2x the weights' memory per row count)")

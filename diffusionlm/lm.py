@@ -68,7 +68,7 @@ from .processes.absorb import Absorb
 from .schedules.hyper import ACTIVE, SETTLED, Hyperschedule, Quench
 from .specs import Part, build, encode, field_names, lookup, provided, register, to_dict
 
-__all__ = ["DiffusionLM", "LossOutput", "SETTLED_WEIGHTINGS", "eq11_weights", "backbone_defaults"]
+__all__ = ["DiffusionLM", "LossOutput", "SETTLED_WEIGHTINGS", "eq11_weights", "backbone_defaults", "check_two_halves_rows"]
 
 
 class LossOutput(NamedTuple):
@@ -129,6 +129,13 @@ def _check_model_matches(backbone: dict, model: Any) -> None:
 #: DiffusionLM fields that are not part of the spec: the model (its spec is "backbone") and
 #: training state
 _NOT_SPEC = ("model", "training_step")
+
+
+def check_two_halves_rows(length: int, rows: Optional[int], what: str) -> None:
+    """ValueError when the two-halves layout's 2 x length rows exceed `rows` (None: no limit)."""
+    if rows is not None and 2 * length > rows:
+        raise ValueError(f"two-halves training feeds 2 x {length} = {2 * length} rows per sequence, more than the "
+                         f"{rows} positions of {what}: use a length of at most {rows // 2} or train.two_halves=false")
 
 
 @dataclass
@@ -194,7 +201,8 @@ class DiffusionLM(Part, kind="composition"):
             if mask_id != self.process.mask_id:
                 raise ValueError(
                     f"the eq. 12 embedding mixes in f(MASK): the backbone's mask_id {mask_id!r} is not the "
-                    f"process's {self.process.mask_id!r}"
+                    f"process's {self.process.mask_id!r} (build the backbone with "
+                    "TransformerConfig.preset(name, **diffusionlm.lm.backbone_defaults(process)))"
                 )
             if gamma is not None and abs(gamma - getattr(self.process, "gamma", gamma)) > 1e-12:
                 raise ValueError(
@@ -324,6 +332,11 @@ class DiffusionLM(Part, kind="composition"):
         return cats, training_mask(cats, device=draw.level.device)
 
     # -- training --------------------------------------------------------------------
+    def check_two_halves_length(self, length: int) -> None:
+        """Refuse, before training, a two-halves run whose 2 x length rows the backbone cannot take
+        (an HF model with fewer positions; our transformer takes them, its position ids stay < length)."""
+        check_two_halves_rows(length, getattr(self.model, "max_rows", None), f"this {type(self.model).__name__}")
+
     def loss(
         self,
         x0: Tensor,

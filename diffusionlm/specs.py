@@ -143,8 +143,13 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown kind of spec {kind!r}; known: {', '.join(KINDS)}")
 
 
+#: other names of a kind ("schedule" is what compositions and configs call a hyperschedule)
+KIND_ALIASES = {"schedule": "hyperschedule"}
+
+
 def registry(kind: str) -> dict:
-    """The registry of `kind`: registered name -> class (the live dict)."""
+    """The registry of `kind` (or its alias, KIND_ALIASES): registered name -> class (the live dict)."""
+    kind = KIND_ALIASES.get(kind, kind)
     _check_kind(kind)
     return _REGISTRIES[kind]
 
@@ -327,7 +332,8 @@ def check_keys(where: str, fields: dict, params: dict, free: bool = False) -> No
 def build(kind: str, spec: Any, **context: Any) -> Any:
     """The object of `kind` described by `spec` ({"name": ..., **fields} or a bare name); an
     object of the kind passes through. `context` goes to a class's own `from_dict` (the
-    composition's: model=...)."""
+    composition's: model=...). `kind` may be an alias (KIND_ALIASES: "schedule")."""
+    kind = KIND_ALIASES.get(kind, kind)
     _check_kind(kind)
     base = _BASES.get(kind)
     if base is not None and isinstance(spec, (base, *base.passes_through)):

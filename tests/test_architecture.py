@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffusionlm"
 
 #: the layer order, lowest first: module-name prefixes (the longest prefix decides)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("checks / registry", ("checks", "specs", "io", "io.safeio", "config.check")),
+    ("checks / registry", ("checks", "specs", "io", "io.safeio", "trust", "config.check")),  # trust: the loader gate (on io.safeio)
     ("parts", ("schedules", "processes", "masks", "models", "data", "config")),
     ("composition", ("lm",)),
     ("samplers, training, eval", ("samplers", "training", "eval", "estimate")),

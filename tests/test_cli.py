@@ -365,6 +365,7 @@ def test_export_an_hf_directory_and_push_it(tmp_path, capsys, monkeypatch, hf_di
     import huggingface_hub.hub_mixin
 
     monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", FakeApi)
+    monkeypatch.setattr(client, "_hub_reachable", lambda timeout=3.0: True)  # the network, replaced (io.client)
     rc, out, err = run_cli(capsys, ["export", "--model", hf_dir, "--schedule", "quench", tmp_path / "c", "--push-to-hub", "me/g2"])
     assert rc == 0, err
     assert json.loads(out)["commit"] == "https://huggingface.co/me/g2/commit/1"

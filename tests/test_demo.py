@@ -6,6 +6,7 @@ cancelled run stops at its next step and releases its frames, and the queue is b
 import dataclasses
 import gc
 import html
+import json
 import re
 import math
 import socket
@@ -599,16 +600,34 @@ def test_load_a_run_directory_and_an_hf_directory(tmp_path):
         load_demo_model(tmp_path)
 
 
-def test_sample_show_steps_prints_the_demos_frames(tmp_path, capsys):
+def _saved_run(path) -> DemoModel:
+    """tiny_model() saved as a compare variant's run directory at `path`."""
     from diffusionlm.compare import CompareConfig, save_variant
 
     model = tiny_model()
-    save_variant(tmp_path / "run", CompareConfig(length=48), "mdlm", model.lm)
+    save_variant(path, CompareConfig(length=48), "mdlm", model.lm)
+    return model
+
+
+def test_sample_show_steps_prints_the_demos_frames(tmp_path, capsys):
+    model = _saved_run(tmp_path / "run")
     assert main(["sample", "--run", str(tmp_path / "run"), "--steps", "5", "--length", "16", "--prompt", "ab",
                  "--show-steps"]) == 0
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[step")]
+    out = capsys.readouterr()
+    json.loads(out.out)  # stdout is the JSON alone (`| jq` works); the frames are on stderr
+    lines = [l for l in out.err.splitlines() if l.startswith("[step")]
     run = generate(model, DemoSettings(prompt="ab", length=16, steps=5, sampler="mdlm"))
     assert lines == [frame_text(f, model) for f in run.frames[1:]]
+
+
+def test_sample_show_steps_shows_every_sample(tmp_path, capsys):
+    _saved_run(tmp_path / "run")
+    assert main(["sample", "--run", str(tmp_path / "run"), "--steps", "4", "--length", "16", "--num", "3",
+                 "--show-steps"]) == 0
+    out = capsys.readouterr()
+    assert len(json.loads(out.out)["samples"]) == 3
+    for i in (1, 2, 3):
+        assert len([l for l in out.err.splitlines() if l.startswith(f"[sample {i}] [step")]) == 4
 
 
 # ---------------------------------------------------------------------------------------------

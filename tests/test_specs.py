@@ -157,7 +157,7 @@ def test_thin_entry_points_still_work():
      "unknown noise schedule 'quadratic'; known: cosine, linear, loglinear"),
     ("hyperschedule", "zigzag", "unknown hyperschedule 'zigzag'; known: block, custom, flat, quench, retimed, slide"),
     ("hyperschedule", {"name": "retimed", "base": "blok", "steps": 3}, "unknown hyperschedule 'blok'"),
-    ("sampler", {"name": "acs", "steps": 4}, "sampler acs: missing key eta"),
+    ("hyperschedule", {"name": "custom"}, "hyperschedule custom: missing key table"),
     ("sampler", {"name": "mdlm", "dtype": "float8"}, "sampler mdlm field 'dtype': unknown dtype 'float8'; known: float64"),
     ("sampler", {"name": "mdlm", "steps": 0}, "steps must be an int >= 1, got 0"),
     ("backbone", {"name": "transformer", "vocab_size": 5, "layers": 2}, "backbone transformer: unknown key(s) layers; its keys: preset, vocab_size"),

@@ -509,7 +509,7 @@ def test_a_tied_head_under_lora_checkpoints_the_adapters_only_and_resumes(tmp_pa
     checkpoint holding that frozen alias loads, one whose alias differs from the base is refused."""
     from diffusionlm.config import RunConfig
     from diffusionlm.io.runs import build
-    from diffusionlm.safeio import save_safetensors
+    from diffusionlm.io.safeio import save_safetensors
     from diffusionlm.training import load_model_weights, seed_everything
 
     tied = {**LLAMA, "tie_word_embeddings": True}

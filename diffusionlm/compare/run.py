@@ -63,8 +63,14 @@ class _CountingStream:
 
 
 def _build_lm(cfg: CompareConfig, entry: _Entry) -> Any:
-    if entry.variant.lm is not None:
-        return entry.variant.lm
+    lm = entry.variant.lm
+    if lm is not None and entry.variant.model is None and isinstance(lm.model, DiffusionTransformer):
+        torch.manual_seed(entry.seed)  # the weights the spec of this composition gets (Variant.lm)
+        fresh = DiffusionLM.from_dict(lm.to_dict())
+        with torch.no_grad():
+            lm.model.load_state_dict(fresh.model.state_dict())
+    if lm is not None:
+        return lm
     torch.manual_seed(entry.seed)
     return DiffusionLM.from_dict(entry.composition)
 
@@ -156,17 +162,21 @@ def _evaluated_only_info(entry: _Entry) -> dict:
 
 def save_variant(path: Path, cfg: CompareConfig, name: str, lm: Any, training: Optional[dict] = None) -> None:
     """Write a trained variant that `diffusionlm sample / eval / demo --model` load: for our
-    transformer a run directory (run.json + model/, which `load_run` reads), for any other
+    transformer a run directory (run.json recording the steps and batch it trained + model/, a
+    saved composition carrying the `training` facts, which `load_run` reads), for any other
     backbone a saved composition (`DiffusionLM.save_pretrained`, with `training` facts)."""
     path = Path(path)
     if not isinstance(lm.model, DiffusionTransformer):
         lm.save_pretrained(path, tokenizer=load_tokenizer(cfg.tokenizer), training=training)
         return
     path.mkdir(parents=True, exist_ok=True)
+    trained = training or {}
     run = RunConfig(model=ModelSpec(kind="transformer", preset=cfg.preset or "tiny"), process=lm.process.to_dict(),
                     schedule=lm.schedule.to_dict(), layout=lm.layout.value,
-                    data=DataSpec(corpus=cfg.corpus, tokenizer=cfg.tokenizer, length=cfg.length))
-    lm.model.save_pretrained(str(path / "model"))
+                    data=DataSpec(corpus=cfg.corpus, tokenizer=cfg.tokenizer, length=cfg.length),
+                    train=TrainConfig(**{**cfg.train, "steps": trained.get("steps") or 1,
+                                         "batch_size": trained.get("batch_size") or cfg.batch_size, "seed": cfg.seed}))
+    lm.save_pretrained(path / "model", tokenizer=load_tokenizer(cfg.tokenizer), training=training)
     (path / "run.json").write_text(json.dumps({**run.to_dict(), "_comment": f"diffusionlm compare variant {name}"}, indent=2))
 
 

@@ -16,7 +16,8 @@ from typing import Any, Optional
 
 from .. import specs
 from ..io.hub import _json, load_model
-from ..lm import DiffusionLM
+from ..lm import DiffusionLM, check_two_halves_rows
+from ..models.hf import spec_max_rows
 from ..training import TrainConfig
 
 DEFAULT_SPEC = "resources/default_compare.json"
@@ -102,8 +103,8 @@ class CompareConfig:
             raise ValueError(f"budget_minutes (--budget-minutes) must be a number > 0, got {self.budget_minutes!r}")
         if not isinstance(self.backbone, dict) or "name" not in self.backbone:
             raise ValueError(f"backbone must be a backbone spec {{\"name\": ...}}, got {self.backbone!r}")
-        if isinstance(self.judge, str):
-            self.judge = {"name": "model", "path": self.judge}
+        if isinstance(self.judge, str):  # --judge none: no judge; any other string names a model
+            self.judge = {"name": "none"} if self.judge == "none" else {"name": "model", "path": self.judge}
         j = self.judge
         if not isinstance(j, dict) or j.get("name") not in ("trained_ar", "model", "none"):
             raise ValueError(f"judge must be {{\"name\": \"trained_ar\", \"seed\": s}}, {{\"name\": \"model\", \"path\": P}} "
@@ -133,7 +134,10 @@ class Variant:
     backbone: dict = field(default_factory=dict)  # overrides of the shared backbone spec (another "name": replaces it)
     train: dict = field(default_factory=dict)  # TrainConfig overrides (not FIXED_TRAIN)
     settled_weight: float = 0.0
-    lm: Any = None  # a DiffusionLM composed in Python (then process / schedule / layout / backbone are its own)
+    #: a DiffusionLM composed in Python (then process / schedule / layout / backbone are its own);
+    #: with our transformer as backbone its weights are re-drawn from the variant's seed before
+    #: training, so that it and the same composition given as a spec are the same run
+    lm: Any = None
     #: an already-trained model (any path `hub.load_model` takes: a run directory, a saved
     #: composition): evaluated only, never trained (its parts are its own)
     model: Optional[str] = None
@@ -356,9 +360,15 @@ def _resolve(cfg: CompareConfig, v: Variant, tok: Any, seed: int, is_judge: bool
                 hint = f"did you mean {close[0]}?" if close else f"its keys: {', '.join(TrainConfig.field_names())}"
                 raise ValueError(f"{what} train: unknown key(s) {key}; {hint}")
     try:
-        TrainConfig(**{**cfg.train, **v.train, "steps": 1, "batch_size": cfg.batch_size})
+        train = TrainConfig(**{**cfg.train, **v.train, "steps": 1, "batch_size": cfg.batch_size})
     except ValueError as err:
         raise ValueError(f"{where} field 'train': {err}") from err
+    backbone = comp.get("backbone") or {}
+    if train.two_halves and v.lm is None and backbone.get("name") == "hf":  # before any variant trains
+        check_two_halves_rows(cfg.length, spec_max_rows(backbone.get("hf_config"), backbone.get("path")),
+                              f"{where.rstrip(':')}'s hf backbone")
+    elif train.two_halves and v.lm is not None:
+        v.lm.check_two_halves_length(cfg.length)
     fit = types.SimpleNamespace(process=proc, schedule=sched, layout=comp["layout"])
     runs = [] if is_judge else _sampler_runs(v, fit, where)
     return _Entry(v, comp, runs, seed, is_judge)

@@ -132,6 +132,7 @@ class RunConfig:
             _merge(base, json.loads(p.read_text()))
         for item in overrides or []:
             _apply_override(base, item)
+        _overrides_reach_stages(base, overrides or [])
         return cls.from_dict(base)
 
 
@@ -186,6 +187,17 @@ def _merge(base: dict, new: dict) -> None:
             _merge(base[k], v)
         else:
             base[k] = v
+
+
+def _overrides_reach_stages(base: dict, overrides: list) -> None:
+    """A `train.KEY=VALUE` given on the command line applies to every stage: a stage that sets KEY
+    itself (a recipe's stage-2 `"steps": 500`) takes the command line's value, so that
+    `train.steps=10` shortens the whole run, not stage 1 alone. (One stage: `stages='[...]'`.)"""
+    keys = {item.split("=", 1)[0][len("train."):] for item in overrides if item.startswith("train.") and "=" in item}
+    for stage in base.get("stages") or []:
+        if isinstance(stage, dict):
+            for k in keys & set(stage):
+                stage[k] = base["train"][k]
 
 
 def _apply_override(base: dict, item: str) -> None:

@@ -394,7 +394,14 @@ def _load_local(path: Path, **kwargs: Any) -> Tokenizer:
         if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
             AutoTokenizer = transformers.AutoTokenizer  # transformers loads these on first use
 
-            return HFTokenizer(AutoTokenizer.from_pretrained(str(path), **kwargs), name=str(path))
+            try:
+                hf = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, **kwargs)
+            except (ImportError, KeyboardInterrupt):
+                raise
+            except Exception as err:  # tokenizers' parser raises a bare Exception on a malformed file
+                first = (str(err) or type(err).__name__).splitlines()[0]
+                raise ValueError(f"{path}: cannot read its tokenizer (tokenizer.json / tokenizer_config.json): {first}") from None
+            return HFTokenizer(hf, name=str(path))
         if (path / "vocab.json").is_file() or (path / "merges.txt").is_file():
             return _gpt2_from_files(path / "vocab.json", path / "merges.txt")
         if (path / "vocab.txt").is_file():
@@ -441,7 +448,7 @@ def load_tokenizer(spec: Any = "byte", **kwargs: Any) -> Tokenizer:
         return _load_local(path, **kwargs)
     AutoTokenizer = transformers.AutoTokenizer  # transformers loads these on first use
 
-    return HFTokenizer(AutoTokenizer.from_pretrained(spec, **kwargs), name=spec)
+    return HFTokenizer(AutoTokenizer.from_pretrained(spec, trust_remote_code=False, **kwargs), name=spec)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -422,5 +422,13 @@ def launch(model: DemoModel, host: str = "127.0.0.1", port: Optional[int] = None
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, theme=theme,
                            css=FRAME_CSS, ssr_mode=False, quiet=not block, footer_links=[],
-                           state_session_capacity=app.demo_limits.max_sessions)
+                           state_session_capacity=app.demo_limits.max_sessions, max_file_size=0)
+    _no_uploads(app.server_app)
     return app, url
+
+
+def _no_uploads(server: Any) -> None:
+    """Take Gradio's file-upload endpoint (`POST /gradio_api/upload`) off the server: the demo has
+    no file input, and the endpoint would otherwise store whatever any page or script sends into
+    Gradio's upload folder. (`max_file_size=0` at launch refuses non-empty uploads as well.)"""
+    server.router.routes[:] = [r for r in server.router.routes if not getattr(r, "path", "").endswith("/upload")]

@@ -53,6 +53,7 @@ Definitions (docs/EVALUATION.md):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
@@ -96,6 +97,8 @@ except ImportError:  # standalone
 __all__ = ["DiffusionLMEval", "HAVE_LM_EVAL", "load_run"]
 
 DEFAULT_CONTINUOUS_SAMPLES = 32
+#: keyword arguments lm-eval itself adds to a model's model_args (taken and not used)
+HARNESS_ARGS = ("max_batch_size",)
 
 
 def load_run(spec: "str | Path", **load_kw: Any):
@@ -152,8 +155,12 @@ class DiffusionLMEval(_LMBase):
         max_length: Any = None,
         prefix_token_id: Any = None,
         device: Any = None,
-        **ignored: Any,  # the harness passes max_batch_size etc.
+        **harness: Any,  # what the harness adds to model_args (max_batch_size); anything else is refused
     ) -> None:
+        unknown = sorted(set(harness) - set(HARNESS_ARGS))
+        if unknown:
+            known = [p for p in inspect.signature(DiffusionLMEval.__init__).parameters if p not in ("self", "harness")]
+            raise ValueError(f"unknown model_args {', '.join(unknown)} for diffusionlm; its arguments: {', '.join(known)}")
         super().__init__()
 
         if pretrained is not None and run is not None:

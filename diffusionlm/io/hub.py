@@ -59,11 +59,11 @@ from types import SimpleNamespace
 from typing import Any, Optional
 
 import torch
-import transformers
 
 from ..data import load_tokenizer
 from ..masks import causal_mask_mod, dense_mask
 from ..specs import build, provide
+from ..trust import check_hf_folder, load_hf_causal_lm
 from .client import MODEL_RESOLVERS, ModelNotFoundError, library_version, register_resolver, resolve_model_path
 from .runs import DataSpec, ModelSpec, RunConfig, build as build_run, load_run
 from .saving import (
@@ -200,6 +200,7 @@ def load_model(
             raise ValueError(f"{path} holds a diffusionlm backbone only (no process or hyperschedule): give the run "
                              "directory or saved composition around it")
         elif "model_type" in cfg:
+            check_hf_folder(path)  # before the tokenizer or the model is read (no prompt, no allocation)
             loaded = _load_hf(name, path, process, schedule, layout, mask, attn_implementation)
         else:
             raise ValueError(f"{path / CONFIG_NAME} is neither a diffusionlm composition nor a Hugging Face config "
@@ -286,9 +287,7 @@ def load_judge(spec: "str | os.PathLike", device: Any = None) -> tuple:
     if path.is_dir() and not (path / "run.json").is_file() and cfg_file.is_file():
         cfg = _json(cfg_file)
         if cfg.get("format") != FORMAT and "model_type" in cfg:
-            AutoModelForCausalLM = transformers.AutoModelForCausalLM  # transformers loads these on first use
-
-            model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+            model = load_hf_causal_lm(path, local_files_only=True)
             if device is not None:
                 model.to(_device(device))
             return model.eval(), load_tokenizer(path)

@@ -36,6 +36,7 @@ from ..processes import process
 from ..specs import provide
 from ..training.checkpoint import latest_checkpoint, load_model_weights
 from ..training.trainer import seed_everything
+from ..trust import check_hf_config, no_symlink
 from .fetch import load_causal_lm, resolve_tokenizer
 from .saving import SavedComposition, safetensors_errors
 
@@ -79,8 +80,10 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
 
         if spec.hf_config is not None:
             hc = dict(spec.hf_config)
+            check_hf_config(hc, "model.hf_config")
             cfg = AutoConfig.for_model(hc.pop("model_type"), **hc)
-            model = AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation)
+            model = AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation,
+                                                     trust_remote_code=False)
         elif spec.path:
             # a fetchable name ("smollm2"), a .gguf, an HF folder or a hub id (diffusionlm.io.fetch)
             model = load_causal_lm(spec.path, attn_implementation=spec.attn_implementation)
@@ -118,6 +121,8 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
                                 "layout": run.layout, "bos_id": bos, "annealing": annealing}, model=model)
     if run.data.length > (lm.max_positions or run.data.length):
         raise ValueError(f"data.length {run.data.length} exceeds the model's {lm.max_positions} positions")
+    if any(stage.get("two_halves", run.train.two_halves) for stage in run.stages or [{}]):
+        lm.check_two_halves_length(run.data.length)  # before anything trains, not at the first step
     if not data:
         return BuiltRun(tok, lm, None, [])
     if run.data.instruct:
@@ -144,7 +149,7 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
     run.json builds. FileNotFoundError naming what is missing when there is neither. `base`: a
     LoRA adapter's base elsewhere (see diffusionlm.io.hub)."""
     run_dir = Path(path)
-    cfg_file = run_dir / "run.json"
+    cfg_file = no_symlink(run_dir / "run.json")
     if not cfg_file.is_file():
         what = "is a directory" if cfg_file.is_dir() else "is missing"
         raise FileNotFoundError(f"{cfg_file} {what}: give a directory written by `diffusionlm train`")
@@ -152,7 +157,7 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
         run = RunConfig.from_dict(json.loads(cfg_file.read_text()))
     except json.JSONDecodeError as err:
         raise ValueError(f"{cfg_file} is not valid JSON: {err}") from None
-    model_dir = run_dir / "model"
+    model_dir = no_symlink(run_dir / "model", f"{run_dir}: model/")
     composition = (model_dir / "config.json").is_file() and '"diffusionlm-composition"' in (model_dir / "config.json").read_text()
     if composition:
         p = SavedComposition.from_pretrained(model_dir, base=base).payload

@@ -67,12 +67,20 @@ def fsync_dir(path: "str | os.PathLike") -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: "str | os.PathLike", write: Callable[[Path], None]) -> Path:
     """Call write(tmp) to create the temporary file, fsync it, rename it to `path`."""
     path = Path(path)
     tmp = tmp_name(path)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # what open() would give a new file (some writers make 0600)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -126,7 +134,32 @@ def save_safetensors(path: "str | os.PathLike", tensors: "dict[str, Tensor]", me
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.setdefault("format", "pt")
     meta[CHECKSUM_KEY] = tensor_digest(tensors)
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=meta)
+        _sort_metadata(tmp)
+
+    return atomic_write(path, write)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header of a safetensors file with its metadata in key order, in place.
+
+    safetensors' writer (Rust) keeps the metadata in a randomly seeded hash map, so the same
+    tensors and metadata give files whose bytes differ from one save to the next; sorted, the same
+    seed gives byte-identical files. The header is the same JSON reordered, so it is no longer
+    than before; it is padded with spaces to its old length (as safetensors pads it), and the
+    tensor data is not touched."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # pragma: no cover - serde and json write the same compact JSON
+            raise RuntimeError(f"{path}: the sorted safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 def load_safetensors(

@@ -21,7 +21,9 @@ from ..models import DiffusionTransformer
 from ..models.base import bare
 from ..models.hf import HFDenoiser
 from ..specs import UnknownPartError, provide
+from ..trust import check_finite_tree, confined, no_symlink
 from .client import _hub_snapshot, library_version, resolve_model_path
+from .fetch import SOURCES as FETCH_SOURCES
 from .safeio import CorruptFileError
 
 FORMAT = "diffusionlm-composition"
@@ -122,6 +124,9 @@ def _write(directory: Path, p: _Payload) -> None:
         meta = model.save_pretrained(str(target), merge=p.merge)
         backbone = {"kind": kind, "path": BACKBONE_DIR, "weights": meta["weights"], "base": meta["base"],
                     "model_type": getattr(model.config, "model_type", None), "mask_id": meta["mask_id"]}
+        source = getattr(model.config, "_name_or_path", None)  # a fetched name ("smollm2") stays the model's name
+        if source in FETCH_SOURCES:
+            backbone["source"] = source
     for name in TOKENIZER_FILES:  # an earlier save's tokenizer of another kind must not be read back
         (directory / name).unlink(missing_ok=True)
     tok.save(directory)
@@ -163,7 +168,7 @@ def read_config(directory: Path) -> dict:
     """config.json of a saved composition, checked: FileNotFoundError naming the missing file,
     ValueError for another format or a format newer than this package."""
     cfg_file = directory / CONFIG_NAME
-    if not cfg_file.is_file():
+    if not no_symlink(cfg_file).is_file():
         raise FileNotFoundError(f"{cfg_file} is missing: {directory} is not a saved composition")
     try:
         config = json.loads(cfg_file.read_text())
@@ -171,6 +176,7 @@ def read_config(directory: Path) -> dict:
         raise ValueError(f"{cfg_file} is not valid JSON: {err}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{cfg_file} is not a diffusionlm composition (no \"format\": \"{FORMAT}\")")
+    check_finite_tree(config, cfg_file.name)
     version = config.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(f"{cfg_file}: format_version must be an int >= 1, got {version!r}")
@@ -185,7 +191,7 @@ def read_config(directory: Path) -> dict:
 def _read(directory: Path, base: Any = None, device: Any = None) -> _Payload:
     config = read_config(directory)
     backbone = config.get("backbone") or {}
-    path = directory / backbone.get("path", BACKBONE_DIR)
+    path = confined(directory, backbone.get("path", BACKBONE_DIR), f"{directory / CONFIG_NAME}: backbone.path")
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is missing: the backbone of the composition in {directory}")
     kind = backbone.get("kind")
@@ -243,6 +249,9 @@ def _card_backbone(backbone: dict, num_parameters: Optional[int]) -> str:
         bb = f"Hugging Face {backbone.get('model_type')} (full weights)"
     if num_parameters:
         bb += f", {num_parameters:,d} parameters"
+    origin = FETCH_SOURCES.get(backbone.get("source") or backbone.get("base"))
+    if origin is not None and origin.provenance:
+        bb += f". Its weights: {origin.provenance}"
     return bb
 
 

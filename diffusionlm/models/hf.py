@@ -95,6 +95,7 @@ import transformers
 from torch import Tensor
 
 from ..checks import check_levels
+from ..trust import check_hf_config, load_hf_causal_lm, read_json_config
 from .base import Backbone, DenoiserOutput
 from .annealing import ANNEALINGS, AttentionAnnealing, annealed_mask  # noqa: F401  (re-exported: their home was this module)
 from .hf_cache import SUPPORTED_ATTENTION, MasksAndCache, _copy_cache
@@ -112,6 +113,18 @@ def _attn_impl(config: Any) -> str:
     if impl is None:
         impl = "eager"  # transformers' own fallback when nothing was chosen
     return str(impl)
+
+
+def spec_max_rows(hf_config: Optional[dict] = None, path: Any = None) -> Optional[int]:
+    """The rows an `hf` backbone spec's model will take (its positions), read from `hf_config` or
+    a local folder's config.json without building the model; None when unknown (a hub id)."""
+    AutoConfig = transformers.AutoConfig  # transformers loads these on first use
+    if hf_config is None and path is not None and Path(path, "config.json").is_file():
+        hf_config = read_json_config(Path(path, "config.json"))
+    if not isinstance(hf_config, dict) or not isinstance(hf_config.get("model_type"), str):
+        return None
+    hc = {k: v for k, v in hf_config.items() if k not in ("transformers_version", "auto_map")}
+    return _max_positions(AutoConfig.for_model(hc.pop("model_type"), **hc))
 
 
 def _max_positions(config: Any) -> Optional[int]:
@@ -170,8 +183,9 @@ class _HFSpec:
     ) -> "HFDenoiser":
         """A causal LM from {"name": "hf", ...}: `hf_config` (a config dict with "model_type":
         fresh weights) or `path` (a local directory or hub id: its weights); MASK by `mask`
-        ("add": one more row) or `mask_id` (an existing id, see `from_model`); `lora` the keyword
-        arguments of `models.lora.apply_lora`."""
+        ("add": one more row, the default as in `config.ModelSpec`; a token string; "none": no
+        MASK) or `mask_id` (an existing id, see `from_model`); `lora` the keyword arguments of
+        `models.lora.apply_lora`. Every field is described in docs/TRAINING.md ("The hf backbone")."""
         AutoConfig, AutoModelForCausalLM = transformers.AutoConfig, transformers.AutoModelForCausalLM  # transformers loads these on first use
 
         if (hf_config is None) == (path is None):
@@ -180,11 +194,15 @@ class _HFSpec:
             hc = {k: v for k, v in dict(hf_config).items() if k != "transformers_version"}
             if "model_type" not in hc:
                 raise ValueError("backbone hf: hf_config needs model_type (e.g. \"gpt2\", \"llama\")")
+            check_hf_config(hc, "backbone hf: hf_config")
             model = AutoModelForCausalLM.from_config(
-                AutoConfig.for_model(hc.pop("model_type"), **hc), attn_implementation=attn_implementation)
+                AutoConfig.for_model(hc.pop("model_type"), **hc), attn_implementation=attn_implementation,
+                trust_remote_code=False)
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation)
-        denoiser = cls.from_model(model, mask, mask_id=mask_id)
+            model = load_hf_causal_lm(path, attn_implementation=attn_implementation)
+        if mask is None and mask_id is None:
+            mask = "add"  # the loader's default (config.ModelSpec.mask): one spec, one model
+        denoiser = cls.from_model(model, None if mask == "none" else mask, mask_id=mask_id)
         if lora is not None:
             apply_lora(denoiser, **lora)
         return denoiser
@@ -203,7 +221,7 @@ class _HFSpec:
         hc = {k: v for k, v in self.config.to_diff_dict().items() if k != "transformers_version"}
         own_mask = self.reserved_id if self.reserved_id is not None else self.mask_id
         return {"name": self.name, "hf_config": hc, "path": None, "attn_implementation": self.attn_implementation,
-                "mask": None, "mask_id": own_mask, "lora": lora}
+                "mask": "none" if own_mask is None else None, "mask_id": own_mask, "lora": lora}
 
 
 class HFDenoiser(_HFSpec, MasksAndCache, nn.Module, Backbone):
@@ -320,6 +338,12 @@ class HFDenoiser(_HFSpec, MasksAndCache, nn.Module, Backbone):
         return _max_positions(self.model.config)
 
     @property
+    def max_rows(self) -> Optional[int]:
+        """Rows one forward takes (cache included): the model's positions. The two-halves layout
+        feeds 2 x length rows, so it needs max_rows >= 2 x length (`DiffusionLM.check_two_halves_length`)."""
+        return self.max_positions
+
+    @property
     def attn_implementation(self) -> str:
         return _attn_impl(self.model.config)
 
@@ -368,13 +392,11 @@ class HFDenoiser(_HFSpec, MasksAndCache, nn.Module, Backbone):
         (a model object, a directory or a hub id) or else the one it names; `resolve` maps a base
         name to a local directory (default: unchanged). ValueError naming both when the base given
         is not the one the adapter was trained on."""
-        AutoModelForCausalLM = transformers.AutoModelForCausalLM  # transformers loads these on first use
-
         directory = Path(directory)
         meta_file = directory / DENOISER_FILE
         if not meta_file.is_file():
             raise FileNotFoundError(f"{meta_file} is missing: {directory} was not written by HFDenoiser.save_pretrained")
-        meta = json.loads(meta_file.read_text())
+        meta = read_json_config(meta_file)
         version = meta.get("format_version", 1)
         if not isinstance(version, int) or version > DENOISER_FORMAT_VERSION:
             raise ValueError(
@@ -389,7 +411,7 @@ class HFDenoiser(_HFSpec, MasksAndCache, nn.Module, Backbone):
             given = base if isinstance(base, (str, os.PathLike)) else getattr(getattr(base, "config", None), "_name_or_path", type(base).__name__)
             if isinstance(base, (str, os.PathLike)):
                 path = resolve(str(base)) if resolve is not None else str(base)
-                base = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=impl)
+                base = load_hf_causal_lm(str(path), attn_implementation=impl)
             expected = meta.get("base_fingerprint")
             if expected:
                 found = base_fingerprint(base, expected.get("rows"))
@@ -403,7 +425,7 @@ class HFDenoiser(_HFSpec, MasksAndCache, nn.Module, Backbone):
                 add_mask_row(base)  # its values come from the adapter (peft trainable tokens)
             model = load_adapters(base, directory)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(directory), attn_implementation=impl)
+            model = load_hf_causal_lm(str(directory), attn_implementation=impl)
         reserved = meta.get("reserved_id")
         out = cls(model, reserved if reserved is not None else meta.get("mask_id"))
         out.mask_added = bool(meta.get("mask_added"))

@@ -41,6 +41,8 @@ from typing import Any, Optional, Sequence
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
+from ..trust import UntrustedFolderError, no_symlink, read_json_config
+
 
 __all__ = ["apply_lora", "lora_audit", "save_adapters", "load_adapters", "linear_module_names", "peft_model_of", "is_peft"]
 
@@ -228,6 +230,11 @@ def load_adapters(base_model: Any, directory: "str | os.PathLike", is_trainable:
     directory = os.fspath(directory)
     if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
         raise FileNotFoundError(f"no adapter_config.json in {directory!r}: not a directory written by save_adapters")
+    read_json_config(os.path.join(directory, "adapter_config.json"))  # no link, valid JSON, finite
+    weights = no_symlink(os.path.join(directory, "adapter_model.safetensors"))
+    if not weights.is_file():  # peft would fall back to adapter_model.bin, a pickle
+        raise UntrustedFolderError(f"{directory} holds no adapter_model.safetensors: diffusionlm loads adapters from "
+                                   "safetensors only (never a pickled adapter_model.bin)")
     denoiser = base_model if _is_denoiser(base_model) else None
     base = denoiser.model if denoiser is not None else base_model
     if isinstance(base, PeftModel):

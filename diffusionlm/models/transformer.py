@@ -51,6 +51,10 @@ from torch import Tensor
 
 from ..checks import check_ids, check_levels
 from ..io.safeio import atomic_write, load_safetensors, save_safetensors
+from ..trust import (
+    UntrustedFolderError, check_size, check_tensors, check_weights_finite, header_numel, no_symlink, read_json_config,
+    safetensors_header,
+)
 from .attention import ATTENTION_BACKENDS, get_backend
 from .base import Backbone, DenoiserOutput
 from .cache import KVCache
@@ -116,8 +120,12 @@ class TransformerConfig:
             raise ValueError(f"time_frequency_dim must be an even int >= 2, got {self.time_frequency_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        for name in ("mlp_ratio", "layer_norm_eps", "rope_theta", "time_scale", "init_std"):
+            v = getattr(self, name)  # NaN passes every comparison, so finiteness is checked first
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or (v == 0 and name != "init_std"):
+                raise ValueError(f"TransformerConfig.{name} must be a finite number {'>= 0' if name == 'init_std' else '> 0'}, "
+                                 f"got {v!r}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"unknown attention backend {self.attention!r}; known: {sorted(ATTENTION_BACKENDS)}")
         n_in = self.num_input_ids
@@ -130,7 +138,7 @@ class TransformerConfig:
         if self.weighted_embedding_gamma is not None:
             if self.mask_id is None:
                 raise ValueError("weighted_embedding_gamma needs mask_id (the embedding mixes in f(MASK))")
-            if self.weighted_embedding_gamma < 0:
+            if not math.isfinite(self.weighted_embedding_gamma) or self.weighted_embedding_gamma < 0:
                 raise ValueError(f"weighted_embedding_gamma must be >= 0, got {self.weighted_embedding_gamma}")
 
     @property
@@ -531,20 +539,30 @@ class DiffusionTransformer(nn.Module, Backbone):
         **config_overrides: Any,
     ) -> "DiffusionTransformer":
         """Load a model written by `save_pretrained`. `config_overrides` may change runtime
-        settings such as `attention` or `dropout`. The weights' checksum is verified (a damaged
+        settings such as `attention` or `dropout`. The folder passes the loader gate first
+        (`diffusionlm.trust`): no symbolic links, a finite config, a parameter count equal to the
+        weights' (read from the safetensors header before anything is allocated), exactly the
+        tensors the config needs, finite weights. The weights' checksum is verified (a damaged
         file is a `diffusionlm.io.safeio.CorruptFileError` naming it)."""
         cfg_path = os.path.join(directory, CONFIG_NAME)
         w_path = os.path.join(directory, WEIGHTS_NAME)
         for path in (cfg_path, w_path):
-            if not os.path.isfile(path):
+            if not os.path.isfile(no_symlink(path)):
                 raise FileNotFoundError(f"no {os.path.basename(path)} in {os.fspath(directory)!r}: {path} is missing")
-        with open(cfg_path) as f:
-            meta = json.load(f)
+        meta = read_json_config(cfg_path)
         if meta.get("model_type", _MODEL_TYPE) != _MODEL_TYPE:
             raise ValueError(f"{cfg_path} describes a {meta.get('model_type')!r}, not a {_MODEL_TYPE!r}")
-        config = TransformerConfig.from_dict({**meta, **config_overrides})
+        try:
+            config = TransformerConfig.from_dict({**meta, **config_overrides})
+        except (TypeError, ValueError) as err:
+            raise UntrustedFolderError(f"{cfg_path}: {err}") from None
+        header = safetensors_header(w_path)
+        check_size(implied_num_weights(config), header_numel(header), w_path, exact=False)  # then the exact check
         model = cls(config)
-        model.load_state_dict(load_safetensors(w_path, device=str(device))[0], strict=True)
+        check_tensors({k: tuple(v.shape) for k, v in model.state_dict().items()}, header, w_path)
+        state = load_safetensors(w_path, device=str(device))[0]
+        check_weights_finite(state, w_path)
+        model.load_state_dict(state, strict=True)
         model.to(device)
         if dtype is not None:
             model.to(dtype)
@@ -556,3 +574,13 @@ class DiffusionTransformer(nn.Module, Backbone):
             f"vocab_size={c.vocab_size}, layers={c.n_layers}, hidden={c.hidden}, heads={c.n_heads}, "
             f"attention={c.attention!r}, time_conditioning={c.time_conditioning}"
         )
+
+
+def implied_num_weights(config: TransformerConfig) -> int:
+    """The number of values in `DiffusionTransformer(config).state_dict()`, without allocating
+    them: the model built on the meta device at 1 and 2 layers, extrapolated linearly in the layer
+    count (every layer is the same). The loader gate compares it with a weights file's header."""
+    with torch.device("meta"):
+        one, two = (sum(v.numel() for v in DiffusionTransformer(dataclasses.replace(config, n_layers=n)).state_dict().values())
+                    for n in (1, 2))
+    return one + (config.n_layers - 1) * (two - one)

@@ -134,7 +134,7 @@ class ACS(LevelSampler):
     """Adaptive Correction Sampler: MDLM plus redraws of decoded tokens with prob eta (1 - p_transfer)."""
 
     name: ClassVar[str] = "acs"
-    eta: float
+    eta: float = 0.1  # the demo's default: a light correction (0 is plain MDLM)
     steps: Optional[int] = None
     rate: Optional[float] = None
     cache: bool = True

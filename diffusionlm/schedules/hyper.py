@@ -145,6 +145,11 @@ def _check_width(schedule: "Hyperschedule", width: int, d: int) -> None:
         raise ValueError(f"{schedule!r}: width {width} exceeds the sequence length {d} (width must be <= length)")
 
 
+#: the most entries a level table [T + 1, d] may have (float64: 1 GiB), so that a step count from a
+#: file or the command line is refused in one line instead of exhausting memory
+MAX_TABLE_ENTRIES = 2**27
+
+
 def _check_positive(name: str, v: int) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -220,6 +225,10 @@ class Hyperschedule(Part, kind="hyperschedule"):
         _check_length(d)
         if self.continuous:
             raise ValueError(f"{self!r} is continuous-time and has no level table: give it a number of steps")
+        T = self.num_steps(d)
+        if (T + 1) * d > MAX_TABLE_ENTRIES:  # refused before allocating (a saved folder may say 10^12 steps)
+            raise ValueError(f"{self!r}: {T:,d} steps at length {d} make a level table of {(T + 1) * d:,d} entries, more "
+                             f"than the {MAX_TABLE_ENTRIES:,d} allowed: use at most {MAX_TABLE_ENTRIES // d - 1:,d} steps")
         return _cached_table(self, d)
 
     def levels(self, k: int, d: int) -> Tensor:

@@ -40,6 +40,7 @@ from ..io.safeio import (
     atomic_write, first_non_finite, fsync_dir, load_json_object, load_safetensors, load_tree, save_safetensors,
     save_tree, tensor_digest,
 )
+from ..trust import check_weights_finite, no_symlink
 
 __all__ = [
     "FORMAT", "CheckpointFormatError", "NonFiniteError", "save_checkpoint", "load_checkpoint",
@@ -128,17 +129,23 @@ def save_checkpoint(
     ]
     if ema_state is not None:
         files.insert(1, ("ema.safetensors", lambda: save_safetensors(tmp / "ema.safetensors", ema_state)))
-    for fname, write in files:
-        write()
-        if _crash_after == fname:
-            raise KeyboardInterrupt(f"simulated kill after writing {fname}")
-    fsync_dir(tmp)
     final = out / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(out)
-    atomic_write(out / LATEST, lambda p: p.write_text(name))
+    try:
+        for fname, write in files:
+            write()
+            if _crash_after == fname:  # a kill runs no clean-up: the next save removes what it left
+                tmp = None
+                raise KeyboardInterrupt(f"simulated kill after writing {fname}")
+        fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(out)
+        atomic_write(out / LATEST, lambda p: p.write_text(name))
+    except BaseException:  # a full disk, an error, Ctrl-C: this save's temporary files go now
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     # retention (by step number), and leftovers of interrupted saves
     done = sorted((p for p in out.iterdir() if _NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()), key=_step_of)
     for old in done[:-keep] if keep > 0 else []:
@@ -171,7 +178,7 @@ def latest_checkpoint(out_dir: "str | Path") -> Optional[Path]:
 
 
 def _trainer_state(path: Path) -> dict:
-    f = path / "trainer_state.json"
+    f = no_symlink(path / "trainer_state.json", f"checkpoint file {path / 'trainer_state.json'}")
     if not f.is_file():
         raise FileNotFoundError(f"checkpoint {path} lacks trainer_state.json")
     return load_json_object(f)
@@ -199,8 +206,9 @@ def load_checkpoint(path: "str | Path") -> dict[str, Any]:
             f"a pickle, which diffusionlm no longer loads (unpickling can run code). Its weights (model.safetensors) "
             f"still load for sampling and evaluation; training cannot resume from it: start a new run"
         )
-    for need in ("model.safetensors", "optimizer.json", "optimizer.safetensors"):
-        if not (path / need).is_file():
+    for need in ("model.safetensors", "optimizer.json", "optimizer.safetensors", "ema.safetensors"):
+        no_symlink(path / need, f"checkpoint file {path / need}")
+        if not (path / need).is_file() and need != "ema.safetensors":
             raise FileNotFoundError(f"checkpoint {path} lacks {need}")
     out = {
         "model": load_safetensors(path / "model.safetensors", require_checksum=True)[0],
@@ -209,6 +217,8 @@ def load_checkpoint(path: "str | Path") -> dict[str, Any]:
     }
     if (path / "ema.safetensors").exists():
         out["ema"] = load_safetensors(path / "ema.safetensors", require_checksum=True)[0]
+    for what in ("model", "ema"):  # a checkpoint is never resumed (nor reported as the last good one) with NaN weights
+        check_weights_finite(out.get(what, {}), f"checkpoint {path / (what + '.safetensors')}")
     return out
 
 
@@ -269,10 +279,13 @@ def check_weights(model: torch.nn.Module, state: dict, path: "str | Path", parti
                 f"(missing {missing[:3]}, not trainable here {extra[:3]})"
             )
     else:
-        missing = set(own) - set(state)
-        tied = {k for k in missing if "lm_head" in k or "tok" in k or "emb" in k}
-        if missing - tied:
-            raise ValueError(f"checkpoint {path} lacks weights: {sorted(missing - tied)[:5]}")
+        # a name may be absent only when its tensor is stored under another name (a tied head saved
+        # once): by tensor identity, never by name (a removed embedding must not load as random)
+        tensors = model.state_dict(keep_vars=True)
+        stored = {id(tensors[k]) for k in state}
+        missing = sorted(k for k in set(own) - set(state) if id(tensors[k]) not in stored)
+        if missing:
+            raise ValueError(f"checkpoint {path} lacks weights: {missing[:5]}")
 
 
 def check_frozen(model: torch.nn.Module, state: dict, path: "str | Path") -> None:
@@ -298,7 +311,8 @@ def load_model_weights(model: torch.nn.Module, path: "str | Path") -> dict:
     path = Path(path)
     state = _trainer_state(path)
     _format(path, state)
-    weights, _ = load_safetensors(path / "model.safetensors")
+    weights, _ = load_safetensors(no_symlink(path / "model.safetensors", f"checkpoint file {path / 'model.safetensors'}"))
+    check_weights_finite(weights, f"checkpoint {path / 'model.safetensors'}")
     partial = state.get("weights") == "trainable"
     if partial:
         weights = drop_frozen_aliases(model, weights)

@@ -38,6 +38,7 @@ import base64
 import contextlib
 import math
 import random
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -85,6 +86,26 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+#: a step's loss over SPIKE_FACTOR x the median of the last SPIKE_WINDOW losses is warned about
+#: (after SPIKE_MIN_STEPS steps)
+SPIKE_FACTOR, SPIKE_WINDOW, SPIKE_MIN_STEPS = 10.0, 50, 10
+
+
+def loss_spike(recent: list, loss: float, step: int, warn: bool = True) -> bool:
+    """Whether `loss` is over SPIKE_FACTOR times the median of `recent` (the last SPIKE_WINDOW
+    steps' losses, once SPIKE_MIN_STEPS are known; `loss` is appended to it); warns in one line
+    on stderr when it is and `warn` (rank 0). A spike is not an error (training goes on), but
+    nobody should miss it. A function of the window, so the Trainer class stays small."""
+    spike = len(recent) >= SPIKE_MIN_STEPS and loss > SPIKE_FACTOR * max(float(np.median(recent)), 1e-12)
+    if spike and warn:
+        print(f"diffusionlm train: warning: step {step}: loss {loss:.4g} is {loss / float(np.median(recent)):.0f}x "
+              f"the median of the last {len(recent)} steps ({float(np.median(recent)):.4g}): a loss spike",
+              file=sys.stderr, flush=True)
+    recent.append(loss)
+    del recent[:-SPIKE_WINDOW]
+    return spike
 
 
 def _b64(t: Tensor) -> str:
@@ -153,6 +174,7 @@ class Trainer(Distributed):
         self.last_checkpoint: Optional[Path] = None
         self._frozen_sha256: Optional[str] = None
         self.curriculum = Curriculum.from_spec(config.curriculum) if config.curriculum is not None else None
+        self._recent_losses: list[float] = []  # for the loss-spike warning (loss_spike)
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.metrics = MetricsLog(config.out_dir) if config.out_dir and self.rank == 0 else None
         if config.out_dir:
@@ -234,7 +256,10 @@ class Trainer(Distributed):
             self.ema.update_parameters(self._bare())
         self.step += 1
         extra = {"schedule": repr(self.lm.schedule)} if self.curriculum is not None else {}
-        return {**extra, "step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens * self.world}
+        out = {**extra, "step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens * self.world}
+        if loss_spike(self._recent_losses, total, self.step, warn=self.rank == 0):
+            out["loss_spike"] = True
+        return out
 
     # -- loop ---------------------------------------------------------------------------
     def fit(self, steps: Optional[int] = None) -> list[dict]:
