@@ -646,8 +646,9 @@ def _likelihood(lm: Any, test_ids: torch.Tensor, cfg: CompareConfig) -> dict:
 
 def _is_causal_ar(lm: Any) -> bool:
     """Absorb + Quench under the SHIFTED layout: the AR special case, whose bound is one causal forward."""
-    return (type(lm.process).__name__ == "Absorb" and type(lm.schedule).__name__ == "Quench"
-            and getattr(lm.layout, "value", lm.layout) == "shifted")
+    from .eval.causal import causal_composition
+
+    return causal_composition(lm)
 
 
 @torch.no_grad()
@@ -656,16 +657,13 @@ def ar_judge_nll(lm_ar: Any, tokens: torch.Tensor, start: int = 0) -> tuple[floa
     SHIFTED): one causal forward over [BOS, x[:-1]] (equal to its Quench bound, see tests/test_lm.py).
     With `start` = P, only positions P.. are scored, each given everything before it: the NLL of a
     continuation given its P-token prompt."""
-    from .masks import causal_mask_mod, dense_mask, shift_inputs
+    from .eval.causal import causal_nll
 
     S, d = tokens.shape
     if not 0 <= start < d:
         raise ValueError(f"start {start} must lie in [0, {d}) for sequences of {d} tokens")
-    ids = shift_inputs(tokens, "shifted", lm_ar.bos_id)
-    mask = dense_mask(causal_mask_mod(), 1, d)
-    logits = lm_ar.model(ids, position_ids=torch.arange(d)[None].expand(S, d), attention_mask=mask).logits
-    logp = torch.log_softmax(logits[..., start:, : lm_ar.process.vocab_size].double(), -1)
-    return float(-logp.gather(-1, tokens[:, start:, None]).sum()), S * (d - start)
+    nll, _ = causal_nll(lm_ar, tokens, torch.arange(d, device=tokens.device)[None].expand(S, d) >= start)
+    return float(nll.sum()), S * (d - start)
 
 
 def _judge_fn(cfg: CompareConfig, judge_lm: Any, tok: Any):

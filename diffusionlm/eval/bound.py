@@ -81,6 +81,7 @@ from ..checks import as_mask as _as_mask
 from ..masks import categories_from_levels, training_mask
 from ..processes.base import Corruption, check_ids
 from ..schedules.hyper import ACTIVE
+from .causal import CAUSAL_METHOD, causal_composition, causal_nll, prefix_lengths
 
 __all__ = [
     "BoundOutput",
@@ -454,14 +455,19 @@ def conditional_nll_bound(
     chunk_size: Optional[int] = None,
     track_greedy: bool = False,
     replicates: Optional[int] = None,
+    exact_causal: bool = True,
 ) -> BoundOutput:
     """NLL upper bound of the counted tokens of x0 [B, d] given its fixed positions (module
     docstring), with M = `num_samples` model evaluations per row. `chunk_size`: (row, draw) pairs
-    per model forward (default B). `replicates`: R (default: see the module docstring)."""
+    per model forward (default B). `replicates`: R (default: see the module docstring).
+    `exact_causal`: an autoregressive composition (:mod:`.causal`) with a prefix as its fixed
+    positions gets its bound, exactly, from one causal forward per row (False: the step draws)."""
     check_likelihood(lm)
     M = check_num_samples(num_samples)
     fixed, count, generator, chunk = _check_inputs(lm, x0, fixed, count, generator, chunk_size, replicates)
     B, d = x0.shape
+    if exact_causal and causal_composition(lm) and prefix_lengths(fixed) is not None:
+        return _causal_bound(lm, x0, count, chunk, track_greedy)
     plan = _plan(lm, d, fixed, count, M, replicates)
     jobs = _jobs(plan, _shifts(plan, generator))
     greedy = _Greedy(B, d, x0.device) if track_greedy else None
@@ -470,6 +476,17 @@ def conditional_nll_bound(
     nll, stderr, samples, terms = _combine(plan, acc, prior)
     return BoundOutput(nll, stderr, count.sum(1).cpu(), samples, plan.steps, greedy.result(count) if greedy else None,
                        terms, plan.exact.clone(), _describe(plan, M))
+
+
+def _causal_bound(lm, x0: Tensor, count: Tensor, chunk: int, track_greedy: bool) -> BoundOutput:
+    """The bound of an autoregressive composition: its d enumerated steps, as one causal forward."""
+    nll, greedy = causal_nll(lm, x0, count, chunk)
+    prior = float(lm.process.prior_kl()) * count.sum(1).double().cpu()
+    nll = nll + prior
+    n = count.sum(1).cpu()
+    return BoundOutput(nll, torch.zeros_like(nll), n, nll[:, None].clone(), n.clone(),
+                       greedy if track_greedy else None, {PRIOR: prior, DIFFUSION: nll - prior},
+                       torch.ones_like(n, dtype=torch.bool), CAUSAL_METHOD)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,6 +505,7 @@ def corpus_bound(
     count: Optional[Tensor] = None,
     replicates: Optional[int] = None,
     desc: str = "NLL bound",
+    exact_causal: bool = True,
 ) -> dict:
     """The bound over every row of `ids` [n, d] (counted positions: `count`, default all).
 
@@ -521,7 +539,8 @@ def corpus_bound(
         starts = tqdm(starts, desc=desc, unit="batch", file=sys.stderr)
     for i in starts:
         out = conditional_nll_bound(lm, ids[i : i + batch_size].to(dev), M, count=att[i : i + batch_size].to(dev),
-                                    generator=gens[i : i + batch_size], replicates=replicates)
+                                    generator=gens[i : i + batch_size], replicates=replicates,
+                                    exact_causal=exact_causal)
         total += float(out.nll.sum())
         var += float((out.stderr**2).sum())
         tokens += int(out.num_tokens.sum())
