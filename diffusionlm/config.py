@@ -61,11 +61,18 @@ class DataSpec:
     prompt_field: str = "prompt"
     response_field: str = "response"
     all_tokens: bool = False
+    # how a local / hf: corpus is read (diffusionlm.data.sources): its text column, a folder's
+    # file pattern, text files' documents; streaming: tokenized on the fly (data.streaming)
+    field: str = "text"
+    files: Optional[str] = None
+    unit: str = "file"
+    streaming: bool = False
 
     RULES = {
         "corpus": Str(), "tokenizer": Str(), "length": Int(1), "rule": Choice("wrap", "pad"), "val_split": Str(),
         "val_batches": Int(0), "instruct": Opt(Str(), "plain text from data.corpus"), "prompt_field": Str(),
-        "response_field": Str(), "all_tokens": Bool(),
+        "response_field": Str(), "all_tokens": Bool(), "field": Str(), "files": Opt(Str(), "every non-hidden file"),
+        "unit": Choice("file", "line", "paragraph"), "streaming": Bool(),
     }
 
     def __post_init__(self) -> None:
@@ -306,10 +313,35 @@ def build_model(spec: ModelSpec, proc, tokenizer, length: int):
     raise ValueError(f"unknown model.kind {spec.kind!r}; known: transformer, hf")
 
 
+def corpus_documents(data: DataSpec, split: str) -> list:
+    """The documents of data.corpus's split: a name of the offline corpora (data.load_corpus), else
+    any local file / folder / glob or hf: source through datasets (data.sources, with data.field,
+    data.files and data.unit)."""
+    from .data import known_names, load_corpus
+    from .data.sources import read_documents
+
+    if data.corpus in known_names():
+        return load_corpus(data.corpus, split)
+    return read_documents(data.corpus, split, field=data.field, files=data.files, unit=data.unit)[0]
+
+
+def _streams(run: RunConfig, tok: Any, rank: int, world_size: int) -> tuple:
+    """data.streaming: the training TokenStream of this rank, and the validation one (or None)."""
+    from .data.streaming import TokenStream
+
+    d = run.data
+    if d.rule != "wrap":
+        raise ValueError("data.streaming packs documents into rows (the wrap rule): data.rule=pad needs streaming=false")
+    kw = {"field": d.field, "files": d.files, "unit": d.unit}
+    train = TokenStream(d.corpus, tok, d.length, run.train.batch_size, rank=rank, world_size=world_size, **kw)
+    val = TokenStream(d.corpus, tok, d.length, run.train.batch_size, split=d.val_split, epochs=1, **kw) if d.val_batches else None
+    return train, val
+
+
 def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True) -> BuiltRun:
     """The tokenizer, the DiffusionLM and (with `data`) the training stream and validation
     batches of a run; `data=False` skips reading the corpus (sampling, evaluation, the demo)."""
-    from .data import BatchStream, TokenBlocks, check_vocab, load_corpus
+    from .data import BatchStream, TokenBlocks, check_vocab
     from .lm import DiffusionLM
     from .schedules import hyperschedule
 
@@ -341,12 +373,17 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
     if run.data.instruct:
         stream, val = _instruction_data(run, tok, rank, world_size)
     else:
-        train_blocks = TokenBlocks(load_corpus(run.data.corpus, "train"), tok, run.data.length, rule=run.data.rule)
-        stream = BatchStream(train_blocks, run.train.batch_size, seed=run.train.seed, rank=rank, world_size=world_size)
+        if run.data.streaming:
+            stream, vs = _streams(run, tok, rank, world_size)
+        else:
+            train_blocks = TokenBlocks(corpus_documents(run.data, "train"), tok, run.data.length, rule=run.data.rule)
+            stream = BatchStream(train_blocks, run.train.batch_size, seed=run.train.seed, rank=rank, world_size=world_size)
+            vs = None
+            if run.data.val_batches:
+                vb = TokenBlocks(corpus_documents(run.data, run.data.val_split), tok, run.data.length, rule=run.data.rule)
+                vs = BatchStream(vb, run.train.batch_size, seed=0, shuffle=False, epochs=1, drop_last=False)
         val = []
         if run.data.val_batches:
-            vb = TokenBlocks(load_corpus(run.data.corpus, run.data.val_split), tok, run.data.length, rule=run.data.rule)
-            vs = BatchStream(vb, run.train.batch_size, seed=0, shuffle=False, epochs=1, drop_last=False)
             for _ in range(run.data.val_batches):
                 try:
                     val.append(next(vs)["input_ids"])

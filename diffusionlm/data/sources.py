@@ -1,7 +1,7 @@
 """Documents from anything ``datasets`` reads: local files, folders, globs, saved datasets, ``hf:`` names.
 
     docs, desc = read_documents("notes/*.jsonl", "train", field="content")     # list of str
-    rows = stream_documents("big.txt", "train", unit="line", rank=0, world_size=2)  # IterableDataset
+    rows, desc = stream_documents("big.txt", "train", unit="line")           # datasets.IterableDataset
 
 A *source* is one of
 
@@ -268,22 +268,17 @@ def _detokenizer(source: Source):
 
 
 def stream_documents(spec: str, split: str = "train", *, field: str = "text", files: Optional[str] = None,
-                     unit: str = "line", rank: int = 0, world_size: int = 1):
-    """A ``datasets.IterableDataset`` of {field: text} rows of a split, read lazily, sharded by rank
-    (``split_dataset_by_node``: whole shards per rank when they divide evenly, else every
-    world_size-th row), with ``state_dict()`` / ``load_state_dict()``. A one-file source cannot cut
-    90 / 5 / 5 without its row count, which a stream does not have: there row i is in train when
+                     unit: str = "line"):
+    """(``datasets.IterableDataset`` of {field: text} rows of a split, read lazily, with
+    ``state_dict()`` / ``load_state_dict()``; description). A one-file source cannot cut 90 / 5 / 5
+    without its row count, which a stream does not have: there row i is in train when
     i mod 20 < 18, validation at 18, test at 19."""
-    from datasets.distributed import split_dataset_by_node
-
     split = _norm_split(split)
     source = resolve_source(spec, files)
     ds = _load(source, split, unit, streaming=True)
     field = _field_of(ds, field, _where(source))
     ds = ds.select_columns([field])
-    if "all" in source.files and split != "all":  # one file: row i mod 20 -> 0..17 train, 18 validation, 19 test
+    if "all" in source.files and split != "all":
         keep = {"train": range(0, 18), "validation": (18,), "test": (19,)}[split]
         ds = ds.filter(lambda _, i: i % 20 in keep, with_indices=True)
-    if world_size > 1:
-        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
     return ds, dict(source.describe(), field=field, unit=unit, split=split, where=_where(source))
