@@ -374,6 +374,10 @@ def cmd_compare(args) -> dict:
             raise ValueError(f"unknown variant {unknown[0]!r}; the spec's variants: {', '.join(known)}")
         variants = [_with_steps(known[n], args.steps) for n in names]
     results = compare(spec, variants=variants, **shared)
+    if "seeds" in results:  # shared.seeds: the job ran once per seed (out_dir/seed-S), then the seed / paired tables
+        print(results["tables"])
+        print(f"wrote {results['out_dir']}/seeds.md and one folder per seed")
+        return results
     out = Path(results["spec"]["shared"]["out_dir"])
     print((out / "results.md").read_text())
     print(f"wrote {out}/" + ", ".join(results["written"]))  # the sample plots only with a judge

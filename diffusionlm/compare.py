@@ -124,6 +124,9 @@ class CompareConfig:
     #: warmup_steps, weight_decay, betas; a variant's own "train" goes on top (not FIXED_TRAIN)
     train: dict = field(default_factory=dict)
     seed: int = 0
+    #: training seeds: the whole job once per seed (out_dir/seed-S), then mean +- s.e. over the
+    #: seeds and paired differences on the same rows (eval.stats; seeds.md); None: `seed` only
+    seeds: Optional[list] = None
     #: optimizer steps per variant, or None: sized by budget_minutes (exactly one of the two)
     train_steps: Optional[int] = 150
     budget_minutes: Optional[float] = None
@@ -146,6 +149,9 @@ class CompareConfig:
             _positive_int(getattr(self, name), f"{name} (--{name.replace('_', '-')})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.seeds is not None and (not isinstance(self.seeds, list) or len(self.seeds) < 2 or len(set(self.seeds)) != len(
+                self.seeds) or any(isinstance(x, bool) or not isinstance(x, int) for x in self.seeds)):
+            raise ValueError(f"seeds must be a list of at least 2 distinct ints (training seeds), got {self.seeds!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
         if self.min_lr is not None:
@@ -631,16 +637,12 @@ def _likelihood(lm: Any, test_ids: torch.Tensor, cfg: CompareConfig) -> dict:
         return {"nll_per_token": None, "stderr_per_token": None, "ppl": None, "ppl_low": None, "ppl_high": None,
                 "tokens": int(test_ids.numel()), "method": f"none: {type(lm.process).__name__} declares no likelihood",
                 "terms": {}}
-    if _is_causal_ar(lm):  # its Quench bound is exactly one causal forward (tests/test_lm.py): no T calls per row
-        nll = sum(ar_judge_nll(lm, rows)[0] for rows in test_ids.split(cfg.eval_batch_size))
-        n = int(test_ids.numel())
-        return {"nll_per_token": nll / n, "stderr_per_token": 0.0, "ppl": math.exp(nll / n), "ppl_low": math.exp(nll / n),
-                "ppl_high": math.exp(nll / n), "tokens": n, "terms": {},
-                "method": "exact: causal NLL, one forward (Absorb+Quench, shifted: its Quench bound)"}
+    # an autoregressive composition: corpus_bound takes its exact one-forward path (eval.causal)
     T = _enumerable_exact(lm, test_ids.shape[1])
     res = corpus_bound(lm, test_ids, num_samples=T or cfg.eval_samples, batch_size=cfg.eval_batch_size,
                        seed=cfg.seed + 17)
-    keys = ("nll_per_token", "stderr_per_token", "ppl", "ppl_low", "ppl_high", "tokens", "method", "terms")
+    keys = ("nll_per_token", "stderr_per_token", "ppl", "ppl_low", "ppl_high", "tokens", "method", "terms", "row_nll",
+            "row_tokens")
     return {k: res[k] for k in keys}
 
 
@@ -737,6 +739,8 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
         spec = None
     spec = load_spec(spec)
     cfg = _shared(spec, shared)
+    if cfg.seeds:
+        return _over_seeds(spec, variants, cfg)
     vs = _variants(spec, variants)
     tok = load_tokenizer(cfg.tokenizer)
     entries = [_resolve(cfg, v, tok, cfg.seed) for v in vs]
@@ -823,6 +827,19 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     # the files of this run (not results.json's content: the plots are drawn from it)
     results["written"] = ["results.json", "results.md"] + plot(results, out)
     return results
+
+
+def _over_seeds(spec: dict, variants: Optional[list], cfg: CompareConfig) -> dict:
+    """The job once per training seed (out_dir/seed-S), then the seed and paired tables (eval.stats)."""
+    from .eval.stats import seed_and_paired_tables
+
+    runs = {s: compare(spec, variants=variants, **{**cfg.to_dict(), "seeds": None, "seed": s,
+                                                   "out_dir": str(Path(cfg.out_dir) / f"seed-{s}")}) for s in cfg.seeds}
+    by_seed = {s: {n: v["likelihood"] for n, v in r["variants"].items() if "likelihood" in v} for s, r in runs.items()}
+    text = seed_and_paired_tables(by_seed)
+    Path(cfg.out_dir, "seeds.md").write_text(text + "\n")
+    return {"seeds": cfg.seeds, "runs": {s: str(Path(cfg.out_dir) / f"seed-{s}") for s in cfg.seeds}, "tables": text,
+            "out_dir": cfg.out_dir, "written": ["seeds.md"]}
 
 
 def _machine() -> dict:
