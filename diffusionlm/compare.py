@@ -694,6 +694,7 @@ def causal_lm_judge(path: str, tok: Any):
 
 def _sampling(cfg: CompareConfig, entry: _Entry, lm: Any, judge, tok: Any) -> list:
     from .eval.diversity import distinct_n, unigram_entropy
+    from .eval.stats import sample_bootstrap
 
     rows = []
     N = lm.process.vocab_size
@@ -705,12 +706,13 @@ def _sampling(cfg: CompareConfig, entry: _Entry, lm: Any, judge, tok: Any) -> li
         toks = s.tokens
         if bool((toks >= N).any()):
             raise RuntimeError(f"{entry.name} / {label} emitted ids outside the vocabulary (MASK?)")
-        nll, cnt = judge(toks) if judge is not None else (None, None)
+        per = [judge(toks[i : i + 1]) for i in range(len(toks))] if judge is not None else None  # per sample: bootstrap
+        nll, cnt = (sum(p[0] for p in per), sum(p[1] for p in per)) if per else (None, None)
         rows.append({"sampler": label, "sampler_spec": sampler.to_dict(), "steps": steps if steps is not None else s.num_model_calls,
                      "model_calls": s.num_model_calls, "gen_nll_per_token": None if nll is None else nll / cnt,
                      "gen_ppl": None if nll is None else math.exp(nll / cnt),
                      "entropy": unigram_entropy(toks), "distinct2": distinct_n(toks, 2), "seconds_per_sample": secs,
-                     "example": tok.decode(toks[0].tolist())[:200]})
+                     "example": tok.decode(toks[0].tolist())[:200], **sample_bootstrap(toks.tolist(), per)})
     return rows
 
 
@@ -831,12 +833,13 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
 
 def _over_seeds(spec: dict, variants: Optional[list], cfg: CompareConfig) -> dict:
     """The job once per training seed (out_dir/seed-S), then the seed and paired tables (eval.stats)."""
-    from .eval.stats import seed_and_paired_tables
+    from .eval.stats import sampling_seed_table, seed_and_paired_tables
 
     runs = {s: compare(spec, variants=variants, **{**cfg.to_dict(), "seeds": None, "seed": s,
                                                    "out_dir": str(Path(cfg.out_dir) / f"seed-{s}")}) for s in cfg.seeds}
     by_seed = {s: {n: v["likelihood"] for n, v in r["variants"].items() if "likelihood" in v} for s, r in runs.items()}
-    text = seed_and_paired_tables(by_seed)
+    samples = {s: {n: v["sampling"] for n, v in r["variants"].items() if "sampling" in v} for s, r in runs.items()}
+    text = seed_and_paired_tables(by_seed) + "\n\nSamples, over the seeds:\n\n" + sampling_seed_table(samples)
     Path(cfg.out_dir, "seeds.md").write_text(text + "\n")
     return {"seeds": cfg.seeds, "runs": {s: str(Path(cfg.out_dir) / f"seed-{s}") for s in cfg.seeds}, "tables": text,
             "out_dir": cfg.out_dir, "written": ["seeds.md"]}

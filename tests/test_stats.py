@@ -112,5 +112,20 @@ def test_a_compare_spec_with_three_seeds_gives_the_seed_and_paired_tables(tmp_pa
                                per[s]["ar"]["likelihood"]["row_tokens"]) for s in (0, 1, 2)]
     over = seed_summary([d["diff"] for d in diffs])
     assert f"| ar - mdlm | {over['mean']:.4f} +- {over['se']:.4f} |" in res["tables"]
+    ent = seed_summary([per[s]["mdlm"]["sampling"][0]["entropy"] for s in (0, 1, 2)])
+    assert f"| mdlm | mdlm | 4 | n/a | {ent['mean']:.3f} +- {ent['se']:.3f} |" in res["tables"]  # no judge: no gen PPL
+    assert per[0]["mdlm"]["sampling"][0]["entropy_se"] > 0
     with pytest.raises(ValueError, match="seeds must be a list of at least 2 distinct ints"):
         diffusionlm.compare(small_spec(variants, seeds=[1, 1]), out_dir=str(tmp_path / "bad"))
+
+
+def test_sample_bootstrap_gives_the_three_error_bars():
+    from diffusionlm.eval.stats import sample_bootstrap
+
+    rng = np.random.default_rng(6)
+    rows = [[int(t) for t in rng.integers(0, 20, 32)] for _ in range(16)]
+    judged = [(float(rng.normal(3, 0.4) * 32), 32) for _ in range(16)]
+    out = sample_bootstrap(rows, judged)
+    ppl = bootstrap_se(judged, lambda s: math.exp(sum(n for n, _ in s) / sum(c for _, c in s)), 200, 0)
+    assert out["gen_ppl_se"] == ppl["se"] and out["entropy_se"] > 0 and out["distinct2_se"] >= 0
+    assert sample_bootstrap(rows, None)["gen_ppl_se"] is None

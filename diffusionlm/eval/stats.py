@@ -31,7 +31,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["seed_summary", "paired_difference", "bootstrap_se", "seed_and_paired_tables"]
+__all__ = ["seed_summary", "paired_difference", "bootstrap_se", "sample_bootstrap", "seed_and_paired_tables",
+           "sampling_seed_table"]
 
 
 def seed_summary(values: Sequence[float]) -> Dict[str, Any]:
@@ -68,6 +69,23 @@ def bootstrap_se(samples: Sequence[Any], statistic: Callable[[List[Any]], float]
     rng = np.random.Generator(np.random.PCG64(seed))
     stats = [statistic([items[i] for i in rng.integers(0, len(items), len(items))]) for _ in range(draws)]
     return {"value": float(statistic(items)), "se": float(np.std(stats, ddof=1)), "draws": int(draws)}
+
+
+def sample_bootstrap(rows: List[List[int]], judged: Optional[List[tuple]] = None, draws: int = 200,
+                     seed: int = 0) -> Dict[str, Optional[float]]:
+    """Bootstrap standard errors over the generated samples (rows of ids): of the unigram
+    entropy, of distinct-2 and, with `judged` (per sample (total judge NLL, tokens)), of the gen
+    PPL exp(sum NLL / sum tokens). One resampling seed for all three."""
+    from .diversity import distinct_n, unigram_entropy
+
+    if len(rows) < 2:
+        return {"gen_ppl_se": None, "entropy_se": None, "distinct2_se": None}
+    out = {"entropy_se": bootstrap_se(rows, unigram_entropy, draws, seed)["se"],
+           "distinct2_se": bootstrap_se(rows, lambda s: distinct_n(s, 2), draws, seed)["se"], "gen_ppl_se": None}
+    if judged:
+        out["gen_ppl_se"] = bootstrap_se(judged, lambda s: math.exp(sum(n for n, _ in s) / sum(c for _, c in s)),
+                                         draws, seed)["se"]
+    return out
 
 
 def _fmt(mean: Optional[float], se: Optional[float], digits: int = 4) -> str:
@@ -109,4 +127,27 @@ def seed_and_paired_tables(by_seed: Dict[int, Dict[str, Dict[str, Any]]]) -> str
         over = seed_summary([p["diff"] for p in per])
         lines.append(f"| {x} - {y} | {_fmt(over['mean'], over['se'])} | "
                      + ", ".join(_fmt(p["diff"], p["se"]) for p in per) + " |")
+    return "\n".join(lines)
+
+
+def sampling_seed_table(by_seed: Dict[int, Dict[str, List[Dict[str, Any]]]]) -> str:
+    """Markdown: gen PPL, unigram entropy and distinct-2 of each (variant, sampler, steps), mean +-
+    s.e. over the seeds (each seed's own bootstrap s.e. is in its results.json). by_seed: {seed:
+    {variant: the compare job's sampling rows}}."""
+    seeds = sorted(by_seed)
+    cells: Dict[tuple, Dict[str, list]] = {}
+    for s in seeds:
+        for name, rows in by_seed[s].items():
+            for r in rows:
+                c = cells.setdefault((name, r["sampler"], r["steps"]), {"gen_ppl": [], "entropy": [], "distinct2": []})
+                for k in c:
+                    c[k].append(r.get(k))
+    lines = ["| variant | sampler | steps | gen PPL | entropy | distinct-2 |", "|---|---|---|---|---|---|"]
+    for (name, sampler, steps), c in cells.items():
+        out = []
+        for k in ("gen_ppl", "entropy", "distinct2"):
+            v = c[k]
+            out.append("n/a" if len(v) != len(seeds) or any(x is None for x in v) else
+                       _fmt(seed_summary(v)["mean"], seed_summary(v)["se"], 3))
+        lines.append(f"| {name} | {sampler} | {steps} | " + " | ".join(out) + " |")
     return "\n".join(lines)
