@@ -646,13 +646,6 @@ def _likelihood(lm: Any, test_ids: torch.Tensor, cfg: CompareConfig) -> dict:
     return {k: res[k] for k in keys}
 
 
-def _is_causal_ar(lm: Any) -> bool:
-    """Absorb + Quench under the SHIFTED layout: the AR special case, whose bound is one causal forward."""
-    from .eval.causal import causal_composition
-
-    return causal_composition(lm)
-
-
 @torch.no_grad()
 def ar_judge_nll(lm_ar: Any, tokens: torch.Tensor, start: int = 0) -> tuple[float, int]:
     """Total NLL and token count of `tokens` [S, d] under an AR composition (Absorb + Quench,

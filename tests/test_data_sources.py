@@ -188,3 +188,19 @@ def test_train_config_streams_a_jsonl_with_its_field(tmp_path):
     assert len(built.val_batches) == 1 and built.val_batches[0].shape == (2, 16)
     run.data.streaming = False
     assert torch.equal(build(run).train_stream.ids, TokenBlocks(DOCS[:54], TOK, 16).ids)  # not streamed: 90 / 5 / 5 rows
+
+
+def test_rank_0_state_resumes_every_rank(tmp_path):
+    """The trainer saves rank 0's stream state only: every rank's state is the same, so rank 1
+    restored from rank 0's state continues exactly where rank 1 was."""
+    path = write(tmp_path / "rows.jsonl", "jsonl")
+    make = lambda r: TokenStream(str(path), TOK, 16, batch_size=2, split="all", rank=r, world_size=2)  # noqa: E731
+    r0, r1 = make(0), make(1)
+    for _ in range(5):
+        next(r0), next(r1)
+    state = json.loads(json.dumps(r0.state_dict()))
+    assert state == json.loads(json.dumps(r1.state_dict()))
+    expected = [next(r1)["input_ids"] for _ in range(6)]
+    restored = make(1)
+    restored.load_state_dict(state)
+    assert all(torch.equal(next(restored)["input_ids"], e) for e in expected)

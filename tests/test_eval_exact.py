@@ -118,3 +118,30 @@ def test_only_autoregressive_compositions_take_the_shortcut():
                                 time_conditioning=time_conditioning)
         lm = DiffusionLM(DiffusionTransformer(cfg), Absorb(V), Quench(), layout="shifted", bos_id=1)
         assert causal_composition(lm) is (not time_conditioning)
+
+
+def test_lm_eval_adapter_scores_an_ar_composition_with_one_exact_forward_per_request():
+    pytest.importorskip("lm_eval")
+    from diffusionlm.data import load_tokenizer
+    from diffusionlm.eval.lm_eval_adapter import DiffusionLMEval
+
+    tok = load_tokenizer("byte")  # ids < 259: a Llama of that vocabulary
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, bos_token_id=tok.bos_id,
+                      eos_token_id=tok.eos_id, initializer_range=0.2, attn_implementation="sdpa")
+    torch.manual_seed(3)
+    ref = LlamaForCausalLM(cfg).eval()
+    torch.manual_seed(3)
+    den = HFDenoiser.from_model(LlamaForCausalLM(cfg).eval(), mask="add")  # the same weights, plus a MASK row
+    lm = DiffusionLM(den, Absorb(tok.vocab_size, mask_id=den.mask_id), Quench(), layout="shifted", bos_id=tok.bos_id)
+    calls = []
+    hook = lm.model.register_forward_hook(lambda *a: calls.append(1))
+    (ll, greedy), = DiffusionLMEval(lm, tok, num_samples=8).loglikelihood([("Hello", " world")])
+    hook.remove()
+    assert len(calls) == 1
+    ids = tok.encode("Hello world")
+    P = len(tok.encode("Hello"))
+    with torch.no_grad():
+        logp = torch.log_softmax(ref(torch.tensor([[tok.bos_id] + ids[:-1]])).logits[0].double(), -1)
+    want = float(sum(logp[i, ids[i]] for i in range(P, len(ids))))
+    assert abs(ll - want) < 1e-6 * len(ids)

@@ -28,7 +28,7 @@ from ..schedules.hyper import Quench
 
 __all__ = ["causal_composition", "prefix_lengths", "causal_nll", "CAUSAL_METHOD"]
 
-CAUSAL_METHOD = "exact: causal NLL in one forward per row (Absorb + Quench, SHIFTED: its Quench bound, stderr 0)"
+CAUSAL_METHOD = "exact: causal NLL, one forward per row (Absorb + Quench, SHIFTED: its Quench bound, stderr 0)"
 
 
 def _reads_levels(model) -> bool:
