@@ -173,7 +173,8 @@ def test_stream_of_an_empty_split_is_one_line(tmp_path):
 
 
 def test_train_config_streams_a_jsonl_with_its_field(tmp_path):
-    from diffusionlm.config import RunConfig, build
+    from diffusionlm.config import RunConfig
+    from diffusionlm.io.runs import build
 
     path = write(tmp_path / "rows.jsonl", "jsonl", field="content")
     run = RunConfig.from_dict({
