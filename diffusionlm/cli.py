@@ -44,6 +44,7 @@ from .config import RunConfig
 from .demo import launch, load_demo_model
 from .demo.core import DEFAULT_MODEL_DIR, DemoModel, Frame, frame_text
 from .estimate import bound_forward_seconds, describe, train_step_seconds
+from .eval.causal import causal_composition
 from .eval.likelihood import dataset_blocks, evaluate_likelihood, known_datasets
 from .io import client
 from .io.fetch import main_fetch
@@ -298,32 +299,51 @@ def _check_output_file(path: "str | None", overwrite: bool) -> None:
 
 
 def cmd_eval(args) -> dict:
-    """The likelihood suite (diffusionlm.eval.likelihood): NLL bound / PPL on a dataset's split."""
+    """The likelihood suite (diffusionlm.eval.likelihood): NLL bound / PPL on a dataset's split, a
+    local file / folder / glob or an hf: source; one summary line last, the JSON with --out."""
     _check_output_file(args.out, args.overwrite)
     _at_least(args.batch_size, 1, "--batch-size")
     _at_least(args.max_blocks, 1, "--max-blocks")
     m = _load(args)
     length = m.require_length(args.length)
-    blocks, _ = dataset_blocks(args.dataset, m.tokenizer, length, args.split)
+    read = {"field": args.field, "files": args.files, "unit": args.unit}
+    blocks, _ = dataset_blocks(args.dataset, m.tokenizer, length, args.split, args.rule, **read)
     rows = len(blocks.ids) if args.max_blocks is None else min(args.max_blocks, len(blocks.ids))
-    calls = -(-rows // args.batch_size) * args.samples
+    exact = causal_composition(m.lm) and not args.monte_carlo
+    calls = -(-rows // args.batch_size) * (1 if exact else args.samples)
     per_call = bound_forward_seconds(m.lm, min(args.batch_size, rows), length)
     seconds = calls * per_call
     if args.dry_run or seconds > estimate.LONG_RUN_SECONDS:  # read at the call (tests and callers may change it)
-        _say(describe(f"evaluating {rows:,d} rows of {args.dataset} ({args.samples} draws each)", seconds, calls,
+        draws = "one causal forward each, exact" if exact else f"{args.samples} draws each"
+        _say(describe(f"evaluating {rows:,d} rows of {args.dataset} ({draws})", seconds, calls,
                       "batched forwards", per_call, next(iter(m.lm.model.parameters())).device,
                       "--max-blocks or --samples make it shorter"))
     if args.dry_run:
         return {"estimate_seconds": seconds}
+    t0 = time.perf_counter()
     result = evaluate_likelihood(
         m.lm, args.dataset, m.tokenizer, length, split=args.split, num_samples=args.samples,
-        batch_size=args.batch_size, seed=args.seed, max_blocks=args.max_blocks, progress=True,
+        batch_size=args.batch_size, seed=args.seed, rule=args.rule, max_blocks=args.max_blocks, progress=True,
+        exact_causal=not args.monte_carlo, **read,
     )
     result["model"] = m.name
-    print(json.dumps(result, indent=2, default=str))
+    result["seconds"] = time.perf_counter() - t0
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    print(eval_summary(result))
     return result
+
+
+def eval_summary(result: dict) -> str:
+    """The one line `diffusionlm eval` ends with: dataset (split, rule, detokenization), nats/token
+    +- stderr, PPL, tokens, seconds, and whether the number is exact."""
+    (key, r), = result["results"].items()
+    cfg = result["config"]
+    se = "n/a (M = 1)" if r["stderr"] is None else f"{r['stderr']:.4f}"
+    detok = cfg.get("detokenization") or "none"
+    return (f"{key} [split {cfg.get('split')}, rule {cfg.get('rule')}, detokenization: {detok}]: "
+            f"{r['nll']:.6f} +- {se} nats/token, PPL {r['ppl']:.4f}, {r['tokens']:,d} tokens, "
+            f"{result.get('seconds', 0.0):.1f} s ({'exact' if r['exact'] else 'Monte Carlo, M = ' + str(cfg['num_samples'])})")
 
 
 def cmd_export(args) -> dict:
@@ -366,6 +386,10 @@ def cmd_compare(args) -> dict:
             raise ValueError(f"unknown variant {unknown[0]!r}; the spec's variants: {', '.join(known)}")
         variants = [_with_steps(known[n], args.steps) for n in names]
     results = compare(spec, variants=variants, **shared)
+    if "seeds" in results:  # shared.seeds: the job ran once per seed (out_dir/seed-S), then the seed / paired tables
+        print(results["tables"])
+        print(f"wrote {results['out_dir']}/seeds.md and one folder per seed")
+        return results
     out = Path(results["spec"]["shared"]["out_dir"])
     print((out / "results.md").read_text())
     print(f"wrote {out}/" + ", ".join(results["written"]))  # the sample plots only with a judge
@@ -493,14 +517,27 @@ def _eval_command(command) -> None:
     """The `eval` command's options."""
     e = command("eval", "NLL upper bound / perplexity of any model on a dataset")
     _model_options(e)
-    e.add_argument("--dataset", default="ptb", choices=known_datasets(), help="evaluation data (rules: docs/EVALUATION.md)")
-    e.add_argument("--split", default="test", choices=["train", "validation", "test"], help="the dataset's split")
+    e.add_argument("--dataset", default="ptb", metavar="NAME|PATH",
+                   help=f"evaluation data: a name ({', '.join(known_datasets())}), a local file, folder or glob "
+                        "(text, JSON / JSONL, CSV, parquet), or hf:<hub id or local dataset folder> (rules: docs/EVALUATION.md)")
+    e.add_argument("--split", choices=["train", "validation", "test", "all"],
+                   help="the split (default: test for named sets and sources with named splits; all of a local file "
+                        "or folder without them)")
+    e.add_argument("--rule", choices=["wrap", "pad"], help="wrap: concatenate documents into rows; pad: one document "
+                                                           "per row (default: the dataset's own; wrap for files)")
+    e.add_argument("--field", default="text", help="the column holding the text (JSON / JSONL / CSV / parquet / hf:)")
+    e.add_argument("--files", help="which files of a folder (a glob such as '**/*.py') (default: every non-hidden file)")
+    e.add_argument("--unit", default="file", choices=["file", "line", "paragraph"],
+                   help="text files: one document per file, line or blank-line separated paragraph")
+    e.add_argument("--monte-carlo", action="store_true",
+                   help="autoregressive compositions: estimate the bound by its step draws instead of the exact "
+                        "one-forward causal NLL (default: exact)")
     e.add_argument("--samples", type=int, default=8, help="Monte-Carlo draws M of the bound per row")
     e.add_argument("--batch-size", type=int, default=8, help="rows per forward")
     e.add_argument("--length", type=int, help="row length (default: the trained length)")
     e.add_argument("--max-blocks", type=int, help="score only the first rows (default: all)")
     e.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo draws")
-    e.add_argument("--out", help="also write the results JSON to this file (default: stdout only)")
+    e.add_argument("--out", help="write the full results JSON to this file (default: only the summary line)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.add_argument("--dry-run", action="store_true", help="print the time estimate (one timed forward) and stop")
     e.set_defaults(fn=cmd_eval)

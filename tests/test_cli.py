@@ -122,7 +122,7 @@ def test_every_runtime_error_is_one_line_and_exit_1(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "never").exists() and not (tmp_path / "cmp" / "models").exists()  # refused before any work
 
 
-@pytest.mark.parametrize("argv", [["sample", "--model", "x", "--sampler", "nope"], ["eval", "--model", "x", "--dataset", "nope"],
+@pytest.mark.parametrize("argv", [["sample", "--model", "x", "--sampler", "nope"], ["eval", "--model", "x", "--rule", "nope"],
                                   ["frobnicate"], ["sample"], ["train", "--bogus"]])
 def test_usage_errors_stay_argparse_exit_2(capsys, argv):
     with pytest.raises(SystemExit) as done:

@@ -70,9 +70,12 @@ def test_mc_bound_stderr_shrinks_with_more_samples():
     se = [rms_stderr(m) for m in (4, 16, 64)]
     assert se[0] > se[1] > se[2] > 0
     a = lm.nll_bound(x0, num_samples=64, generator=torch.Generator().manual_seed(3))
-    b = lm.nll_bound(x0, num_samples=64, generator=torch.Generator().manual_seed(4))
-    assert ((a.nll - b.nll).abs() < 5 * (a.stderr**2 + b.stderr**2).sqrt()).all()
     assert a.ppl > 1 and not a.exact.any() and a.samples.shape == (4, 2)
+    # agreement within the error bars needs error bars with some degrees of freedom: R = 2 gives
+    # each row's stderr one, and a 1-dof stderr is near 0 by chance often enough (a 5-sigma check
+    # then fails for ~4% of rows); 8 replicates give 7
+    a, b = (lm.nll_bound(x0, num_samples=64, replicates=8, generator=torch.Generator().manual_seed(s)) for s in (3, 4))
+    assert ((a.nll - b.nll).abs() < 5 * (a.stderr**2 + b.stderr**2).sqrt()).all()
 
 
 @pytest.mark.parametrize("layout", ["aligned", "shifted"])

@@ -428,3 +428,29 @@ def test_the_shipped_adapter_matches_its_card_loads_by_name_and_refuses_another_
         other.get_input_embeddings().weight[5] += 1.0  # one row of the base changed
     with pytest.raises(ValueError, match=r"trained on base 'smollm2' but the base given .* differs in embedding_sha256"):
         HFDenoiser.from_pretrained(folder / "backbone", base=other)
+
+
+@pytest.mark.slow
+def test_default_eval_of_the_ar_composition_is_one_exact_forward(smol):
+    """The default bound of Absorb + Quench + SHIFTED (eval.causal: one causal forward) equals the
+    d steps drawn one by one and transformers' own NLL, to 1e-6 nats per token."""
+    from diffusionlm.data import load_corpus
+    from diffusionlm.eval import evaluate_likelihood
+    from diffusionlm.eval.causal import CAUSAL_METHOD
+    from diffusionlm.schedules import Quench
+
+    text = "".join(load_corpus("wikitext2-raw", "test")[:12])
+    d = 32
+    ids = torch.tensor(smol.tok.encode(text)[: 2 * d]).view(2, d)
+    lm = smol.lm(Quench())
+    fast = evaluate_likelihood(lm, ids, num_samples=4, batch_size=2, progress=False)
+    slow = evaluate_likelihood(lm, ids, num_samples=d, batch_size=2, progress=False, exact_causal=False)
+    f, s = fast["results"]["tensor"], slow["results"]["tensor"]
+    assert fast["config"]["estimator"] == CAUSAL_METHOD and f["stderr"] == 0.0 and f["exact"]
+    # transformers' own forward on the BOS-led rows, its log-softmax taken in float64 (its float32
+    # labels= loss alone is ~4e-6 relative away: the reduction is float32)
+    with_bos = torch.cat([torch.full((2, 1), smol.tok.bos_id), ids], 1)
+    with torch.no_grad():
+        logp = torch.log_softmax(smol.base(with_bos[:, :-1]).logits.double(), -1)
+    hf_nll = -float(logp.gather(-1, ids[..., None]).sum())
+    assert abs(f["nll"] - s["nll"]) < 1e-6 and abs(f["nll"] - hf_nll / (2 * d)) < 1e-6

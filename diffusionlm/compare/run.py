@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 from ..config import DataSpec, ModelSpec, RunConfig
 from ..data import BatchStream, TokenBlocks, load_corpus, load_tokenizer
 from ..eval.bound import corpus_bound
+from ..eval.causal import causal_nll
 from ..eval.diversity import distinct_n, unigram_entropy
 from ..eval.generative import generative_perplexity, load_judge
+from ..eval.stats import sample_bootstrap, sampling_seed_table, seed_and_paired_tables
 from ..lm import DiffusionLM
-from ..masks import causal_mask_mod, dense_mask, shift_inputs
 from ..models import DiffusionTransformer
 from ..training import TrainConfig, Trainer
 from .report import markdown_table, plot
@@ -208,22 +209,13 @@ def _likelihood(lm: Any, test_ids: torch.Tensor, cfg: CompareConfig) -> dict:
         return {"nll_per_token": None, "stderr_per_token": None, "ppl": None, "ppl_low": None, "ppl_high": None,
                 "tokens": int(test_ids.numel()), "method": f"none: {type(lm.process).__name__} declares no likelihood",
                 "terms": {}}
-    if _is_causal_ar(lm):  # its Quench bound is exactly one causal forward (tests/test_lm.py): no T calls per row
-        nll = sum(ar_judge_nll(lm, rows)[0] for rows in test_ids.split(cfg.eval_batch_size))
-        n = int(test_ids.numel())
-        return {"nll_per_token": nll / n, "stderr_per_token": 0.0, "ppl": math.exp(nll / n), "ppl_low": math.exp(nll / n),
-                "ppl_high": math.exp(nll / n), "tokens": n, "terms": {},
-                "method": "exact: causal NLL, one forward (Absorb+Quench, shifted: its Quench bound)"}
+    # an autoregressive composition: corpus_bound takes its exact one-forward path (eval.causal)
     T = _enumerable_exact(lm, test_ids.shape[1])
     res = corpus_bound(lm, test_ids, num_samples=T or cfg.eval_samples, batch_size=cfg.eval_batch_size,
                        seed=cfg.seed + 17)
-    keys = ("nll_per_token", "stderr_per_token", "ppl", "ppl_low", "ppl_high", "tokens", "method", "terms")
+    keys = ("nll_per_token", "stderr_per_token", "ppl", "ppl_low", "ppl_high", "tokens", "method", "terms", "row_nll",
+            "row_tokens")
     return {k: res[k] for k in keys}
-
-
-def _is_causal_ar(lm: Any) -> bool:
-    """Absorb + Quench under the SHIFTED layout: the AR special case, whose bound is one causal forward."""
-    return lm.is_autoregressive
 
 
 @torch.no_grad()
@@ -235,11 +227,8 @@ def ar_judge_nll(lm_ar: Any, tokens: torch.Tensor, start: int = 0) -> tuple[floa
     S, d = tokens.shape
     if not 0 <= start < d:
         raise ValueError(f"start {start} must lie in [0, {d}) for sequences of {d} tokens")
-    ids = shift_inputs(tokens, "shifted", lm_ar.bos_id)
-    mask = dense_mask(causal_mask_mod(), 1, d)
-    logits = lm_ar.model(ids, position_ids=torch.arange(d)[None].expand(S, d), attention_mask=mask).logits
-    logp = torch.log_softmax(logits[..., start:, : lm_ar.process.vocab_size].double(), -1)
-    return float(-logp.gather(-1, tokens[:, start:, None]).sum()), S * (d - start)
+    nll, _ = causal_nll(lm_ar, tokens, torch.arange(d, device=tokens.device)[None].expand(S, d) >= start)
+    return float(nll.sum()), S * (d - start)
 
 
 def _judge_fn(cfg: CompareConfig, judge_lm: Any, tok: Any):
@@ -275,12 +264,13 @@ def _sampling(cfg: CompareConfig, entry: _Entry, lm: Any, judge, tok: Any) -> li
         toks = s.tokens
         if bool((toks >= N).any()):
             raise RuntimeError(f"{entry.name} / {label} emitted ids outside the vocabulary (MASK?)")
-        nll, cnt = judge(toks) if judge is not None else (None, None)
+        per = [judge(toks[i : i + 1]) for i in range(len(toks))] if judge is not None else None  # per sample: bootstrap
+        nll, cnt = (sum(p[0] for p in per), sum(p[1] for p in per)) if per else (None, None)
         rows.append({"sampler": label, "sampler_spec": sampler.to_dict(), "steps": steps if steps is not None else s.num_model_calls,
                      "model_calls": s.num_model_calls, "gen_nll_per_token": None if nll is None else nll / cnt,
                      "gen_ppl": None if nll is None else math.exp(nll / cnt),
                      "entropy": unigram_entropy(toks), "distinct2": distinct_n(toks, 2), "seconds_per_sample": secs,
-                     "example": tok.decode(toks[0].tolist())[:200]})
+                     "example": tok.decode(toks[0].tolist())[:200], **sample_bootstrap(toks.tolist(), per)})
     return rows
 
 
@@ -336,6 +326,8 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
         spec = None
     spec = load_spec(spec)
     cfg = _shared(spec, shared)
+    if cfg.seeds:
+        return _over_seeds(spec, variants, cfg)
     vs = _variants(spec, variants)
     tok = load_tokenizer(cfg.tokenizer)
     entries = [_resolve(cfg, v, tok, cfg.seed) for v in vs]
@@ -390,17 +382,32 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
         r["sampling"] = _sampling(cfg, e, lms[e.name], judge, tok)
         bar.update(1)
     bar.close()
-    ref = test_ids[: cfg.num_samples]
-    nll, cnt = judge(ref) if judge is not None else (None, None)
-
-    results["reference"] = {"what": f"the first {len(ref)} test blocks (real text) under the judge",
-                            "gen_ppl": None if nll is None else math.exp(nll / cnt), "entropy": unigram_entropy(ref), "distinct2": distinct_n(ref, 2)}
+    results["reference"] = _reference(test_ids[: cfg.num_samples], judge)
     results["wall_seconds"] = time.perf_counter() - t_start
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown_table(results))
     # the files of this run (not results.json's content: the plots are drawn from it)
     results["written"] = ["results.json", "results.md"] + plot(results, out)
     return results
+
+
+def _reference(ref: torch.Tensor, judge) -> dict:
+    """Real text (the first test blocks) under the judge, and its diversity: the samples' yardstick."""
+    nll, cnt = judge(ref) if judge is not None else (None, None)
+    return {"what": f"the first {len(ref)} test blocks (real text) under the judge",
+            "gen_ppl": None if nll is None else math.exp(nll / cnt), "entropy": unigram_entropy(ref), "distinct2": distinct_n(ref, 2)}
+
+
+def _over_seeds(spec: dict, variants: Optional[list], cfg: CompareConfig) -> dict:
+    """The job once per training seed (out_dir/seed-S), then the seed and paired tables (eval.stats)."""
+    runs = {s: compare(spec, variants=variants, **{**cfg.to_dict(), "seeds": None, "seed": s,
+                                                   "out_dir": str(Path(cfg.out_dir) / f"seed-{s}")}) for s in cfg.seeds}
+    by_seed = {s: {n: v["likelihood"] for n, v in r["variants"].items() if "likelihood" in v} for s, r in runs.items()}
+    samples = {s: {n: v["sampling"] for n, v in r["variants"].items() if "sampling" in v} for s, r in runs.items()}
+    text = seed_and_paired_tables(by_seed) + "\n\nSamples, over the seeds:\n\n" + sampling_seed_table(samples)
+    Path(cfg.out_dir, "seeds.md").write_text(text + "\n")
+    return {"seeds": cfg.seeds, "runs": {s: str(Path(cfg.out_dir) / f"seed-{s}") for s in cfg.seeds}, "tables": text,
+            "out_dir": cfg.out_dir, "written": ["seeds.md"]}
 
 
 def _machine() -> dict:

@@ -58,6 +58,9 @@ class CompareConfig:
     #: warmup_steps, weight_decay, betas; a variant's own "train" goes on top (not FIXED_TRAIN)
     train: dict = field(default_factory=dict)
     seed: int = 0
+    #: training seeds: the whole job once per seed (out_dir/seed-S), then mean +- s.e. over the
+    #: seeds and paired differences on the same rows (eval.stats; seeds.md); None: `seed` only
+    seeds: Optional[list] = None
     #: optimizer steps per variant, or None: sized by budget_minutes (exactly one of the two)
     train_steps: Optional[int] = 150
     budget_minutes: Optional[float] = None
@@ -80,6 +83,9 @@ class CompareConfig:
             _positive_int(getattr(self, name), f"{name} (--{name.replace('_', '-')})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.seeds is not None and (not isinstance(self.seeds, list) or len(self.seeds) < 2 or len(set(self.seeds)) != len(
+                self.seeds) or any(isinstance(x, bool) or not isinstance(x, int) for x in self.seeds)):
+            raise ValueError(f"seeds must be a list of at least 2 distinct ints (training seeds), got {self.seeds!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
         if self.min_lr is not None:

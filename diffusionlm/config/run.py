@@ -63,11 +63,18 @@ class DataSpec:
     prompt_field: str = "prompt"
     response_field: str = "response"
     all_tokens: bool = False
+    # how a local / hf: corpus is read (diffusionlm.data.sources): its text column, a folder's
+    # file pattern, text files' documents; streaming: tokenized on the fly (data.streaming)
+    field: str = "text"
+    files: Optional[str] = None
+    unit: str = "file"
+    streaming: bool = False
 
     RULES = {
         "corpus": Str(), "tokenizer": Str(), "length": Int(1), "rule": Choice("wrap", "pad"), "val_split": Str(),
         "val_batches": Int(0), "instruct": Opt(Str(), "plain text from data.corpus"), "prompt_field": Str(),
-        "response_field": Str(), "all_tokens": Bool(),
+        "response_field": Str(), "all_tokens": Bool(), "field": Str(), "files": Opt(Str(), "every non-hidden file"),
+        "unit": Choice("file", "line", "paragraph"), "streaming": Bool(),
     }
 
     def __post_init__(self) -> None:

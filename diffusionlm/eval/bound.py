@@ -20,7 +20,9 @@ l [T+1, d]:
     KL_k = sum_{i counted} KL(q(x_k^i | x_{k-1}, y) || p_theta(x_k^i | x_{k-1}))   (process.step_kl)
 
 K = the relevant steps, where some counted position changes level (every other step adds exactly
-0). Continuous time (``Flat()``): l ~ U(0, 1] at every non-fixed position and the process's
+0). Continuous time (``Flat()``): one l in (0, 1] for every non-fixed position, drawn from the
+density p(l) = 1/2 + 1/(4 sqrt(l)) and weighted by 1 / p(l) (:func:`continuous_levels`: the
+1 / l tail of a draw's second moment near l -> 0 made integrable), and the process's
 ``continuous_bound`` integrand. Positions neither fixed nor counted (padding) are corrupted like
 any other but their terms and prior are left out.
 
@@ -45,7 +47,7 @@ Allocation of b between E and K': both enumerated when b >= |K|; else E enumerat
 exactly in every replicate) and K' gets the rest when b >= |E| + 1; else proportional (each
 >= 1); with b = 1, one stratum over E and K' together. Each drawn step's weighted term goes to the
 line of its step (E or K'), so every line is an unbiased estimate of its part of the bound
-whatever the allocation. Continuous time: one stratum, l = 1 - u.
+whatever the allocation. Continuous time: one stratum, l = continuous_levels(1 - u).
 
 **R.** ``replicates`` if given; else R = M // |K| when M >= 2 |K| (every replicate enumerates
 every step, more replicates shrink the corruption noise), else R = 2, else (M = 1) R = 1 and
@@ -84,6 +86,7 @@ from ..processes.base import Corruption, check_ids
 from ..samplers.driver import model_device
 from ..schedules.hyper import ACTIVE
 from ..specs import provide
+from .causal import CAUSAL_METHOD, causal_composition, causal_nll, prefix_lengths
 
 __all__ = [
     "BoundOutput",
@@ -308,12 +311,30 @@ def _describe(plan: _Plan, M: int) -> str:
 # step 3: the draws
 
 
+#: the weight a of the 1 / (2 sqrt(l)) part of the continuous-time level density (continuous_levels)
+LEVEL_MIX = 0.5
+
+
+def continuous_levels(v: Tensor, a: Optional[float] = None) -> tuple:
+    """(l, 1 / p(l)) for v in (0, 1]: the inverse CDF of the level density
+    p(l) = (1 - a) + a / (2 sqrt(l)) on (0, 1] (CDF (1 - a) l + a sqrt(l); a = LEVEL_MIX), so a
+    stratified v gives levels drawn from p, each weighted by 1 / p(l) (unbiased for the integral
+    over l). Why: a draw's term carries the weight -alpha'(l) / (1 - alpha(l)) ~ 1 / l at a masked
+    position, masked with probability ~ l, so one draw's second moment grows as 1 / l and its
+    integral over a uniform l diverges (logarithmically): the spread barely falls with M. Under p
+    it integrates (1 / l) / p(l) <= 2 / (a sqrt(l)), finite; p >= 1 - a keeps the draws at high
+    levels. (docs/EVALUATION.md: the spread against M before and after.)"""
+    a = LEVEL_MIX if a is None else a
+    t = (torch.sqrt(a * a + 4.0 * (1.0 - a) * v) - a) / (2.0 * (1.0 - a))  # sqrt(l): (1 - a) t^2 + a t = v
+    return t * t, 2.0 * t / (2.0 * (1.0 - a) * t + a)
+
+
 class _Jobs(NamedTuple):
     row: Tensor  # [J] long
     rep: Tensor  # [J] long: replicate
     line: Tensor  # [J] long: the term line the drawn step belongs to (0: marked, 1: diffusion)
     step: Tensor  # [J] long: 1..T (discrete; 0 in continuous time)
-    u: Tensor  # [J] float64: the stratified uniform (continuous: the level is 1 - u)
+    u: Tensor  # [J] float64: the stratified uniform (continuous: the level is continuous_levels(1 - u))
     weight: Tensor  # [J] float64: n / m of the stratum
 
 
@@ -399,9 +420,11 @@ def _evaluate(lm, x0, fixed, count, plan: _Plan, jobs: _Jobs, generator, chunk: 
         sl = slice(start, start + chunk)
         rows = jobs.row[sl]
         x, fix, cnt = x0[rows.to(dev)], fixed[rows.to(dev)], count[rows.to(dev)]
+        weight = jobs.weight[sl]
         if plan.continuous:
-            lt = (1.0 - jobs.u[sl])[:, None].expand(len(rows), d).float().to(dev).masked_fill(fix, 0.0)
-            ls = None
+            level, inv_density = continuous_levels(1.0 - jobs.u[sl])
+            lt = level[:, None].expand(len(rows), d).float().to(dev).masked_fill(fix, 0.0)
+            ls, weight = None, weight * inv_density
         else:
             k = jobs.step[sl]
             lt = plan.table[k - 1].float().to(dev).masked_fill(fix, 0.0)
@@ -415,7 +438,7 @@ def _evaluate(lm, x0, fixed, count, plan: _Plan, jobs: _Jobs, generator, chunk: 
         else:
             terms, moving = proc.step_kl(logits, x, corr.ids, lt, ls), lt > ls
         total = torch.where(cnt, terms.double(), torch.zeros_like(terms, dtype=torch.float64)).sum(1).cpu()
-        acc.index_put_((rows, jobs.rep[sl], jobs.line[sl]), total * jobs.weight[sl], accumulate=True)
+        acc.index_put_((rows, jobs.rep[sl], jobs.line[sl]), total * weight, accumulate=True)
         if greedy is not None:
             hit = logits[..., :N].argmax(-1) == x
             greedy.update(rows, cnt & moving & (corr.ids != x), lt.double(), hit)
@@ -457,14 +480,19 @@ def conditional_nll_bound(
     chunk_size: Optional[int] = None,
     track_greedy: bool = False,
     replicates: Optional[int] = None,
+    exact_causal: bool = True,
 ) -> BoundOutput:
     """NLL upper bound of the counted tokens of x0 [B, d] given its fixed positions (module
     docstring), with M = `num_samples` model evaluations per row. `chunk_size`: (row, draw) pairs
-    per model forward (default B). `replicates`: R (default: see the module docstring)."""
+    per model forward (default B). `replicates`: R (default: see the module docstring).
+    `exact_causal`: an autoregressive composition (:mod:`.causal`) with a prefix as its fixed
+    positions gets its bound, exactly, from one causal forward per row (False: the step draws)."""
     check_likelihood(lm)
     M = check_num_samples(num_samples)
     fixed, count, generator, chunk = _check_inputs(lm, x0, fixed, count, generator, chunk_size, replicates)
     B, d = x0.shape
+    if exact_causal and causal_composition(lm) and prefix_lengths(fixed) is not None:
+        return _causal_bound(lm, x0, count, chunk, track_greedy)
     plan = _plan(lm, d, fixed, count, M, replicates)
     jobs = _jobs(plan, _shifts(plan, generator))
     greedy = _Greedy(B, d, x0.device) if track_greedy else None
@@ -473,6 +501,17 @@ def conditional_nll_bound(
     nll, stderr, samples, terms = _combine(plan, acc, prior)
     return BoundOutput(nll, stderr, count.sum(1).cpu(), samples, plan.steps, greedy.result(count) if greedy else None,
                        terms, plan.exact.clone(), _describe(plan, M))
+
+
+def _causal_bound(lm, x0: Tensor, count: Tensor, chunk: int, track_greedy: bool) -> BoundOutput:
+    """The bound of an autoregressive composition: its d enumerated steps, as one causal forward."""
+    nll, greedy = causal_nll(lm, x0, count, chunk)
+    prior = float(lm.process.prior_kl()) * count.sum(1).double().cpu()
+    nll = nll + prior
+    n = count.sum(1).cpu()
+    return BoundOutput(nll, torch.zeros_like(nll), n, nll[:, None].clone(), n.clone(),
+                       greedy if track_greedy else None, {PRIOR: prior, DIFFUSION: nll - prior},
+                       torch.ones_like(n, dtype=torch.bool), CAUSAL_METHOD)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,6 +530,7 @@ def corpus_bound(
     count: Optional[Tensor] = None,
     replicates: Optional[int] = None,
     desc: str = "NLL bound",
+    exact_causal: bool = True,
 ) -> dict:
     """The bound over every row of `ids` [n, d] (counted positions: `count`, default all).
 
@@ -499,7 +539,8 @@ def corpus_bound(
     estimate). Row i draws from sha1(f"{seed}:{i}"): the numbers do not depend on batch_size.
     Returns {nll_per_token, stderr_per_token, ppl, ppl_low, ppl_high (exp(nats -+ stderr)),
     tokens, method, exact, terms {name: nats per token}, nll_total, stderr_total, rows,
-    num_samples}.
+    num_samples, row_nll / row_tokens (each row's bound in nats and its counted tokens: what paired
+    comparisons of two models on the same rows need, eval.stats)}.
     """
     check_likelihood(lm)
     M = check_num_samples(num_samples)
@@ -513,6 +554,8 @@ def corpus_bound(
     dev = model_device(lm.model)
     gens = row_generators(seed, range(ids.shape[0]))
     total, var, tokens, exact = 0.0, 0.0, 0, True
+    row_nll: List[float] = []
+    row_tokens: List[int] = []
     terms: Dict[str, float] = {}
     methods: List[str] = []
     starts = range(0, ids.shape[0], batch_size)
@@ -520,8 +563,11 @@ def corpus_bound(
         starts = tqdm(starts, desc=desc, unit="batch", file=sys.stderr)
     for i in starts:
         out = conditional_nll_bound(lm, ids[i : i + batch_size].to(dev), M, count=att[i : i + batch_size].to(dev),
-                                    generator=gens[i : i + batch_size], replicates=replicates)
+                                    generator=gens[i : i + batch_size], replicates=replicates,
+                                    exact_causal=exact_causal)
         total += float(out.nll.sum())
+        row_nll += out.nll.tolist()
+        row_tokens += out.num_tokens.tolist()
         var += float((out.stderr**2).sum())
         tokens += int(out.num_tokens.sum())
         exact &= bool(out.exact.all())
@@ -546,6 +592,8 @@ def corpus_bound(
         "stderr_total": se_total,
         "rows": int(ids.shape[0]),
         "num_samples": M,
+        "row_nll": row_nll,
+        "row_tokens": row_tokens,
     }
 
 

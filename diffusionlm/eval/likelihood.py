@@ -32,20 +32,28 @@ Definitions (docs/EVALUATION.md has them all):
 * **Seeding.** Row i draws from a generator seeded by sha1(f"{seed}:{i}"), so the numbers
   depend on (seed, M, the data, the model) and not on ``batch_size``.
 * **Datasets.** The names of :data:`DATASETS` (stdlib, tinyshakespeare, ptb, wikitext2,
-  wikitext2-raw, lm1b, lambada, ag_news: local files under ``$DIFFUSIONLM_DATA``, test split),
-  ``wikitext103`` (its test text is the WikiText-2 raw test text: read from the local
-  wikitext2-raw files), and ``hf:<name>`` through ``datasets.load_dataset``: ``hf:openwebtext``,
-  ``hf:pubmed``, ``hf:arxiv``, ``hf:lm1b``, ``hf:wikitext103``, ... (these need the network and
-  are NOT exercised by the tests). A pre-tokenized ``TokenBlocks`` or a [n, length] LongTensor
-  is also accepted (every position counted).
+  wikitext2-raw, lm1b, lambada, ag_news: local files under ``$DIFFUSIONLM_DATA``; the evaluation
+  sets store only their test split, and asking another is one line saying so), ``wikitext103``
+  (its test text is the WikiText-2 raw test text: read from the local wikitext2-raw files), any
+  local file, folder or glob that ``datasets`` reads (text, JSON / JSONL, CSV, parquet; ``field``
+  names the text column, ``files`` a folder's pattern, ``unit`` how text files split into
+  documents: :mod:`diffusionlm.data.sources`), and ``hf:<name>``: a hub id through
+  ``datasets.load_dataset`` (``hf:openwebtext``, ``hf:pubmed``, ``hf:arxiv``, ``hf:lm1b``, ...,
+  which need the network or its local cache), or a local dataset folder. ``split=None``: test for
+  the named sets and for sources whose files name their splits; a local file or a folder without
+  named splits is scored whole (the file given is the data). The detokenization applied is in
+  ``config.detokenization`` (``none`` for files: their text as read). A pre-tokenized
+  ``TokenBlocks`` or a [n, length] LongTensor is also accepted (every position counted).
+* **Autoregressive compositions** (Absorb + Quench, SHIFTED, a backbone that ignores the levels)
+  are scored exactly by one causal forward per row (:mod:`.causal`): stderr 0, whatever M.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import math
-import os
 import platform
+from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -63,6 +71,8 @@ from ..data import (
     load_tokenizer,
     wikitext_detokenize,
 )
+from ..data.corpus import _looks_like_path
+from ..data.sources import NAMED_SPLITS, read_documents, resolve_source
 from .bound import check_likelihood, check_num_samples, corpus_bound
 
 __all__ = [
@@ -102,46 +112,42 @@ def _scientific_detokenize(x: str) -> str:
     return lm1b_detokenize(wikitext_detokenize(x))
 
 
-def _load_documents(dataset: str, split: str) -> Tuple[list, Dict[str, Any]]:
-    """Documents and a description (file / source / detokenization / default rule)."""
+def _load_documents(dataset: str, split: Optional[str], field: str = "text", files: Optional[str] = None,
+                    unit: str = "file") -> Tuple[list, Dict[str, Any]]:
+    """Documents and a description (file / source / split / detokenization / default rule).
+    split None: the dataset's own default -- "test" for the named sets and for sources whose
+    files or hub name their splits, "all" (every document) for a local file or a folder without
+    named splits (the file given is the data)."""
     note = None
     name = dataset
     if name in ALIASES:
         name, note = ALIASES[name]
     if name in DATASETS:
         info = DATASETS[name]
-        docs = load_corpus(name, split, detokenize=True)
+        docs = load_corpus(name, split or "test", detokenize=True)
         desc = {k: info.get(k) for k in ("file", "unit", "documents", "splits", "detokenization", "rule", "source")}
-        desc["name"] = name
+        desc.update(name=name, split=split or "test")
         if note:
             desc["note"] = note
         return docs, desc
-    if name.startswith("hf:"):
-        hub = name[3:]
-        if not hub:
-            raise ValueError("give a dataset after hf:, e.g. hf:openwebtext")
-        if hub in HF_EXTRA:
-            spec = HF_EXTRA[hub]
-            raw = hf_dataset(spec["path"], split, field=spec["field"], detokenize=False)
-            docs = [_scientific_detokenize(t) for t in raw]
-            desc = {"source": f"hub {spec['path']} ({spec['field']})", "detokenization": "MDLM scientific_papers: "
-                    "wt_detokenizer then lm1b_detokenizer", "rule": "wrap"}
-        else:
-            docs = hf_dataset(hub, split)
-            spec = HF_DATASETS.get(hub, {"path": hub})
-            base = DATASETS.get(hub, {})
-            desc = {"source": f"hub {spec['path']}" + (f" / {spec['name']}" if "name" in spec else ""),
-                    "detokenization": base.get("detokenization", "none") if hub in HF_DATASETS else "none",
-                    "rule": base.get("rule", "wrap")}
-        desc["name"] = name
+    if name.startswith("hf:") and name[3:] in HF_EXTRA:
+        spec = HF_EXTRA[name[3:]]
+        raw = hf_dataset(spec["path"], split or "test", field=spec["field"], detokenize=False)
+        docs = [_scientific_detokenize(t) for t in raw]
+        return docs, {"name": name, "source": f"hub {spec['path']} ({spec['field']})", "split": split or "test",
+                      "detokenization": "MDLM scientific_papers: wt_detokenizer then lm1b_detokenizer", "rule": "wrap"}
+    if name.startswith("hf:") or any(c in name for c in "*?[") or _looks_like_path(name) or Path(name).exists():
+        if split is None:
+            source = resolve_source(name, files)
+            split = "test" if (source.hub or source.disk or source.how == NAMED_SPLITS) else "all"
+        docs, desc = read_documents(name, split, field=field, files=files, unit=unit)
+        base = DATASETS.get(name[3:], {}) if name.startswith("hf:") else {}
+        if base.get("detokenization") and name[3:] in ("wikitext2", "wikitext103", "ptb", "lm1b"):
+            desc["detokenization"] = base["detokenization"]
         return docs, desc
-
-    if os.path.exists(os.path.expanduser(name)):
-        docs = load_corpus(name, split)
-        return docs, {"name": name, "source": "local path", "detokenization": "none", "rule": "wrap"}
     raise ValueError(
-        f"unknown dataset {dataset!r}: known names are {', '.join(known_datasets())} "
-        "(or hf:<hub dataset id> with network access, or an existing local file / folder)"
+        f"unknown dataset {dataset!r}: not a local file, folder or glob, nor a known name "
+        f"({', '.join(known_datasets())}, or hf:<hub dataset id or local dataset folder>)"
     )
 
 
@@ -149,19 +155,25 @@ def dataset_blocks(
     dataset: Union[str, Any],
     tokenizer: Any,
     length: int,
-    split: str = "test",
+    split: Optional[str] = "test",
     rule: Optional[str] = None,
+    *,
+    field: str = "text",
+    files: Optional[str] = None,
+    unit: str = "file",
 ) -> Tuple[Any, Dict[str, Any]]:
-    """The rows evaluate_likelihood scores: (TokenBlocks, description of the data and its rules)."""
+    """The rows evaluate_likelihood scores: (TokenBlocks, description of the data and its rules).
+    split None: the dataset's own default (:func:`_load_documents`); field / files / unit: how a
+    local or hub source is read (:mod:`diffusionlm.data.sources`)."""
     if not isinstance(dataset, str):
         raise TypeError(f"dataset must be a name, got {type(dataset).__name__}")
     if rule is not None and rule not in ("wrap", "pad"):
         raise ValueError(f"rule must be 'wrap', 'pad' or None (the dataset's own), got {rule!r}")
-    docs, desc = _load_documents(dataset, split)
+    docs, desc = _load_documents(dataset, split, field, files, unit)
     tok = load_tokenizer(tokenizer)
     use_rule = rule or desc.get("rule") or "wrap"
     blocks = TokenBlocks(docs, tok, length, rule=use_rule)
-    desc = dict(desc, rule=use_rule, rule_default=desc.get("rule"), split=split)
+    desc = dict(desc, rule=use_rule, rule_default=desc.get("rule"))
     return blocks, desc
 
 
@@ -254,8 +266,8 @@ def _check_settings(num_samples, batch_size, max_blocks) -> int:
     return M
 
 
-def _rows(lm: Any, dataset: Any, tokenizer: Any, length: Optional[int], split: str, rule: Optional[str],
-          max_blocks: Optional[int]) -> _Rows:
+def _rows(lm: Any, dataset: Any, tokenizer: Any, length: Optional[int], split: Optional[str], rule: Optional[str],
+          max_blocks: Optional[int], read: Dict[str, Any]) -> _Rows:
     """The rows of a dataset name, a TokenBlocks or a [n, length] tensor (module docstring)."""
     tok_desc = None
     if isinstance(dataset, str):
@@ -265,7 +277,7 @@ def _rows(lm: Any, dataset: Any, tokenizer: Any, length: Optional[int], split: s
             raise ValueError("give the row length (length=d)")
         tok = load_tokenizer(tokenizer)
         tok_desc = describe_tokenizer(tok)
-        blocks, data_desc = dataset_blocks(dataset, tok, length, split, rule)
+        blocks, data_desc = dataset_blocks(dataset, tok, length, split, rule, **read)
         key = dataset
     elif isinstance(dataset, TokenBlocks):
         blocks, key = dataset, "token_blocks"
@@ -318,27 +330,36 @@ def evaluate_likelihood(
     dataset: Union[str, Any],
     tokenizer: Any = None,
     length: Optional[int] = None,
-    split: str = "test",
+    split: Optional[str] = None,
     num_samples: int = 16,
     batch_size: int = 8,
     seed: int = 0,
     rule: Optional[str] = None,
     max_blocks: Optional[int] = None,
     progress: bool = True,
+    *,
+    field: str = "text",
+    files: Optional[str] = None,
+    unit: str = "file",
+    exact_causal: bool = True,
 ) -> Dict[str, Any]:
     """NLL upper bound and perplexity of ``lm`` on ``dataset`` (module docstring for every rule).
 
     dataset: a name (:func:`known_datasets`; unknown -> ValueError listing them), a
     ``TokenBlocks``, or a [n, length] LongTensor of token ids. tokenizer: anything
     ``load_tokenizer`` takes (needed for names). length: the row length (names only; a tensor's
-    own width otherwise). num_samples: M >= 1 model evaluations per row. max_blocks: score only
+    own width otherwise). split: None -> the dataset's own default ("test" for the named sets
+    and sources with named splits, "all" for a local file or folder without them). field /
+    files / unit: how a local or ``hf:`` source is read (:mod:`diffusionlm.data.sources`).
+    num_samples: M >= 1 model evaluations per row (an autoregressive composition takes its
+    exact one-forward path, :mod:`.causal`, unless exact_causal=False). max_blocks: score only
     the first rows. Returns ``{"results": {dataset: {...}}, "config": {...}}``.
     """
     check_likelihood(lm)
     M = _check_settings(num_samples, batch_size, max_blocks)
-    rows = _rows(lm, dataset, tokenizer, length, split, rule, max_blocks)
+    rows = _rows(lm, dataset, tokenizer, length, split, rule, max_blocks, {"field": field, "files": files, "unit": unit})
     bound = corpus_bound(lm, rows.ids, M, batch_size=batch_size, seed=seed, progress=progress, count=rows.attention,
-                         desc=f"NLL bound {rows.key}")
+                         desc=f"NLL bound {rows.key}", exact_causal=exact_causal)
     config = {
         **lm_config(lm),
         "num_samples": M,
@@ -346,7 +367,7 @@ def evaluate_likelihood(
         "seed": seed,
         "seeding": "row i uses torch.Generator().manual_seed(sha1(f'{seed}:{i}')) (batch-size independent)",
         "length": int(rows.ids.shape[1]),
-        "split": split if isinstance(dataset, str) else None,
+        "split": rows.data.get("split"),
         "rule": rows.data.get("rule"),
         "pad_positions": "corrupted as in training; not counted (rule='pad')",
         "dataset": rows.data,

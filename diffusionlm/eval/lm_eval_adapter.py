@@ -33,7 +33,8 @@ Definitions (docs/EVALUATION.md):
   the continuation's terms are counted (:func:`diffusionlm.eval.bound.conditional_nll_bound`,
   the toolkit's one bound estimator; ``DiffusionLM.nll_bound`` is the same with nothing fixed).
   So it is a LOWER bound on log p(continuation | context); exact for Absorb + Quench
-  (autoregression). ``num_samples=None`` (default): for a discrete schedule every step that moves
+  (autoregression), whose bound an autoregressive composition (SHIFTED, a backbone that ignores
+  the levels) gets from ONE causal forward per request (:mod:`.causal`) whatever M. ``num_samples=None`` (default): for a discrete schedule every step that moves
   a continuation position is computed exactly once (M = |K|, one replicate; exact under Quench
   and wherever the corruption is deterministic), for continuous time M = 32. Each request is seeded from sha1(seed, context, continuation), so its
   answer does not depend on the other requests or their order.

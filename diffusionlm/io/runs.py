@@ -25,9 +25,12 @@ from ..data import (
     TokenBlocks,
     check_vocab,
     format_instructions,
+    known_names,
     load_corpus,
     load_tokenizer,
 )
+from ..data.sources import read_documents
+from ..data.streaming import TokenStream
 from ..lm import DiffusionLM, backbone_defaults
 from ..models import DiffusionTransformer, TransformerConfig
 from ..models.hf import AttentionAnnealing, HFDenoiser
@@ -40,7 +43,7 @@ from ..trust import check_hf_config, no_symlink
 from .fetch import load_causal_lm, resolve_tokenizer
 from .saving import SavedComposition, safetensors_errors
 
-__all__ = ["BuiltRun", "DataSpec", "ModelSpec", "RunConfig", "build", "build_model", "build_process", "build_tokenizer",
+__all__ = ["BuiltRun", "DataSpec", "ModelSpec", "RunConfig", "build", "build_model", "corpus_documents", "build_process", "build_tokenizer",
            "load_run", "safetensors_errors"]
 
 
@@ -128,18 +131,46 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
     if run.data.instruct:
         stream, val = _instruction_data(run, tok, rank, world_size)
     else:
-        train_blocks = TokenBlocks(load_corpus(run.data.corpus, "train"), tok, run.data.length, rule=run.data.rule)
-        stream = BatchStream(train_blocks, run.train.batch_size, seed=run.train.seed, rank=rank, world_size=world_size)
+        stream, vs = _streams(run, tok, rank, world_size) if run.data.streaming else _blocks(run, tok, rank, world_size)
         val = []
         if run.data.val_batches:
-            vb = TokenBlocks(load_corpus(run.data.corpus, run.data.val_split), tok, run.data.length, rule=run.data.rule)
-            vs = BatchStream(vb, run.train.batch_size, seed=0, shuffle=False, epochs=1, drop_last=False)
             for _ in range(run.data.val_batches):
                 try:
                     val.append(next(vs)["input_ids"])
                 except StopIteration:
                     break
     return BuiltRun(tok, lm, stream, val)
+
+
+def corpus_documents(data: DataSpec, split: str) -> list:
+    """The documents of data.corpus's split: a name of the offline corpora (data.load_corpus), else
+    any local file / folder / glob or hf: source through datasets (data.sources, with data.field,
+    data.files and data.unit)."""
+    if data.corpus in known_names():
+        return load_corpus(data.corpus, split)
+    return read_documents(data.corpus, split, field=data.field, files=data.files, unit=data.unit)[0]
+
+
+def _blocks(run: RunConfig, tok: Any, rank: int, world_size: int) -> tuple:
+    """The training BatchStream of this rank over the corpus read whole, and the validation one (or None)."""
+    d = run.data
+    train_blocks = TokenBlocks(corpus_documents(d, "train"), tok, d.length, rule=d.rule)
+    train = BatchStream(train_blocks, run.train.batch_size, seed=run.train.seed, rank=rank, world_size=world_size)
+    if not d.val_batches:
+        return train, None
+    vb = TokenBlocks(corpus_documents(d, d.val_split), tok, d.length, rule=d.rule)
+    return train, BatchStream(vb, run.train.batch_size, seed=0, shuffle=False, epochs=1, drop_last=False)
+
+
+def _streams(run: RunConfig, tok: Any, rank: int, world_size: int) -> tuple:
+    """data.streaming: the training TokenStream of this rank, and the validation one (or None)."""
+    d = run.data
+    if d.rule != "wrap":
+        raise ValueError("data.streaming packs documents into rows (the wrap rule): data.rule=pad needs streaming=false")
+    kw = {"field": d.field, "files": d.files, "unit": d.unit}
+    train = TokenStream(d.corpus, tok, d.length, run.train.batch_size, rank=rank, world_size=world_size, **kw)
+    val = TokenStream(d.corpus, tok, d.length, run.train.batch_size, split=d.val_split, epochs=1, **kw) if d.val_batches else None
+    return train, val
 
 
 def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple[RunConfig, BuiltRun]":
