@@ -39,7 +39,7 @@ def main() -> None:
     last = metrics[-1]
     tokens = sum(r["tokens"] for r in metrics if "tokens" in r)
     training = {"recipe": "recipes/smollm2-block.json", "steps": last["step"], "tokens": tokens,
-                "curriculum": recipe["train"].get("curriculum"),
+                "curriculum": recipe["train"].get("curriculum"), "data": recipe["data"],
                 "command": "python scripts/smollm2_data.py --mix english --out runs/smollm2-english/train.jsonl && "
                            "OMP_NUM_THREADS=1 diffusionlm train --config recipes/smollm2-block.json "
                            "train.out_dir=runs/smollm2-block"}
