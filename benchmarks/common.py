@@ -43,3 +43,15 @@ def write_json(path: str, results) -> None:
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     print(f"wrote {path}")
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """The best float32 [n, n] @ [n, n] FLOP/s of `repeats` tries (the default torch threads)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best

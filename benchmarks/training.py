@@ -22,18 +22,9 @@ import time
 
 import torch
 
-from common import step_flops
+from common import matmul_peak, step_flops
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
 
 
 def _run(preset: str, batch: int, d: int, steps: int, mode: str, q) -> None:
