@@ -403,7 +403,7 @@ def test_a_shipped_model_is_refused_in_one_line_without_its_card_for_another_bas
 
 @pytest.mark.slow
 def test_the_shipped_adapter_matches_its_card_loads_by_name_and_refuses_another_base(smol):
-    from diffusionlm.hub import load_model
+    from diffusionlm.io.hub import load_model
     from diffusionlm.masks import Layout
     from diffusionlm.models.hf import HFDenoiser
     from diffusionlm.samplers import MDLM
