@@ -62,7 +62,7 @@ from .masks import (
     two_halves_inputs,
     two_halves_mask,
 )
-from .models.base import logits_of, output_size
+from .models.base import bare, logits_of, output_size
 from .processes.base import Corruption, Process, check_ids, real_token_nll
 from .processes.absorb import Absorb
 from .schedules.hyper import ACTIVE, SETTLED, Hyperschedule, Quench
@@ -398,8 +398,7 @@ class DiffusionLM(Part, kind="composition"):
         mask = two_halves_mask(draw.segment, categories=cats, device=x0.device)
         levels = torch.cat([level, torch.zeros_like(level)], 1)
         # only the noisy half's rows are scored: a backbone that can skip the head elsewhere does
-        bare = getattr(self.model, "module", self.model)
-        first = {"first_logits": d} if "first_logits" in inspect.signature(bare.forward).parameters else {}
+        first = {"first_logits": d} if _accepts(bare(self.model), "first_logits") else {}
         logits = self._call(ids, pos, mask, levels, **first)[:, :d]
         per_token = self.process.loss(logits, x0, corr, level, draw)
         per_token = torch.where(cats == ACTIVE, per_token, torch.zeros_like(per_token))

@@ -16,16 +16,15 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from diffusionlm.eval.bound import conditional_nll_bound, corpus_bound  # noqa: E402
-from diffusionlm.eval.causal import CAUSAL_METHOD, causal_composition  # noqa: E402
-from diffusionlm.lm import DiffusionLM  # noqa: E402
-from diffusionlm.masks import causal_mask_mod, dense_mask  # noqa: E402
-from diffusionlm.models.hf import HFDenoiser  # noqa: E402
-from diffusionlm.processes import Absorb, EpsilonHybrid  # noqa: E402
-from diffusionlm.schedules import Block, Quench  # noqa: E402
+from diffusionlm.eval.bound import conditional_nll_bound, corpus_bound
+from diffusionlm.eval.causal import CAUSAL_METHOD, causal_composition
+from diffusionlm.lm import DiffusionLM
+from diffusionlm.masks import causal_mask_mod, dense_mask
+from diffusionlm.models.hf import HFDenoiser
+from diffusionlm.processes import Absorb, EpsilonHybrid
+from diffusionlm.schedules import Block, Quench
 
 V, D = 40, 12
 
@@ -121,7 +120,6 @@ def test_only_autoregressive_compositions_take_the_shortcut():
 
 
 def test_lm_eval_adapter_scores_an_ar_composition_with_one_exact_forward_per_request():
-    pytest.importorskip("lm_eval")
     from diffusionlm.data import load_tokenizer
     from diffusionlm.eval.lm_eval_adapter import DiffusionLMEval
 

@@ -392,14 +392,15 @@ LLAMA = {"model_type": "llama", "vocab_size": 259, "hidden_size": 64, "intermedi
          "bos_token_id": 257, "eos_token_id": 256, "pad_token_id": 258}
 
 
-def lora_lm(seed=0):
+def lora_lm(seed=0, tied=False):
     """A tiny random Llama (built from its config after seeding, as `diffusionlm train` does) with
-    LoRA on q / v: everything but the adapters frozen."""
+    LoRA on q / v: everything but the adapters frozen. `tied`: its head is its input embedding."""
     from diffusionlm.config import RunConfig
     from diffusionlm.io.runs import build
     from diffusionlm.training import seed_everything
 
-    run = RunConfig.from_file(None, ["model.kind=hf", "model.path=null", "model.hf_config=" + json.dumps(LLAMA),
+    hf = {**LLAMA, "tie_word_embeddings": True} if tied else LLAMA
+    run = RunConfig.from_file(None, ["model.kind=hf", "model.path=null", "model.hf_config=" + json.dumps(hf),
                                      'model.lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}',
                                      "data.tokenizer=byte", "data.length=12", 'process={"name": "absorb"}'])
     seed_everything(seed)
@@ -507,19 +508,11 @@ def test_a_tied_head_under_lora_checkpoints_the_adapters_only_and_resumes(tmp_pa
     and torch's ignore_frozen_params kept the tied frozen weight under its second name (113 MB a
     checkpoint, and a resume that refused it). Now: adapters only; resume exact; an older
     checkpoint holding that frozen alias loads, one whose alias differs from the base is refused."""
-    from diffusionlm.config import RunConfig
-    from diffusionlm.io.runs import build
     from diffusionlm.io.safeio import save_safetensors
-    from diffusionlm.training import load_model_weights, seed_everything
-
-    tied = {**LLAMA, "tie_word_embeddings": True}
+    from diffusionlm.training import load_model_weights
 
     def tied_lm():
-        run = RunConfig.from_file(None, ["model.kind=hf", "model.path=null", "model.hf_config=" + json.dumps(tied),
-                                         'model.lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}',
-                                         "data.tokenizer=byte", "data.length=12", 'process={"name": "absorb"}'])
-        seed_everything(0)
-        return build(run, data=False).lm
+        return lora_lm(tied=True)
 
     lm = tied_lm()
     assert lm.model.model.get_output_embeddings().weight is not None
