@@ -68,7 +68,7 @@ from .processes.absorb import Absorb
 from .schedules.hyper import ACTIVE, SETTLED, Hyperschedule, Quench
 from .specs import Part, build, encode, field_names, lookup, provided, register, to_dict
 
-__all__ = ["DiffusionLM", "LossOutput", "SETTLED_WEIGHTINGS", "eq11_weights", "backbone_defaults", "check_two_halves_rows"]
+__all__ = ["DiffusionLM", "LossOutput", "SETTLED_WEIGHTINGS", "eq11_weights", "backbone_defaults", "check_two_halves_rows", "two_halves_logits"]
 
 
 class LossOutput(NamedTuple):
@@ -391,15 +391,10 @@ class DiffusionLM(Part, kind="composition"):
         draw = self.schedule.draw_segments(B, d, generator=generator, device=x0.device)
         level = self.process.training_level(draw, generator)
         corr = self.process.corrupt(x0, level, generator=generator)
-        ids, pos = two_halves_inputs(corr.ids, x0, draw.segment, self.layout, self.bos_id)
         # inside a segment the inference rule applies (settled / worthless positions at a
         # segment's edges are treated exactly as the inference step treats them)
         cats = categories_from_levels(draw.level, draw.next_level)
-        mask = two_halves_mask(draw.segment, categories=cats, device=x0.device)
-        levels = torch.cat([level, torch.zeros_like(level)], 1)
-        # only the noisy half's rows are scored: a backbone that can skip the head elsewhere does
-        first = {"first_logits": d} if _accepts(bare(self.model), "first_logits") else {}
-        logits = self._call(ids, pos, mask, levels, **first)[:, :d]
+        logits = two_halves_logits(self, corr.ids, x0, draw.segment, cats, level)
         per_token = self.process.loss(logits, x0, corr, level, draw)
         per_token = torch.where(cats == ACTIVE, per_token, torch.zeros_like(per_token))
         if response_mask is not None:
@@ -436,6 +431,21 @@ class DiffusionLM(Part, kind="composition"):
 
 
 register(DiffusionLM)
+
+
+def two_halves_logits(lm: DiffusionLM, x_noisy: Tensor, x_clean: Tensor, segment: Tensor, categories: Tensor,
+                      levels: Tensor) -> Tensor:
+    """Logits [B, d, V] of `lm` at the noisy rows of the two-halves layout ([x_noisy ; x_clean], papers'
+    appendix B.3): each noisy segment attends itself and the clean positions before it, as the
+    KV-cached inference step of that segment does. `segment` [B, d] segment ids, `categories`
+    [B, d] (ACTIVE / SETTLED / WORTHLESS inside a segment), `levels` [B, d] of the noisy half."""
+    d = x_clean.shape[1]
+    ids, pos = two_halves_inputs(x_noisy, x_clean, segment, lm.layout, lm.bos_id)
+    mask = two_halves_mask(segment, categories=categories, device=x_clean.device)
+    levels = torch.cat([levels, torch.zeros_like(levels)], 1)
+    # only the noisy half's rows are scored: a backbone that can skip the head elsewhere does
+    first = {"first_logits": d} if _accepts(bare(lm.model), "first_logits") else {}
+    return lm._call(ids, pos, mask, levels, **first)[:, :d]
 
 
 def _with_mask_id(proc_spec: Any, model: Any) -> Any:

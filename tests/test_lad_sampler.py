@@ -454,3 +454,40 @@ def test_refine_is_greedy_self_refinement_from_given_text():
     assert int(narrow.max()) < 7
     with pytest.raises(ValueError, match="iterations must be an int >= 1, got 0"):
         LAD().refine(lm, x, iterations=0)
+
+
+def test_refine_with_min_probability_edits_only_confident_positions():
+    """min_probability = tau: one call changes exactly the positions whose argmax has probability
+    >= tau (the rest keep their token); tau = 0 is the plain update, tau above every
+    probability changes nothing; tau outside [0, 1] is one line."""
+    lm = tiny_lm(Structural(N, mask_id=MASK))
+    x = torch.randint(0, N, (2, 12), generator=gen(4))
+    with torch.no_grad():
+        probs = torch.softmax(lm.forward(x, torch.zeros(x.shape), None)[..., :N].double(), -1)
+    top, arg = probs.max(-1)
+    tau = float(top.median())
+    got, _ = LAD().refine(lm, x, iterations=1, min_probability=tau)
+    assert torch.equal(got, torch.where(top >= tau, arg, x))
+    assert torch.equal(LAD().refine(lm, x, iterations=1, min_probability=0.0)[0], arg)
+    assert torch.equal(LAD().refine(lm, x, iterations=3, min_probability=float(top.max()) + 1e-9)[0], x)
+    with pytest.raises(ValueError, match="min_probability must be in \\[0, 1\\] or None, got 1.5"):
+        LAD().refine(lm, x, min_probability=1.5)
+
+
+def test_refine_under_the_shifted_layout_reads_the_last_given_token():
+    """SHIFTED: row j reads token j-1, so a d-row forward never reads the last token; refine
+    appends one MASK row and drops its output: one call is argmax of that forward's first d rows,
+    and a model output that depends on the last token changes the refinement of the row before."""
+    model = tiny_lm().model
+    lm = DiffusionLM(model, Structural(N), Flat(), layout="shifted", bos_id=N - 1)
+    x = torch.randint(0, N, (2, 10), generator=gen(5))
+    with torch.no_grad():
+        want = lm.forward(torch.cat([x, torch.full((2, 1), lm.process.mask_id)], 1), torch.zeros(2, 11), None)[:, :10, :N].argmax(-1)
+    got, _ = LAD().refine(lm, x, iterations=1)
+    assert torch.equal(got, want)
+    y = x.clone()
+    y[:, -1] = (y[:, -1] + 1) % N  # only the last token differs: with full attention every row sees it
+    with torch.no_grad():
+        a = lm.forward(torch.cat([x, torch.full((2, 1), lm.process.mask_id)], 1), torch.zeros(2, 11), None)[:, :10]
+        b = lm.forward(torch.cat([y, torch.full((2, 1), lm.process.mask_id)], 1), torch.zeros(2, 11), None)[:, :10]
+    assert not torch.allclose(a, b)

@@ -80,6 +80,7 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import Tensor
 
+from ..masks import Layout
 from .base import SampleOutput, SampleRequest, Sampler, StepRecord, categorical, prepare_fixed
 from .driver import model_device, resolve_length
 
@@ -197,13 +198,16 @@ class LAD(Sampler):
     # -- refinement from given text --------------------------------------------------------
     @torch.no_grad()
     def refine(self, lm: Any, ids: "Tensor | list", iterations: Optional[int] = None,
-               real: Optional[int] = None) -> tuple[Tensor, int]:
+               real: Optional[int] = None, min_probability: Optional[float] = None) -> tuple[Tensor, int]:
         """Greedy self-refinement of given text (LAD without re-masking, started from `ids`
         instead of MASK): every position re-predicted by argmax over the real tokens from the
-        whole previous output, until a fixed point or `iterations` calls (default: this
+        whole previous output (under the SHIFTED layout with one MASK row appended, so that the last
+        given token is read too), until a fixed point or `iterations` calls (default: this
         sampler's). `ids`: [B, d] or [d] ids (a list is read as one row); `real`: the argmax runs
-        over the first `real` ids (default: the process's N real tokens). Returns (ids of the same
-        shape, model calls).
+        over the first `real` ids (default: the process's N real tokens). `min_probability` = tau:
+        a position takes its argmax only where the model gives that argmax probability >= tau
+        (softmax over the real tokens) and keeps its token otherwise, so only confident edits are
+        made (None: every position, the paper's update). Returns (ids of the same shape, model calls).
 
             fixed, calls = LAD().refine(lm, tok.encode("a line wiht a typo"), iterations=8)"""
         x = torch.as_tensor(ids, device=model_device(lm.model))
@@ -213,12 +217,23 @@ class LAD(Sampler):
         limit = self.iterations if iterations is None else iterations
         if not _is_int(limit) or limit < 1:
             raise ValueError(f"iterations must be an int >= 1, got {limit!r}")
+        if min_probability is not None and (not _is_real(min_probability) or not 0.0 <= float(min_probability) <= 1.0):
+            raise ValueError(f"min_probability must be in [0, 1] or None, got {min_probability!r}")
         N, mask_id = lm.process.vocab_size if real is None else real, lm.process.mask_id
         time_levels = bool(getattr(lm.process, "time_conditioned", False))
+        # SHIFTED: row j reads token j-1, so the last given token is read by no row of a d-row
+        # forward and would be re-predicted blind; one extra MASK row reads it (its output dropped)
+        extra = int(Layout(lm.layout) is Layout.SHIFTED)
+        d = x.shape[1]
         calls = 0
         for _ in range(limit):
-            levels = (x == mask_id).float() if time_levels else torch.zeros(x.shape, device=x.device)
-            new = lm.forward(x, levels, None)[..., :N].argmax(-1)
+            inp = torch.cat([x, x.new_full((x.shape[0], extra), mask_id)], 1)
+            levels = (inp == mask_id).float() if time_levels else torch.zeros(inp.shape, device=x.device)
+            logits = lm.forward(inp, levels, None)[:, :d, :N]
+            new = logits.argmax(-1)
+            if min_probability is not None:  # keep the token where the model is not sure enough
+                sure = torch.softmax(logits.double(), -1).amax(-1) >= float(min_probability)
+                new = torch.where(sure, new, x)
             calls += 1
             if torch.equal(new, x):
                 break
