@@ -276,7 +276,7 @@ def frame_text(frame: Any, model: Any, colour: bool = False) -> str:
 #: the CSS the page needs for frames and the legend (chips at least one width; marks as in LEGEND)
 FRAME_CSS = """
 .frame { font-family: ui-monospace, monospace; font-size: 14px; line-height: 1.7; white-space: normal; }
-.frame .tok { display: inline-block; box-sizing: content-box; min-height: 1.5em; line-height: 1.5em; padding: 0 2px;
+.frame .tok { display: inline-block; box-sizing: content-box; min-height: 21px; line-height: 21px; padding: 0 2px;
   margin: 2px 1px; border-radius: 3px; max-width: calc(100% - 8px); white-space: normal; overflow-wrap: anywhere;
   word-break: break-all; vertical-align: middle; color: #111; font-size: 14px; }
 .frame .tok.mask { outline: 1px dashed #666; outline-offset: -1px; background-image:
