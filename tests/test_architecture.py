@@ -34,10 +34,7 @@ OPTIONAL = ("gguf", "gradio", "flash_attn", "mauve", "lm_eval", "playwright", "w
 MAX_TOP_LEVEL, MAX_FUNCTION_IMPORTS, MAX_FUNCTION_LINES, MAX_CLASS_LINES = 10, 20, 80, 300
 #: offenders known and left for now, each with its reason (the test fails when one is fixed and
 #: still listed, or when a new one appears)
-KNOWN_OFFENDERS = {
-    # the Gradio app's closures; demo/ is being changed by the loading-gate work (issue 25): split after it lands
-    "function diffusionlm.demo.app.build_app",
-}
+KNOWN_OFFENDERS: set = set()
 
 
 def _modules() -> dict[str, Path]:

@@ -3,9 +3,10 @@ confidence, bad input becomes a sentence, models load from a run directory or a 
 directory, and in a real headless browser the page shows the same steps and final text.
 Under load: requests over the limits are refused, a run keeps a bounded number of frames, a
 cancelled run stops at its next step and releases its frames, and the queue is bounded."""
+import asyncio
 import dataclasses
 import gc
-import html
+import inspect
 import json
 import re
 import math
@@ -19,6 +20,7 @@ import torch
 
 from diffusionlm.cli import main
 from diffusionlm.data import load_tokenizer
+from diffusionlm.demo.views import MASK_GLYPH, position_texts, row_text
 from diffusionlm.demo import (
     DemoCancelled,
     DemoInputError,
@@ -77,7 +79,7 @@ def test_frames_are_the_samplers_own_history(name):
     prompt = torch.tensor([TOK.encode("def f")])
     sampler = get_sampler(name)(**sampler_kwargs(s, model, prompt.shape[1]))
     ref = sampler.sample(model.lm, 1, length=24, prompt=prompt, generator=torch.Generator().manual_seed(3), keep_history=True)
-    assert run.tokens == ref.tokens[0].tolist() and run.text == TOK.decode(run.tokens)
+    assert run.tokens == ref.tokens[0].tolist() and run.text == row_text(run.tokens, model)
     # frame 0: the prompt, MASK elsewhere; then one frame per recorded step
     assert run.frames[0].tokens == prompt[0].tolist() + [model.mask_id] * (24 - 5)
     assert len(run.frames) == len(ref.history) + 1
@@ -88,6 +90,7 @@ def test_frames_are_the_samplers_own_history(name):
     assert run.frames[-1].tokens == run.tokens and model.mask_id not in run.tokens
     assert all(f.tokens[:5] == prompt[0].tolist() for f in run.frames)  # the prompt never changes
     assert run.model_calls == ref.num_model_calls
+    assert [f.n for f in run.frames] == list(range(len(run.frames)))  # the steps done when each was made
 
 
 def test_schedule_and_rate_reach_the_sampler():
@@ -112,9 +115,9 @@ def test_views_show_mask_changes_and_confidence():
     assert [int(x.split('"')[0]) for x in page.split('data-id="')[1:]] == f.tokens
     for i, c in enumerate(f.confidence):  # the title carries the model's probability of each token
         if not f.fixed[i] and f.tokens[i] != model.mask_id:
-            assert f'data-pos="{i}" data-id="{f.tokens[i]}" title="p = {c:.3f}"' in page
+            assert f'data-pos="{i}" data-id="{f.tokens[i]}" title="p = {c:.3f}' in page
     line = frame_text(f, model)
-    assert line.startswith(f"[step {f.step:>4}] ") and eval(line.split("] ", 1)[1]).count("_") >= masked
+    assert line.startswith(f"[step {f.step:>4}] ") and eval(line.split("] ", 1)[1]).count(MASK_GLYPH) == masked
     assert "\x1b[7m" in frame_text(f, model, colour=True) or not any(f.changed)
 
 
@@ -128,8 +131,10 @@ def _gpt2_model(length: int = 32) -> DemoModel:
     return DemoModel(DiffusionLM(DiffusionTransformer(cfg).eval(), Absorb(V), Flat(), bos_id=tok.bos_id), tok, "gpt2-tiny")
 
 
-def test_chips_are_equal_width_and_whitespace_is_visible():
-    from diffusionlm.demo.core import MAX_CHIP, chip_width
+def test_chips_hold_whole_tokens_and_whitespace_is_visible():
+    """Every chip is at least the run's width (MASK as wide as a token); a token longer than that
+    is shown whole in a wider chip, never cut (issue 25 item 9: "assortme...")."""
+    from diffusionlm.demo.views import MAX_CHIP, chip_width
 
     model = _gpt2_model()
     tok = model.tokenizer
@@ -145,19 +150,65 @@ def test_chips_are_equal_width_and_whitespace_is_visible():
     assert chip_width(TOK.encode("abc"), tiny_model()) == 2  # bytes: the smallest chip
     page = frame_html(frame, model, chip)
     chips = page.removesuffix("</div>").split('<span class="tok ')[1:]
-    assert len(chips) == d and all(f'style="width:{chip}ch;' in c for c in chips)  # MASK as wide as a token
+    assert len(chips) == d
+    for c, p in zip(chips, pieces + [""] * 3):  # each chip as wide as the run's chip, or its whole token
+        assert f'style="width:{max(chip, len(p))}ch;' in c
     # spaces and newlines as muted glyphs, never as raw whitespace inside a chip
     shown = [c.split(">", 1)[1].rsplit("</span>", 1)[0] for c in chips]
     assert sum(c.count('<span class="ws">·</span>') for c in shown) == "".join(pieces).count(" ")
     assert sum(c.count('<span class="ws">↵</span>') for c in shown) == "".join(pieces).count("\n")
-    assert not any(" " in c.replace("<span class", "") or "\n" in c for c in shown)
-    # a token longer than the chip: its first chip - 1 characters and "…", the whole token in the tooltip
+    assert not any(" " in re.sub(r"<[^>]*>", "", c) or "\n" in c for c in shown)
+    # a token longer than the chip: all of it, no "…"
     long = next(i for i, p in enumerate(pieces) if len(p) > chip)
-    head = pieces[long][: chip - 1].replace(" ", '<span class="ws">·</span>')
-    assert chips[long].endswith(f">{head}…</span>")
-    assert repr(pieces[long]) in html.unescape(chips[long].split('title="')[1].split('"')[0])
-    # the text view is unchanged: the frame's text, MASK as "_"
-    assert frame_text(frame, model) == f"[step    1] {''.join(pieces) + '___'!r}"
+    assert chips[long].endswith(">" + pieces[long].replace(" ", '<span class="ws">·</span>') + "</span>")
+    assert "…" not in page
+    assert frame_text(frame, model) == f"[step    1] {''.join(pieces) + MASK_GLYPH * 3!r}"
+
+
+def test_mask_is_a_box_never_an_underscore():
+    """MASK is drawn as a dashed grey box with no text (issue 25 item 9: it was "_", which real
+    underscores in the corpus also are); in a terminal it is MASK_GLYPH, apart from a real "_"."""
+    from diffusionlm.demo.views import FRAME_CSS
+
+    model = tiny_model()
+    ids = TOK.encode("a_b")
+    frame = Frame(1, ids + [model.mask_id] * 2, [False] * 5, [0.5] * 5, [False] * 5, None)
+    page = frame_html(frame, model)
+    masks = [c for c in page.split('<span class="tok ')[1:] if c.startswith("mask")]
+    assert len(masks) == 2 and all('<span class="mask-box" aria-label="MASK"></span></span>' in c for c in masks)
+    assert page.count("_") == 1  # the real underscore only
+    assert ".frame .tok.mask { outline: 1px dashed" in FRAME_CSS and ".frame .tok .mask-box" in FRAME_CSS
+    assert frame_text(frame, model) == f"[step    1] {'a_b' + MASK_GLYPH * 2!r}"
+    assert "\x1b[90m" + MASK_GLYPH in frame_text(frame, model, colour=True)
+
+
+def test_bytes_of_one_character_are_merged_and_special_tokens_are_marked():
+    """No raw U+FFFD and no raw special token in a frame (issue 25 item 9): a character's bytes
+    spread over positions show as the character (the rest marked joined), bytes that make no
+    character as escapes; EOS / <|endoftext|> as a special marker, left out of the text."""
+    model = tiny_model()
+    ids = TOK.encode("é€x") + [TOK.eos_id] + TOK.encode("€")[:2] + [model.mask_id] + [0xE2]
+    texts = position_texts(ids, model)
+    assert texts == [("é", ""), ("", "joined"), ("€", ""), ("", "joined"), ("", "joined"), ("x", ""),
+                     ("<|eos|>", "special"), ("\\xe2", "bytes"), ("\\x82", "bytes"), ("", "mask"), ("\\xe2", "bytes")]
+    d = len(ids)
+    page = frame_html(Frame(1, ids, [False] * d, [0.5] * d, [False] * d, None), model)
+    assert "\ufffd" not in page and "&lt;|eos|&gt;" not in page.split('title="')[0]
+    classes = re.findall(r'class="(tok [^"]*)"', page)
+    assert [sum(c.endswith(" " + f) for c in classes) for f in ("special", "joined", "bytes")] == [1, 3, 3]
+    assert ">eos</span>" in page  # the special token's name, in its own styled chip
+    assert row_text(TOK.encode("é€x") + [TOK.eos_id], model) == "é€x"  # the final text: whole, no specials
+    assert row_text(ids[:-2] + [0xE2], model) == "é€x\\xe2\\x82\\xe2"
+    gpt2 = _gpt2_model()
+    tok = gpt2.tokenizer
+    emoji = tok.encode(" 🦙 ok")
+    assert any("\ufffd" in tok.decode([t]) for t in emoji)  # byte-level BPE splits the emoji
+    shown = position_texts(emoji + [tok.eos_id], gpt2)
+    assert "".join(t for t, f in shown if f != "special") == " 🦙 ok" and shown[-1] == ("<|endoftext|>", "special")
+    assert all("\ufffd" not in t for t, _f in shown)
+    assert row_text(emoji + [tok.eos_id], gpt2) == " 🦙 ok"
+    lone = position_texts([emoji[0]], gpt2)[0]  # a byte piece alone: its bytes as escapes (byte-level alphabet)
+    assert lone[1] == "bytes" and lone[0].startswith(" \\xf0")
 
 
 def test_chips_carry_each_positions_state_from_its_level_and_remasking():
@@ -190,9 +241,11 @@ def test_the_legend_names_every_mark_with_the_frames_own_chips():
 
     page = legend_html()
     keys = [x.split('"')[0] for x in page.split('data-legend="')[1:]]
-    assert keys == ["prompt", "mask", "settled", "active", "changed", "remasked", "whitespace", "unscored", "confidence"]
+    assert keys == ["prompt", "mask", "settled", "active", "changed", "remasked", "whitespace", "special", "joined",
+                    "bytes", "unscored", "confidence"]
     for key, cls in [("settled", "tok token settled"), ("active", "tok token active"), ("changed", "tok token changed"),
-                     ("remasked", "tok mask changed remasked"), ("mask", "tok mask")]:
+                     ("remasked", "tok mask changed remasked"), ("mask", "tok mask"), ("special", "tok token special"),
+                     ("joined", "tok token joined"), ("bytes", "tok token bytes")]:
         item = page.split(f'data-legend="{key}"')[1].split('data-legend=')[0]
         assert f'class="{cls}"' in item  # the same classes frame_html gives, so the same CSS draws both
     unscored = page.split('data-legend="unscored"')[1].split('data-legend=')[0]
@@ -431,7 +484,7 @@ def test_batch_draws_that_many_samples_and_shows_the_first():
     prompt = torch.tensor([TOK.encode("ab")])
     ref = get_sampler("mdlm")(steps=4).sample(model.lm, 3, length=16, prompt=prompt,
                                               generator=torch.Generator().manual_seed(2))
-    assert run.texts == [TOK.decode(r) for r in ref.tokens.tolist()] and run.text == run.texts[0]
+    assert run.texts == [row_text(r, model) for r in ref.tokens.tolist()] and run.text == run.texts[0]
     assert run.frames[-1].tokens == ref.tokens[0].tolist()
 
 
@@ -471,9 +524,160 @@ def test_the_queue_and_the_concurrency_limit_are_configured():
     fns = {fn.api_name: fn for fn in app.fns.values()}
     gen = fns["generate"]
     assert gen.concurrency_limit == 3 and gen.queue
-    cancels = [d["cancels"] for d in app.get_config_file()["dependencies"] if d["cancels"]]
-    assert cancels == [[gen._id]]  # Stop cancels Generate
-    assert not fns["stop"].queue  # Stop never waits behind the runs it stops
+    assert inspect.isasyncgenfunction(gen.fn)  # Generate streams its updates
+    # Stop sets the running run's flag (named by the session's run id) instead of cancelling the
+    # event, so the stream itself reports the stop and keeps the frames made so far
+    assert not [d["cancels"] for d in app.get_config_file()["dependencies"] if d["cancels"]]
+    stop = fns["stop"]
+    assert not stop.queue and [type(c).__name__ for c in stop.inputs] == ["State"]  # never waits behind the runs it stops
+
+
+def _stream(model, mode="Simple", limits=None, runs=None, on_update=None, **values):
+    """Every update stream_run yields for one request (the form's defaults, then `values`)."""
+    from diffusionlm.demo.app import api_args, form_fields
+    from diffusionlm.demo.stream import RunTracker, stream_run
+
+    runs = runs or RunTracker()
+    form = dict(zip(form_fields(), api_args(**values)[1:]))
+
+    async def collect():
+        out = []
+        async for update in stream_run(model, limits or DemoLimits(), runs, mode, form):
+            out.append(update)
+            if on_update is not None:
+                on_update(update, runs)
+        return out
+
+    return asyncio.run(collect())
+
+
+def _counter(update):
+    m = re.search(r'data-state="(\w+)" data-done="(\d+)"', update["counter"])
+    return m.group(1), int(m.group(2))
+
+
+def test_frames_stream_as_the_sampler_makes_them():
+    """Each frame reaches `on_frame` before the sampler's next model call (issue 25 item 9: the
+    demo streams), and the page's stream draws them under a counter "step k / K" that advances."""
+    model = tiny_model(cls=Watched)
+    net = model.lm.model
+    net.calls, seen = 0, []
+    run = generate(model, DemoSettings(prompt="ab", length=24, sampler="acs", steps=6),
+                   on_frame=lambda f, k, total: seen.append((k, total, net.calls, f)))
+    assert [(k, total) for k, total, _c, _f in seen] == [(k, 6) for k in range(7)]
+    assert [calls for _k, _t, calls, _f in seen] == list(range(7))  # frame k drawn after call k, before call k + 1
+    assert [f.tokens for *_x, f in seen] == [f.tokens for f in run.frames]
+    # the page's updates: the newest frame each time (a frame made while the page is busy is
+    # skipped, so at 50 ms a call none is), then the finished run
+    net.calls, net.delay = 0, 0.05
+    try:
+        updates = _stream(model, prompt="ab", steps=6)
+    finally:
+        net.delay = 0.0
+    live = [u for u in updates if "view" in u and _counter(u)[0] == "running"]
+    drawn = [_counter(u)[1] for u in live]
+    assert drawn == sorted(set(drawn)) and len(drawn) >= 5 and drawn[-1] == 6, drawn
+    assert all(f"step {k} / 6" in u["counter"] and f"step {k} / 6 ·" in u["view"] for k, u in zip(drawn, live))
+    last = updates[-1]
+    assert _counter(last) == ("done", 6) and "step 6 / 6 · done" in last["counter"]
+    assert last["final"] == generate(model, DemoSettings(prompt="ab", length=48, sampler="acs", steps=6)).text
+
+
+def test_stop_ends_the_stream_at_the_next_step_and_keeps_its_frames():
+    from diffusionlm.demo.stream import RunTracker
+
+    model = tiny_model(cls=Watched)
+    model.lm.model.delay = 0.05
+    runs, stopped_at, run_id = RunTracker(), [], []
+
+    def press_stop(update, runs):  # Stop, as the page sends it: the run's id, once 3 steps are drawn
+        if "view" in update and _counter(update)[1] >= 3 and not stopped_at:
+            stopped_at.append((_counter(update)[1], model.lm.model.calls))
+            assert runs.stop(run_id[0])
+
+    try:
+        updates = _stream(model, runs=runs, prompt="ab", steps=40, length=32, sampler="lad", mode="Advanced",
+                          patience=0, on_update=lambda u, r: (run_id.append(u["run"]) if "run" in u else None,
+                                                              press_stop(u, r)))
+    finally:
+        model.lm.model.delay = 0.0
+    last = updates[-1]
+    state, done = _counter(last)
+    (k, calls), = stopped_at
+    assert state == "stopped" and k <= done <= k + 1 and runs.ended[-1] == ("cancelled", done)  # at once: the next step
+    assert model.lm.model.calls <= calls + 1
+    assert last["error"].startswith(f"**Stopped** at step {done} of 40") and last["final"] == ""
+    pages = last["frames"]  # the partial result stays, for playback, and says it was stopped
+    assert pages.stopped and len(pages) == done + 1 and last["slider"]["value"] == done
+    assert f'data-frame="{done}"' in last["view"] and f"frame {done} / {done} · step {done} / 40" in last["view"]
+    assert runs.active == 0 and not runs.stop(run_id[0])  # nothing left to stop
+
+
+def test_a_refused_request_keeps_the_last_result():
+    """An error names only the message and the counter: every other output keeps what it shows
+    (issue 25 item 9: an error wiped the previous result)."""
+    model = tiny_model()
+    for bad in (dict(steps=0), dict(steps=300), dict(steps=2.5)):  # refused by the form, the limits, generate
+        updates = _stream(model, prompt="ab", **bad)
+        assert _counter(updates[-1])[0] == "refused" and updates[-1]["error"].startswith("**Cannot generate:** ")
+        assert all(set(u) <= {"error", "counter", "run"} for u in updates), updates
+
+
+def test_the_slider_and_the_caption_count_the_same_frames():
+    """Frame k of F on the slider is "frame k / F" in the caption, with the step it shows beside
+    it (issue 25 item 9: the slider said "Frame 16" where the caption said "step 32")."""
+    from diffusionlm.demo.stream import frame_view
+
+    model = tiny_model()
+    limits = DemoLimits(max_frames=8)
+    last = _stream(model, limits=limits, prompt="ab", steps=20)[-1]
+    pages = last["frames"]
+    F = len(pages) - 1
+    assert last["slider"] == {"maximum": F, "value": F, "label": last["slider"]["label"]} and f"0–{F}" in last["slider"]["label"]
+    run = generate(model, DemoSettings(prompt="ab", length=48, sampler="acs", steps=20), limits)
+    assert run.stride > 1  # kept frames are not every step: frame number and step differ
+    for k in range(len(pages)):
+        view = frame_view(pages, k, model)
+        n = run.frames[k].n
+        assert f'data-frame="{k}"' in view and f">frame {k} / {F} · step {n} / 20 ·" in view
+    assert last["view"] == frame_view(pages, F, model)
+
+
+def test_a_given_schedule_is_named_by_its_spec_not_trained(tmp_path):
+    from diffusionlm.compare import CompareConfig, save_variant
+    from diffusionlm.demo import build_app
+    from diffusionlm.demo.core import schedule_name
+
+    assert schedule_name(Block(4, 4)) == "Block(4, 4)" and schedule_name(Flat()) == "Flat()"
+    save_variant(tmp_path / "run", CompareConfig(length=48), "block", tiny_model(schedule=Block(8)).lm)
+    own = load_demo_model(tmp_path / "run")
+    assert own.schedule_label == "trained (Block(8, 1))" and not own.schedule_given
+    given = load_demo_model(tmp_path / "run", schedule="flat")
+    assert given.lm.schedule == Flat() and given.schedule_given
+    assert given.schedule_label == "Flat() (given with --schedule; trained: Block(8, 1))"
+    run = generate(given, DemoSettings(prompt="ab", length=24, steps=3))
+    assert run.schedule == given.schedule_label and run.frames[1].levels is not None
+    for model, want, wrong in ((own, "trained (Block(8, 1))", None), (given, "Flat() (given with --schedule", "trained (")):
+        cfg = build_app(model).get_config_file()
+        header = next(c["props"]["value"] for c in cfg["components"] if c["props"].get("elem_id") == "model")
+        choices = next(c["props"]["choices"] for c in cfg["components"] if c["props"].get("elem_id") == "schedule")
+        assert want in header and list(choices[0]) == [model.schedule_label, "trained"]
+        assert wrong is None or wrong not in header + choices[0][0]
+
+
+def test_each_mode_says_which_sampler_generate_runs():
+    """The line under Generate names the sampler of the mode shown: Advanced its own choice, never
+    the Simple run's (issue 25 item 9)."""
+    from diffusionlm.demo.form import runs_with
+
+    model = tiny_model()
+    assert runs_with(model, "Simple", "mdlm", True) == "Generate runs **acs** (Simple: re-masking on)"
+    assert runs_with(model, "Simple", "lad", False) == "Generate runs **mdlm** (Simple: re-masking off)"
+    assert runs_with(model, "Advanced", "lad", True) == "Generate runs **lad** (Advanced: the sampler chosen below)"
+    assert "**lad**" in runs_with(tiny_model(Structural(N)), "Simple", "mdlm", True)
+    # and the summary of a run says which mode and sampler made it
+    assert "· acs (Simple mode) ·" in _stream(model, prompt="ab", steps=2)[-1]["timing"]
+    assert "· mdlm (Advanced mode) ·" in _stream(model, mode="Advanced", prompt="ab", steps=2, length=16)[-1]["timing"]
 
 
 @pytest.fixture(scope="module")
@@ -493,18 +697,21 @@ def served():
 
 @pytest.mark.slow
 def test_the_api_refuses_requests_over_the_limits(served, monkeypatch):
-    from diffusionlm.demo import app as app_module
-    from diffusionlm.demo.app import api_args
+    from diffusionlm.demo import stream
+    from diffusionlm.demo.app import OUTPUTS, api_args
 
     model, app, client = served
     trims = []  # every request, refused or run, hands the memory it freed back when it ends
-    monkeypatch.setattr(app_module, "release_freed_memory", lambda: trims.append(1) or True)
-    out = client.predict(*api_args(prompt="ab", steps=41, length=32), api_name="/generate")
-    assert out[0] == "**Cannot generate:** steps 41 is over the demo's limit of 40" and out[3] == ""
-    out = client.predict(*api_args(prompt="ab", steps=40, length=32, batch=3, sampler="acs"), api_name="/generate")
+    monkeypatch.setattr(stream, "release_freed_memory", lambda: trims.append(1) or True)
+    shown = [k for k in OUTPUTS if k not in ("run", "frames")]  # the API's result: the outputs that are not states
+    out = dict(zip(shown, client.predict(*api_args(prompt="ab", steps=41, length=32), api_name="/generate")))
+    assert out["error"] == "**Cannot generate:** steps 41 is over the demo's limit of 40"
+    assert 'data-state="refused"' in out["counter"]
+    out = dict(zip(shown, client.predict(*api_args(prompt="ab", steps=40, length=32, batch=3, sampler="acs"),
+                                         api_name="/generate")))
     run = generate(model, DemoSettings(prompt="ab", steps=40, length=32, batch=3, sampler="acs"), LIMITS)
-    assert out[0] == "" and out[3] == "\n\n".join(f"[sample {i + 1}] {t}" for i, t in enumerate(run.texts))
-    assert f"showing {len(run.frames)} of {run.num_frames} frames" in out[4]
+    assert out["error"] == "" and out["final"] == "\n\n".join(f"[sample {i + 1}] {t}" for i, t in enumerate(run.texts))
+    assert f"showing {len(run.frames)} of {run.num_frames} frames" in out["timing"]
     assert len(trims) == 2
 
 
@@ -708,15 +915,44 @@ def test_browser_advanced_mode_runs_every_knob_through(browser_page):
 ])
 def test_browser_bad_input_shows_a_message_not_a_traceback(browser_page, fields, message):
     model, b, _ = browser_page
+    b.mode("Simple")
+    b.generate("abcd", steps=2)
+    kept = (b.final_text(), b.frame(), b.page.locator("#timing").inner_text())
+    assert kept[0].startswith("abcd")
     b.mode("Advanced")
     b.generate("abcd", **fields)
     err = b.error()
     assert message in err and "Traceback" not in b.page.content()
+    # the message sits beside the last result, which stays (issue 25 item 9: an error wiped it)
+    assert (b.final_text(), b.frame(), b.page.locator("#timing").inner_text()) == kept
     b.fill("length", 48)
     b.fill("batch", 1)
     b.mode("Simple")
     b.generate("abcd", steps=3)  # the page still works afterwards
     assert b.error() == "" and b.final_text().startswith("abcd")
+
+
+@pytest.mark.slow
+def test_browser_watches_frames_arrive_during_the_run(browser_page):
+    """The page draws each frame as the sampler makes it (issue 25 item 9): the counter and the
+    frame on screen are seen to advance, step by step, before the run is over."""
+    model, b, app = browser_page
+    net = model.lm.model
+    net.delay, net.calls = 0.1, 0
+    try:
+        b.mode("Simple")
+        b.record()
+        b.generate("def ", steps=12)
+        run_id, state, done = b.counter()
+        assert (state, done) == ("done", 12)
+        seen = [x for x in b.recorded() if x[0] == run_id]
+        live = [(k, head) for _r, st, k, head in seen if st == "running" and head.startswith(f"step {k} / 12")]
+        steps_drawn = sorted({k for k, _h in live})
+        # watched arriving while the counter said the run was going, not replayed after it
+        assert len(steps_drawn) >= 4 and steps_drawn[-1] >= 10, seen
+    finally:
+        net.delay = 0.0
+    assert b.final_text() == generate(model, DemoSettings(prompt="def ", length=48, sampler="acs", steps=12)).text
 
 
 @pytest.mark.slow
@@ -728,19 +964,27 @@ def test_browser_shows_the_limits_and_stop_ends_the_run(browser_page):
     net.delay, net.calls = 0.05, 0
     try:
         b.mode("Simple")
-        b.fill("prompt", "def ")
-        b.fill("steps", 200)
-        b.page.locator("#generate").click()
-        deadline = time.time() + 60
-        while net.calls < 3 and time.time() < deadline:
-            time.sleep(0.01)
+        before = b.counter()[0]
+        b.generate("def ", steps=200, wait=False)
+        b.page.wait_for_function("() => { const c = document.querySelector('#counter .counter');"
+                                 " return c && c.dataset.state === 'running' && Number(c.dataset.done) >= 3; }")
+        t0 = time.time()
         b.page.locator("#stop").click()
-        b.page.wait_for_function("() => document.querySelector('#error').innerText.includes('Stopped')")
-        while app.demo_runs.active and time.time() < deadline:
-            time.sleep(0.01)
-        assert app.demo_runs.active == 0
-        status, steps = app.demo_runs.ended[-1]
-        assert status == "cancelled" and 3 <= steps < 200
+        b.wait_for_run(before)
+        answered = time.time() - t0
+        run_id, state, done = b.counter()
+        assert state == "stopped" and 3 <= done < 200 and answered < 5, (state, done, answered)
+        assert app.demo_runs.active == 0 and app.demo_runs.ended[-1] == ("cancelled", done)
+        calls = net.calls
+        time.sleep(0.3)
+        assert net.calls == calls  # nothing runs on after the stop
+        # the partial result stays on the page and says it was stopped; its frames can be played back
+        assert b.error().startswith(f"Stopped at step {done} of 200") and b.final_text() == ""
+        step, ids = b.frame()
+        assert model.mask_id in ids and f"step {done} / 200" in b.page.locator("#frame-view .frame-head").inner_text()
+        b.click("back")
+        b.page.wait_for_function("() => !document.querySelector('#frame-view .frame-head').innerText.includes"
+                                 f"('step {done} / 200 ·')")
     finally:
         net.delay = 0.0
     b.generate("def ", steps=6)  # the page still works afterwards
@@ -760,9 +1004,11 @@ def test_browser_reads_at_a_glance(browser_page):
         for mode in ("Advanced", "Simple"):
             b.mode(mode)
             assert b.above_the_fold("generate") and b.above_the_fold("stop"), mode
-        assert "diffusion LM (Absorb + Flat)" in b.page.locator("#model").inner_text()
+        header = b.page.locator("#model").inner_text()
+        assert "diffusion LM (Absorb + Flat)" in header and "schedule trained (Flat())" in header
         legend = b.page.locator("#legend [data-legend]").evaluate_all("els => els.map(e => e.dataset.legend)")
-        assert legend == ["prompt", "mask", "settled", "active", "changed", "remasked", "whitespace", "unscored", "confidence"]
+        assert legend == ["prompt", "mask", "settled", "active", "changed", "remasked", "whitespace", "special", "joined",
+                          "bytes", "unscored", "confidence"]
         assert b.page.locator("#legend").is_visible()
         b.mode("Advanced")
         offered = b.options("sampler")
@@ -774,17 +1020,26 @@ def test_browser_reads_at_a_glance(browser_page):
         b.choose("sampler", "mdlm")
         b.page.wait_for_selector("#mdlm-cache", state="visible")
         b.mode("Simple")
-        b.generate("def ", steps=5)  # not the last test's run: the page's text must change to say it is done
+        b.generate("def ", steps=5)
         run = generate(model, DemoSettings(prompt="def ", length=48, sampler="acs", steps=5, remask=True))
-        assert f"{run.model_calls} network calls · acs · {run.steps} steps" in b.page.locator("#timing").inner_text()
+        assert f"{run.model_calls} network calls · acs (Simple mode) · {run.steps} steps" in b.page.locator("#timing").inner_text()
+        assert "Generate runs acs" in b.page.locator("#runs-with").inner_text()
+        b.mode("Advanced")  # the Advanced panel says its own sampler, not the Simple run's
+        b.page.wait_for_function("() => document.querySelector('#runs-with').innerText.includes('Generate runs mdlm')")
+        assert b.page.locator("#sampler input").first.input_value() == "mdlm"
+        b.mode("Simple")
         for k in (2, 3, 4):  # back to a frame with MASK and tokens both
             b.click("back", expect_step=run.frames[-k].step)
         boxes = b.chip_boxes()
         kinds = {c.split()[1] for c, _w, _h in boxes}
         assert len(boxes) == 48 and kinds == {"prompt", "mask", "token"}
-        widths = {round(w, 1) for _c, w, _h in boxes}
-        assert len(widths) == 1 and min(w for _c, w, _h in boxes) > 10, widths  # one width for every chip
+        plain = [(c, w, h) for c, w, h in boxes if not {"special", "bytes"} & set(c.split())]  # those widen to their text
+        widths = {round(w, 1) for _c, w, _h in plain}
+        assert len(widths) == 1 and min(w for _c, w, _h in boxes) >= min(widths) > 10, widths  # one width for every chip
         assert len({round(h, 1) for _c, _w, h in boxes}) == 1
+        masks = b.page.locator("#frame-view .tok.mask:not(.changed)").evaluate_all(
+            "els => els.map(e => [e.innerText, getComputedStyle(e).outlineStyle])")
+        assert masks and all(m == ["", "dashed"] for m in masks)  # a box with no text, never "_"
         # the prompt's space is a visible glyph
         assert b.page.locator("#frame-view .tok.prompt .ws").all_inner_texts() == ["·"]
     finally:

@@ -2,7 +2,7 @@
 end-to-end check and the screenshots in docs/ use the same steps.
 
     with DemoBrowser(url) as b:
-        b.generate("def ", steps=8)          # simple mode
+        b.generate("def ", steps=8)          # simple mode, until the run is over (b.counter())
         b.frame()                            # (step, [ids shown]) of the frame on screen
         b.screenshot("docs/demo/simple.png")
 
@@ -92,27 +92,46 @@ class DemoBrowser:
         return self.page.locator("#frame-view .tok").evaluate_all(
             "els => els.map(e => { const r = e.getBoundingClientRect(); return [e.className, r.width, r.height]; })")
 
-    def generate(self, prompt: str, steps=None, **fields) -> None:
+    def generate(self, prompt: str, steps=None, wait: bool = True, **fields) -> None:
         """Fill the prompt, steps (unless None: AR has none) and any other fields (elem_id ->
-        value), press Generate and wait until the page shows a result or a message."""
+        value), press Generate and (with `wait`) wait until that run is over: done, stopped or
+        refused, as the step counter says (`wait_for_run`)."""
         self.fill("prompt", prompt)
         if steps is not None:
             self.fill("steps", steps)
         for k, v in fields.items():
             self.fill(k, v)
-        before = self._stamp()
+        before = self.counter()[0]
         self.page.locator("#generate").click()
+        if wait:
+            self.wait_for_run(before)
+
+    def wait_for_run(self, before: Optional[str]) -> None:
+        """Wait until the counter shows a run other than `before` that is no longer running."""
         self.page.wait_for_function(
-            "prev => { const t = document.querySelector('#timing'); const e = document.querySelector('#error');"
-            " const s = (t ? t.innerText : '') + '|' + (e ? e.innerText : ''); return s.trim() !== '|' && s !== prev; }",
-            arg=before,
-        )
+            "prev => { const c = document.querySelector('#counter .counter');"
+            " return c !== null && c.dataset.run !== prev && c.dataset.state !== 'running'; }", arg=before)
         self.page.wait_for_timeout(300)
 
-    def _stamp(self) -> str:
-        return self.page.evaluate(
-            "() => { const t = document.querySelector('#timing'); const e = document.querySelector('#error');"
-            " return (t ? t.innerText : '') + '|' + (e ? e.innerText : ''); }")
+    def counter(self) -> tuple:
+        """(run id, state, steps done) as the step counter shows them ((None, None, 0) before any run)."""
+        return tuple(self.page.evaluate(
+            "() => { const c = document.querySelector('#counter .counter');"
+            " return c ? [c.dataset.run, c.dataset.state, Number(c.dataset.done)] : [null, null, 0]; }"))
+
+    def record(self) -> None:
+        """From now on, note every change of the step counter and the frame on screen, as the
+        browser draws them (`recorded`)."""
+        self.page.evaluate(
+            "() => { window.__seen = []; const note = () => { const c = document.querySelector('#counter .counter');"
+            " const h = document.querySelector('#frame-view .frame-head');"
+            " if (c) window.__seen.push([c.dataset.run, c.dataset.state, Number(c.dataset.done), h ? h.innerText : '']); };"
+            " for (const id of ['#counter', '#frame-view']) new MutationObserver(note).observe(document.querySelector(id),"
+            " {subtree: true, childList: true, characterData: true, attributes: true}); }")
+
+    def recorded(self) -> list:
+        """[(run id, state, steps done, frame caption)] at each change since `record()`."""
+        return [tuple(x) for x in self.page.evaluate("() => window.__seen || []")]
 
     # -- what the page shows -------------------------------------------------------------------
     def error(self) -> str:

@@ -23,19 +23,19 @@ the limit, every other kept frame is dropped and s doubles, so the frames kept a
 step after its `cancel` event is set (checked in the sampler's callback), raising DemoCancelled;
 the frames it kept are released.
 
-The views: every position is one chip of the same width (`chip_width`: the run's longest token,
-2 to 10 characters), so a MASK takes the room of a token and the text does not jump as it fills;
-whitespace shows as muted glyphs (· space, ↵ newline, → tab); colours and marks (`legend_html`):
-the prompt blue, MASK grey, tokens by the model's probability of them (red low, green high), the
-position's state from its noise level after the step (settled: 0, active: between 0 and 1), and
-the step's changes (outlined; a token turned back into MASK: re-masked, outlined red). The page
-names what the model is (`model_kind`: an HF causal LM read as a denoiser without training is an
-"autoregressive LM (not adapted)") and offers only the samplers that fit it (`fitting_samplers`).
+The views (views.py, re-exported here): one chip per position, at least the run's width, a
+longer token whole in a wider chip; MASK a dashed grey box; special tokens and bytes that make
+no character marked, never raw. The page names what the model is (`model_kind`: an HF causal LM
+read as a denoiser without training is an "autoregressive LM (not adapted)"), the hyperschedule
+by its spec (`schedule_name`: "trained (Block(4, 4))", or the one given with --schedule), and
+offers only the samplers that fit it (`fitting_samplers`).
+
+Streaming: `generate(..., on_frame=f)` calls f(frame, k, total) as each step's frame is made
+(k: steps done, total: the steps planned, `planned_steps`), so a page can show the run as it goes.
 """
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import math
 import threading
@@ -49,12 +49,14 @@ from ..compare import CompareConfig, save_variant, train_variant
 from ..data import TokenBlocks, load_corpus, load_tokenizer
 from ..data.instruct import templated_prompt
 from ..io.fetch import FetchError, shipped_path
-from ..io.hub import load_model
+from ..io.hub import load_model, parse_part
 from ..lm import DiffusionLM
 from ..models.hf import HFDenoiser
 from ..samplers import SAMPLERS, get_sampler
 from ..samplers.lad import LAD
 from ..schedules import Block, Flat, Quench, Slide
+from ..specs import build
+from .views import FRAME_CSS, chip_width, frame_html, frame_text, legend_html, row_text  # noqa: F401 (re-exported)
 
 __all__ = [
     "DemoInputError",
@@ -81,6 +83,8 @@ __all__ = [
     "frame_html",
     "legend_html",
     "frame_text",
+    "planned_steps",
+    "schedule_name",
 ]
 
 #: hyperschedules offered for sampling; "trained" keeps the one the model was trained with
@@ -110,9 +114,9 @@ class DemoInputError(ValueError):
 class DemoCancelled(Exception):
     """The run was stopped by its user (its `cancel` event was set); its frames were released."""
 
-    def __init__(self, steps_done: int):
+    def __init__(self, steps_done: int, total: Optional[int] = None):
         super().__init__(f"stopped after {steps_done} steps")
-        self.steps_done = steps_done
+        self.steps_done, self.total = steps_done, total
 
 
 def _positive_int(v: Any) -> bool:
@@ -174,6 +178,28 @@ class DemoModel:
     name: str
     source: str = "python"
     adapted: bool = True
+    #: the hyperschedule the model was trained with, where `lm.schedule` is another one (given
+    #: with --schedule); None: lm.schedule is the trained one (or, for a plain HF model, its default)
+    trained_schedule: Any = None
+    #: each token's text alone, filled as the views read them (views._single)
+    texts: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def schedule_given(self) -> bool:
+        """Whether the model runs under a hyperschedule given at load time, not its trained one."""
+        return self.trained_schedule is not None
+
+    @property
+    def schedule_label(self) -> str:
+        """The hyperschedule the model runs under, named by what it is: "trained (Block(4, 4))",
+        or "Flat() (given with --schedule; trained: Block(4, 4))", or for a plain HF model
+        "Flat() (default: no diffusion training)"."""
+        own = schedule_name(self.lm.schedule)
+        if self.schedule_given:
+            return f"{own} (given with --schedule; trained: {schedule_name(self.trained_schedule)})"
+        if self.source == "hf":
+            return f"{own} (default: no diffusion training)"
+        return f"trained ({own})"
 
     @property
     def max_length(self) -> int:
@@ -227,19 +253,20 @@ class DemoSettings:
 
 @dataclass
 class Frame:
-    step: int
+    step: int  # the sampler's own step number (StepRecord.step; AR numbers steps by position)
     tokens: list  # ids of batch row 0 (MASK id where masked)
     changed: list  # bool per position
     confidence: list  # float per position (nan: not predicted)
     fixed: list  # bool per position: prompt tokens
     levels: Optional[list] = None  # noise level per position after the step (None: the sampler has none, LAD)
+    n: Optional[int] = None  # the steps done when it was made (0: the prompt frame), as the page counts them
 
     @classmethod
-    def from_record(cls, rec: Any, fixed: list, row: int = 0) -> "Frame":
-        """Batch row `row` of a sampler's StepRecord."""
+    def from_record(cls, rec: Any, fixed: list, row: int = 0, n: Optional[int] = None) -> "Frame":
+        """Batch row `row` of a sampler's StepRecord (`n`: the steps done with it)."""
         levels = None if rec.levels is None else [float(v) for v in rec.levels[row].tolist()]
         return cls(int(rec.step), rec.tokens[row].tolist(), rec.changed[row].tolist(),
-                   [float(c) for c in rec.confidence[row].tolist()], fixed, levels)
+                   [float(c) for c in rec.confidence[row].tolist()], fixed, levels, n)
 
 
 @dataclass
@@ -259,6 +286,7 @@ class DemoRun:
     num_frames: int = 0
     stride: int = 1
     steps: int = 0  # steps the sampler ran (AR numbers its steps by position: its last step is the length)
+    schedule: str = ""  # the hyperschedule it ran under (`schedule_name`)
 
 
 class FrameKeeper:
@@ -303,10 +331,13 @@ class FrameKeeper:
 class PackedFrames:
     """A run's frames as compact tensors (what the page keeps per session): tokens int32, changed
     bool, confidence and levels float32, [F, d] each (levels nan in a frame that has none);
-    `self[k]` is Frame k again; `chip`: the run's chip width (`chip_width`), one for all its frames."""
+    `self[k]` is Frame k again; `chip`: the run's chip width (`chip_width`), one for all its frames;
+    `total`: the run's steps (planned, for a stopped run); `stopped`: the run was stopped."""
 
-    def __init__(self, frames: list, chip: Optional[int] = None):
+    def __init__(self, frames: list, chip: Optional[int] = None, total: Optional[int] = None, stopped: bool = False):
+        self.total, self.stopped = total, stopped
         self.steps = [f.step for f in frames]
+        self.done = [f.n for f in frames]
         self.tokens = torch.tensor([f.tokens for f in frames], dtype=torch.int32)
         self.changed = torch.tensor([f.changed for f in frames], dtype=torch.bool)
         self.confidence = torch.tensor([f.confidence for f in frames], dtype=torch.float32)
@@ -322,7 +353,7 @@ class PackedFrames:
 
     def __getitem__(self, k: int) -> Frame:
         return Frame(self.steps[k], self.tokens[k].tolist(), self.changed[k].tolist(), self.confidence[k].tolist(),
-                     self.fixed, self.levels[k].tolist() if self.has_levels[k] else None)
+                     self.fixed, self.levels[k].tolist() if self.has_levels[k] else None, self.done[k])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,8 +379,23 @@ def load_demo_model(spec: "str | Path | None" = None, default_dir: "str | Path" 
             if not (path / "run.json").exists():
                 train_default_model(path)
             spec = path
+    given = load_kw.pop("schedule", None)
     loaded = load_model(spec, **{k: v for k, v in load_kw.items() if v is not None})
-    return DemoModel(loaded.lm, loaded.tokenizer, str(spec), loaded.kind, _adapted(loaded))
+    model = DemoModel(loaded.lm, loaded.tokenizer, str(spec), loaded.kind, _adapted(loaded))
+    if given is not None:  # run under another hyperschedule: keep the trained one's name for the page
+        trained, lm = loaded.lm.schedule, loaded.lm
+        model.lm = DiffusionLM(lm.model, lm.process, build("hyperschedule", parse_part(given, "schedule")),
+                               layout=lm.layout, bos_id=lm.bos_id)
+        model.trained_schedule = None if loaded.kind == "hf" else trained  # a plain HF model has none
+    return model
+
+
+def schedule_name(schedule: Any) -> str:
+    """A hyperschedule by what it is: its class and the values of its spec, "Block(4, 4)",
+    "Flat()" (fields left at None are left out)."""
+    spec = schedule.to_dict() if hasattr(schedule, "to_dict") else {}
+    values = [repr(v) for k, v in spec.items() if k != "name" and v is not None]
+    return f"{type(schedule).__name__}({', '.join(values)})"
 
 
 def _adapted(loaded: Any) -> bool:
@@ -550,6 +596,23 @@ def _check_prompt(settings: DemoSettings, prompt_ids: list) -> None:
         )
 
 
+def planned_steps(sampler: Any, lm: Any, length: int, prompt_len: int) -> Optional[int]:
+    """The steps a run of `sampler` is planned to take (the step counter's K): a level sampler's
+    hyperschedule steps, LAD's iterations (at most: patience may end it sooner), AR's new tokens;
+    None where the sampler does not say."""
+    if hasattr(sampler, "schedule_for"):
+        try:
+            return int(sampler.schedule_for(lm).num_steps(length))
+        except (TypeError, ValueError):  # a sampler whose number of steps is an output
+            return None
+    field_name = getattr(sampler, "steps_field", None)
+    if field_name and isinstance(getattr(sampler, field_name, None), int):
+        return getattr(sampler, field_name)
+    if getattr(sampler, "max_new_tokens", None) is not None:
+        return int(sampler.max_new_tokens)
+    return length - prompt_len if getattr(sampler, "name", "") == "ar" else None
+
+
 def _check_planned_steps(sampler: Any, lm: Any, settings: DemoSettings, limits: DemoLimits) -> None:
     """A level sampler runs its hyperschedule's steps: those a rate (or a schedule) implies count too."""
     if not hasattr(sampler, "schedule_for"):
@@ -568,14 +631,8 @@ class _Stop(Exception):
     """Raised from the sampler's callback to end a cancelled run at the next step."""
 
 
-def generate(model: DemoModel, settings: DemoSettings, limits: Optional[DemoLimits] = None,
-             cancel: Optional[threading.Event] = None) -> DemoRun:
-    """Run the chosen sampler once (seeded) and keep its step records as frames (module docstring).
-
-    Raises DemoInputError (a ValueError) naming the problem for any setting it cannot run or that
-    is over `limits` (default: DemoLimits()), and DemoCancelled when `cancel` is set during the run.
-    """
-    limits = limits or DemoLimits()
+def _prepare(model: DemoModel, settings: DemoSettings, limits: DemoLimits) -> tuple:
+    """(lm under the chosen hyperschedule, prompt ids, sampler): every check before any work."""
     _check_sizes(settings, model, limits)
     tok = model.tokenizer
     text = settings.prompt
@@ -585,48 +642,92 @@ def generate(model: DemoModel, settings: DemoSettings, limits: Optional[DemoLimi
     _check_prompt(settings, prompt_ids)
     lm = model.lm
     schedule = _schedule(settings, model)
-    if schedule is not lm.schedule:
-        try:
-            lm = DiffusionLM(lm.model, lm.process, schedule, layout=lm.layout, bos_id=lm.bos_id)
-        except ValueError as err:  # a hyperschedule the process cannot honour (Structural: Flat only)
-            raise DemoInputError(str(err)) from err
-    d = settings.length
-    fixed = [i < len(prompt_ids) for i in range(d)]
-    keeper = FrameKeeper(limits.max_frames, lambda rec: rec if isinstance(rec, Frame) else Frame.from_record(rec, fixed))
-    if model.mask_id is not None:  # step 0: the prompt, MASK everywhere else (uniform noise has no picture)
-        keeper.add(Frame(0, list(prompt_ids) + [model.mask_id] * (d - len(prompt_ids)), [False] * d, [math.nan] * d, fixed))
-
-    def on_step(rec: Any) -> None:
-        if cancel is not None and cancel.is_set():
-            raise _Stop
-        keeper.add(rec)
-
-    stopped = False
     try:
+        if schedule is not lm.schedule:
+            lm = DiffusionLM(lm.model, lm.process, schedule, layout=lm.layout, bos_id=lm.bos_id)
         sampler = _sampler_class(settings.sampler)(**sampler_kwargs(settings, model, len(prompt_ids)))
-        _check_planned_steps(sampler, lm, settings, limits)
-        prompt = torch.tensor([prompt_ids]) if prompt_ids else None
-        if cancel is not None and cancel.is_set():
-            raise _Stop
-        with torch.no_grad():
-            out = sampler.sample(lm, batch_size=settings.batch, length=d, prompt=prompt,
-                                 generator=torch.Generator().manual_seed(int(settings.seed)), callback=on_step)
-    except _Stop:
-        stopped = True  # raised outside this block, so the sampler's frames are gone with its traceback
     except DemoInputError:
         raise
-    except (ValueError, TypeError) as err:  # the samplers' own checks: knobs out of range, misfits
+    except (ValueError, TypeError) as err:  # a hyperschedule the process cannot honour; the sampler's own checks
+        raise DemoInputError(str(err)) from err
+    _check_planned_steps(sampler, lm, settings, limits)
+    return lm, prompt_ids, sampler
+
+
+class _Recorder:
+    """A run's frames as they are made: into the keeper (lazily converted unless someone watches),
+    and to `on_frame(frame, k, total)`; raises _Stop at the step after `cancel` is set."""
+
+    def __init__(self, keeper: FrameKeeper, fixed: list, total: Optional[int], cancel: Any, on_frame: Any, eager: bool):
+        self.keeper, self.fixed, self.total, self.cancel, self.on_frame = keeper, fixed, total, cancel, on_frame
+        self.eager, self.done = eager or on_frame is not None, 0
+
+    def convert(self, item: Any) -> "Frame":
+        return item if isinstance(item, Frame) else Frame.from_record(item[1], self.fixed, n=item[0])
+
+    def add(self, item: Any) -> None:
+        """A Frame (the prompt frame) or a sampler's StepRecord: one more step done."""
+        if not isinstance(item, Frame):
+            self.done += 1
+            item = (self.done, item)
+        if self.eager:
+            item = self.convert(item)
+        self.keeper.add(item)
+        if self.on_frame is not None:
+            self.on_frame(item, self.done, self.total)
+
+    def __call__(self, rec: Any) -> None:  # the sampler's callback
+        self.check()
+        self.add(rec)
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise _Stop
+
+
+def generate(model: DemoModel, settings: DemoSettings, limits: Optional[DemoLimits] = None,
+             cancel: Optional[threading.Event] = None, on_frame: Any = None,
+             keeper: Optional[FrameKeeper] = None) -> DemoRun:
+    """Run the chosen sampler once (seeded) and keep its step records as frames (module docstring).
+
+    `on_frame(frame, k, total)` is called as each frame is made (k: the steps done, 0 for the
+    prompt frame; total: `planned_steps`), from the thread that runs the sampler: the streaming
+    hook. `keeper`: a FrameKeeper of the caller's (it is given Frames), which keeps the frames of
+    a stopped run for the caller; without one, a stopped run's frames are released.
+    Raises DemoInputError (a ValueError) naming the problem for any setting it cannot run or that
+    is over `limits` (default: DemoLimits()), and DemoCancelled when `cancel` is set during the run.
+    """
+    limits = limits or DemoLimits()
+    lm, prompt_ids, sampler = _prepare(model, settings, limits)
+    d = settings.length
+    fixed = [i < len(prompt_ids) for i in range(d)]
+    own = keeper is None
+    rec = _Recorder(None, fixed, planned_steps(sampler, lm, d, len(prompt_ids)), cancel, on_frame, not own)
+    rec.keeper = keeper = keeper if not own else FrameKeeper(limits.max_frames, rec.convert)
+    stopped = False
+    try:
+        rec.check()
+        if model.mask_id is not None:  # step 0: the prompt, MASK everywhere else (uniform noise has no picture)
+            rec.add(Frame(0, list(prompt_ids) + [model.mask_id] * (d - len(prompt_ids)), [False] * d,
+                          [math.nan] * d, fixed, None, 0))
+        prompt = torch.tensor([prompt_ids]) if prompt_ids else None
+        with torch.no_grad():
+            out = sampler.sample(lm, batch_size=settings.batch, length=d, prompt=prompt,
+                                 generator=torch.Generator().manual_seed(int(settings.seed)), callback=rec)
+    except _Stop:
+        stopped = True  # raised outside this block, so the sampler's frames are gone with its traceback
+    except (ValueError, TypeError) as err:  # the samplers' own checks at run time
         raise DemoInputError(str(err)) from err
     if stopped:
-        steps_done = keeper.seen - (model.mask_id is not None)
-        keeper.clear()
-        raise DemoCancelled(steps_done)
-    texts = [tok.decode(row) for row in out.tokens.tolist()]
+        if own:
+            keeper.clear()
+        raise DemoCancelled(rec.done, rec.total)
+    texts = [row_text(row, model) for row in out.tokens.tolist()]
     info = sampler.to_dict() if hasattr(sampler, "to_dict") else {"name": settings.sampler}
-    steps = keeper.seen - (model.mask_id is not None)
+    label = model.schedule_label if settings.schedule == "trained" else schedule_name(lm.schedule)
     return DemoRun(settings, json.loads(json.dumps(info, default=str)), keeper.frames(), texts[0],
-                   out.tokens[0].tolist(), float(out.seconds), model_calls(out, steps), texts, keeper.seen,
-                   keeper.stride, steps)
+                   out.tokens[0].tolist(), float(out.seconds), model_calls(out, rec.done), texts, keeper.seen,
+                   keeper.stride, rec.done, label)
 
 
 def model_calls(out: Any, steps_run: int) -> int:
@@ -634,145 +735,3 @@ def model_calls(out: Any, steps_run: int) -> int:
     where it reports one, else one per step it ran (`steps_run`, from its step records)."""
     calls = getattr(out, "num_model_calls", None)
     return steps_run if calls is None else int(calls)
-
-
-# ---------------------------------------------------------------------------------------------
-# views of one frame
-# ---------------------------------------------------------------------------------------------
-#: chip widths in characters: every position is one chip of the run's width (`chip_width`)
-MIN_CHIP, MAX_CHIP = 2, 10
-#: what whitespace looks like in a chip (muted): a space, a newline, a tab, a carriage return
-WHITESPACE_GLYPHS = {" ": "·", "\n": "↵", "\t": "→", "\r": "␍"}
-
-
-def _token_text(model: DemoModel, t: int) -> str:
-    """A token's text; a special token (decodes to nothing) as its id in angle brackets."""
-    return model.tokenizer.decode([t]) or f"<{t}>"
-
-
-def _pieces(frame: Frame, model: DemoModel):
-    """(position, id, text, kind, confidence, changed) per position; kind: prompt | mask | token."""
-    for i, t in enumerate(frame.tokens):
-        if frame.fixed[i]:
-            kind = "prompt"
-        elif t == model.mask_id:
-            kind = "mask"
-        else:
-            kind = "token"
-        text = "" if kind == "mask" else _token_text(model, t)
-        yield i, t, text, kind, frame.confidence[i], bool(frame.changed[i])
-
-
-def chip_width(ids: Any, model: DemoModel) -> int:
-    """The chip width, in characters, for frames that show the token ids `ids` (an iterable):
-    the longest token's length (whitespace counts one glyph), between MIN_CHIP and MAX_CHIP.
-    Every chip of a run, MASK and prompt included, is this wide; a token longer than MAX_CHIP
-    shows its first MAX_CHIP - 1 characters and "…" (the whole token in its tooltip)."""
-    longest = max((len(_token_text(model, int(t))) for t in set(ids) if t != model.mask_id), default=0)
-    return max(MIN_CHIP, min(MAX_CHIP, longest))
-
-
-def _chip_text(text: str, chip: int) -> tuple[str, bool]:
-    """A token's text as chip HTML: whitespace as muted glyphs, cut to `chip` characters with "…"
-    when longer (then True)."""
-    cut = len(text) > chip
-    chars = list(text[: chip - 1]) + ["…"] if cut else list(text)
-    return "".join(f'<span class="ws">{WHITESPACE_GLYPHS[c]}</span>' if c in WHITESPACE_GLYPHS else html.escape(c)
-                   for c in chars), cut
-
-
-def _state(frame: Frame, i: int) -> str:
-    """" settled" (noise level 0 after the step), " active" (0 < level < 1: the hyperschedule is
-    working on it), or "" (level 1, the prompt, or a sampler without levels: LAD)."""
-    if frame.levels is None or frame.fixed[i]:
-        return ""
-    lv = frame.levels[i]
-    return " settled" if lv == 0 else (" active" if 0 < lv < 1 else "")
-
-
-def _colour(conf: float) -> str:
-    """Low confidence red, high green (HSL hue 0..120)."""
-    if conf != conf:  # nan
-        return "#eeeeee"
-    return f"hsl({int(120 * max(0.0, min(1.0, conf)))}, 75%, 82%)"
-
-
-def _chip(cls: str, inner: str, chip: int, bg: str, title: str, attrs: str = "") -> str:
-    return (f'<span class="{cls}"{attrs} title="{html.escape(title)}" style="width:{chip}ch;background:{bg}">'
-            f"{inner}</span>")
-
-
-def frame_html(frame: Frame, model: DemoModel, chip: Optional[int] = None) -> str:
-    """One frame as equal-width chips, one per position (`chip` characters wide; default: this
-    frame's `chip_width`): the prompt blue, MASK grey and hatched, tokens coloured by the model's
-    probability of them; classes say each position's state (settled / active, from its level),
-    `changed` (its id changed in this step) and `remasked` (a token turned back into MASK)."""
-    chip = chip or chip_width(frame.tokens, model)
-    spans, masked, active = [], 0, 0
-    for i, t, text, kind, conf, changed in _pieces(frame, model):
-        masked += kind == "mask"
-        state = _state(frame, i)
-        active += state == " active"
-        cls = f"tok {kind}{state}" + (" changed" if changed else "") + (" remasked" if changed and kind == "mask" else "")
-        if kind == "mask":
-            inner, title, bg = "", "MASK", "#d0d0d0"
-        else:
-            inner, cut = _chip_text(text, chip)
-            title = "prompt" if kind == "prompt" else f"p = {conf:.3f}"
-            title += f" · {text!r}" if cut else ""
-            bg = "#dbe8ff" if kind == "prompt" else _colour(conf)
-        spans.append(_chip(cls, inner, chip, bg, title, f' data-pos="{i}" data-id="{t}"'))
-    head = (f'<div class="frame-head" data-step="{frame.step}">step {frame.step} · {masked} masked'
-            + (f" · {active} active" if frame.levels is not None else "") + "</div>")
-    return head + '<div class="frame">' + "".join(spans) + "</div>"
-
-
-#: the legend's entries: (key, chip classes, chip text, background, what it means)
-LEGEND = (
-    ("prompt", "tok prompt", "ab", "#dbe8ff", "prompt"),
-    ("mask", "tok mask", "", "#d0d0d0", "MASK"),
-    ("settled", "tok token settled", "ab", _colour(0.9), "settled (noise level 0)"),
-    ("active", "tok token active", "ab", _colour(0.9), "active (noise level between 0 and 1)"),
-    ("changed", "tok token changed", "ab", _colour(0.9), "just changed (in this step)"),
-    ("remasked", "tok mask changed remasked", "", "#d0d0d0", "re-masked (a token turned back into MASK)"),
-    ("whitespace", "tok token", _chip_text(" \n", 4)[0], _colour(0.9), "a space · and a newline ↵"),
-    ("unscored", "tok token", "ab", _colour(math.nan), "not predicted in this step (no confidence)"),
-)
-
-
-def legend_html() -> str:
-    """What the chips' colours and marks mean, drawn with the frame's own chips and CSS; then the
-    confidence scale (the model's probability of each token, red low, green high)."""
-    items = [f'<span class="legend-item" data-legend="{key}">{_chip(cls, inner, 4, bg, what)} {html.escape(what)}</span>'
-             for key, cls, inner, bg, what in LEGEND]
-    scale = "".join(_chip("tok token", "", 1, _colour(c / 4), f"p = {c / 4:.2f}") for c in range(5))
-    items.append(f'<span class="legend-item" data-legend="confidence">confidence p = 0 {scale} 1</span>')
-    return '<div class="frame legend">' + "".join(items) + "</div>"
-
-
-def frame_text(frame: Frame, model: DemoModel, colour: bool = False) -> str:
-    """One line for a terminal: MASK as `_`; with `colour`, changed tokens in reverse video."""
-    out = []
-    for _i, _t, text, kind, _conf, changed in _pieces(frame, model):
-        s = "_" if kind == "mask" else text
-        out.append(f"\x1b[7m{s}\x1b[0m" if colour and changed else s)
-    body = "".join(out)
-    return f"[step {frame.step:>4}] {body if colour else repr(body)}"
-
-
-#: the CSS the page needs for frames and the legend (chips of equal width; marks as in LEGEND)
-FRAME_CSS = """
-.frame { font-family: ui-monospace, monospace; font-size: 14px; line-height: 1.7; white-space: normal; }
-.frame .tok { display: inline-block; box-sizing: content-box; height: 1.5em; line-height: 1.5em; padding: 0 2px;
-  margin: 2px 1px; border-radius: 3px; overflow: hidden; white-space: pre; vertical-align: middle; color: #111;
-  font-size: 14px; }
-.frame .tok.mask { background-image: repeating-linear-gradient(135deg, transparent 0 4px, rgba(0,0,0,.08) 4px 8px) !important; }
-.frame .tok.settled { box-shadow: inset 0 -3px 0 #555; }
-.frame .tok.active { box-shadow: inset 0 -3px 0 #f08c00; }
-.frame .tok.changed { outline: 2px solid #1f5fd6; outline-offset: -1px; }
-.frame .tok.remasked { outline: 2px solid #d62828; }
-.frame .ws { color: #9a9a9a; }
-.frame-head { font-weight: 600; margin-bottom: 4px; }
-.legend { font-family: inherit; font-size: 13px; }
-.legend .legend-item { margin-right: 14px; white-space: nowrap; display: inline-block; }
-"""
