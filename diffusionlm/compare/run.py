@@ -317,10 +317,8 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     """Run a comparison (module docstring). `spec`: a spec file or dict (default: the default
     spec), or a CompareConfig (the shared settings; variants from the default spec unless given);
     `variants`: replaces the spec's variants (specs, DiffusionLM objects, default-spec names);
-    `reuse`: when out_dir already holds the results.json of this very job (the same shared
-    settings and variants, recorded under "spec"), return it instead of running again (so that a
-    job over several seeds can be run a seed at a time, or resumed after a stop);
-    `shared`: overrides of the shared settings (e.g. out_dir=..., budget_minutes=...).
+    `reuse`: return out_dir's results.json when it recorded this very job (`_finished`: seeds run
+    one at a time, or resumed); `shared`: overrides of the shared settings (e.g. out_dir=...).
     Everything is checked before anything trains."""
     t_start = time.perf_counter()
     machine = _machine()
@@ -343,9 +341,7 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
         return done
     train_blocks, test_ids = _data(cfg, tok)
     models = entries + ([judge_entry] if judge_entry else [])
-
     steps, sizing = _sizing(cfg, models, train_blocks)  # the number of steps, before training
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {
