@@ -83,7 +83,14 @@ def test_seed_and_paired_tables():
     text = seed_and_paired_tables(by_seed)
     assert "Over 3 training seeds (0, 1, 2)" in text
     assert "| mdlm | 3.1100 +- 0.0058 | 0.0500 | 3.1000, 3.1100, 3.1200 |" in text
-    assert "| mdlm - ar | 0.1250 +- 0.0000 | 0.1250 +- 0.0000, 0.1250 +- 0.0000, 0.1250 +- 0.0000 |" in text
+    assert "| mdlm - ar | 0.1250 +- 0.0000 | 0.0000 | 0.1250 +- 0.0000, 0.1250 +- 0.0000, 0.1250 +- 0.0000 |" in text
+    # MC-only s.e.: sqrt(sum of the per-seed paired se^2) / n
+    noisy = {s: {"a": {**by_seed[s]["mdlm"], "row_nll": list(rows + s + 2 + np.random.default_rng(s).normal(0, 1, 8))},
+                 "b": by_seed[s]["ar"]} for s in (0, 1, 2)}
+    per = [paired_difference(noisy[s]["a"]["row_nll"], noisy[s]["b"]["row_nll"], [16] * 8) for s in (0, 1, 2)]
+    mc_only = math.sqrt(sum(p["se"] ** 2 for p in per)) / 3
+    over = seed_summary([p["diff"] for p in per])
+    assert f"| a - b | {over['mean']:.4f} +- {over['se']:.4f} | {mc_only:.4f} |" in seed_and_paired_tables(noisy)
 
 
 def test_a_compare_spec_with_three_seeds_gives_the_seed_and_paired_tables(tmp_path):
