@@ -302,6 +302,17 @@ def test_self_correct_repairs_run_on_tiny_random_models(tmp_path):
     mean = res["lad_refine"]["delta"] + 0.01
     assert "Over 2 training seeds (0, 1)" in text and f"| lad_refine | {res['lad_refine']['edit_before']:.4f} |" in text
     assert f"{mean:+.4f} +- 0.0100 |" in text
+    # --resume reads a seed's results only when measured with the same models, lines, iterations and seed
+    import argparse
+
+    out = tmp_path / "seed-0"
+    out.mkdir()
+    (out / "self_correct.json").write_text(json.dumps({"meta": {"models": "m/seed-0/models", "lines": 4, "iterations": 2,
+                                                                "seed": 0}, "results": {"0.10": res}}))
+    args = argparse.Namespace(resume=True, lines=4, iterations=2, seed=0)
+    assert sc._done(args, Path("m/seed-0/models"), out) == json.loads(json.dumps({"0.10": res}))
+    assert sc._done(argparse.Namespace(resume=True, lines=4, iterations=3, seed=0), Path("m/seed-0/models"), out) is None
+    assert sc._done(argparse.Namespace(resume=False, lines=4, iterations=2, seed=0), Path("m/seed-0/models"), out) is None
     sc.plot({"0.10": res}, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
 
