@@ -374,7 +374,7 @@ def cmd_compare(args) -> dict:
         "corpus": args.corpus, "tokenizer": args.tokenizer, "length": args.length, "batch_size": args.batch_size,
         "train_steps": args.train_steps, "budget_minutes": args.budget_minutes, "eval_blocks": args.eval_blocks,
         "eval_samples": args.eval_samples, "num_samples": args.num_samples, "judge": args.judge, "out_dir": args.out,
-        "seed": args.seed, "device": args.device}.items() if v is not None}
+        "seed": args.seed, "seeds": args.seeds, "device": args.device}.items() if v is not None}
     if args.preset is not None:
         shared["backbone"] = {**(spec.get("shared") or {}).get("backbone", {"name": "transformer"}), "preset": args.preset}
     variants = None
@@ -385,7 +385,7 @@ def cmd_compare(args) -> dict:
         if unknown:
             raise ValueError(f"unknown variant {unknown[0]!r}; the spec's variants: {', '.join(known)}")
         variants = [_with_steps(known[n], args.steps) for n in names]
-    results = compare(spec, variants=variants, **shared)
+    results = compare(spec, variants=variants, reuse=args.resume, **shared)
     if "seeds" in results:  # shared.seeds: the job ran once per seed (out_dir/seed-S), then the seed / paired tables
         print(results["tables"])
         print(f"wrote {results['out_dir']}/seeds.md and one folder per seed")
@@ -567,6 +567,10 @@ def _compare_command(command) -> None:
                                    "composition trained as AR (default: the spec's; an AR trained like the variants, own seed)")
     c.add_argument("--out", help="output folder (default: the spec's; runs/compare)")
     c.add_argument("--seed", type=int, help="seed of every variant: weights, data order, draws (default: the spec's; 0)")
+    c.add_argument("--seeds", type=int, nargs="+", help="training seeds: the job once per seed in OUT/seed-S, then the "
+                                                        "seed and paired tables (OUT/seeds.md) (default: the spec's)")
+    c.add_argument("--resume", action="store_true", help="read, not re-run, a seed folder (or OUT) whose results.json "
+                                                         "recorded this very job: run the seeds one at a time")
     c.add_argument("--device", help="cpu, cuda, cuda:N (default: the spec's; cpu)")
     c.set_defaults(fn=cmd_compare)
 

@@ -140,13 +140,15 @@ def test_every_study_spec_runs_at_toy_size(tmp_path):
     for study in STUDIES:
         spec = _spec(study)
         assert (EXP / study / "README.md").is_file()
-        shared = {**TOY, "out_dir": str(out[study])}
+        if study in ("02_block_size", "03_hybrid"):  # three training seeds as shipped; one at toy size
+            assert spec["shared"]["seeds"] == [0, 1, 2]
+        shared = {**TOY, "seeds": None, "out_dir": str(out[study])}
         if spec["shared"]["judge"].get("name") == "model":
             assert spec["shared"]["judge"]["path"] == "experiments/01_ar_sanity/run/models/ar"
             shared["judge"] = {"name": "model", "path": ar_model}
         for v in spec["variants"]:
             if "model" in v:  # study 4: study 3's saved models, from the toy run
-                assert v["model"].startswith("experiments/03_hybrid/run/models/")
+                assert v["model"].startswith("experiments/03_hybrid/run/seed-0/models/")
                 v["model"] = str(out["03_hybrid"] / "models" / Path(v["model"]).name)
         before = {v["name"]: v["model"] for v in spec["variants"] if "model" in v}
         shas = {n: _state_sha(__import__("diffusionlm.io.hub").io.hub.load_model(p).lm) for n, p in before.items()}
@@ -169,8 +171,14 @@ def test_every_study_spec_runs_at_toy_size(tmp_path):
     assert n == m == 48 and nll == pytest.approx(direct, rel=1e-4)
     assert results["01_ar_sanity"]["judge"].startswith("none")
     assert results["01_ar_sanity"]["variants"]["ar"]["likelihood"]["method"].startswith("exact: causal NLL")
-    assert set(results["03_hybrid"]["variants"]) == {"absorb", "uniform", "epsilon"} | {
-        f"gamma{g}{w}" for g in (0.01, 0.1, 0.5) for w in ("", "_we")}
+    assert set(results["03_hybrid"]["variants"]) == {"absorb", "absorb_linear", "uniform", "epsilon", "epsilon_linear",
+                                                     "gamma0.5"} | {f"gamma{g}{w}" for g in (0.01, 0.1) for w in ("", "_we")}
+    # study 3 matches noise and time conditioning across processes (the *_linear rows measure the confound)
+    hybrid = {n: v["composition"] for n, v in results["03_hybrid"]["variants"].items()}
+    for n, c in hybrid.items():
+        linear = n.endswith("_linear")
+        assert c["process"]["noise"] == ({"name": "linear", "eps": 0.0} if linear else {"name": "loglinear", "eps": 0.001}), n
+        assert c["backbone"]["time_conditioning"] is (not linear), n
     s4 = results["04_sampling"]["variants"]["epsilon"]["sampling"]
     assert {(s["sampler"], s["steps"]) for s in s4} == {
         (f"{n}-{d}", k) for n in ("mdlm", "acs") for d in ("f64", "f32") for k in (8, 16, 32, 64, 128)}
@@ -280,6 +288,31 @@ def test_self_correct_repairs_run_on_tiny_random_models(tmp_path):
         assert r["improved"] + r["worsened"] <= 4 and len(r["examples"]) == min(3, 4 - res["uncorrupted"])
         assert r["delta"] == pytest.approx(r["edit_after"] - r["edit_before"])
     assert "| 10% target" in sc.table({"0.10": res})
+    # the refinement is the toolkit's LAD sampler (LAD.refine), not a copy of it
+    from diffusionlm.samplers.lad import LAD
+
+    fixed, n_calls = LAD().refine(lms["lad"], y, 3, real=n_out)
+    assert (fixed.tolist(), n_calls) == (z, calls)
+    # over training seeds: mean +- s.e. of each method's after - before (seed_summary)
+    import copy
+
+    other = copy.deepcopy(res)
+    other["lad_refine"]["delta"] = res["lad_refine"]["delta"] + 0.02
+    text = sc.over_seeds({0: {"0.10": res}, 1: {"0.10": other}})
+    mean = res["lad_refine"]["delta"] + 0.01
+    assert "Over 2 training seeds (0, 1)" in text and f"| lad_refine | {res['lad_refine']['edit_before']:.4f} |" in text
+    assert f"{mean:+.4f} +- 0.0100 |" in text
+    # --resume reads a seed's results only when measured with the same models, lines, iterations and seed
+    import argparse
+
+    out = tmp_path / "seed-0"
+    out.mkdir()
+    (out / "self_correct.json").write_text(json.dumps({"meta": {"models": "m/seed-0/models", "lines": 4, "iterations": 2,
+                                                                "seed": 0}, "results": {"0.10": res}}))
+    args = argparse.Namespace(resume=True, lines=4, iterations=2, seed=0)
+    assert sc._done(args, Path("m/seed-0/models"), out) == json.loads(json.dumps({"0.10": res}))
+    assert sc._done(argparse.Namespace(resume=True, lines=4, iterations=3, seed=0), Path("m/seed-0/models"), out) is None
+    assert sc._done(argparse.Namespace(resume=False, lines=4, iterations=2, seed=0), Path("m/seed-0/models"), out) is None
     sc.plot({"0.10": res}, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
 

@@ -1,13 +1,21 @@
 """The comparison's report: results.md (a markdown table, units and what +- means stated) and
-the plots (ppl.png, genppl_vs_entropy.png, quality_vs_steps.png) from the results dict."""
+the plots (ppl.png, genppl_vs_entropy.png, quality_vs_steps.png) from the results dict, each
+with its error bars: the bound's Monte-Carlo standard error, the samples' bootstrap standard
+errors of gen PPL and entropy; over training seeds, seeds.png (mean +- s.e. over the seeds).
+The numbers a plot draws come from `bound_bars`, `sample_points` and `seed_points`, so that
+what is drawn can be checked without reading pixels."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.ticker import LogFormatter
+
+from ..eval.stats import seed_summary
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,47 +123,127 @@ def _finish_genppl(fig, ax, xlabel: str, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def bound_bars(results: dict) -> dict:
+    """What ppl.png draws: per variant with a bound, its PPL and the asymmetric bar
+    exp(nats -+ one Monte-Carlo standard error) as (below, above) distances (0: no bar)."""
+    v = {k: r["likelihood"] for k, r in results["variants"].items() if (r.get("likelihood") or {}).get("ppl") is not None}
+    return {n: {"ppl": lk["ppl"], "below": lk["ppl"] - lk["ppl_low"] if lk.get("ppl_low") is not None else 0.0,
+                "above": lk["ppl_high"] - lk["ppl"] if lk.get("ppl_high") is not None else 0.0} for n, lk in v.items()}
+
+
+def sample_points(results: dict) -> dict:
+    """What the two sample plots draw: per (variant / sampler) series the steps, entropy, gen PPL
+    and their bootstrap standard errors over the samples (None: no bar), rows without gen PPL left out."""
+    out = {}
+    for label, rows in _series(results):
+        rows = [s for s in rows if s["gen_ppl"] is not None]
+        out[label] = {"steps": [s["steps"] for s in rows], "entropy": [s["entropy"] for s in rows],
+                      "entropy_se": [s.get("entropy_se") for s in rows], "gen_ppl": [s["gen_ppl"] for s in rows],
+                      "gen_ppl_se": [s.get("gen_ppl_se") for s in rows]}
+    return out
+
+
+def _bars(se: list) -> Optional[list]:
+    """Error-bar lengths for matplotlib (None where a point has no standard error: no bar)."""
+    return None if all(x is None for x in se) else [0.0 if x is None else x for x in se]
+
+
+def _bound_plot(bars: dict, title: str, ylabel: str, path: Path) -> None:
+    names = list(bars)
+    fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(names)), 3.8))
+    ax.bar(range(len(names)), [bars[n]["ppl"] for n in names],
+           yerr=[[bars[n]["below"] for n in names], [bars[n]["above"] for n in names]], capsize=4, color="tab:blue")
+    ax.set_yscale("log")
+    _plain_log_axis(ax.yaxis)
+    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _genppl_vs_entropy(points: dict, ref: Optional[dict], title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, p in points.items():
+        ax.errorbar(p["entropy"], p["gen_ppl"], xerr=_bars(p["entropy_se"]), yerr=_bars(p["gen_ppl_se"]), fmt="o-",
+                    capsize=3, label=label)
+        for x, y, n in zip(p["entropy"], p["gen_ppl"], p["steps"]):
+            ax.annotate(str(n), (x, y), fontsize=7)
+    if ref and ref.get("gen_ppl") is not None:
+        ax.plot([ref["entropy"]], [ref["gen_ppl"]], "k*", markersize=12, label="real test text")
+    _finish_genppl(fig, ax, "unigram entropy of samples (nats)", title, path)
+
+
 def plot(results: dict, out: Path) -> list:
     """ppl.png, genppl_vs_entropy.png, quality_vs_steps.png (module docstring; the last two only
     with a judge); returns the names of the files it wrote."""
     matplotlib.use("Agg")
-
-    v = {k: r["likelihood"] for k, r in results["variants"].items() if r["likelihood"].get("ppl") is not None}
-    names = list(v)
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    ppl = [v[n]["ppl"] for n in names]
-    low = [v[n]["ppl"] - v[n]["ppl_low"] if v[n].get("ppl_low") is not None else 0.0 for n in names]  # none: no bar
-    high = [v[n]["ppl_high"] - v[n]["ppl"] if v[n].get("ppl_high") is not None else 0.0 for n in names]
-    ax.bar(range(len(names)), ppl, yerr=[low, high], capsize=4, color="tab:blue")
-    ax.set_yscale("log")
-    _plain_log_axis(ax.yaxis)
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("test PPL bound (log scale)")
-    ax.set_title("Likelihood bound per variant (lower is better)\nbars: exp(nats/token -+ one standard error)")
-    fig.tight_layout()
-    fig.savefig(out / "ppl.png", dpi=120)
-    plt.close(fig)
-
-    ref = results.get("reference")
-    if not any(s["gen_ppl"] is not None for _, rows in _series(results) for s in rows):
+    _bound_plot(bound_bars(results), "Likelihood bound per variant (lower is better)\n"
+                "bars: exp(nats/token -+ one Monte-Carlo standard error)", "test PPL bound (log scale)", out / "ppl.png")
+    points = sample_points(results)
+    if not any(p["gen_ppl"] for p in points.values()):
         return ["ppl.png"]  # no judge: no generative PPL to plot
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for label, rows in _series(results):
-        rows = [s for s in rows if s["gen_ppl"] is not None]
-        ax.plot([s["entropy"] for s in rows], [s["gen_ppl"] for s in rows], "o-", label=label)
-        for s in rows:
-            ax.annotate(str(s["steps"]), (s["entropy"], s["gen_ppl"]), fontsize=7)
-    if ref and ref["gen_ppl"] is not None:
-        ax.plot([ref["entropy"]], [ref["gen_ppl"]], "k*", markersize=12, label="real test text")
-    _finish_genppl(fig, ax, "unigram entropy of samples (nats)", "Generative PPL against entropy (labels: sampling steps)",
-                   out / "genppl_vs_entropy.png")
+    ref = results.get("reference")
+    _genppl_vs_entropy(points, ref, "Generative PPL against entropy (labels: sampling steps)\n"
+                       "bars: bootstrap standard error over the samples", out / "genppl_vs_entropy.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for label, rows in _series(results):
-        rows = [s for s in rows if s["gen_ppl"] is not None]
-        ax.plot([s["steps"] for s in rows], [s["gen_ppl"] for s in rows], "o-", label=label)
+    for label, p in points.items():
+        ax.errorbar(p["steps"], p["gen_ppl"], yerr=_bars(p["gen_ppl_se"]), fmt="o-", capsize=3, label=label)
     if ref and ref["gen_ppl"] is not None:
         ax.axhline(ref["gen_ppl"], color="k", linestyle=":", label="real test text")
     ax.set_xscale("log", base=2)
-    _finish_genppl(fig, ax, "sampling steps", "Quality against sampling steps", out / "quality_vs_steps.png")
+    _finish_genppl(fig, ax, "sampling steps", "Quality against sampling steps\nbars: bootstrap standard error",
+                   out / "quality_vs_steps.png")
     return ["ppl.png", "genppl_vs_entropy.png", "quality_vs_steps.png"]
+
+
+def seed_points(by_seed: dict, samples: dict) -> tuple:
+    """What seeds.png draws, over the training seeds: (bars, points). bars: per variant with a
+    bound in every seed, exp of the mean bound and the bar exp(mean -+ s.e. over the seeds);
+    points: per (variant / sampler) series, mean entropy and gen PPL over the seeds at each
+    step count, +- their s.e. over the seeds (None with one seed). by_seed: {seed: {variant:
+    likelihood}}, samples: {seed: {variant: sampling rows}}, as the seeds job collects them."""
+    seeds = sorted(by_seed)
+    bars = {}
+    for n in by_seed[seeds[0]]:
+        vals = [by_seed[s].get(n, {}).get("nll_per_token") for s in seeds]
+        if any(v is None for v in vals):
+            continue
+        m = seed_summary(vals)
+        se = m["se"] or 0.0
+        bars[n] = {"ppl": float(np.exp(m["mean"])), "below": float(np.exp(m["mean"]) - np.exp(m["mean"] - se)),
+                   "above": float(np.exp(m["mean"] + se) - np.exp(m["mean"])), "nats": m["mean"], "nats_se": m["se"]}
+    cells: dict = {}
+    for s in seeds:
+        for name, rows in samples[s].items():
+            for r in rows:
+                if r.get("gen_ppl") is not None:
+                    cells.setdefault(f"{name} / {r['sampler']}", {}).setdefault(r["steps"], []).append(r)
+    points = {}
+    for label, by_steps in cells.items():
+        full = {k: rs for k, rs in sorted(by_steps.items()) if len(rs) == len(seeds)}
+        summ = {k: (seed_summary([r["entropy"] for r in rs]), seed_summary([r["gen_ppl"] for r in rs])) for k, rs in full.items()}
+        points[label] = {"steps": list(summ), "entropy": [e["mean"] for e, _ in summ.values()],
+                         "entropy_se": [e["se"] for e, _ in summ.values()], "gen_ppl": [g["mean"] for _, g in summ.values()],
+                         "gen_ppl_se": [g["se"] for _, g in summ.values()]}
+    return bars, points
+
+
+def plot_seeds(by_seed: dict, samples: dict, out: Path) -> list:
+    """seeds.png: the bound per variant (mean over the training seeds, bars +- one s.e. over the
+    seeds) and, with a judge, seeds_genppl_vs_entropy.png (means over the seeds, bars +- s.e.)."""
+    matplotlib.use("Agg")
+    bars, points = seed_points(by_seed, samples)
+    n = len(by_seed)
+    written = []
+    if bars:
+        _bound_plot(bars, f"Likelihood bound per variant, mean over {n} training seeds\n"
+                    "bars: exp(mean nats/token -+ one s.e. over the seeds)", "test PPL bound (log scale)", out / "seeds.png")
+        written.append("seeds.png")
+    if points:
+        _genppl_vs_entropy(points, None, f"Generative PPL against entropy, mean over {n} training seeds\n"
+                           "bars: one s.e. over the seeds (labels: sampling steps)", out / "seeds_genppl_vs_entropy.png")
+        written.append("seeds_genppl_vs_entropy.png")
+    return written

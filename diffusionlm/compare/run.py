@@ -28,7 +28,7 @@ from ..eval.stats import sample_bootstrap, sampling_seed_table, seed_and_paired_
 from ..lm import DiffusionLM
 from ..models import DiffusionTransformer
 from ..training import TrainConfig, Trainer
-from .report import markdown_table, plot
+from .report import markdown_table, plot, plot_seeds
 from .spec import CompareConfig, Variant, _Entry, _judge_variant, _resolve, _shared, _variants, default_spec, load_spec
 
 
@@ -313,11 +313,12 @@ def _sizing(cfg: CompareConfig, models: list, train_blocks: Any) -> tuple:
 
 
 def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants: Optional[list] = None,
-            **shared: Any) -> dict:
+            reuse: bool = False, **shared: Any) -> dict:
     """Run a comparison (module docstring). `spec`: a spec file or dict (default: the default
     spec), or a CompareConfig (the shared settings; variants from the default spec unless given);
     `variants`: replaces the spec's variants (specs, DiffusionLM objects, default-spec names);
-    `shared`: overrides of the shared settings (e.g. out_dir=..., budget_minutes=...).
+    `reuse`: return out_dir's results.json when it recorded this very job (`_finished`: seeds run
+    one at a time, or resumed); `shared`: overrides of the shared settings (e.g. out_dir=...).
     Everything is checked before anything trains."""
     t_start = time.perf_counter()
     machine = _machine()
@@ -327,22 +328,24 @@ def compare(spec: "str | Path | dict | CompareConfig | None" = None, *, variants
     spec = load_spec(spec)
     cfg = _shared(spec, shared)
     if cfg.seeds:
-        return _over_seeds(spec, variants, cfg)
+        return _over_seeds(spec, variants, cfg, reuse)
     vs = _variants(spec, variants)
     tok = load_tokenizer(cfg.tokenizer)
     entries = [_resolve(cfg, v, tok, cfg.seed) for v in vs]
     judge_entry = None
     if cfg.judge["name"] == "trained_ar":
         judge_entry = _resolve(cfg, _judge_variant(), tok, cfg.judge["seed"], is_judge=True)
+    record = {"shared": _jsonable(cfg.to_dict()), "variants": [_variant_record(e) for e in entries]}
+    done = _finished(Path(cfg.out_dir), record) if reuse else None
+    if done is not None:
+        return done
     train_blocks, test_ids = _data(cfg, tok)
     models = entries + ([judge_entry] if judge_entry else [])
-
     steps, sizing = _sizing(cfg, models, train_blocks)  # the number of steps, before training
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {
-        "spec": {"shared": _jsonable(cfg.to_dict()), "variants": [_variant_record(e) for e in entries]},
+        "spec": record,
         "data": {"corpus": cfg.corpus, "tokenizer": cfg.tokenizer, "vocab_size": tok.vocab_size,
                  "train_blocks": len(train_blocks.ids), "test_blocks_used": len(test_ids),
                  "test_tokens": int(test_ids.numel()), "length": cfg.length},
@@ -398,16 +401,42 @@ def _reference(ref: torch.Tensor, judge) -> dict:
             "gen_ppl": None if nll is None else math.exp(nll / cnt), "entropy": unigram_entropy(ref), "distinct2": distinct_n(ref, 2)}
 
 
-def _over_seeds(spec: dict, variants: Optional[list], cfg: CompareConfig) -> dict:
-    """The job once per training seed (out_dir/seed-S), then the seed and paired tables (eval.stats)."""
-    runs = {s: compare(spec, variants=variants, **{**cfg.to_dict(), "seeds": None, "seed": s,
-                                                   "out_dir": str(Path(cfg.out_dir) / f"seed-{s}")}) for s in cfg.seeds}
+def _finished(out: Path, record: dict) -> Optional[dict]:
+    """The results.json in `out` when it recorded this very job (`record`: the shared settings
+    and the variants, "progress" aside), else None."""
+    path = out / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+    except ValueError:
+        return None
+
+    def same(rec: dict) -> dict:
+        rec = json.loads(json.dumps(rec))
+        rec.get("shared", {}).pop("progress", None)
+        return rec
+
+    if not isinstance(done, dict) or same(done.get("spec") or {}) != same(record):
+        return None
+    print(f"compare: {out} already holds this job's results.json: read, not re-run (delete it to re-run)",
+          file=sys.stderr, flush=True)
+    return {**done, "written": [], "reused": True}
+
+
+def _over_seeds(spec: dict, variants: Optional[list], cfg: CompareConfig, reuse: bool = False) -> dict:
+    """The job once per training seed (out_dir/seed-S; with `reuse` a seed whose folder holds
+    this job's results is read, not re-run), then the seed and paired tables (eval.stats) in
+    seeds.md and the seed plots (report.plot_seeds)."""
+    runs = {s: compare(spec, variants=variants, reuse=reuse, **{**cfg.to_dict(), "seeds": None, "seed": s,
+                                                                "out_dir": str(Path(cfg.out_dir) / f"seed-{s}")})
+            for s in cfg.seeds}
     by_seed = {s: {n: v["likelihood"] for n, v in r["variants"].items() if "likelihood" in v} for s, r in runs.items()}
     samples = {s: {n: v["sampling"] for n, v in r["variants"].items() if "sampling" in v} for s, r in runs.items()}
     text = seed_and_paired_tables(by_seed) + "\n\nSamples, over the seeds:\n\n" + sampling_seed_table(samples)
     Path(cfg.out_dir, "seeds.md").write_text(text + "\n")
     return {"seeds": cfg.seeds, "runs": {s: str(Path(cfg.out_dir) / f"seed-{s}") for s in cfg.seeds}, "tables": text,
-            "out_dir": cfg.out_dir, "written": ["seeds.md"]}
+            "out_dir": cfg.out_dir, "written": ["seeds.md"] + plot_seeds(by_seed, samples, Path(cfg.out_dir))}
 
 
 def _machine() -> dict:

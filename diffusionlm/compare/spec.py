@@ -59,7 +59,8 @@ class CompareConfig:
     train: dict = field(default_factory=dict)
     seed: int = 0
     #: training seeds: the whole job once per seed (out_dir/seed-S), then mean +- s.e. over the
-    #: seeds and paired differences on the same rows (eval.stats; seeds.md); None: `seed` only
+    #: seeds and paired differences on the same rows (eval.stats; seeds.md, seeds.png); one seed
+    #: gives the same layout without an over-seeds error bar; None: `seed` only, in out_dir
     seeds: Optional[list] = None
     #: optimizer steps per variant, or None: sized by budget_minutes (exactly one of the two)
     train_steps: Optional[int] = 150
@@ -83,9 +84,9 @@ class CompareConfig:
             _positive_int(getattr(self, name), f"{name} (--{name.replace('_', '-')})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
-        if self.seeds is not None and (not isinstance(self.seeds, list) or len(self.seeds) < 2 or len(set(self.seeds)) != len(
+        if self.seeds is not None and (not isinstance(self.seeds, list) or not self.seeds or len(set(self.seeds)) != len(
                 self.seeds) or any(isinstance(x, bool) or not isinstance(x, int) for x in self.seeds)):
-            raise ValueError(f"seeds must be a list of at least 2 distinct ints (training seeds), got {self.seeds!r}")
+            raise ValueError(f"seeds must be a non-empty list of distinct ints (training seeds), got {self.seeds!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
         if self.min_lr is not None:

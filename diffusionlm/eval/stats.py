@@ -113,8 +113,10 @@ def seed_and_paired_tables(by_seed: Dict[int, Dict[str, Dict[str, Any]]]) -> str
         mc_mean = float(np.mean(mc)) if all(m is not None for m in mc) else None
         lines.append(f"| {n} | {_fmt(s['mean'], s['se'])} | {_fmt(mc_mean, None)} | {', '.join(f'{v:.4f}' for v in vals)} |")
     lines += ["", "Paired differences on the same test rows (a - b, nats/token; per seed: +- the paired standard error "
-              "over rows; over seeds: mean +- standard error of the per-seed differences).", "",
-              "| a - b | over seeds | per seed |", "|---|---|---|"]
+              "over rows; over seeds: mean +- standard error of the per-seed differences; MC-only s.e.: the s.e. of that "
+              "mean from the per-seed paired standard errors alone, sqrt(sum se^2) / n, without the training seed's "
+              "variation).", "",
+              "| a - b | over seeds | MC-only s.e. | per seed |", "|---|---|---|---|"]
     for x, y in itertools.combinations(names, 2):
         per = []
         for s in seeds:
@@ -125,7 +127,8 @@ def seed_and_paired_tables(by_seed: Dict[int, Dict[str, Dict[str, Any]]]) -> str
         if len(per) != len(seeds):
             continue
         over = seed_summary([p["diff"] for p in per])
-        lines.append(f"| {x} - {y} | {_fmt(over['mean'], over['se'])} | "
+        mc_only = math.sqrt(sum(p["se"] ** 2 for p in per)) / len(per)
+        lines.append(f"| {x} - {y} | {_fmt(over['mean'], over['se'])} | {mc_only:.4f} | "
                      + ", ".join(_fmt(p["diff"], p["se"]) for p in per) + " |")
     return "\n".join(lines)
 

@@ -7,11 +7,11 @@ For K validation lines x of shakespeare_char (16-64 characters, in corpus order)
                  edits only (adjacent swaps, duplications, one span shift; no MASK), on the
                  line alone. p_max is found by bisection (fixed seed) so that the mean fraction
                  of changed characters, mean_x |{i: y_i != x_i}| / |x|, is the target (10%, 20%).
-    (a) LAD      greedy self-refinement with the LAD model: z <- argmax_v p(v | z) at every
-                 position, from z = y, until z stops changing or `iterations` calls. (The LAD
-                 sampler, diffusionlm/samplers/lad.py, always starts from MASK at the positions
-                 it generates, so it cannot start from given text; this is its remask=False,
-                 top_k=1 update applied to y.)
+    (a) LAD      the toolkit's LAD sampler, `LAD.refine` (diffusionlm/samplers/lad.py): greedy
+                 self-refinement of given text, i.e. LAD without re-masking (the paper's second
+                 inference method, section 2.5) started from z = y instead of MASK:
+                 z <- argmax_v p(v | z) at every position until z stops changing or
+                 `iterations` calls.
     (b) MDLM     re-masking with the MDLM model: the confidence of position i is the model's
                  p(y_i | y with only i masked) (n forwards, one per position); the
                  round(r n) least confident positions (r = the target fraction) are set to MASK
@@ -25,9 +25,16 @@ and after; mean +- standard error over the lines; lines improved / worsened / ex
 (lines the draw left unchanged, p near 0, count as exact for a repair that changes nothing);
 3 examples among the corrupted lines.
 Predictions are restricted to the tokenizer's characters (never MASK or the special id).
+The MDLM baseline (b) is this study's own procedure (the LAD paper has no such comparison).
 
     PYTHONPATH=$PWD DIFFUSIONLM_DATA=$PWD/../shared/data OMP_NUM_THREADS=1 \\
       python experiments/05_lad/self_correct.py --lines 200
+    # models of several training seeds (compare --seeds: MODELS/seed-S/models/{lad,mdlm}):
+    python experiments/05_lad/self_correct.py --models runs/study5_2000 --seeds 0 1 2 --out OUT
+
+With --seeds the same corrupted lines (corruption seed --seed) are repaired by each training
+seed's models (OUT/seed-S/self_correct.*), and OUT/seeds.md gives each method's after - before
+as mean +- s.e. over the training seeds (diffusionlm.eval.stats.seed_summary).
 """
 from __future__ import annotations
 
@@ -260,29 +267,43 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lines", type=int, default=200, help="K validation lines (default 200)")
-    ap.add_argument("--iterations", type=int, default=16, help="max greedy refinement calls (default 16)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--models", default=str(HERE / "run" / "models"), help="folder with lad/ and mdlm/")
-    ap.add_argument("--out", default=str(HERE / "run"), help="where self_correct.json / .md / .png go")
-    args = ap.parse_args(argv)
-    if args.lines < 2:
-        raise SystemExit(f"--lines must be >= 2 (a standard error needs two), got {args.lines}")
-    if args.iterations < 1:
-        raise SystemExit(f"--iterations must be >= 1, got {args.iterations}")
+def over_seeds(per_seed: dict) -> str:
+    """Markdown: each (level, method)'s edit distance after, and after - before, mean +- s.e. over
+    the training seeds; per_seed: {seed: run()'s results}."""
+    from diffusionlm.eval.stats import seed_summary
+
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]
+    rows = [f"Over {len(seeds)} training seeds ({', '.join(map(str, seeds))}): mean +- standard error over the seeds "
+            "of the per-seed means (each over the same corrupted lines).", "",
+            "| corruption (changed chars) | method | edit dist. before | after | after - before | per seed (after - before) |",
+            "|---|---|---:|---:|---:|---|"]
+    for level, res in first.items():
+        for name in METHODS:
+            if name not in res:
+                continue
+            after = seed_summary([per_seed[s][level][name]["edit_after"] for s in seeds])
+            delta = seed_summary([per_seed[s][level][name]["delta"] for s in seeds])
+            se = (lambda x: "" if x is None else f" +- {x:.4f}")
+            rows.append(f"| {float(level):.0%} target ({res['changed']:.3f}) | {name} | {res[name]['edit_before']:.4f} | "
+                        f"{after['mean']:.4f}{se(after['se'])} | {delta['mean']:+.4f}{se(delta['se'])} | "
+                        + ", ".join(f"{per_seed[s][level][name]['delta']:+.4f} +- {per_seed[s][level][name]['delta_stderr']:.4f}"
+                                    for s in seeds) + " |")
+    return "\n".join(rows)
+
+
+def _one(args, models: Path, out: Path, argv) -> dict:
+    """self_correct.{json,md,png} in `out` for the lad / mdlm models in `models`; returns the results."""
     from diffusionlm.io.hub import load_model
 
-    lad, mdlm = (load_model(Path(args.models) / k) for k in ("lad", "mdlm"))
+    lad, mdlm = (load_model(models / k) for k in ("lad", "mdlm"))
     tok = lad.tokenizer
     lines = validation_lines(tok, args.lines)
     t0 = time.perf_counter()
     results = run(lad.lm, mdlm.lm, lines, n_out=len(tok.chars), iterations=args.iterations, decode=tok.decode, seed=args.seed)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"command": "python experiments/05_lad/self_correct.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "lines": len(lines), "iterations": args.iterations, "seed": args.seed,
+            "models": str(models), "lines": len(lines), "iterations": args.iterations, "seed": args.seed,
             "seconds": round(time.perf_counter() - t0, 1)}
     (out / "self_correct.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     plot(results, out / "self_correct.png")
@@ -296,6 +317,46 @@ def main(argv=None) -> int:
     (out / "self_correct.md").write_text(md + "\n\nExamples (original -> corrupted -> repaired):\n\n" + "\n".join(ex) + "\n")
     print(md)
     print("\n".join(ex))
+    return results
+
+
+def _done(args, models: Path, out: Path) -> Optional[dict]:
+    """With --resume: the results in out/self_correct.json when they were measured with these
+    models, lines, iterations and corruption seed (else None: measure)."""
+    path = out / "self_correct.json"
+    if not args.resume or not path.is_file():
+        return None
+    done = json.loads(path.read_text())
+    meta = done.get("meta", {})
+    same = (meta.get("models"), meta.get("lines"), meta.get("iterations"), meta.get("seed")) == (
+        str(models), args.lines, args.iterations, args.seed)
+    return done["results"] if same else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lines", type=int, default=200, help="K validation lines (default 200)")
+    ap.add_argument("--iterations", type=int, default=16, help="max greedy refinement calls (default 16)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--models", default=str(HERE / "run" / "models"),
+                    help="folder with lad/ and mdlm/ (with --seeds: the compare output holding seed-S/models/)")
+    ap.add_argument("--seeds", type=int, nargs="+", help="training seeds: MODELS/seed-S/models, one output folder each")
+    ap.add_argument("--out", default=str(HERE / "run"), help="where self_correct.json / .md / .png go")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --seeds: read a seed's self_correct.json measured with the same models, lines, iterations and seed")
+    args = ap.parse_args(argv)
+    if args.lines < 2:
+        raise SystemExit(f"--lines must be >= 2 (a standard error needs two), got {args.lines}")
+    if args.iterations < 1:
+        raise SystemExit(f"--iterations must be >= 1, got {args.iterations}")
+    if not args.seeds:
+        _one(args, Path(args.models), Path(args.out), argv)
+        return 0
+    per_seed = {s: _done(args, Path(args.models) / f"seed-{s}" / "models", Path(args.out) / f"seed-{s}")
+                or _one(args, Path(args.models) / f"seed-{s}" / "models", Path(args.out) / f"seed-{s}", argv) for s in args.seeds}
+    text = over_seeds(per_seed)
+    (Path(args.out) / "seeds.md").write_text(text + "\n")
+    print(text)
     return 0
 
 
