@@ -105,6 +105,8 @@ def composition_spec(run: RunConfig, tokenizer: Any) -> dict:
         bos = getattr(tokenizer, "bos_id", None)
         spec["bos_id"] = bos if bos is not None else getattr(tokenizer, "eos_id", None)
     backbone = spec.get("backbone")
+    if isinstance(backbone, str):  # a bare name, as every spec allows
+        backbone = spec["backbone"] = {"name": backbone}
     if isinstance(backbone, dict) and backbone.get("name") == "transformer" and run.init is None:
         spec["backbone"] = {"max_positions": run.data.length, **backbone}
     spec["backbone"] = _mask_token(spec.get("backbone"), tokenizer)
@@ -121,7 +123,7 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
     model = None
     if run.init is not None:
         model = DiffusionTransformer.from_pretrained(run.init)
-    elif not _derived_backbone(spec.get("backbone")):
+    elif spec.get("backbone") is not None and not _derived_backbone(spec["backbone"]):
         model = build_spec("backbone", spec.pop("backbone"))
         # the real ids the model takes (MASK, added or virtual, is the id after them)
         check_vocab(tok, model.mask_id if getattr(model, "mask_id", None) is not None else model.vocab_size)
