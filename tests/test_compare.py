@@ -90,7 +90,7 @@ def test_a_spec_with_new_variants_and_a_composed_lm_runs_end_to_end_on_equal_ste
         assert text in md
     for png in ("ppl.png", "genppl_vs_entropy.png", "quality_vs_steps.png"):
         assert (out / png).stat().st_size > 0
-    assert json.loads((out / "models" / "gamma_slide" / "run.json").read_text())["process"]["gamma"] == 0.1
+    assert json.loads((out / "models" / "gamma_slide" / "run.json").read_text())["composition"]["process"]["gamma"] == 0.1
     # an HF backbone described by its dict: trained, saved as a composition, loaded back by the one loader
     assert res["variants"]["gpt2_flat"]["composition"]["backbone"]["hf_config"]["vocab_size"] == N + 1  # MASK added
     from diffusionlm.io.hub import load_model
