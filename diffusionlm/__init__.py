@@ -25,6 +25,7 @@ for _operation in ("save_pretrained", "from_pretrained", "push_to_hub"):
     declare_provider(_operation, "diffusionlm.io.saving")
 declare_provider("load_judge", "diffusionlm.io.hub")
 declare_provider("load_model", "diffusionlm.io.hub")
+declare_provider("load_causal_lm", "diffusionlm.io.fetch")  # the hf backbone's `path`: fetched names, GGUF
 for _operation in ("build", "build_model", "build_process", "build_tokenizer", "load_run", "safetensors_errors"):
     declare_provider(f"runs.{_operation}", "diffusionlm.io.runs")
 

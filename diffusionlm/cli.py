@@ -179,9 +179,10 @@ def _save_trained(built, run, results: dict, target: Path, merge: bool, world: i
                 "seconds": round(sum(s["seconds"] for s in stages), 1), "recipe": recipe,
                 "stages": [{"schedule": s["schedule"], "steps": s["steps"]} for s in stages]}
     evaluation = {k: v for k, v in stages[-1].items() if k.startswith("val_")}
-    base_from_config = run.model.kind == "hf" and run.model.path is None
+    backbone = run.composition.get("backbone") or {}
+    base_from_config = backbone.get("name") == "hf" and backbone.get("path") is None
     if is_peft(lm.model) and base_from_config and not merge:
-        _say(f"saving {target} merged: the LoRA base was built from model.hf_config (no directory or hub id to "
+        _say(f"saving {target} merged: the LoRA base was built from composition.backbone.hf_config (no directory or hub id to "
              "apply an adapter to again)")
         merge = True
     DiffusionLM.save_pretrained(lm, target, tokenizer=built.tokenizer, merge=merge, training=training,

@@ -95,15 +95,23 @@ class StepMask(NamedTuple):
 # ----------------------------------------------------------------------------------------
 # validation helpers
 # ----------------------------------------------------------------------------------------
+def _integer_rows(t: Tensor, not_integer: str, bad_shape: str) -> Tensor:
+    """`t` as an integer [n, L] tensor (a [L] one gains its row axis); ValueError with
+    `not_integer` / `bad_shape` (plus what was given) for a bool / float tensor or another shape."""
+    t = torch.as_tensor(t)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{not_integer}, got {t.dtype}")
+    if t.dim() == 1:
+        t = t[None]
+    if t.dim() != 2 or t.shape[0] < 1 or t.shape[1] < 1:
+        raise ValueError(f"{bad_shape}, got {tuple(t.shape)}")
+    return t
+
+
 def _check_categories(categories: Tensor, name: str = "categories") -> Tensor:
     """Return `categories` as a long [n, L] tensor; ValueError unless integer codes 0..2."""
-    categories = torch.as_tensor(categories)
-    if categories.dtype == torch.bool or categories.is_floating_point() or categories.is_complex():
-        raise ValueError(f"{name} must be an integer tensor of SETTLED/ACTIVE/WORTHLESS codes, got {categories.dtype}")
-    if categories.dim() == 1:
-        categories = categories[None]
-    if categories.dim() != 2 or categories.shape[0] < 1 or categories.shape[1] < 1:
-        raise ValueError(f"{name} must have shape [B or 1, L] with L >= 1, got {tuple(categories.shape)}")
+    categories = _integer_rows(categories, f"{name} must be an integer tensor of SETTLED/ACTIVE/WORTHLESS codes",
+                               f"{name} must have shape [B or 1, L] with L >= 1")
     bad = (categories < SETTLED) | (categories > WORTHLESS)
     if bad.any():
         v = int(categories[bad][0])
@@ -115,13 +123,7 @@ def _check_categories(categories: Tensor, name: str = "categories") -> Tensor:
 
 def _check_segment(segment: Tensor) -> Tensor:
     """Return `segment` as a long [n, d] tensor; ValueError unless each row is non-decreasing."""
-    segment = torch.as_tensor(segment)
-    if segment.dtype == torch.bool or segment.is_floating_point() or segment.is_complex():
-        raise ValueError(f"segment ids must be an integer tensor, got {segment.dtype}")
-    if segment.dim() == 1:
-        segment = segment[None]
-    if segment.dim() != 2 or segment.shape[0] < 1 or segment.shape[1] < 1:
-        raise ValueError(f"segment must have shape [B or 1, d] with d >= 1, got {tuple(segment.shape)}")
+    segment = _integer_rows(segment, "segment ids must be an integer tensor", "segment must have shape [B or 1, d] with d >= 1")
     drops = segment[:, 1:] < segment[:, :-1]
     if drops.any():
         b, i = (int(v) for v in drops.nonzero()[0])

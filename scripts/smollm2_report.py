@@ -370,16 +370,21 @@ def training_summary(runs: Path) -> dict:
         if not f.exists():
             continue
         rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
-        out[name] = {"rows": rows, "run": json.loads((f.parent / "run.json").read_text())}
+        from diffusionlm.config import RunConfig
+
+        run = RunConfig.from_dict(json.loads((f.parent / "run.json").read_text()), source=str(f.parent / "run.json"))
+        out[name] = {"rows": rows, "run": run.to_dict()}  # the one format (an older run.json converted)
     return out
 
 
 def overrides(name: str, run: dict) -> list:
     """The `key=value` overrides of the recipe the run was trained with (the fields a short run
     changes), as `diffusionlm train` takes them."""
-    recipe = json.loads((REPO / "recipes" / f"smollm2-{name}.json").read_text())
+    from diffusionlm.config import RunConfig
+
+    recipe = RunConfig.from_file(REPO / "recipes" / f"smollm2-{name}.json").to_dict()
     out = []
-    for section, key in (("train", "steps"), ("train", "warmup_steps"), ("train", "save_every"), ("model", "annealing_steps")):
+    for section, key in (("train", "steps"), ("train", "warmup_steps"), ("train", "save_every"), ("composition", "annealing")):
         v = run[section].get(key)
         if v != recipe[section].get(key):
             out.append(f"{section}.{key}={json.dumps(v)}")
@@ -416,7 +421,7 @@ def plot_losses(curves: dict, out: Path) -> None:
         smooth = [sum(loss[max(0, i - w + 1) : i + 1]) / len(loss[max(0, i - w + 1) : i + 1]) for i in range(len(loss))]
         ax.plot(steps, loss, alpha=0.3, lw=0.8, label="loss per step")
         ax.plot(steps, smooth, lw=2, label=f"mean of the last {w}")
-        annealing = curves[name]["run"]["model"].get("annealing_steps")
+        annealing = (curves[name]["run"]["composition"].get("annealing") or {}).get("warmup_steps")
         if annealing:
             ax.axvline(annealing, color="gray", ls="--", lw=1, label=f"annealing ends (step {annealing}): fully bidirectional")
         val = [(r["step"], r["val_nll"]) for r in rows if "val_nll" in r]

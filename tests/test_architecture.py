@@ -10,6 +10,9 @@ package counts as imported too (the root package excepted: every module is insid
 from __future__ import annotations
 
 import ast
+import io
+import keyword
+import tokenize
 from collections import defaultdict
 from pathlib import Path
 
@@ -32,6 +35,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 OPTIONAL = ("gguf", "gradio", "flash_attn", "mauve", "lm_eval", "playwright", "wandb", "tensorboard", "peft",
             "transformers.modeling_gguf_pytorch_utils", ".eval import lm_eval_adapter", ".lm_eval_adapter import DiffusionLMEval")
 MAX_TOP_LEVEL, MAX_FUNCTION_IMPORTS, MAX_FUNCTION_LINES, MAX_CLASS_LINES = 10, 20, 80, 300
+#: issue 23: at most this many pairs of places share a run of DUPLICATE_LINES lines of the same shape
+MAX_DUPLICATE_PAIRS, DUPLICATE_LINES = 5, 6
 #: offenders known and left for now, each with its reason (the test fails when one is fixed and
 #: still listed, or when a new one appears)
 KNOWN_OFFENDERS: set = set()
@@ -48,6 +53,47 @@ def _modules() -> dict[str, Path]:
 
 
 MODULES = _modules()
+
+
+def _line_shapes(source: str) -> list[tuple[int, str]]:
+    """(line number, shape) of each line holding code: its tokens with local names as `x` and
+    numbers as `0`, attribute names and string literals kept (a dict of `"key": self.key` lines is
+    not one shape), comments, docstrings / multi-line strings and imports left out."""
+    skip = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            skip.update(range(node.lineno, node.end_lineno + 1))
+    out: dict[int, list[str]] = defaultdict(list)
+    prev = None
+    for t in tokenize.generate_tokens(io.StringIO(source).readline):
+        ignored = t.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+                             tokenize.ENDMARKER) or (t.type == tokenize.STRING and t.start[0] != t.end[0])
+        if not ignored and t.start[0] not in skip:
+            name = t.type == tokenize.NAME and not keyword.iskeyword(t.string) and prev != "."
+            out[t.start[0]].append("x" if name else "0" if t.type == tokenize.NUMBER else t.string)
+        prev = t.string
+    return [(n, " ".join(shape)) for n, shape in sorted(out.items())]
+
+
+def duplicate_pairs(sources: dict[str, str], width: int = DUPLICATE_LINES) -> list[tuple[str, int, str, int]]:
+    """Pairs of places (file, first line) sharing a run of `width` or more consecutive code lines of
+    the same shape (_line_shapes; runs of under 60 characters of shape are too slight to count):
+    one pair per maximal run."""
+    shapes = {name: _line_shapes(src) for name, src in sources.items()}
+    windows = defaultdict(list)
+    for name, lines in shapes.items():
+        for i in range(len(lines) - width + 1):
+            window = tuple(shape for _, shape in lines[i:i + width])
+            if sum(map(len, window)) >= 60:
+                windows[window].append((name, i))
+    matches = set()
+    for places in windows.values():
+        for a, (fa, ia) in enumerate(places):
+            for fb, ib in places[a + 1:]:
+                if fa != fb or abs(ia - ib) >= width:
+                    matches.add((fa, ia, fb, ib))
+    starts = [m for m in matches if (m[0], m[1] - 1, m[2], m[3] - 1) not in matches]
+    return sorted((fa, shapes[fa][ia][0], fb, shapes[fb][ib][0]) for fa, ia, fb, ib in starts)
 
 
 def _targets(module: str, is_package: bool, node: ast.AST) -> list[str]:
@@ -174,6 +220,25 @@ def test_no_function_over_80_lines_and_no_class_over_300():
             elif isinstance(node, ast.ClassDef) and size > MAX_CLASS_LINES:
                 offenders.append(f"class {module}.{node.name}")
     assert set(offenders) == KNOWN_OFFENDERS
+
+
+def test_at_most_five_pairs_of_places_share_six_lines_of_the_same_shape():
+    """Issue 23's copy-paste measure, in the repo (the `duplicates` tool's idea, no tool needed)."""
+    sources = {str(path.relative_to(PACKAGE)): path.read_text() for path in MODULES.values()}
+    pairs = duplicate_pairs(sources)
+    assert len(pairs) <= MAX_DUPLICATE_PAIRS, pairs
+
+
+def test_the_duplicate_measure_sees_a_copy_of_the_same_shape_and_not_a_dict_of_fields():
+    body = "\n".join(f"    total_{i} = helper(value_{i}, 2) + other.attribute[{i}]" for i in range(6))
+    renamed = body.replace("total_", "sum_").replace("value_", "item_").replace("2)", "3)")
+    sources = {"a.py": f"def f():\n{body}\n", "b.py": f"def g():\n    pass\n{renamed}\n"}
+    assert duplicate_pairs(sources) == [("a.py", 2, "b.py", 3)]
+    five = "\n".join(body.splitlines()[:5])  # one line short of a run
+    assert duplicate_pairs({"a.py": f"def f():\n{body}\n", "b.py": f"def g():\n    pass\n{five}\n"}) == []
+    fields = {"a.py": "d = {\n" + "".join(f'    "{k}": self.{k},\n' for k in "abcdefgh") + "}\n",
+              "b.py": "d = {\n" + "".join(f'    "{k}": self.{k},\n' for k in "stuvwxyz") + "}\n"}
+    assert duplicate_pairs(fields) == []
 
 
 def test_the_measure_sees_an_upward_import_and_a_cycle():

@@ -90,7 +90,7 @@ def test_a_spec_with_new_variants_and_a_composed_lm_runs_end_to_end_on_equal_ste
         assert text in md
     for png in ("ppl.png", "genppl_vs_entropy.png", "quality_vs_steps.png"):
         assert (out / png).stat().st_size > 0
-    assert json.loads((out / "models" / "gamma_slide" / "run.json").read_text())["process"]["gamma"] == 0.1
+    assert json.loads((out / "models" / "gamma_slide" / "run.json").read_text())["composition"]["process"]["gamma"] == 0.1
     # an HF backbone described by its dict: trained, saved as a composition, loaded back by the one loader
     assert res["variants"]["gpt2_flat"]["composition"]["backbone"]["hf_config"]["vocab_size"] == N + 1  # MASK added
     from diffusionlm.io.hub import load_model
@@ -206,7 +206,7 @@ def test_the_default_spec_end_to_end_from_the_command_line(tmp_path):
         assert [s["steps"] for s in r["sampling"]] == ([32] if name == "ar" else [4, 8])
         run, built = load_run(out / "models" / name)
         comp = r["composition"]
-        assert run.process == comp["process"] and run.schedule == comp["schedule"] and run.layout == comp["layout"]
+        assert run.composition == comp  # run.json holds the variant's composition, in its one format
     ar = res["variants"]["ar"]["likelihood"]
     assert ar["method"].startswith("exact") and ar["stderr_per_token"] == 0
     _, built = load_run(out / "models" / "ar")

@@ -84,7 +84,7 @@ def test_a_schedule_wider_than_the_sequence_is_refused():
         with pytest.raises(ValueError, match="exceeds the sequence length 8"):
             s.table(8)
     assert Block(8).table(8).shape == (2, 8) and Slide(8).table(8).shape == (16, 8)
-    with pytest.raises(ValueError, match=r"^schedule: Block\(width=64, steps_per_block=1\): width 64 exceeds the sequence length 32"):
+    with pytest.raises(ValueError, match=r"^composition\.schedule: Block\(width=64, steps_per_block=1\): width 64 exceeds the sequence length 32"):
         RunConfig.from_file(None, ['schedule={"name": "block", "width": 64}', "data.length=32"])
     with pytest.raises(ValueError, match=r"^stages\[1\]\.schedule: .*width 16 exceeds the sequence length 8"):
         RunConfig.from_file(None, ["data.length=8", 'stages=[{"steps": 2}, {"schedule": {"name": "block", "width": 16}}]'])

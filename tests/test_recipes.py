@@ -117,15 +117,16 @@ def test_recipe_loads_and_round_trips(path):
     run = RunConfig.from_file(path)
     again = RunConfig.from_dict(json.loads(json.dumps(run.to_dict())))
     assert again.to_dict() == run.to_dict()
-    hyperschedule(run.schedule)
+    hyperschedule(run.composition["schedule"])
     for stage in run.stages:
         assert not any(k.startswith("_") for k in stage)
 
 
 def test_scratch_recipe_is_the_two_stage_paper_setup():
     run = RunConfig.from_file(SCRATCH)
-    assert run.model.kind == "transformer" and run.model.preset == "gpt2-small"
-    assert run.process["name"] == "gamma_hybrid" and run.process["gamma"] == 0.01
+    comp = run.composition
+    assert comp["backbone"] == {"name": "transformer", "preset": "gpt2-small"} and run.init is None
+    assert comp["process"]["name"] == "gamma_hybrid" and comp["process"]["gamma"] == 0.01
     assert run.data.corpus == "stdlib" and run.data.tokenizer == "data:tokenizers/gpt2"
     s1, s2 = run.stages
     assert hyperschedule(s1["schedule"]) == Flat() and not s1.get("two_halves", run.train.two_halves)
@@ -134,19 +135,21 @@ def test_scratch_recipe_is_the_two_stage_paper_setup():
 
 def test_diffugpt_recipe_is_the_adaptation_setup():
     run = RunConfig.from_file(DIFFUGPT)
-    assert run.model.kind == "hf" and run.model.path == "gpt2" and run.model.hf_config is None
-    assert run.layout == "shifted" and run.model.annealing_steps > 0 and run.model.lora is None
-    assert run.process == {"name": "absorb", "noise": {"name": "linear"}}  # alpha = 1 - t: weight 1/t
-    assert hyperschedule(run.schedule) == Flat()
+    comp, backbone = run.composition, run.composition["backbone"]
+    assert backbone["name"] == "hf" and backbone["path"] == "gpt2" and backbone.get("hf_config") is None
+    assert comp["layout"] == "shifted" and comp["annealing"]["warmup_steps"] > 0 and backbone.get("lora") is None
+    assert comp["process"] == {"name": "absorb", "noise": {"name": "linear"}}  # alpha = 1 - t: weight 1/t
+    assert hyperschedule(comp["schedule"]) == Flat()
     assert run.data.tokenizer == "data:tokenizers/gpt2"
 
 
 def test_lad_recipe_has_the_paper_hyperparameters():
     run = RunConfig.from_file(LAD)
-    assert run.model.kind == "hf" and "llama" in run.model.path.lower()
-    assert run.model.lora["target_modules"] == ["q_proj", "v_proj"]
-    assert set(run.model.lora) == {"r", "target_modules"}  # alpha defaults to r, dropout to 0
-    assert run.process["name"] == "structural" and hyperschedule(run.schedule) == Flat()  # bidirectional
+    comp, backbone = run.composition, run.composition["backbone"]
+    assert backbone["name"] == "hf" and "llama" in backbone["path"].lower()
+    assert backbone["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert set(backbone["lora"]) == {"r", "target_modules"}  # alpha defaults to r, dropout to 0
+    assert comp["process"]["name"] == "structural" and hyperschedule(comp["schedule"]) == Flat()  # bidirectional
     assert run.data.instruct and run.data.length == 256
     t = run.train
     assert (t.lr, t.lr_schedule, t.weight_decay, t.clip, t.batch_size) == (1e-5, "cosine", 0.01, 0.5, 8)
@@ -286,7 +289,7 @@ def test_cli_trains_the_two_stage_scratch_recipe(tmp_path, corpus):
     assert done.returncode == 0, done.stderr[-4000:]
 
     resolved = RunConfig.from_dict(json.loads((out / "run.json").read_text()))
-    assert resolved.model.preset == "tiny" and resolved.train.out_dir == str(out)
+    assert resolved.composition["backbone"]["preset"] == "tiny" and resolved.train.out_dir == str(out)
     assert [s["steps"] for s in resolved.stages] == [3, 2]
     results = json.loads((out / "results.json").read_text())
     assert [s["steps"] for s in results["stages"]] == [3, 2]

@@ -18,7 +18,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from ..config import DataSpec, ModelSpec, RunConfig
+from ..config import DataSpec, RunConfig
 from ..data import BatchStream, TokenBlocks, load_corpus, load_tokenizer
 from ..eval.bound import corpus_bound
 from ..eval.causal import causal_nll
@@ -172,8 +172,7 @@ def save_variant(path: Path, cfg: CompareConfig, name: str, lm: Any, training: O
         return
     path.mkdir(parents=True, exist_ok=True)
     trained = training or {}
-    run = RunConfig(model=ModelSpec(kind="transformer", preset=cfg.preset or "tiny"), process=lm.process.to_dict(),
-                    schedule=lm.schedule.to_dict(), layout=lm.layout.value,
+    run = RunConfig(composition=lm.to_dict(),
                     data=DataSpec(corpus=cfg.corpus, tokenizer=cfg.tokenizer, length=cfg.length),
                     train=TrainConfig(**{**cfg.train, "steps": trained.get("steps") or 1,
                                          "batch_size": trained.get("batch_size") or cfg.batch_size, "seed": cfg.seed}))

@@ -1,6 +1,7 @@
-"""Configuration, together: the run configuration (`RunConfig`: model / data / train sections,
-JSON files, `section.key=value` overrides) in :mod:`.run`, the train section in :mod:`.train`,
-and the rules every section's fields are checked by in :mod:`.check`.
+"""Configuration, together: the run configuration (`RunConfig`: a composition in the one format
+beside init / data / train / stages sections, JSON files, `section.key=value` overrides) in
+:mod:`.run`, the one reader of old-format configs in :mod:`.legacy`, the train section in
+:mod:`.train`, and the rules every section's fields are checked by in :mod:`.check`.
 
     run = RunConfig.from_file("recipes/scratch.json", ["train.lr=1e-4", "data.length=256"])
     parts = diffusionlm.io.runs.build(run)  # tokenizer, lm, train stream, validation batches
@@ -8,6 +9,7 @@ and the rules every section's fields are checked by in :mod:`.check`.
 Building a run and loading a run directory read files and load models: they are the io layer's
 (diffusionlm.io.runs); the names `build`, `load_run`, ... here are deprecated aliases of those.
 """
+from . import legacy
 from .check import check_fields
 from .train import LR_SCHEDULES, TrainConfig
 from .run import (  # build ... safetensors_errors: deprecated aliases of diffusionlm.io.runs

@@ -1,7 +1,14 @@
-"""Run configuration: typed sections, JSON files, `section.key=value` overrides.
+"""Run configuration: the composition, typed sections, JSON files, `section.key=value` overrides.
 
-    run = RunConfig.from_file("recipes/scratch.json", ["train.lr=1e-4", "data.length=256"])
-    parts = build(run)                      # tokenizer, lm, train stream, validation batches
+    run = RunConfig.from_file("recipes/scratch.json", ["train.lr=1e-4", "composition.schedule.width=8"])
+    parts = diffusionlm.io.runs.build(run)  # tokenizer, lm, train stream, validation batches
+
+A run config is {"composition": DiffusionLM.to_dict()'s format, "init": a saved transformer
+folder or null, "data": ..., "train": ..., "stages": [...]}. The composition may leave out what
+the data decides (the process's vocab_size: the tokenizer's; bos_id: its BOS, else EOS; a
+transformer backbone's sizes: derived from the process, max_positions: data.length); the run
+builder fills those in and builds it with DiffusionLM.from_dict, nothing else. Old-format configs
+(model / process / schedule / layout sections) are read by diffusionlm.config.legacy, in one line.
 
 Unknown keys are errors that name the closest valid key; values given on the command line are
 parsed as JSON when they parse (numbers, true/false, null, lists, objects) and as strings
@@ -9,6 +16,7 @@ otherwise. Every section round-trips through `to_dict()` / JSON.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -17,37 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .check import Bool, Choice, Dict, Int, Opt, Str, check_fields
-from ..specs import build as build_spec, provided
+from . import legacy
+from .check import Bool, Choice, Int, Opt, Str, check_fields
+from .legacy import ModelSpec, reject_unknown
+from ..specs import build as build_spec, lookup, provided
 from ..models.transformer import TransformerConfig
 from .train import TrainConfig
 
-__all__ = ["ModelSpec", "DataSpec", "RunConfig"]
-
-
-@dataclass
-class ModelSpec:
-    kind: str = "transformer"  # transformer (ours) | hf (any AutoModelForCausalLM)
-    preset: str = "tiny"  # transformer presets: tiny | gpt2-small
-    overrides: dict = field(default_factory=dict)  # TransformerConfig fields
-    path: Optional[str] = None  # transformer: a save_pretrained dir; hf: local dir or hub id
-    hf_config: Optional[dict] = None  # hf: build a randomly initialised model from this config
-    attn_implementation: str = "sdpa"
-    mask: str = "add"  # hf MASK token: "add" (resize by one) or a reserved token string
-    lora: Optional[dict] = None  # {"r": 8, "target_modules": ["q_proj", "v_proj"]}
-    annealing_steps: Optional[int] = None  # DiffuGPT attention-mask annealing warm-up
-
-    RULES = {
-        "kind": Choice("transformer", "hf"), "preset": Choice(*TransformerConfig.presets()), "overrides": Dict(),
-        "path": Opt(Str(), "a new model"), "hf_config": Opt(Dict(), "model.path gives the model"),
-        "attn_implementation": Choice("sdpa", "eager"), "mask": Str(), "lora": Opt(Dict(), "no LoRA"),
-        "annealing_steps": Opt(Int(0), "no annealing"),
-    }
-
-    def __post_init__(self) -> None:
-        check_fields(self, self.RULES, "model")
-        if self.hf_config is not None and not isinstance(self.hf_config.get("model_type"), str):
-            raise ValueError(f"model.hf_config needs a \"model_type\" (e.g. \"llama\", \"gpt2\"), got keys {sorted(self.hf_config)}")
+__all__ = ["DEFAULT_COMPOSITION", "ModelSpec", "DataSpec", "RunConfig"]
 
 
 @dataclass
@@ -81,49 +66,63 @@ class DataSpec:
         check_fields(self, self.RULES, "data")
 
 
+#: the composition of a config that names none: MDLM (Absorb, Flat) on the tiny transformer
+DEFAULT_COMPOSITION = {"name": "diffusion_lm", "process": {"name": "absorb"}, "schedule": {"name": "flat"},
+                       "layout": "aligned", "backbone": {"name": "transformer", "preset": "tiny"}}
+#: composition fields whose value is a part's spec: a config file or override replaces it whole
+_PARTS = ("process", "schedule", "backbone", "annealing")
+
+
 @dataclass
 class RunConfig:
-    model: ModelSpec = field(default_factory=ModelSpec)
-    process: dict = field(default_factory=lambda: {"name": "absorb"})
-    schedule: dict = field(default_factory=lambda: {"name": "flat"})
-    layout: str = "aligned"
+    """A training run: the composition (DiffusionLM.to_dict()'s format; what the data decides may be
+    left out), where its weights start (`init`; an hf backbone's `path` / `lora` are backbone fields),
+    the data, the train settings and the stages."""
+
+    composition: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_COMPOSITION))
+    #: a saved DiffusionTransformer folder (save_pretrained) whose architecture and weights the run
+    #: starts from (fields composition.backbone gives must agree with it); None: fresh weights
+    init: Optional[str] = None
     data: DataSpec = field(default_factory=DataSpec)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, progress=True))
     #: training stages run one after another; each may override schedule / train keys
     #: (the papers' Flat first, then Block / Slide fine-tuning)
     stages: list = field(default_factory=list)
 
-    SECTIONS = {"model": ModelSpec, "data": DataSpec, "train": TrainConfig}
+    SECTIONS = {"data": DataSpec, "train": TrainConfig}
 
     def to_dict(self) -> dict:
         out = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+            out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v)
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict, source: str = "a run config") -> "RunConfig":
         """Keys starting with "_" (e.g. "_comment") are comments, ignored at the top level, in
-        the model / data / train sections and in each stage. Stages are checked here, so a typo in
-        a late stage fails before the first step, not after the earlier stages have trained."""
-        top = [f.name for f in dataclasses.fields(cls)]
+        the data / train sections and in each stage. An old-format dict (model / process /
+        schedule / layout sections) is read by its converter (diffusionlm.config.legacy), said in
+        one line naming `source`. Stages are checked here, so a typo in a late stage fails before
+        the first step, not after the earlier stages have trained."""
         d = _strip_comments(d)
-        _reject_unknown(d, top, "")
+        if isinstance(d, dict) and legacy.is_old(d):
+            d = legacy.convert(d, source)
+        top = [f.name for f in dataclasses.fields(cls)]
+        reject_unknown(d, top, "")
         kw = {}
         for name, value in d.items():
             sec = cls.SECTIONS.get(name)
             if sec is not None:
                 value = _strip_comments(value)
-                names = [f.name for f in dataclasses.fields(sec)]
-                _reject_unknown(value, names, name + ".")
+                reject_unknown(value, [f.name for f in dataclasses.fields(sec)], name + ".")
                 kw[name] = sec(**value)
             else:
                 kw[name] = value
         run = cls(**kw)
-        if run.layout not in ("aligned", "shifted"):
-            raise ValueError(f"layout = {run.layout!r}: must be one of aligned, shifted")
-        _check_schedule(run.schedule, run.data.length, "schedule")
+        if run.init is not None and not (isinstance(run.init, str) and run.init.strip()):
+            raise ValueError(f"init = {run.init!r}: must be a folder (a string) or null: fresh weights")
+        run.composition = _check_composition(run.composition, run.data.length)
         run.stages = _check_stages(run.stages, run.train, run.data.length)
         for i, entry in enumerate(run.train.curriculum or []):
             _check_schedule(entry["schedule"], run.data.length, f"train.curriculum[{i}].schedule")
@@ -131,16 +130,39 @@ class RunConfig:
 
     @classmethod
     def from_file(cls, path: "str | Path | None", overrides: "list[str] | None" = None) -> "RunConfig":
+        """The run config of a JSON file (old format: converted, said in one line) with
+        `section.key=value` overrides on top (old keys: model.*, process, schedule, layout too)."""
         base = cls().to_dict()
         if path is not None:
             p = Path(path)
             if not p.exists():
                 raise FileNotFoundError(f"config file not found: {p}")
-            _merge(base, json.loads(p.read_text()))
+            new = _strip_comments(json.loads(p.read_text()))
+            if isinstance(new, dict) and legacy.is_old(new):
+                new = legacy.convert(new, str(p))
+            _merge(base, new)
         for item in overrides or []:
             _apply_override(base, item)
         _overrides_reach_stages(base, overrides or [])
         return cls.from_dict(base)
+
+
+def _check_composition(comp: Any, length: int) -> dict:
+    """The composition section's keys (those of DiffusionLM.to_dict()), layout, hyperschedule (at
+    the data length) and a transformer backbone's keys, each in one line."""
+    if not isinstance(comp, dict):
+        raise ValueError(f"config section composition must be an object (DiffusionLM.to_dict()), got {type(comp).__name__}")
+    comp = _strip_comments(comp)
+    cls = lookup("composition", comp.get("name", "diffusion_lm"))
+    reject_unknown(comp, ["name", *cls.spec_fields()], "composition.")
+    if comp.get("layout", "aligned") not in ("aligned", "shifted"):
+        raise ValueError(f"composition.layout = {comp['layout']!r}: must be one of aligned, shifted")
+    _check_schedule(comp.get("schedule", {"name": "flat"}), length, "composition.schedule")
+    backbone = comp.get("backbone")
+    if isinstance(backbone, dict) and backbone.get("name") == "transformer":
+        fields = ["preset"] + [f.name for f in dataclasses.fields(TransformerConfig)]
+        reject_unknown(_strip_comments(backbone), ["name"] + fields, "composition.backbone.")
+    return comp
 
 
 def _strip_comments(d: Any) -> Any:
@@ -166,7 +188,7 @@ def _check_stages(stages: Any, train: TrainConfig, length: int) -> list:
     for i, stage in enumerate(stages):
         prefix = f"stages[{i}]."
         stage = _strip_comments(stage)
-        _reject_unknown(stage, ["schedule"] + TrainConfig.field_names(), prefix)
+        reject_unknown(stage, ["schedule"] + TrainConfig.field_names(), prefix)
         if "schedule" in stage:
             _check_schedule(stage["schedule"], length, f"{prefix}schedule")
         rest = {k: v for k, v in stage.items() if k != "schedule"}
@@ -178,19 +200,11 @@ def _check_stages(stages: Any, train: TrainConfig, length: int) -> list:
     return out
 
 
-def _reject_unknown(d: Any, valid: list, prefix: str) -> None:
-    if not isinstance(d, dict):
-        raise ValueError(f"config section {prefix.rstrip('.') or '<top>'} must be an object")
-    for k in d:
-        if k not in valid:
-            close = difflib.get_close_matches(k, valid, n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(prefix + v for v in valid)}"
-            raise ValueError(f"unknown config key {prefix}{k}{hint}")
-
-
 def _merge(base: dict, new: dict) -> None:
+    """`new` over `base`, section by section; a part's spec (process, schedule, backbone, annealing)
+    is replaced whole (its fields belong to the class it names)."""
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict) and k not in ("process", "schedule"):
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k not in _PARTS:
             _merge(base[k], v)
         else:
             base[k] = v
@@ -207,7 +221,14 @@ def _overrides_reach_stages(base: dict, overrides: list) -> None:
                 stage[k] = base["train"][k]
 
 
+#: old override keys that are composition fields now (model.*: diffusionlm.config.legacy)
+_MOVED = ("process", "schedule", "layout")
+
+
 def _apply_override(base: dict, item: str) -> None:
+    """`key=value` (value as JSON when it parses) into the config dict `base`: section.key=value,
+    composition.part.field=value (a part's fields belong to the class it names: checked when
+    built); the old keys process / schedule / layout (composition.*) and model.* still work."""
     if "=" not in item:
         raise ValueError(f"override {item!r} is not of the form key=value")
     key, raw = item.split("=", 1)
@@ -216,6 +237,15 @@ def _apply_override(base: dict, item: str) -> None:
     except json.JSONDecodeError:
         value = raw
     parts = key.split(".")
+    if parts[0] in _MOVED:
+        parts = ["composition", *parts]
+    if parts[0] == "model":
+        legacy.model_override(base, parts[1:], value, _set_key)
+        return
+    _set_key(base, parts, value, key)
+
+
+def _set_key(base: dict, parts: list, value: Any, key: str) -> None:
     node = base
     for i, p in enumerate(parts[:-1]):
         if p not in node or not isinstance(node[p], dict):
@@ -225,7 +255,7 @@ def _apply_override(base: dict, item: str) -> None:
             raise ValueError(f"unknown config section {key}" + (f"; did you mean {'.'.join(parts[:i] + close)}?" if close else f"; sections{' of ' + where if where else ''}: {valid}"))
         node = node[p]
     leaf = parts[-1]
-    free = parts[0] in ("process", "schedule")  # their keys belong to the named class
+    free = parts[0] == "composition"  # checked by _check_composition and, a part's fields, when built
     if leaf not in node and not free:
         close = difflib.get_close_matches(leaf, list(node), n=1)
         prefix = ".".join(parts[:-1]) + "." if len(parts) > 1 else ""

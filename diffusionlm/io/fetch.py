@@ -49,6 +49,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 import transformers
 
+from ..specs import provide
 from ..trust import load_hf_causal_lm
 
 __all__ = [
@@ -392,6 +393,9 @@ def load_causal_lm(name_or_path: "str | os.PathLike", attn_implementation: str =
     if spec in SOURCES:
         model.config._name_or_path = model.name_or_path = spec
     return model
+
+
+provide("load_causal_lm", load_causal_lm)  # the hf backbone spec's `path` (diffusionlm.models.hf) loads through it
 
 
 def shipped_path(name: str, root: "str | os.PathLike | None" = None,

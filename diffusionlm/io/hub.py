@@ -61,11 +61,12 @@ from typing import Any, Optional
 import torch
 
 from ..data import load_tokenizer
+from ..lm import DiffusionLM
 from ..masks import causal_mask_mod, dense_mask
 from ..specs import build, provide
 from ..trust import check_hf_folder, load_hf_causal_lm
 from .client import MODEL_RESOLVERS, ModelNotFoundError, library_version, register_resolver, resolve_model_path
-from .runs import DataSpec, ModelSpec, RunConfig, build as build_run, load_run
+from .runs import DataSpec, RunConfig, build as build_run, load_run
 from .saving import (
     BACKBONE_DIR,
     CARD_MARK,
@@ -237,9 +238,11 @@ def _no_overrides(name: str, what: str, process: Any, layout: Any) -> None:
 
 
 def _load_hf(name: str, path: Path, process: Any, schedule: Any, layout: Optional[str], mask: str, impl: str) -> LoadedModel:
-    run = RunConfig(model=ModelSpec(kind="hf", path=str(path), mask=mask, attn_implementation=impl),
-                    process=process or {"name": "absorb"}, schedule=schedule or {"name": "flat"},
-                    layout=layout or "shifted", data=DataSpec(tokenizer=str(path), length=1))  # length: training only
+    backbone = {"name": "hf", "path": str(path), "mask": mask, "attn_implementation": impl}
+    run = RunConfig(composition={"name": DiffusionLM.name, "process": process or {"name": "absorb"},
+                                 "schedule": schedule or {"name": "flat"}, "layout": layout or "shifted",
+                                 "backbone": backbone},
+                    data=DataSpec(tokenizer=str(path), length=1))  # length: training only
     try:
         built = build_run(run, data=False)
     except safetensors_errors() as err:

@@ -9,16 +9,16 @@ saved compositions.
 """
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import transformers
 
-from ..config.run import DataSpec, ModelSpec, RunConfig, _reject_unknown
+from ..config.legacy import backbone_of as legacy_backbone
+from ..config.run import DataSpec, ModelSpec, RunConfig
 from ..data import (
     BatchStream,
     InstructionCollator,
@@ -32,18 +32,18 @@ from ..data import (
 from ..data.sources import read_documents
 from ..data.streaming import TokenStream
 from ..lm import DiffusionLM, backbone_defaults
-from ..models import DiffusionTransformer, TransformerConfig
-from ..models.hf import AttentionAnnealing, HFDenoiser
-from ..models.lora import apply_lora
+from ..models import DiffusionTransformer
+from ..models.hf import mask_token_id
 from ..processes import process
-from ..specs import provide
+from ..specs import build as build_spec, provide
 from ..training.checkpoint import latest_checkpoint, load_model_weights
 from ..training.trainer import seed_everything
-from ..trust import check_hf_config, no_symlink
-from .fetch import load_causal_lm, resolve_tokenizer
+from ..trust import no_symlink
+from .fetch import resolve_tokenizer
 from .saving import SavedComposition, safetensors_errors
 
-__all__ = ["BuiltRun", "DataSpec", "ModelSpec", "RunConfig", "build", "build_model", "corpus_documents", "build_process", "build_tokenizer",
+__all__ = ["BuiltRun", "DataSpec", "ModelSpec", "RunConfig", "build", "build_model", "composition_spec", "corpus_documents",
+           "build_process", "build_tokenizer",
            "load_run", "safetensors_errors"]
 
 
@@ -60,68 +60,75 @@ def build_tokenizer(spec: DataSpec):
 
 
 def build_process(spec: dict, tokenizer, mask_id: Optional[int] = None):
-    spec = dict(spec)
-    spec.setdefault("vocab_size", tokenizer.vocab_size)
+    """Deprecated helper (one release): the process of `spec` with the tokenizer's vocab_size and
+    `mask_id` filled in. A run's process is built by DiffusionLM.from_dict (composition_spec)."""
+    spec = _process_spec(spec, tokenizer)
     if mask_id is not None and spec.get("name") != "uniform":
         spec.setdefault("mask_id", mask_id)
     return process(spec)
 
 
 def build_model(spec: ModelSpec, proc, tokenizer, length: int):
-    """Our transformer, or a Hugging Face causal LM wrapped as a denoiser (plus LoRA)."""
-    if spec.kind == "transformer":
-        if spec.path:
-            return DiffusionTransformer.from_pretrained(spec.path)
+    """Deprecated helper (one release): the backbone of an old `model` section, built from its
+    converted backbone spec by the registry (specs.build; a transformer's sizes from `proc`)."""
+    backbone, init = legacy_backbone(spec)
+    if init is not None:
+        return DiffusionTransformer.from_pretrained(init)
+    if backbone["name"] == "transformer":
+        backbone = {**backbone_defaults(proc, getattr(tokenizer, "bos_id", None), length), **backbone}
+    return build_spec("backbone", _mask_token(backbone, tokenizer))
 
-        fields = [f.name for f in dataclasses.fields(TransformerConfig)]
-        _reject_unknown(spec.overrides, fields, "model.overrides.")
-        kw = backbone_defaults(proc, getattr(tokenizer, "bos_id", None), length)  # sizes, MASK / BOS, eq. 12
-        kw.update(spec.overrides)  # an explicit override wins (no "multiple values" TypeError)
-        return DiffusionTransformer(TransformerConfig.preset(spec.preset, **kw))
-    if spec.kind == "hf":
-        AutoConfig, AutoModelForCausalLM = transformers.AutoConfig, transformers.AutoModelForCausalLM  # transformers loads these on first use
 
-        if spec.hf_config is not None:
-            hc = dict(spec.hf_config)
-            check_hf_config(hc, "model.hf_config")
-            cfg = AutoConfig.for_model(hc.pop("model_type"), **hc)
-            model = AutoModelForCausalLM.from_config(cfg, attn_implementation=spec.attn_implementation,
-                                                     trust_remote_code=False)
-        elif spec.path:
-            # a fetchable name ("smollm2"), a .gguf, an HF folder or a hub id (diffusionlm.io.fetch)
-            model = load_causal_lm(spec.path, attn_implementation=spec.attn_implementation)
-        else:
-            raise ValueError("model.kind=hf needs model.path (a local directory or hub id) or model.hf_config")
-        denoiser = HFDenoiser.from_model(model, mask=spec.mask, tokenizer=getattr(tokenizer, "hf", None))
-        if spec.lora:  # after the MASK row is added, so that the adapter carries it (models.lora)
+def _process_spec(spec: Any, tokenizer: Any) -> Any:
+    """A process spec with the tokenizer's vocab_size where it gives none."""
+    return {"vocab_size": tokenizer.vocab_size, **spec} if isinstance(spec, dict) else spec
 
-            apply_lora(denoiser, **spec.lora)
-        return denoiser
-    raise ValueError(f"unknown model.kind {spec.kind!r}; known: transformer, hf")
+
+def _mask_token(backbone: Any, tokenizer: Any) -> Any:
+    """An hf backbone whose `mask` names a token string, with that token's id (`mask_id`) instead."""
+    mask = backbone.get("mask") if isinstance(backbone, dict) and backbone.get("name") == "hf" else None
+    if mask in (None, "add", "none"):
+        return backbone
+    rest = {k: v for k, v in backbone.items() if k != "mask"}
+    return {**rest, "mask_id": mask_token_id(mask, getattr(tokenizer, "hf", None))}
+
+
+def composition_spec(run: RunConfig, tokenizer: Any) -> dict:
+    """run.composition with what the data decides filled in where it is left out: the process's
+    vocab_size (the tokenizer's), bos_id (its BOS, else EOS), a transformer backbone's
+    max_positions (data.length; its other sizes come from the process in DiffusionLM.from_dict),
+    an hf backbone's MASK token string as its id. `DiffusionLM.from_dict` of it is the run's
+    composition (with fresh weights, or `run.init`'s)."""
+    spec = copy.deepcopy(run.composition)
+    spec["process"] = _process_spec(spec.get("process", {"name": "absorb"}), tokenizer)
+    if spec.get("bos_id") is None:
+        bos = getattr(tokenizer, "bos_id", None)
+        spec["bos_id"] = bos if bos is not None else getattr(tokenizer, "eos_id", None)
+    backbone = spec.get("backbone")
+    if isinstance(backbone, str):  # a bare name, as every spec allows
+        backbone = spec["backbone"] = {"name": backbone}
+    if isinstance(backbone, dict) and backbone.get("name") == "transformer" and run.init is None:
+        spec["backbone"] = {"max_positions": run.data.length, **backbone}
+    spec["backbone"] = _mask_token(spec.get("backbone"), tokenizer)
+    return spec
 
 
 def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True) -> BuiltRun:
     """The tokenizer, the DiffusionLM and (with `data`) the training stream and validation
-    batches of a run; `data=False` skips reading the corpus (sampling, evaluation, the demo)."""
+    batches of a run; `data=False` skips reading the corpus (sampling, evaluation, the demo).
+    The composition is `DiffusionLM.from_dict(composition_spec(run, tokenizer))`; a backbone
+    that decides the MASK id (hf) is built first so that the tokenizer is checked against it."""
     tok = build_tokenizer(run.data)
-    # the process needs the MASK id the model uses; HF models decide it when wrapped
-    if run.model.kind == "hf":
-        model = build_model(run.model, None, tok, run.data.length)
+    spec = composition_spec(run, tok)
+    model = None
+    if run.init is not None:
+        model = DiffusionTransformer.from_pretrained(run.init)
+    elif spec.get("backbone") is not None and not _derived_backbone(spec["backbone"]):
+        model = build_spec("backbone", spec.pop("backbone"))
         # the real ids the model takes (MASK, added or virtual, is the id after them)
-        check_vocab(tok, model.mask_id if model.mask_id is not None else model.vocab_size)
-        proc = build_process(run.process, tok, mask_id=model.mask_id)
-    else:
-        proc = build_process(run.process, tok)
-        model = build_model(run.model, proc, tok, run.data.length)
-    check_vocab(tok, proc.vocab_size)
-    annealing = None
-    if run.model.annealing_steps is not None:
-        annealing = AttentionAnnealing(run.model.annealing_steps)
-    bos = getattr(tok, "bos_id", None)
-    if bos is None:
-        bos = getattr(tok, "eos_id", None)
-    lm = DiffusionLM.from_dict({"name": DiffusionLM.name, "process": proc, "schedule": run.schedule,
-                                "layout": run.layout, "bos_id": bos, "annealing": annealing}, model=model)
+        check_vocab(tok, model.mask_id if getattr(model, "mask_id", None) is not None else model.vocab_size)
+    lm = DiffusionLM.from_dict(spec, model=model)
+    check_vocab(tok, lm.process.vocab_size)
     if run.data.length > (lm.max_positions or run.data.length):
         raise ValueError(f"data.length {run.data.length} exceeds the model's {lm.max_positions} positions")
     if any(stage.get("two_halves", run.train.two_halves) for stage in run.stages or [{}]):
@@ -140,6 +147,11 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
                 except StopIteration:
                     break
     return BuiltRun(tok, lm, stream, val)
+
+
+def _derived_backbone(backbone: Any) -> bool:
+    """Whether DiffusionLM.from_dict derives the backbone's sizes from the process (our transformer)."""
+    return isinstance(backbone, dict) and backbone.get("name", "transformer") == "transformer"
 
 
 def corpus_documents(data: DataSpec, split: str) -> list:
@@ -185,7 +197,7 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
         what = "is a directory" if cfg_file.is_dir() else "is missing"
         raise FileNotFoundError(f"{cfg_file} {what}: give a directory written by `diffusionlm train`")
     try:
-        run = RunConfig.from_dict(json.loads(cfg_file.read_text()))
+        run = RunConfig.from_dict(json.loads(cfg_file.read_text()), source=str(cfg_file))
     except json.JSONDecodeError as err:
         raise ValueError(f"{cfg_file} is not valid JSON: {err}") from None
     model_dir = no_symlink(run_dir / "model", f"{run_dir}: model/")
@@ -195,9 +207,9 @@ def load_run(path: "str | Path", data: bool = False, base: Any = None) -> "tuple
         return run, BuiltRun(p.tokenizer, p.lm, None, [])
     if base is not None:
         raise ValueError(f"a LoRA base was given, but {run_dir} holds no saved composition with an adapter")
-    final = run.model.kind == "transformer" and model_dir.exists()
+    final = _derived_backbone(run.composition.get("backbone")) and model_dir.exists()
     if final:
-        run.model.path = str(run_dir / "model")
+        run.init = str(run_dir / "model")  # the bare transformer an older run saved
 
     seed_everything(run.train.seed)  # a random-initialised base (hf_config) is the one training built
     built = build(run, data=data)

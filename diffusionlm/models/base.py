@@ -19,13 +19,13 @@ needs: :func:`bare` (the module under torch.compile / DDP / FSDP wrappers) and :
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Optional, Protocol, TypedDict, Unpack, runtime_checkable
 
 from torch import Tensor, nn
 
 from ..specs import Part
 
-__all__ = ["Annealing", "Backbone", "Denoiser", "DenoiserOutput", "bare", "logits_of", "output_size"]
+__all__ = ["Annealing", "Backbone", "Denoiser", "DenoiserInputs", "DenoiserOutput", "bare", "logits_of", "output_size"]
 
 
 class Backbone(Part, kind="backbone"):
@@ -60,19 +60,22 @@ class DenoiserOutput(NamedTuple):
     cache: Optional[Any] = None
 
 
+class DenoiserInputs(TypedDict, total=False):
+    """The keyword inputs every backbone takes (module docstring), each optional."""
+
+    position_ids: Optional[Tensor]
+    attention_mask: Any
+    levels: Optional[Tensor]
+    cache: Any
+
+
 @runtime_checkable
 class Denoiser(Protocol):
+    """`model(input_ids, **inputs)` -> DenoiserOutput, `model.vocab_size` its output size."""
+
     vocab_size: int
 
-    def __call__(
-        self,
-        input_ids: Tensor,
-        *,
-        position_ids: Optional[Tensor] = None,
-        attention_mask: Any = None,
-        levels: Optional[Tensor] = None,
-        cache: Any = None,
-    ) -> DenoiserOutput: ...
+    def __call__(self, input_ids: Tensor, **inputs: Unpack[DenoiserInputs]) -> DenoiserOutput: ...
 
 
 def output_size(model: Any) -> int:

@@ -95,13 +95,14 @@ import transformers
 from torch import Tensor
 
 from ..checks import check_levels
+from ..specs import provided
 from ..trust import check_hf_config, load_hf_causal_lm, read_json_config
 from .base import Backbone, DenoiserOutput
 from .annealing import ANNEALINGS, AttentionAnnealing, annealed_mask  # noqa: F401  (re-exported: their home was this module)
 from .hf_cache import SUPPORTED_ATTENTION, MasksAndCache, _copy_cache
 from .lora import apply_lora, is_peft, load_adapters, peft_model_of, save_adapters
 
-__all__ = ["HFDenoiser", "AttentionAnnealing", "annealed_mask", "SUPPORTED_ATTENTION", "base_fingerprint"]
+__all__ = ["HFDenoiser", "mask_token_id", "AttentionAnnealing", "annealed_mask", "SUPPORTED_ATTENTION", "base_fingerprint"]
 
 #: what `HFDenoiser.save_pretrained` writes beside the HF files, and its format version
 DENOISER_FILE = "denoiser.json"
@@ -167,6 +168,18 @@ def add_mask_row(model: nn.Module) -> int:
     return n
 
 
+def mask_token_id(mask: str, tokenizer: Any) -> int:
+    """The id of the existing token string `mask` (MASK = a token of the vocabulary): it must
+    encode to exactly one id with `tokenizer` (a transformers tokenizer or a `tokenizers` one)."""
+    if tokenizer is None:
+        raise ValueError(f"mask={mask!r} names a token: pass tokenizer= to look up its id (or use mask_id=)")
+    enc = tokenizer.encode(mask, add_special_tokens=False)
+    ids = list(getattr(enc, "ids", enc))  # a transformers tokenizer gives a list, `tokenizers` an Encoding
+    if len(ids) != 1:
+        raise ValueError(f"the MASK token {mask!r} must encode to exactly one id, but the tokenizer gives {len(ids)}: {ids}")
+    return int(ids[0])
+
+
 class _HFSpec:
     """The "hf" backbone spec of an HFDenoiser (diffusionlm.specs): built from an HF config (fresh
     weights) or a path, written back as its config without the weights."""
@@ -198,8 +211,8 @@ class _HFSpec:
             model = AutoModelForCausalLM.from_config(
                 AutoConfig.for_model(hc.pop("model_type"), **hc), attn_implementation=attn_implementation,
                 trust_remote_code=False)
-        else:
-            model = load_hf_causal_lm(path, attn_implementation=attn_implementation)
+        else:  # a fetched name ("smollm2"), a .gguf, an HF folder or a hub id: the io layer resolves it
+            model = provided("load_causal_lm")(path, attn_implementation=attn_implementation)
         if mask is None and mask_id is None:
             mask = "add"  # the loader's default (config.ModelSpec.mask): one spec, one model
         denoiser = cls.from_model(model, None if mask == "none" else mask, mask_id=mask_id)
@@ -297,15 +310,7 @@ class HFDenoiser(_HFSpec, MasksAndCache, nn.Module, Backbone):
             out = cls(model, add_mask_row(model))
             out.mask_added = True
             return out
-        if tokenizer is None:
-            raise ValueError(f"mask={mask!r} names a token: pass tokenizer= to look up its id (or use mask_id=)")
-        enc = tokenizer.encode(mask, add_special_tokens=False)
-        ids = list(getattr(enc, "ids", enc))  # a transformers tokenizer gives a list, `tokenizers` an Encoding
-        if len(ids) != 1:
-            raise ValueError(
-                f"the MASK token {mask!r} must encode to exactly one id, but the tokenizer gives {len(ids)}: {ids}"
-            )
-        return cls(model, int(ids[0]))
+        return cls(model, mask_token_id(mask, tokenizer))
 
     # -- queries -------------------------------------------------------------------------
     @property

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..checks import as_mask, check_ids
-from ..specs import Part, encode, lookup, register, registry
+from ..specs import Part, encode, lookup, register, registry, spec_fields
 
 __all__ = [
     "Sampler",
@@ -188,8 +188,9 @@ class Sampler(Part, kind="sampler"):
         raise NotImplementedError
 
     def to_dict(self) -> dict:
-        """{"name": ..., **fields}: the spec that builds this sampler back (dtypes by name)."""
-        return {"name": self.name, **{f.name: encode(getattr(self, f.name)) for f in fields(self)}}
+        """{"name": ..., **fields}: the spec that builds this sampler back (dtypes by name), its
+        fields in the constructor's order (a StepsSampler's shared fields after its own)."""
+        return {"name": self.name, **spec_fields(self)}
 
 
 #: the registry of samplers (diffusionlm.specs; a subclass with a name registers itself)

@@ -31,7 +31,7 @@ samples for the same seed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -40,7 +40,7 @@ from torch import Tensor
 from .base import SampleOutput, SampleRequest, Sampler, categorical
 from .driver import Step, StepFn, check_dtype, check_steps, drive, inverse_cdf, resolve_schedule, unit_interval
 
-__all__ = ["MDLM", "ACS", "LevelSampler", "ancestral_step", "clean_confidence"]
+__all__ = ["MDLM", "ACS", "LevelSampler", "StepsSampler", "ancestral_step", "clean_confidence"]
 
 
 def clean_confidence(clean_probs: Tensor, ids: Tensor) -> Tensor:
@@ -82,7 +82,8 @@ def ancestral_step(process: Any, eta: float = 0.0, dtype: torch.dtype = torch.fl
 class LevelSampler(Sampler, abstract=True):
     """Base of the samplers driven by `driver.drive` over a hyperschedule's level table.
 
-    Subclasses declare the fields `steps`, `rate`, `cache`, `dtype` and implement `step_fn`.
+    Subclasses implement `step_fn`; most take their fields `steps`, `rate`, `cache`, `dtype` from
+    :class:`StepsSampler`.
     """
 
     name: ClassVar[str] = "level"
@@ -116,29 +117,35 @@ class LevelSampler(Sampler, abstract=True):
 
 
 @dataclass
-class MDLM(LevelSampler):
-    """Ancestral sampling with per-position levels (module docstring)."""
+class StepsSampler(LevelSampler, abstract=True):
+    """A LevelSampler run in `steps` steps or at `rate` tokens per step (neither: the lm's own
+    schedule), with the KV cache on or off, drawing its categoricals in `dtype`: the fields these
+    samplers share, declared once (keyword-only: they follow a sampler's own fields, as before)."""
 
-    name: ClassVar[str] = "mdlm"
-    steps: Optional[int] = None
-    rate: Optional[float] = None
-    cache: bool = True
-    dtype: torch.dtype = torch.float64
+    steps: Optional[int] = field(default=None, kw_only=True)
+    rate: Optional[float] = field(default=None, kw_only=True)
+    cache: bool = field(default=True, kw_only=True)
+    dtype: torch.dtype = field(default=torch.float64, kw_only=True)
 
     def step_fn(self, lm: Any) -> StepFn:
+        """The process's exact reverse step, ancestral (MDLM; SEDD's analytic sampler is this
+        step too); a subclass with another step overrides it."""
         return ancestral_step(lm.process, 0.0, self.dtype)
 
 
 @dataclass
-class ACS(LevelSampler):
+class MDLM(StepsSampler):
+    """Ancestral sampling with per-position levels (module docstring)."""
+
+    name: ClassVar[str] = "mdlm"
+
+
+@dataclass
+class ACS(StepsSampler):
     """Adaptive Correction Sampler: MDLM plus redraws of decoded tokens with prob eta (1 - p_transfer)."""
 
     name: ClassVar[str] = "acs"
     eta: float = 0.1  # the demo's default: a light correction (0 is plain MDLM)
-    steps: Optional[int] = None
-    rate: Optional[float] = None
-    cache: bool = True
-    dtype: torch.dtype = torch.float64
 
     def __post_init__(self) -> None:
         self.eta = unit_interval(self.eta, "ACS eta")

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .base import categorical
 from .driver import Step, StepFn, unit_interval
-from .mdlm import LevelSampler, clean_confidence
+from .mdlm import StepsSampler, clean_confidence
 
 __all__ = ["ReMDM", "remask_step", "remask_sigma", "remask_posterior", "REMASK_SCHEDULES"]
 
@@ -81,16 +81,12 @@ def remask_step(process: Any, eta: float, schedule: str, dtype: torch.dtype = to
 
 
 @dataclass
-class ReMDM(LevelSampler):
+class ReMDM(StepsSampler):
     """Re-masking ancestral sampler for Absorb (module docstring)."""
 
     name: ClassVar[str] = "remdm"
     eta: float = 0.02
     schedule: str = "cap"
-    steps: Optional[int] = None
-    rate: Optional[float] = None
-    cache: bool = True
-    dtype: torch.dtype = torch.float64
 
     def __post_init__(self) -> None:
         self.eta = unit_interval(self.eta, "ReMDM eta")

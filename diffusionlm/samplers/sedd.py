@@ -47,7 +47,7 @@ from ..processes.absorb import Absorb
 from ..processes.hybrid import GammaHybrid
 from .base import categorical
 from .driver import Step, StepFn
-from .mdlm import LevelSampler, ancestral_step, clean_confidence
+from .mdlm import StepsSampler, clean_confidence
 
 __all__ = ["SEDDAnalytic", "SEDDEuler", "euler_probs", "euler_step"]
 
@@ -100,15 +100,11 @@ def euler_step(process: GammaHybrid, dtype: torch.dtype = torch.float64) -> Step
 
 
 @dataclass
-class SEDDAnalytic(LevelSampler):
+class SEDDAnalytic(StepsSampler):
     """SEDD's analytic (tau-leaping) sampler = the exact structured posterior under mean
-    parametrisation, `process.posterior_probs` (module docstring)."""
+    parametrisation, `process.posterior_probs` (module docstring): StepsSampler's ancestral step."""
 
     name: ClassVar[str] = "sedd_analytic"
-    steps: Optional[int] = None
-    rate: Optional[float] = None
-    cache: bool = True
-    dtype: torch.dtype = torch.float64
 
     def check_fits(self, lm: Any) -> None:
         if not isinstance(lm.process, (GammaHybrid, Absorb)):
@@ -117,19 +113,12 @@ class SEDDAnalytic(LevelSampler):
                 f"not {lm.process!r}"
             )
 
-    def step_fn(self, lm: Any) -> StepFn:
-        return ancestral_step(lm.process, 0.0, self.dtype)
-
 
 @dataclass
-class SEDDEuler(LevelSampler):
+class SEDDEuler(StepsSampler):
     """Euler steps of the reverse CTMC with SEDD's scores (module docstring)."""
 
     name: ClassVar[str] = "sedd_euler"
-    steps: Optional[int] = None
-    rate: Optional[float] = None
-    cache: bool = True
-    dtype: torch.dtype = torch.float64
 
     def check_fits(self, lm: Any) -> None:
         if not isinstance(lm.process, GammaHybrid):
