@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    if args.checkpoint == 0:  # the un-adapted start: the recipe's model as built (LoRA B = 0, MASK = mean row)
+    if args.checkpoint is not None:  # built as the run built it (LoRA trainable), then the checkpoint's weights (step 0: none)
         from diffusionlm.config import RunConfig
         from diffusionlm.io.runs import build
         from diffusionlm.training import seed_everything
@@ -96,7 +96,7 @@ def main() -> None:
         run = RunConfig.from_dict(json.loads((Path(args.run) / "run.json").read_text()))
         seed_everything(run.train.seed)
         built = build(run, data=False)
-        lm, tok, where = built.lm, built.tokenizer, f"{args.run} (step 0: un-adapted)"
+        lm, tok, where = built.lm, built.tokenizer, f"{args.run} (step 0: un-adapted)"  # LoRA B = 0, MASK = mean row
     else:
         m = load_model(args.run)
         lm, tok, where = m.lm, m.tokenizer, str(args.run)
