@@ -408,13 +408,19 @@ def lora_lm(seed=0, tied=False):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_lora_checkpoints_hold_the_adapters_only_and_resume_exactly(tmp_path):
-    straight = Trainer(lora_lm(), cfg(tmp_path / "a", steps=4), Stream())
+def straight_and_stopped(make_lm, tmp_path):
+    """A 4-step run made straight (in tmp_path/a) and one stopped after 2 steps (tmp_path/b), each on
+    make_lm(): (straight, stopped, the stopped run's checkpoint, that checkpoint's tensors)."""
+    straight = Trainer(make_lm(), cfg(tmp_path / "a", steps=4), Stream())
     straight.fit()
-    first = Trainer(lora_lm(), cfg(tmp_path / "b", steps=4), Stream())
+    first = Trainer(make_lm(), cfg(tmp_path / "b", steps=4), Stream())
     first.fit(steps=2)
     ck = latest_checkpoint(tmp_path / "b")
-    saved = load_safetensors(ck / "model.safetensors")[0]
+    return straight, first, ck, load_safetensors(ck / "model.safetensors")[0]
+
+
+def test_lora_checkpoints_hold_the_adapters_only_and_resume_exactly(tmp_path):
+    straight, first, ck, saved = straight_and_stopped(lora_lm, tmp_path)
     trainable = {n for n, p in first.module.named_parameters() if p.requires_grad}
     assert set(saved) == trainable and all("lora_" in n for n in saved)
     full_bytes = sum(v.numel() * v.element_size() for v in first.module.state_dict().values())
@@ -516,12 +522,7 @@ def test_a_tied_head_under_lora_checkpoints_the_adapters_only_and_resumes(tmp_pa
 
     lm = tied_lm()
     assert lm.model.model.get_output_embeddings().weight is not None
-    straight = Trainer(tied_lm(), cfg(tmp_path / "a", steps=4), Stream())
-    straight.fit()
-    first = Trainer(tied_lm(), cfg(tmp_path / "b", steps=4), Stream())
-    first.fit(steps=2)
-    ck = latest_checkpoint(tmp_path / "b")
-    saved = load_safetensors(ck / "model.safetensors")[0]
+    straight, first, ck, saved = straight_and_stopped(tied_lm, tmp_path)
     assert saved and all("lora_" in k for k in saved), sorted(k for k in saved if "lora_" not in k)
     second = Trainer(tied_lm(), cfg(tmp_path / "b", steps=4), Stream())
     assert second.step == 2
