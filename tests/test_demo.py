@@ -613,6 +613,23 @@ def test_stop_ends_the_stream_at_the_next_step_and_keeps_its_frames():
     assert runs.active == 0 and not runs.stop(run_id[0])  # nothing left to stop
 
 
+def test_stop_finds_the_run_by_its_page_session_when_the_id_is_not_known_yet():
+    """A page's Stop names the run id its state holds; if that is not yet the running run's (the
+    state lags the stream), the session's own runs stop, and no other session's."""
+    import threading
+
+    from diffusionlm.demo.stream import RunTracker
+
+    runs, mine, theirs, api = RunTracker(), threading.Event(), threading.Event(), threading.Event()
+    with runs.run(mine, "run-a", owner="page-1"), runs.run(theirs, "run-b", owner="page-2"), runs.run(api, "run-c"):
+        assert not runs.stop(None) and not runs.stop("not-a-run") and not runs.stop(None, owner="page-3")
+        assert not (mine.is_set() or theirs.is_set() or api.is_set())
+        assert runs.stop(None, owner="page-1") and mine.is_set() and not theirs.is_set() and not api.is_set()
+        assert runs.stop("run-c", owner="page-2") and api.is_set() and not theirs.is_set()  # the id wins
+        assert runs.stop("stale-id", owner="page-2") and theirs.is_set()
+    assert runs.active == 0 and not runs.stop(None, owner="page-1")
+
+
 def test_a_refused_request_keeps_the_last_result():
     """An error names only the message and the counter: every other output keeps what it shows
     (issue 25 item 9: an error wiped the previous result)."""
@@ -962,6 +979,8 @@ def test_browser_shows_the_limits_and_stop_ends_the_run(browser_page):
     assert "1–256" in b.page.locator("#steps label").inner_text()
     net = model.lm.model
     net.delay, net.calls = 0.05, 0
+    owners, run = [], app.demo_runs.run
+    app.demo_runs.run = lambda flag, run_id=None, owner=None: (owners.append(owner), run(flag, run_id, owner))[1]
     try:
         b.mode("Simple")
         before = b.counter()[0]
@@ -974,6 +993,7 @@ def test_browser_shows_the_limits_and_stop_ends_the_run(browser_page):
         answered = time.time() - t0
         run_id, state, done = b.counter()
         assert state == "stopped" and 3 <= done < 200 and answered < 5, (state, done, answered)
+        assert len(owners) == 1 and isinstance(owners[0], str) and owners[0]  # the run knows its page's session
         assert app.demo_runs.active == 0 and app.demo_runs.ended[-1] == ("cancelled", done)
         calls = net.calls
         time.sleep(0.3)
@@ -987,6 +1007,7 @@ def test_browser_shows_the_limits_and_stop_ends_the_run(browser_page):
                                  f"('step {done} / 200 ·')")
     finally:
         net.delay = 0.0
+        del app.demo_runs.run
     b.generate("def ", steps=6)  # the page still works afterwards
     assert b.error() == "" and b.final_text() == generate(
         model, DemoSettings(prompt="def ", length=48, sampler="acs", steps=6, remask=True)).text

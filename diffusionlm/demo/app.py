@@ -190,17 +190,23 @@ def _wire_generate(gr: Any, model: DemoModel, limits: DemoLimits, runs: RunTrack
     """Generate streams the run's updates (`stream_run`); Stop sets the running run's flag."""
     form = {k: c[k] for k in form_fields()}  # the Generate event's inputs after the mode, in order
 
-    async def on_generate(mode_v, *vals):
-        async for update in stream_run(model, limits, runs, mode_v, dict(zip(form, vals))):
+    async def on_generate(request, mode_v, *vals):
+        owner = getattr(request, "session_hash", None)
+        async for update in stream_run(model, limits, runs, mode_v, dict(zip(form, vals)), owner=owner):
             if "counter" in update and 'data-state="running"' in update["counter"] and "view" in update:
                 update["timer"] = gr.Timer(active=False)  # a playback of the last run stops
             yield tuple(_as_output(gr, k, update) for k in OUTPUTS)
 
+    # gradio hands the request (its session) to a first parameter annotated gr.Request; set here, not
+    # in the source, because `gr` is this function's argument (the annotations are postponed strings)
+    on_generate.__annotations__["request"] = gr.Request
     gen = c["go"].click(on_generate, [mode, *form.values()], [p[k] for k in OUTPUTS], show_progress="hidden",
                         concurrency_limit=limits.concurrency, concurrency_id="generate", api_name="generate")
-    def stop(run_id):  # at once (no queue): the run's sampler stops at its next step, and its stream says so
-        runs.stop(run_id)
 
+    def stop(request, run_id):  # at once (no queue): the run's sampler stops at its next step, and its stream says so
+        runs.stop(run_id, owner=getattr(request, "session_hash", None))
+
+    stop.__annotations__["request"] = gr.Request
     c["stop"].click(stop, [p["run"]], None, queue=False, api_name="stop")
     return gen
 

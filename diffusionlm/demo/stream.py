@@ -62,6 +62,7 @@ class RunTracker:
     def __init__(self, history: int = 100):
         self._lock = threading.Lock()
         self._flags: dict = {}
+        self._owners: dict = {}  # run id -> the page session that started it (None: an API call)
         self.ended: collections.deque = collections.deque(maxlen=history)  # (status, steps done or frames kept)
 
     @property
@@ -70,25 +71,33 @@ class RunTracker:
             return len(self._flags)
 
     @contextmanager
-    def run(self, flag: threading.Event, run_id: Optional[str] = None) -> Iterator[threading.Event]:
-        """Count a run as in progress (in the thread that runs it) while the block lasts."""
+    def run(self, flag: threading.Event, run_id: Optional[str] = None, owner: Optional[str] = None
+            ) -> Iterator[threading.Event]:
+        """Count a run as in progress (in the thread that runs it) while the block lasts; `owner`
+        is the page session that started it, so that its Stop finds it by session as well."""
         key = run_id or uuid.uuid4().hex
         with self._lock:
-            self._flags[key] = flag
+            self._flags[key], self._owners[key] = flag, owner
         try:
             yield flag
         finally:
             with self._lock:
                 self._flags.pop(key, None)
+                self._owners.pop(key, None)
 
-    def stop(self, run_id: Any) -> bool:
-        """Set the cancel flag of the run `run_id` (its sampler stops at its next step); False when
-        no such run is in progress (it ended already, or the id is not one)."""
+    def stop(self, run_id: Any, owner: Optional[str] = None) -> bool:
+        """Set the cancel flag of the run `run_id` (its sampler stops at its next step). When no
+        run has that id and `owner` is given, set the flags of that session's runs: a page's Stop
+        names the run id its state holds, and that state may not yet hold the running run's id
+        when Stop is pressed (issue 25: a Stop was once lost under load). False when nothing was
+        stopped (the run ended already, or neither the id nor the session has one)."""
         with self._lock:
             flag = self._flags.get(run_id) if isinstance(run_id, str) else None
-        if flag is not None:
-            flag.set()
-        return flag is not None
+            flags = [flag] if flag is not None else (
+                [f for k, f in self._flags.items() if self._owners.get(k) == owner] if owner is not None else [])
+        for f in flags:
+            f.set()
+        return bool(flags)
 
 
 def counter_html(run_id: str, state: str, done: int = 0, total: Optional[int] = None) -> str:
@@ -140,11 +149,11 @@ def _stopped(keeper: FrameKeeper, err: DemoCancelled, model: DemoModel, run_id: 
 
 
 def _work(model: DemoModel, settings: Any, limits: DemoLimits, runs: RunTracker, flag: threading.Event,
-          run_id: str, on_frame: Any, keeper: FrameKeeper) -> Any:
+          run_id: str, on_frame: Any, keeper: FrameKeeper, owner: Optional[str] = None) -> Any:
     """The run, in a worker thread; how it ended goes to `runs.ended` while it still counts as
     active, and what it freed goes back to the OS when it ends."""
     try:
-        with runs.run(flag, run_id):
+        with runs.run(flag, run_id, owner):
             try:
                 run = generate(model, settings, limits, cancel=flag, on_frame=on_frame, keeper=keeper)
             except DemoCancelled as err:
@@ -160,8 +169,9 @@ def _work(model: DemoModel, settings: Any, limits: DemoLimits, runs: RunTracker,
 
 
 async def stream_run(model: DemoModel, limits: DemoLimits, runs: RunTracker, mode: str, values: dict,
-                     flag: Optional[threading.Event] = None) -> AsyncIterator[dict]:
-    """The page's updates for one Generate (module docstring), as the run makes its frames."""
+                     flag: Optional[threading.Event] = None, owner: Optional[str] = None) -> AsyncIterator[dict]:
+    """The page's updates for one Generate (module docstring), as the run makes its frames;
+    `owner`: the page session (its Stop also finds the run by it)."""
     run_id, flag = uuid.uuid4().hex, flag or threading.Event()
     try:
         settings = form_settings(model, mode, values)
@@ -172,7 +182,7 @@ async def stream_run(model: DemoModel, limits: DemoLimits, runs: RunTracker, mod
     loop, made = asyncio.get_running_loop(), asyncio.Queue()
     keeper = FrameKeeper(limits.max_frames)
     on_frame = lambda frame, k, total: loop.call_soon_threadsafe(made.put_nowait, (frame, k, total))  # noqa: E731
-    task = asyncio.ensure_future(asyncio.to_thread(_work, model, settings, limits, runs, flag, run_id, on_frame, keeper))
+    task = asyncio.ensure_future(asyncio.to_thread(_work, model, settings, limits, runs, flag, run_id, on_frame, keeper, owner))
     task.add_done_callback(lambda t: t.cancelled() or t.exception())  # read, so none is reported as lost
     yield {"run": run_id, "counter": counter_html(run_id, "running")}
     try:
