@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="the training's run directory (or a saved composition)")
     ap.add_argument("--checkpoint", type=int, default=None, help="score checkpoint-N instead of the newest weights")
     ap.add_argument("--base", default="smollm2", help="the base causal LM, read as AR (the reference and the judge)")
+    ap.add_argument("--data", default="wikitext2-raw", help="the rows scored: a dataset name or a local corpus "
+                    "(e.g. the training corpus's held-out split: runs/smollm2-english/train.jsonl --split validation)")
+    ap.add_argument("--split", default="test")
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--samples", type=int, default=8, help="M, model evaluations per row for each bound")
@@ -107,7 +110,7 @@ def main() -> None:
     lm.model.eval()
     base = load_model(args.base, schedule="quench").lm  # plain causal LM: Absorb + Quench, SHIFTED
     base.model.eval()
-    blocks, data = dataset_blocks("wikitext2-raw", tok, args.length, "test")
+    blocks, data = dataset_blocks(args.data, tok, args.length, args.split)
     ids = blocks.ids[: args.rows]
     out = {"model": where, "base": args.base, "data": {**data, "rows": int(ids.shape[0]), "length": args.length},
            "threads": torch.get_num_threads()}
