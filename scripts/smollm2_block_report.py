@@ -33,6 +33,7 @@ import torch
 
 from diffusionlm.compare import ar_judge_nll
 from diffusionlm.eval import dataset_blocks, evaluate_likelihood
+from diffusionlm.eval.causal import causal_nll
 from diffusionlm.eval.diversity import unigram_entropy
 from diffusionlm.io.hub import load_model
 from diffusionlm.samplers import AR, MDLM, Threshold
@@ -128,7 +129,7 @@ def main() -> None:
                 print(f"bound Block({s}): {r['nll']:.4f} +- {r['stderr']:.4f} (gap to AR {r['nll'] - nll / n:+.4f})",
                       flush=True)
         if args.exact or args.only == "exact":
-            out["exact"] = exact_bounds(lm, ids, args.schedules, nll / n)
+            out["exact"] = exact_bounds(lm, ids, args.schedules, nll / n, base=base)
         if args.only in (None, "gen"):
             out["gen"] = gen(args, lm, base, tok, blocks)
     out["seconds"] = time.perf_counter() - t0
@@ -136,9 +137,12 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
 
-def exact_bounds(lm, ids: torch.Tensor, schedules: list, ar: float, batch: int = 4) -> dict:
-    """{"WxS": nats/token} exactly (no stderr), one set of forwards per width."""
-    from diffusionlm.eval.block_exact import block_bounds
+def exact_bounds(lm, ids: torch.Tensor, schedules: list, ar: float, batch: int = 4, base=None) -> dict:
+    """{"WxS": nats/token} exactly (no stderr), one set of forwards per width; and, per width, where
+    the bound's cross-entropies lie (`patterns`): for every MASK pattern of a block, the mean
+    -log p(y_i) at each masked offset of the block, beside the base AR's (`base`) own mean at each
+    offset of the same rows."""
+    from diffusionlm.eval.block_exact import _patterns, block_bounds, pattern_nll
 
     by_width: dict = {}
     for text in schedules:
@@ -148,9 +152,25 @@ def exact_bounds(lm, ids: torch.Tensor, schedules: list, ar: float, batch: int =
     for w, steps in by_width.items():
         at_w = dataclasses.replace(lm, schedule=Block(w, steps[0]))
         total = {S: 0.0 for S in steps}
+        ce = 0.0
         for i in range(0, len(ids), batch):
-            for S, v in block_bounds(at_w, ids[i:i + batch], steps).items():
+            x = ids[i:i + batch]
+            nll = pattern_nll(at_w, x)  # [P, B, d]
+            ce = ce + nll.view(nll.shape[0], -1, w).sum(1)  # [P, w]: summed over rows and blocks
+            for S, v in block_bounds(at_w, x, steps, nll=nll).items():
                 total[S] += float(v.sum())
+        blocks = ids.numel() // w
+        pats = _patterns(w)
+        out[f"patterns_w{w}"] = {
+            "what": "mean -log p(y_i) at each offset i of a block (left to right) when the block's MASK pattern is "
+                    "the key (1 = masked, offset 0 first), the blocks before clean; null where not masked",
+            "ar_by_offset": None if base is None else [
+                float(causal_nll(base, ids, (torch.arange(ids.shape[1]) % w == j)[None].expand_as(ids))[0].sum()) / blocks
+                for j in range(w)],
+            "ce": {"".join("1" if b else "0" for b in pat.tolist()): [float(c) / blocks if b else None
+                                                                    for b, c in zip(pat.tolist(), row.tolist())]
+                   for pat, row in zip(pats, ce)},
+        }
         for S in steps:
             out[f"{w}x{S}"] = {"nll": total[S] / ids.numel(), "stderr": 0.0, "method": "exact (eval/block_exact.py)"}
             print(f"exact bound Block({w}, {S}): {total[S] / ids.numel():.4f} (gap to AR {total[S] / ids.numel() - ar:+.4f})", flush=True)

@@ -29,7 +29,7 @@ alpha(1) = 0: the l = 1 state is all MASK, the prior itself).
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -103,11 +103,11 @@ def pattern_weights(process: Absorb, schedule: Block, d: int) -> Tensor:
     return (prob * step_w[None]).sum(1) * masked
 
 
-def block_bounds(lm, x0: Tensor, steps_per_block: Sequence[int]) -> Dict[int, Tensor]:
+def block_bounds(lm, x0: Tensor, steps_per_block: Sequence[int], nll: Optional[Tensor] = None) -> Dict[int, Tensor]:
     """{S: [B] exact bound in nats under Block(w, S)} for each S, from ONE set of 2^w - 1 forwards
-    (w = lm.schedule's width)."""
+    (w = lm.schedule's width); `nll`: those forwards' `pattern_nll(lm, x0)` when already made."""
     w, d = check_exact_block(lm, x0.shape[1]), x0.shape[1]
-    nll = pattern_nll(lm, x0)  # [P, B, d]
+    nll = pattern_nll(lm, x0) if nll is None else nll  # [P, B, d]
     prior = float(lm.process.prior_kl()) * d
     return {S: (pattern_weights(lm.process, Block(w, S), d)[:, None, :] * nll).sum((0, 2)) + prior for S in steps_per_block}
 
