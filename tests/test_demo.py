@@ -978,7 +978,7 @@ def test_browser_shows_the_limits_and_stop_ends_the_run(browser_page):
     assert "steps 1–256" in b.page.locator("#limits").inner_text()
     assert "1–256" in b.page.locator("#steps label").inner_text()
     net = model.lm.model
-    net.delay, net.calls = 0.05, 0
+    net.delay, net.calls = 0.1, 0  # 200 steps take 20 s: a Stop slowed by a loaded machine still lands mid-run
     owners, run = [], app.demo_runs.run
     app.demo_runs.run = lambda flag, run_id=None, owner=None: (owners.append(owner), run(flag, run_id, owner))[1]
     try:
