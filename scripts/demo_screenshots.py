@@ -1,6 +1,7 @@
 """Screenshots of the demo for docs/ and the README, taken in headless Chromium.
 
     python scripts/demo_screenshots.py [--model RUN_DIR] [--out docs/demo] [--unadapted HF_DIR]
+        [--prompt P] [--steps K] [--width W --length N --advanced-steps K]
 
 With no --model: the demo's default model (`load_demo_model(None)`). Taken at 1400x900, the size
 at which tests/test_demo.py checks that Generate is above the fold in both modes. `--unadapted`:
@@ -41,18 +42,22 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--out", default="docs/demo")
     ap.add_argument("--prompt", default="def ")
+    ap.add_argument("--steps", type=int, default=32, help="the simple-mode run's steps")
+    ap.add_argument("--width", type=int, default=32, help="advanced mode: ACS under Block(width)")
+    ap.add_argument("--length", type=int, default=128, help="advanced mode: tokens generated")
+    ap.add_argument("--advanced-steps", type=int, default=32)
     ap.add_argument("--unadapted")
     ap.add_argument("--unadapted-prompt", default="The three primary colours are")
     args = ap.parse_args()
     wrote = []
     with served(load_demo_model(args.model)) as b:
-        b.generate(args.prompt, steps=32)
+        b.generate(args.prompt, steps=args.steps)
         back(b, 14)
         b.screenshot(f"{args.out}/simple.png")
         b.mode("Advanced")  # ACS under Block(32): settled blocks, the active one, MASK after it
         b.choose("sampler", "acs")
         b.choose("schedule", "block")
-        b.generate(args.prompt, steps=32, length=128, width=32, eta=0.1)
+        b.generate(args.prompt, steps=args.advanced_steps, length=args.length, width=args.width, eta=0.1)
         back(b, 14)
         b.screenshot(f"{args.out}/advanced.png")
         wrote += [f"{args.out}/simple.png", f"{args.out}/advanced.png"]
