@@ -85,3 +85,32 @@ def test_what_the_exact_block_bound_refuses():
         exact_block_bound(tiny_lm(Absorb(V), Block(4, 2), 6, "aligned"), y)
     with pytest.raises(ValueError, match="width 11 > 10"):
         exact_block_bound(tiny_lm(Absorb(V), Block(11, 2), 22, "aligned"), torch.zeros(1, 22, dtype=torch.long))
+
+
+def test_a_shifted_block_never_reads_its_own_last_token_an_aligned_one_does():
+    """docs/smollm2/block.md's layout price: under SHIFTED, row i of a block reads token i - 1, so
+    the block's last token is read by no row of its block and revealing it changes none of the
+    block's other predictions; under ALIGNED it does. Also: block_bounds uses the pattern NLLs it is
+    handed."""
+    from diffusionlm.eval.block_exact import _patterns, pattern_nll
+
+    w, d = 4, 8
+    for layout in ("shifted", "aligned"):
+        lm = tiny_lm(Absorb(V), Block(w, w), d, layout)
+        y = torch.randint(0, V, (3, d), generator=torch.Generator().manual_seed(1))
+        nll = pattern_nll(lm, y).view(-1, 3, d // w, w)  # [P, B, blocks, w]
+        index = {tuple(p.tolist()): k for k, p in enumerate(_patterns(w))}
+        change = 0.0
+        for pat, k in index.items():
+            if pat[-1] and any(pat[:-1]):  # the same pattern with the last offset revealed
+                others = [j for j in range(w - 1) if pat[j]]
+                shown = index[pat[:-1] + (False,)]
+                change = max(change, float((nll[k][..., others] - nll[shown][..., others]).abs().max()))
+        if layout == "shifted":
+            assert change == 0.0
+        else:
+            assert change > 1e-4
+        prior = float(lm.process.prior_kl()) * d
+        zero = block_bounds(lm, y, [w], nll=torch.zeros(len(index), 3, d, dtype=torch.float64))[w]
+        assert torch.allclose(zero, torch.full((3,), prior, dtype=torch.float64))
+        assert torch.allclose(block_bounds(lm, y, [w], nll=nll.reshape(len(index), 3, d))[w], block_bounds(lm, y, [w])[w])
