@@ -61,14 +61,13 @@ class RunTracker:
 
     def __init__(self, history: int = 100):
         self._lock = threading.Lock()
-        self._flags: dict = {}
-        self._owners: dict = {}  # run id -> the page session that started it (None: an API call)
+        self._runs: dict = {}  # run id -> (its cancel flag, the page session that started it; None: an API call)
         self.ended: collections.deque = collections.deque(maxlen=history)  # (status, steps done or frames kept)
 
     @property
     def active(self) -> int:
         with self._lock:
-            return len(self._flags)
+            return len(self._runs)
 
     @contextmanager
     def run(self, flag: threading.Event, run_id: Optional[str] = None, owner: Optional[str] = None
@@ -77,13 +76,12 @@ class RunTracker:
         is the page session that started it, so that its Stop finds it by session as well."""
         key = run_id or uuid.uuid4().hex
         with self._lock:
-            self._flags[key], self._owners[key] = flag, owner
+            self._runs[key] = (flag, owner)
         try:
             yield flag
         finally:
             with self._lock:
-                self._flags.pop(key, None)
-                self._owners.pop(key, None)
+                self._runs.pop(key, None)
 
     def stop(self, run_id: Any, owner: Optional[str] = None) -> bool:
         """Set the cancel flag of the run `run_id` (its sampler stops at its next step). When no
@@ -92,9 +90,8 @@ class RunTracker:
         when Stop is pressed (issue 25: a Stop was once lost under load). False when nothing was
         stopped (the run ended already, or neither the id nor the session has one)."""
         with self._lock:
-            flag = self._flags.get(run_id) if isinstance(run_id, str) else None
-            flags = [flag] if flag is not None else (
-                [f for k, f in self._flags.items() if self._owners.get(k) == owner] if owner is not None else [])
+            named = self._runs.get(run_id) if isinstance(run_id, str) else None
+            flags = [named[0]] if named is not None else [f for f, o in self._runs.values() if owner is not None and o == owner]
         for f in flags:
             f.set()
         return bool(flags)
