@@ -33,7 +33,7 @@ import torch
 
 from diffusionlm.compare import ar_judge_nll
 from diffusionlm.eval import dataset_blocks, evaluate_likelihood
-from diffusionlm.eval.causal import causal_nll
+from diffusionlm.eval.causal import causal_token_logp
 from diffusionlm.eval.diversity import unigram_entropy
 from diffusionlm.io.hub import load_model
 from diffusionlm.samplers import AR, MDLM, Threshold
@@ -117,7 +117,8 @@ def main() -> None:
            "threads": torch.get_num_threads()}
     t0 = time.perf_counter()
     with torch.no_grad():
-        nll, n = ar_judge_nll(base, ids)
+        ar_tokens = -causal_token_logp(base, ids)[0]  # [S, d]: one causal forward (what ar_judge_nll sums)
+        nll, n = float(ar_tokens.sum()), ar_tokens.numel()
         out["ar"] = {"nll": nll / n, "stderr": 0.0, "ppl": math.exp(nll / n), "tokens": n}
         print(f"base AR exact: {nll / n:.4f} nats/token", flush=True)
         if args.only in (None, "bound"):
@@ -129,7 +130,7 @@ def main() -> None:
                 print(f"bound Block({s}): {r['nll']:.4f} +- {r['stderr']:.4f} (gap to AR {r['nll'] - nll / n:+.4f})",
                       flush=True)
         if args.exact or args.only == "exact":
-            out["exact"] = exact_bounds(lm, ids, args.schedules, nll / n, base=base)
+            out["exact"] = exact_bounds(lm, ids, args.schedules, nll / n, ar_tokens=ar_tokens)
         if args.only in (None, "gen"):
             out["gen"] = gen(args, lm, base, tok, blocks)
     out["seconds"] = time.perf_counter() - t0
@@ -137,12 +138,12 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
 
-def exact_bounds(lm, ids: torch.Tensor, schedules: list, ar: float, batch: int = 4, base=None) -> dict:
+def exact_bounds(lm, ids: torch.Tensor, schedules: list, ar: float, batch: int = 4, ar_tokens=None) -> dict:
     """{"WxS": nats/token} exactly (no stderr), one set of forwards per width; and, per width, where
     the bound's cross-entropies lie (`patterns`): for every MASK pattern of a block, the mean
-    -log p(y_i) at each masked offset of the block, beside the base AR's (`base`) own mean at each
-    offset of the same rows."""
-    from diffusionlm.eval.block_exact import _patterns, block_bounds, pattern_nll
+    -log p(y_i) at each masked offset of the block, beside the base AR's own mean at each offset
+    (`ar_tokens` [S, d]: its per-token NLL of the same rows)."""
+    from diffusionlm.eval.block_exact import block_bounds, mask_patterns, pattern_nll
 
     by_width: dict = {}
     for text in schedules:
@@ -160,13 +161,11 @@ def exact_bounds(lm, ids: torch.Tensor, schedules: list, ar: float, batch: int =
             for S, v in block_bounds(at_w, x, steps, nll=nll).items():
                 total[S] += float(v.sum())
         blocks = ids.numel() // w
-        pats = _patterns(w)
+        pats = mask_patterns(w)
         out[f"patterns_w{w}"] = {
             "what": "mean -log p(y_i) at each offset i of a block (left to right) when the block's MASK pattern is "
                     "the key (1 = masked, offset 0 first), the blocks before clean; null where not masked",
-            "ar_by_offset": None if base is None else [
-                float(causal_nll(base, ids, (torch.arange(ids.shape[1]) % w == j)[None].expand_as(ids))[0].sum()) / blocks
-                for j in range(w)],
+            "ar_by_offset": None if ar_tokens is None else ar_tokens.reshape(-1, w).mean(0).tolist(),
             "ce": {"".join("1" if b else "0" for b in pat.tolist()): [float(c) / blocks if b else None
                                                                     for b, c in zip(pat.tolist(), row.tolist())]
                    for pat, row in zip(pats, ce)},

@@ -92,14 +92,14 @@ def test_a_shifted_block_never_reads_its_own_last_token_an_aligned_one_does():
     the block's last token is read by no row of its block and revealing it changes none of the
     block's other predictions; under ALIGNED it does. Also: block_bounds uses the pattern NLLs it is
     handed."""
-    from diffusionlm.eval.block_exact import _patterns, pattern_nll
+    from diffusionlm.eval.block_exact import mask_patterns, pattern_nll
 
     w, d = 4, 8
     for layout in ("shifted", "aligned"):
         lm = tiny_lm(Absorb(V), Block(w, w), d, layout)
         y = torch.randint(0, V, (3, d), generator=torch.Generator().manual_seed(1))
         nll = pattern_nll(lm, y).view(-1, 3, d // w, w)  # [P, B, blocks, w]
-        index = {tuple(p.tolist()): k for k, p in enumerate(_patterns(w))}
+        index = {tuple(p.tolist()): k for k, p in enumerate(mask_patterns(w))}
         change = 0.0
         for pat, k in index.items():
             if pat[-1] and any(pat[:-1]):  # the same pattern with the last offset revealed

@@ -45,7 +45,7 @@ __all__ = ["MAX_WIDTH", "block_bounds", "exact_block_bound", "pattern_nll", "pat
 MAX_WIDTH = 10  # 1,023 forwards a row: beyond this the Monte-Carlo estimator is the tool
 
 
-def _patterns(width: int) -> Tensor:
+def mask_patterns(width: int) -> Tensor:
     """[2^w - 1, w] bool: every non-empty MASK pattern of a block."""
     m = torch.arange(1, 2 ** width)[:, None]
     return (m >> torch.arange(width)[None, :]) & 1 == 1
@@ -73,7 +73,7 @@ def pattern_nll(lm, x0: Tensor) -> Tensor:
     at the positions M masks, 0 elsewhere (two-halves forwards, one a pattern)."""
     B, d = x0.shape
     w = check_exact_block(lm, d)
-    pats = _patterns(w).to(x0.device)
+    pats = mask_patterns(w).to(x0.device)
     segment = (torch.arange(d, device=x0.device) // w)[None].expand(B, d)
     active = torch.full((B, d), ACTIVE, dtype=torch.long, device=x0.device)
     out = torch.zeros(len(pats), B, d, dtype=torch.float64)
@@ -93,7 +93,7 @@ def pattern_weights(process: Absorb, schedule: Block, d: int) -> Tensor:
     lt, ls = table[:-1], table[1:]
     a_t, a_s = process.noise.alpha(lt), process.noise.alpha(ls)
     step_w = torch.where(lt > ls, (a_s - a_t) / (1.0 - a_t).clamp_min(1e-300), torch.zeros_like(lt))  # [T, d]
-    pats = _patterns(w).double()  # [P, w]
+    pats = mask_patterns(w).double()  # [P, w]
     T, nb = lt.shape[0], d // w
     keep = a_t.view(T, nb, w)  # probability that a position is NOT masked at step k
     # P_k(M) per block: prod over the block of (1 - a) where masked, a where kept; [P, T, nb]

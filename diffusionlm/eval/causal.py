@@ -56,20 +56,28 @@ def prefix_lengths(fixed: Tensor) -> Optional[Tensor]:
 
 
 @torch.no_grad()
+def causal_token_logp(lm, x0: Tensor, chunk_size: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """(logp [B, d] float64 on CPU, hit [B, d] bool): log p(x_i | x_<i) at every position of each
+    row of x0 [B, d], and whether the argmax over the real tokens is x_i there. One causal forward
+    per row (chunks of `chunk_size` rows)."""
+    B, d = x0.shape
+    N = lm.process.vocab_size
+    chunk = int(chunk_size or B) or 1
+    logps, hits = [], []
+    for s in range(0, B, chunk):
+        x = x0[s : s + chunk]
+        mask = dense_mask(causal_mask_mod(), 1, d, device=x.device)
+        logits = lm.forward(x, torch.zeros(x.shape, device=x.device), mask)[..., :N].double()
+        logps.append(torch.log_softmax(logits, -1).gather(-1, x[..., None]).squeeze(-1).cpu())
+        hits.append((logits.argmax(-1) == x).cpu())
+    return torch.cat(logps), torch.cat(hits)
+
+
 def causal_nll(lm, x0: Tensor, count: Optional[Tensor] = None, chunk_size: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """(nll [B] float64 on CPU, greedy [B] bool): the summed -log p(x_i | x_<i) over the counted
     positions ([B, d] bool, default all) of each row of x0 [B, d], and whether the argmax over the
-    real tokens hits every counted token. One causal forward per row (chunks of `chunk_size` rows)."""
-    B, d = x0.shape
+    real tokens hits every counted token (`causal_token_logp`, summed)."""
     count = torch.ones_like(x0, dtype=torch.bool) if count is None else count.bool()
-    N = lm.process.vocab_size
-    chunk = int(chunk_size or B) or 1
-    nll, greedy = [], []
-    for s in range(0, B, chunk):
-        x, cnt = x0[s : s + chunk], count[s : s + chunk]
-        mask = dense_mask(causal_mask_mod(), 1, d, device=x.device)
-        logits = lm.forward(x, torch.zeros(x.shape, device=x.device), mask)[..., :N].double()
-        logp = torch.log_softmax(logits, -1).gather(-1, x[..., None]).squeeze(-1)
-        nll.append(torch.where(cnt, -logp, torch.zeros_like(logp)).sum(1).cpu())
-        greedy.append(((logits.argmax(-1) == x) | ~cnt).all(1).cpu())
-    return torch.cat(nll), torch.cat(greedy)
+    logp, hit = causal_token_logp(lm, x0, chunk_size)
+    cnt = count.cpu()
+    return torch.where(cnt, -logp, torch.zeros_like(logp)).sum(1), (hit | ~cnt).all(1)
