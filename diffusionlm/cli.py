@@ -51,6 +51,7 @@ from .io.fetch import main_fetch
 from .io.hub import _device as check_device, library_version, load_model
 from .io.runs import build
 from .lm import DiffusionLM
+from .masks import Layout
 from .models.lora import is_peft
 from .models.packed import PackedLinears
 from .processes import PROCESSES
@@ -474,7 +475,7 @@ def _model_options(p, required: bool = True, name_help: str = "") -> None:
     p.add_argument("--schedule", metavar="NAME|JSON",
                    help=f"the hyperschedule to run under ({', '.join(HYPERSCHEDULES)}; or JSON such as "
                         "'{\"name\": \"block\", \"width\": 16}') (default: the trained one; flat for a plain HF model)")
-    p.add_argument("--layout", choices=["aligned", "shifted"], help="plain HF models: how rows read tokens (default: shifted)")
+    p.add_argument("--layout", choices=[layout.value for layout in Layout], help="plain HF models: how rows read tokens (default: shifted)")
     p.add_argument("--base", help="a LoRA adapter's base model, when it is not where it was trained (checked against it) "
                                         "(default: the one the adapter names)")
     _device_option(p)

@@ -57,6 +57,7 @@ from torch import Tensor
 from .masks import (
     Layout,
     categories_from_levels,
+    reader_of,
     shift_inputs,
     training_mask,
     two_halves_inputs,
@@ -131,11 +132,13 @@ def _check_model_matches(backbone: dict, model: Any) -> None:
 _NOT_SPEC = ("model", "training_step")
 
 
-def check_two_halves_rows(length: int, rows: Optional[int], what: str) -> None:
-    """ValueError when the two-halves layout's 2 x length rows exceed `rows` (None: no limit)."""
-    if rows is not None and 2 * length > rows:
-        raise ValueError(f"two-halves training feeds 2 x {length} = {2 * length} rows per sequence, more than the "
-                         f"{rows} positions of {what}: use a length of at most {rows // 2} or train.two_halves=false")
+def check_two_halves_rows(length: int, rows: Optional[int], what: str, readers: bool = False) -> None:
+    """ValueError when the two-halves layout's 2 x length rows (up to 3 x length with the
+    shifted_last layout's readers, one a segment) exceed `rows` (None: no limit)."""
+    per = 3 if readers else 2
+    if rows is not None and per * length > rows:
+        raise ValueError(f"two-halves training feeds up to {per} x {length} = {per * length} rows per sequence, more than "
+                         f"the {rows} positions of {what}: use a length of at most {rows // per} or train.two_halves=false")
 
 
 @dataclass
@@ -170,9 +173,9 @@ class DiffusionLM(Part, kind="composition"):
         if callable(check_schedule):
             check_schedule(self.schedule)
         self._check_model_inputs()
-        if self.layout is Layout.SHIFTED:
+        if self.layout.shifted:
             if self.bos_id is None:
-                raise ValueError("the SHIFTED layout needs bos_id: row 0 reads it")
+                raise ValueError(f"the {self.layout.name} layout needs bos_id: row 0 reads it")
             if not isinstance(self.bos_id, int) or self.bos_id < 0:
                 raise ValueError(f"bos_id must be a non-negative int, got {self.bos_id!r}")
         if isinstance(self.settled_weight, bool) or not isinstance(self.settled_weight, (int, float)) or not (
@@ -184,6 +187,9 @@ class DiffusionLM(Part, kind="composition"):
         if self.max_positions is None:
             cfg = getattr(self.model, "config", None)
             self.max_positions = getattr(cfg, "max_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        if self.layout.reads_last and self.annealing is not None:
+            raise ValueError("attention annealing and the shifted_last layout do not combine: annealing replaces the "
+                             "step's mask, the layout's reader row needs it")
 
     def _check_model_inputs(self) -> None:
         """The eq. 12 weighted embedding: the process asks for it iff the backbone expects it."""
@@ -310,32 +316,60 @@ class DiffusionLM(Part, kind="composition"):
         if x0.dim() != 2:
             raise ValueError(f"expected a [B, d] batch of token ids, got shape {tuple(x0.shape)}")
         check_ids(x0, self.process.vocab_size, "token ids")
-        if self.max_positions is not None and x0.shape[1] > self.max_positions:
-            raise ValueError(f"sequence length {x0.shape[1]} exceeds the model's {self.max_positions} positions")
+        self.check_length(x0.shape[1])
 
-    def forward(self, x_t: Tensor, levels: Tensor, mask: Any, position_ids: Optional[Tensor] = None) -> Tensor:
-        """Logits [B, L, V] of the model on corrupted ids x_t (row space) under `mask`."""
+    def check_length(self, d: int) -> None:
+        """ValueError when sequences of length d need more positions than the model has (the
+        shifted_last layout's reader of the last block sits at position d)."""
+        extra = self.layout.extra_positions
+        if self.max_positions is not None and d + extra > self.max_positions:
+            why = f" (the {self.layout.value} layout's reader of the last position sits at position {d})" if extra else ""
+            raise ValueError(f"sequence length {d} exceeds the model's {self.max_positions} positions{why}")
+
+    def forward(self, x_t: Tensor, levels: Tensor, mask: Any, position_ids: Optional[Tensor] = None,
+                categories: Optional[Tensor] = None) -> Tensor:
+        """Logits [B, L, V] of the model on corrupted ids x_t (row space) under `mask`.
+
+        Under SHIFTED_LAST the mask comes from the step's `categories` ([B or 1, L] codes; None:
+        every row active) and `mask` must be None: a reader row at position p + 1 reads token p,
+        p the last non-worthless row (`masks.reader_of`), and its output is dropped."""
         B, L = x_t.shape
         ids = shift_inputs(x_t, self.layout, self.bos_id)
         if position_ids is None:
             position_ids = torch.arange(L, device=x_t.device)[None].expand(B, L)
-        return self._call(ids, position_ids, mask, levels)
+        if not self.layout.reads_last:
+            return self._call(ids, position_ids, mask, levels)
+        if mask is not None:
+            raise ValueError("the shifted_last layout builds its mask from the step's categories: pass categories=, not a mask")
+        cats = torch.full((1, L), ACTIVE, dtype=torch.long, device=x_t.device) if categories is None else categories
+        cats = cats.to(x_t.device).long().expand(B, L)
+        src = reader_of(cats)[:, None]  # [B, 1]
+        ids = torch.cat([ids, x_t.gather(1, src)], 1)
+        position_ids = torch.cat([position_ids, position_ids.gather(1, src) + 1], 1)
+        levels = torch.cat([levels, levels.gather(1, src)], 1)
+        mask = training_mask(torch.cat([cats, torch.full_like(src, ACTIVE)], 1), device=x_t.device)
+        return self._call(ids, position_ids, mask, levels)[:, :L]
+
+    def step_forward(self, x_t: Tensor, levels: Tensor, categories: Tensor) -> Tensor:
+        """Logits [B, d, V] of one step whose positions have these SETTLED / ACTIVE / WORTHLESS
+        `categories` [B, d] (every row fed: worthless ones attend only themselves): the inference
+        rule's mask (none when every row is active) in any layout."""
+        if self.layout.reads_last:
+            return self.forward(x_t, levels, None, categories=categories)
+        mask = None if bool((categories == ACTIVE).all()) else training_mask(categories, device=x_t.device)
+        return self.forward(x_t, levels, mask)
 
     def _call(self, ids: Tensor, position_ids: Tensor, mask: Any, levels: Tensor, **kw) -> Tensor:
         out = self.model(ids, position_ids=position_ids, attention_mask=mask, levels=levels, **self.model_inputs(levels), **kw)
         return logits_of(out)
 
-    def _mask_for(self, draw) -> tuple[Tensor, Any]:
-        cats = categories_from_levels(draw.level, draw.next_level)
-        if bool((cats == ACTIVE).all()):
-            return cats, None  # every position active: full attention
-        return cats, training_mask(cats, device=draw.level.device)
-
     # -- training --------------------------------------------------------------------
     def check_two_halves_length(self, length: int) -> None:
         """Refuse, before training, a two-halves run whose 2 x length rows the backbone cannot take
         (an HF model with fewer positions; our transformer takes them, its position ids stay < length)."""
-        check_two_halves_rows(length, getattr(self.model, "max_rows", None), f"this {type(self.model).__name__}")
+        self.check_length(length)
+        check_two_halves_rows(length, getattr(self.model, "max_rows", None), f"this {type(self.model).__name__}",
+                              readers=self.layout.reads_last)
 
     def loss(
         self,
@@ -365,10 +399,12 @@ class DiffusionLM(Part, kind="composition"):
             return self._structural_loss(x0, draw, generator, response_mask)
         level = self.process.training_level(draw, generator)
         corr = self.process.corrupt(x0, level, generator=generator)
-        cats, mask = self._mask_for(draw)
-        if mask is None and self.annealing is not None:
+        cats = categories_from_levels(draw.level, draw.next_level)
+        if self.annealing is not None and bool((cats == ACTIVE).all()):
             mask = self.annealing.mask(B, d, self.training_step, generator=generator, device=x0.device)
-        logits = self.forward(corr.ids, level, mask)
+            logits = self.forward(corr.ids, level, mask)
+        else:
+            logits = self.step_forward(corr.ids, level, cats)
         per_token = self.process.loss(logits, x0, corr, level, draw if draw.next_level is not None else None)
         per_token = torch.where(cats == ACTIVE, per_token, torch.zeros_like(per_token))
         if self.settled_weight:
@@ -440,9 +476,14 @@ def two_halves_logits(lm: DiffusionLM, x_noisy: Tensor, x_clean: Tensor, segment
     KV-cached inference step of that segment does. `segment` [B, d] segment ids, `categories`
     [B, d] (ACTIVE / SETTLED / WORTHLESS inside a segment), `levels` [B, d] of the noisy half."""
     d = x_clean.shape[1]
-    ids, pos = two_halves_inputs(x_noisy, x_clean, segment, lm.layout, lm.bos_id)
-    mask = two_halves_mask(segment, categories=categories, device=x_clean.device)
-    levels = torch.cat([levels, torch.zeros_like(levels)], 1)
+    ids, pos = two_halves_inputs(x_noisy, x_clean, segment, lm.layout, lm.bos_id, categories=categories)
+    readers = lm.layout.reads_last
+    mask = two_halves_mask(segment, categories=categories, device=x_clean.device, readers=readers)
+    parts = [levels, torch.zeros_like(levels)]
+    if readers:  # a reader is at the level of the token it reads (position - 1); a padding one at 0
+        src = (pos[:, 2 * d:] - 1).clamp_min(0)
+        parts.append(torch.where(pos[:, 2 * d:] > 0, levels.expand(pos.shape[0], -1).gather(1, src), 0.0))
+    levels = torch.cat(parts, 1)
     # only the noisy half's rows are scored: a backbone that can skip the head elsewhere does
     first = {"first_logits": d} if _accepts(bare(lm.model), "first_logits") else {}
     return lm._call(ids, pos, mask, levels, **first)[:, :d]

@@ -48,6 +48,8 @@ __all__ = [
     "MaskMod",
     "StepMask",
     "shift_inputs",
+    "reader_of",
+    "segment_readers",
     "inference_mask_mod",
     "two_halves_mask_mod",
     "causal_mask_mod",
@@ -71,13 +73,36 @@ Device = Union[torch.device, str, None]
 
 class Layout(str, Enum):
     """Which token row j reads. ALIGNED: token j. SHIFTED: token j-1 (row 0 reads BOS).
+    SHIFTED_LAST: as SHIFTED, plus one READER row per step (per segment in the two-halves
+    layout) that reads the last fed position's token.
 
-    In both layouts row j's output predicts token j; SHIFTED is the autoregressive convention
-    (output i predicts token i+1 of the *input*), needed to adapt AR checkpoints.
+    In every layout row j's output predicts token j; SHIFTED is the autoregressive convention
+    (output i predicts token i+1 of the *input*), needed to adapt AR checkpoints. Its price: the
+    last token p of a block is read only by row p + 1, which belongs to the next block, so no row
+    of its own block ever reads it (docs/smollm2/block.md: revealing it changes nothing).
+    SHIFTED_LAST adds that row: at every step a reader at position p + 1 reads token p (MASK or
+    revealed), p the step's last non-worthless position; it attends and is attended as an ACTIVE
+    row, and its output is discarded. The model then needs positions up to d (:func:`reader_of`).
     """
 
     ALIGNED = "aligned"
     SHIFTED = "shifted"
+    SHIFTED_LAST = "shifted_last"
+
+    @property
+    def shifted(self) -> bool:
+        """Whether row j reads token j - 1 (and row 0 reads BOS)."""
+        return self is not Layout.ALIGNED
+
+    @property
+    def reads_last(self) -> bool:
+        """Whether each step (segment) adds a reader row of its last token."""
+        return self is Layout.SHIFTED_LAST
+
+    @property
+    def extra_positions(self) -> int:
+        """Positions beyond the sequence's d that a forward may use (the reader's d)."""
+        return int(self.reads_last)
 
 
 class StepMask(NamedTuple):
@@ -166,12 +191,53 @@ def shift_inputs(x: Tensor, layout: "Layout | str", bos_id: Optional[int] = None
     """
     layout = Layout(layout)
     check_ids(x, None, "x (token ids)")
-    if layout is Layout.ALIGNED:
+    if not layout.shifted:
         return x
     if bos_id is None:
-        raise ValueError("the SHIFTED layout needs bos_id (the token row 0 reads)")
+        raise ValueError(f"the {layout.name} layout needs bos_id (the token row 0 reads)")
     bos = x.new_full((*x.shape[:-1], 1), bos_id)
     return torch.cat([bos, x[..., :-1]], dim=-1)
+
+
+def reader_of(categories: Tensor) -> Tensor:
+    """[n] the position each row's reader reads (SHIFTED_LAST, one inference step): the last
+    position that is not WORTHLESS. The reader sits at that position + 1."""
+    cats = _check_categories(categories)
+    fed = cats != WORTHLESS
+    if not bool(fed.any(1).all()):
+        raise ValueError("a step with every position worthless has nothing for a reader to read")
+    idx = torch.arange(cats.shape[1], device=cats.device)
+    return torch.where(fed, idx, -1).amax(1)
+
+
+def segment_readers(
+    segment: Tensor, categories: Optional[Tensor] = None, num_readers: Optional[int] = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The readers of the two-halves layout under SHIFTED_LAST, one per segment of each row.
+
+    Returns (source [n, R], valid [n, R], rank [n, d]): reader r of row b reads position
+    source[b, r], the last position of b's r-th segment that is not WORTHLESS (every position with
+    no `categories`); `valid` is False where b has fewer than r + 1 segments or the segment is all
+    worthless (then the reader is padding: it attends only itself, nobody attends it); rank[b, i]
+    is the segment number (0, 1, ...) of position i within its row. R = the most segments a row
+    has, or `num_readers` (at least that) to pad every batch to one size.
+    """
+    seg, cats = _two_halves_rows(segment, categories)
+    n, d = seg.shape
+    first = torch.ones_like(seg, dtype=torch.bool)
+    first[:, 1:] = seg[:, 1:] != seg[:, :-1]
+    rank = first.long().cumsum(1) - 1
+    R = int(rank.max()) + 1
+    if num_readers is not None:
+        if num_readers < R:
+            raise ValueError(f"num_readers = {num_readers}, but a row has {R} segments")
+        R = num_readers
+    fed = torch.ones_like(seg, dtype=torch.bool) if cats is None else cats != WORTHLESS
+    idx = torch.arange(d, device=seg.device).expand(n, d)
+    source = torch.full((n, R), -1, dtype=torch.long, device=seg.device)
+    source = source.scatter_reduce(1, rank, torch.where(fed, idx, -1), reduce="amax")
+    valid = source >= 0
+    return source.clamp_min(0), valid, rank
 
 
 # ----------------------------------------------------------------------------------------
@@ -221,9 +287,13 @@ def _two_halves_rows(segment: Tensor, categories: Optional[Tensor]) -> tuple[Ten
 
 
 def two_halves_mask_mod(
-    segment: Tensor, block_causal: bool = False, categories: Optional[Tensor] = None
+    segment: Tensor,
+    block_causal: bool = False,
+    categories: Optional[Tensor] = None,
+    readers: bool = False,
+    num_readers: Optional[int] = None,
 ) -> MaskMod:
-    """Mask of the two-halves training layout (papers' appendix B.3), length 2d.
+    """Mask of the two-halves training layout (papers' appendix B.3), length 2d (+ R readers).
 
     The input is ``[x_noisy (rows 0..d-1) ; x_clean (rows d..2d-1)]``; `segment` ``[B or 1, d]``
     holds contiguous, non-decreasing segment ids. Rule:
@@ -240,17 +310,29 @@ def two_halves_mask_mod(
     worthless positions (Slide near the ends) sees exactly what the inference step shows: inside
     a segment, settled rows attend settled rows causally, nobody attends a worthless row, a
     worthless row attends only itself (and no clean row).
+
+    `readers` (the SHIFTED_LAST layout): R more rows 2d..2d+R-1, reader r standing for segment r
+    of its row (:func:`segment_readers`; `num_readers` pads R). A reader is an ACTIVE row of its segment: it attends
+    the segment's non-worthless noisy keys, the clean keys of earlier segments and itself, and
+    the segment's active rows attend it; nothing else does. A padding reader attends only itself.
     """
     seg, cats = _two_halves_rows(segment, categories)
     n, d = seg.shape
     if cats is not None:
         cat_of = _lookup(cats)
     seg_of = _lookup(seg)
-    L = 2 * d
+    R = 0
+    if readers:
+        _, valid, rank = segment_readers(seg, cats, num_readers)
+        R = valid.shape[1]
+        rank_of, valid_of = _lookup(rank), _lookup(valid)
+    L = 2 * d + R
 
     def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         q_noisy = q_idx < d
         kv_noisy = kv_idx < d
+        q_clean = ~q_noisy & (q_idx < 2 * d)
+        kv_clean = ~kv_noisy & (kv_idx < 2 * d)
         qp = torch.where(q_noisy, q_idx, q_idx - d).clamp(0, d - 1)
         kp = torch.where(kv_noisy, kv_idx, kv_idx - d).clamp(0, d - 1)
         sq = seg_of(b, qp)
@@ -263,11 +345,27 @@ def two_halves_mask_mod(
             kc = cat_of(b, kp)
             noisy_noisy = (sk == sq) & _inference_rule(qc, kc, qp, kp)
             noisy_clean = (sk < sq) & (qc != WORTHLESS)
-        noisy_q = q_noisy & torch.where(kv_noisy, noisy_noisy, noisy_clean)
+        noisy_q = q_noisy & torch.where(kv_noisy, noisy_noisy, kv_clean & noisy_clean)
         clean_clean = (sk <= sq) if block_causal else (kp <= qp)
-        clean_q = ~q_noisy & ~kv_noisy & clean_clean
+        clean_q = q_clean & kv_clean & clean_clean
+        allowed = noisy_q | clean_q
+        if R:
+            qr = (q_idx - 2 * d).clamp(0, R - 1)
+            kr = (kv_idx - 2 * d).clamp(0, R - 1)
+            q_reader = q_idx >= 2 * d
+            kv_reader = kv_idx >= 2 * d
+            kv_fed = torch.ones_like(kv_noisy) if cats is None else kc != WORTHLESS
+            q_active = torch.ones_like(q_noisy) if cats is None else qc == ACTIVE
+            # a noisy row of segment r attends reader r when it is active (the inference rule)
+            noisy_reader = q_noisy & kv_reader & valid_of(b, kr) & (rank_of(b, qp) == kr) & q_active
+            # reader r: its segment's fed noisy keys, the clean keys before the segment, itself
+            of_reader = torch.where(
+                kv_noisy, kv_fed & (rank_of(b, kp) == qr), kv_clean & (rank_of(b, kp) < qr)
+            ) & valid_of(b, qr)
+            reader_q = q_reader & ((kv_reader & (kv_idx == q_idx)) | (~kv_reader & of_reader))
+            allowed = allowed | noisy_reader | reader_q
         inside = (q_idx < L) & (kv_idx < L)
-        return inside & (noisy_q | clean_q)
+        return inside & allowed
 
     return _annotate(mask_mod, n if n > 1 else None, L, L, seg.device)
 
@@ -542,10 +640,12 @@ def two_halves_mask(
     categories: Optional[Tensor] = None,
     device: Device = None,
     block_size: int = 128,
+    readers: bool = False,
 ):
     """Mask of the two-halves layout (:func:`two_halves_mask_mod`) for segment ids ``[B or 1, d]``:
-    dense bool [B, 1, 2d, 2d] (built once per distinct row of segment ids and categories, see
-    :func:`_dense_per_row`) or a BlockMask (batch-independent when one row of ids is given).
+    dense bool [B, 1, 2d + R, 2d + R] (R = 0 without `readers`; built once per distinct row of
+    segment ids and categories, see :func:`_dense_per_row`) or a BlockMask (batch-independent
+    when one row of ids is given).
     """
     if device is not None:
         segment = torch.as_tensor(segment).to(device)
@@ -555,12 +655,15 @@ def two_halves_mask(
         d = seg.shape[1]
         key = seg if cats is None else torch.cat([seg, cats], 1)
 
+        R = segment_readers(seg, cats)[1].shape[1] if readers else None  # one R for the batch
+
         def build(u: Tensor) -> Tensor:
             cats_u = None if cats is None else u[:, d:]
-            return dense_mask(two_halves_mask_mod(u[:, :d], block_causal, cats_u), u.shape[0], 2 * d, device=device)
+            mod = two_halves_mask_mod(u[:, :d], block_causal, cats_u, readers=readers, num_readers=R)
+            return dense_mask(mod, u.shape[0], mod.q_len, device=device)
 
-        return _dense_per_row(key, ("two_halves", d, bool(block_causal)), build)
-    mod = two_halves_mask_mod(segment, block_causal=block_causal, categories=categories)
+        return _dense_per_row(key, ("two_halves", d, bool(block_causal), R), build)
+    mod = two_halves_mask_mod(segment, block_causal=block_causal, categories=categories, readers=readers)
     return _materialize(mod, mod.batch_size, mod.q_len, kind, device, block_size)
 
 
@@ -570,14 +673,17 @@ def two_halves_inputs(
     segment: Tensor,
     layout: "Layout | str",
     bos_id: Optional[int] = None,
+    categories: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
-    """Token ids and position ids [B, 2d] of the two-halves layout.
+    """Token ids and position ids [B, 2d] of the two-halves layout ([B, 2d + R] under SHIFTED_LAST).
 
     ALIGNED: ``cat([x_noisy, x_clean])``. SHIFTED: the clean half is ``shift_inputs(x_clean)``;
     noisy row i reads x_noisy[i-1], except the first row of each segment, which reads the clean
     token x_clean[i-1] (BOS for i = 0): the token before a segment is settled at the segment's
     step, so each noisy segment reads exactly what the inference step shows. Position ids are
-    ``[0..d-1, 0..d-1]``.
+    ``[0..d-1, 0..d-1]``. SHIFTED_LAST appends one reader a segment (:func:`segment_readers` of
+    `segment` and the draw's `categories`): reader r reads x_noisy[source_r] at position
+    source_r + 1; a padding reader reads BOS at position 0.
     """
     layout = Layout(layout)
     check_ids(x_noisy, None, "x_noisy (token ids)")
@@ -598,5 +704,12 @@ def two_halves_inputs(
         first = torch.ones_like(seg, dtype=torch.bool)
         first[:, 1:] = seg[:, 1:] != seg[:, :-1]
         ids = torch.cat([torch.where(first, clean, noisy), clean], dim=1)
-    pos = torch.arange(d, device=x_noisy.device).repeat(2)
-    return ids, pos[None].expand(B, 2 * d).contiguous()
+    pos = torch.arange(d, device=x_noisy.device).repeat(2)[None].expand(B, 2 * d)
+    if layout.reads_last:
+        cats = None if categories is None else torch.as_tensor(categories).to(x_noisy.device)
+        source, valid, _ = segment_readers(seg, cats)
+        source, valid = source.expand(B, -1), valid.expand(B, -1)
+        read = torch.where(valid, x_noisy.gather(1, source), torch.full_like(source, bos_id))
+        ids = torch.cat([ids, read], dim=1)
+        pos = torch.cat([pos, torch.where(valid, source + 1, 0)], dim=1)
+    return ids, pos.contiguous()

@@ -10,7 +10,7 @@ import torch
 
 from diffusionlm.eval.block_exact import block_bounds, exact_block_bound
 from diffusionlm.lm import DiffusionLM
-from diffusionlm.masks import categories_from_levels, training_mask
+from diffusionlm.masks import categories_from_levels
 from diffusionlm.models import DiffusionTransformer, TransformerConfig
 from diffusionlm.processes import Absorb, Uniform
 from diffusionlm.schedules import Block, Flat, LogLinear
@@ -21,7 +21,7 @@ V = 7
 def tiny_lm(proc, schedule, d, layout, seed=0) -> DiffusionLM:
     torch.manual_seed(seed)
     cfg = TransformerConfig.preset("tiny", vocab_size=proc.model_vocab_size, input_vocab_size=V + 2, n_layers=2,
-                                   hidden=16, n_heads=2, max_positions=d)
+                                   hidden=16, n_heads=2, max_positions=d + 1)
     return DiffusionLM(DiffusionTransformer(cfg).eval(), proc, schedule, layout=layout, bos_id=V + 1)
 
 
@@ -34,7 +34,6 @@ def by_definition(lm, y) -> torch.Tensor:
         lt, ls = table[k - 1], table[k]
         keep = proc.noise.alpha(lt)
         cats = categories_from_levels(lt.float()[None], ls.float()[None]).expand(B, d)
-        mask = training_mask(cats) if bool((cats != 1).any()) else None
         for bits in itertools.product([0, 1], repeat=d):
             m = torch.tensor(bits, dtype=torch.bool)
             p = torch.where(m, 1 - keep, keep).prod()
@@ -42,12 +41,12 @@ def by_definition(lm, y) -> torch.Tensor:
                 continue
             x = torch.where(m[None], torch.full_like(y, proc.mask_id), y)
             with torch.no_grad():
-                logits = lm.forward(x, lt.float().expand(B, d), mask).double()
+                logits = lm.step_forward(x, lt.float().expand(B, d), cats).double()
             total += p * proc.step_kl(logits, y, x, lt.float().expand(B, d), ls.float().expand(B, d)).sum(1)
     return total
 
 
-@pytest.mark.parametrize("layout", ["shifted", "aligned"])
+@pytest.mark.parametrize("layout", ["shifted", "aligned", "shifted_last"])
 @pytest.mark.parametrize("width,steps,noise", [(2, 2, None), (3, 2, None), (2, 3, LogLinear())])
 def test_exact_block_bound_equals_the_definition(layout, width, steps, noise):
     d = 6
@@ -90,12 +89,12 @@ def test_what_the_exact_block_bound_refuses():
 def test_a_shifted_block_never_reads_its_own_last_token_an_aligned_one_does():
     """docs/smollm2/block.md's layout price: under SHIFTED, row i of a block reads token i - 1, so
     the block's last token is read by no row of its block and revealing it changes none of the
-    block's other predictions; under ALIGNED it does. Also: block_bounds uses the pattern NLLs it is
-    handed."""
+    block's other predictions; under ALIGNED it does, and under SHIFTED_LAST (whose reader row
+    reads it). Also: block_bounds uses the pattern NLLs it is handed."""
     from diffusionlm.eval.block_exact import mask_patterns, pattern_nll
 
     w, d = 4, 8
-    for layout in ("shifted", "aligned"):
+    for layout in ("shifted", "aligned", "shifted_last"):
         lm = tiny_lm(Absorb(V), Block(w, w), d, layout)
         y = torch.randint(0, V, (3, d), generator=torch.Generator().manual_seed(1))
         nll = pattern_nll(lm, y).view(-1, 3, d // w, w)  # [P, B, blocks, w]

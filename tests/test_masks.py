@@ -24,6 +24,7 @@ from diffusionlm.masks import (
     full_mask_mod,
     inference_mask,
     inference_mask_mod,
+    segment_readers,
     shift_inputs,
     step_categories,
     training_mask,
@@ -243,7 +244,7 @@ def test_two_halves_dense_matches_flex(name, d):
     # both layouts stacked along the batch: ALIGNED rows, then SHIFTED rows
     seg2 = torch.cat([seg, seg])
     cats2 = None if cats is None else torch.cat([cats, cats])
-    inputs = [two_halves_inputs(xn, x0, seg, layout, bos_id=BOS) for layout in Layout]
+    inputs = [two_halves_inputs(xn, x0, seg, layout, bos_id=BOS) for layout in (Layout.ALIGNED, Layout.SHIFTED)]
     ids = torch.cat([i for i, _ in inputs])
     pos = torch.cat([p for _, p in inputs])
     variants = [(False, None), (True, None)] + ([(False, cats2)] if cats2 is not None else [])
@@ -266,6 +267,50 @@ def test_two_halves_dense_matches_flex(name, d):
     assert dense1.shape == (1, 1, 2 * d, 2 * d)
     ids, pos = two_halves_inputs(xn, x0, seg[:1], Layout.SHIFTED, bos_id=BOS)
     assert_dense_equals_flex(model, ids, pos, dense1, two_halves_mask(seg[:1], kind="flex"))
+
+
+@pytest.mark.parametrize("name", SEGMENTABLE)
+def test_two_halves_readers_dense_matches_flex_and_the_rule(name):
+    """SHIFTED_LAST's readers (one a segment, rows 2d..): the dense mask, the mask_mod evaluated
+    by FlexAttention's create_mask, and the BlockMask agree; and the rule holds row by row: reader
+    r attends its segment's fed noisy rows, the clean rows before the segment and itself; of the
+    other rows only the segment's active noisy rows attend it; the first 2d rows are unchanged."""
+    d, B = 13, 3
+    s = SCHEDULES[name](d)
+    draw = s.draw_segments(B, d, generator=torch.Generator().manual_seed(2))
+    cats = categories_from_levels(draw.level, draw.next_level)
+    x0 = random_tokens(B, d, seed=3)
+    xn = corrupt(x0, draw.level, seed=4)
+    ids, pos = two_halves_inputs(xn, x0, draw.segment, Layout.SHIFTED_LAST, bos_id=BOS, categories=cats)
+    source, valid, rank = segment_readers(draw.segment, cats)
+    R = source.shape[1]
+    assert ids.shape == pos.shape == (B, 2 * d + R)
+    for c in (None, cats):
+        dense = two_halves_mask(draw.segment, categories=c, readers=True)
+        assert dense.shape == (B, 1, 2 * d + R, 2 * d + R)
+        mod = two_halves_mask_mod(draw.segment, categories=c, readers=True)
+        assert torch.equal(create_mask(mod, B, 1, 2 * d + R, 2 * d + R, device="cpu"), dense)
+        block = two_halves_mask(draw.segment, kind="flex", categories=c, readers=True)
+        assert_block_mask_covers(block, dense)
+        assert_dense_equals_flex(TinyAttention(), ids, pos, dense, block)
+        assert torch.equal(dense[:, :, :2 * d, :2 * d], two_halves_mask(draw.segment, categories=c))
+        for b in range(B):
+            fed = torch.ones(d, dtype=torch.bool) if c is None else c[b] != WORTHLESS
+            active = torch.ones(d, dtype=torch.bool) if c is None else c[b] == ACTIVE
+            for r in range(R):
+                row = dense[b, 0, 2 * d + r]
+                if not valid[b, r]:
+                    assert row.nonzero().squeeze(1).tolist() == [2 * d + r]
+                    continue
+                assert int(pos[b, 2 * d + r]) == int(source[b, r]) + 1
+                assert int(ids[b, 2 * d + r]) == int(xn[b, source[b, r]])
+                assert torch.equal(row[:d], (rank[b] == r) & fed)
+                assert torch.equal(row[d:2 * d], rank[b] < r)
+                assert row[2 * d:].nonzero().squeeze(1).tolist() == [r]
+                assert torch.equal(dense[b, 0, :d, 2 * d + r], (rank[b] == r) & active)
+                assert not dense[b, 0, d:2 * d, 2 * d + r].any()
+    with pytest.raises(ValueError, match="num_readers = 1, but a row has"):
+        segment_readers(torch.tensor([[0, 0, 1, 1]]), num_readers=1)
 
 
 def test_flex_block_sizes_and_long_lengths():
@@ -403,9 +448,11 @@ def test_two_halves_reproduces_inference(name, layout, layers):
         cats = categories_from_levels(draw.level, draw.next_level)
         x0 = random_tokens(B, d, seed=5)
         xn = corrupt(x0, draw.level, seed=6)
-        ids, pos = two_halves_inputs(xn, x0, draw.segment, layout, bos_id=BOS)
-        out = model(ids, pos, two_halves_mask(draw.segment, categories=cats))
-        plain = model(ids, pos, two_halves_mask(draw.segment))
+        readers = layout.reads_last
+        ids, pos = two_halves_inputs(xn, x0, draw.segment, layout, bos_id=BOS, categories=cats)
+        out = model(ids, pos, two_halves_mask(draw.segment, categories=cats, readers=readers))
+        plain_ids, plain_pos = two_halves_inputs(xn, x0, draw.segment, layout, bos_id=BOS)
+        plain = model(plain_ids, plain_pos, two_halves_mask(draw.segment, readers=readers))
         for b in range(B):
             for s_id in draw.segment[b].unique():
                 where = draw.segment[b] == s_id
@@ -413,9 +460,13 @@ def test_two_halves_reproduces_inference(name, layout, layers):
                 start = int(where.nonzero()[0])
                 x_step = torch.where(torch.arange(d) < start, x0[b], xn[b])
                 sm = inference_mask(s, d, k)
-                step_ids = shift_inputs(x_step[None], layout, BOS)[:, sm.rows]
-                ref = model(step_ids, sm.rows[None], sm.mask)[0]
                 step_cats = step_categories(s, d, k)
+                if readers:  # the reader of the step's last fed row, as the sampler's driver feeds it
+                    rows = torch.cat([sm.rows, sm.rows[-1:] + 1])
+                    row_cats = torch.cat([step_cats[sm.rows], torch.tensor([ACTIVE], dtype=step_cats.dtype)])
+                    sm = sm._replace(rows=rows, mask=dense_mask(inference_mask_mod(row_cats[None]), 1, len(rows)))
+                step_ids = shift_inputs(torch.cat([x_step, x_step[-1:]])[None], layout, BOS)[:, sm.rows]
+                ref = model(step_ids, sm.rows[None], sm.mask)[0]
                 check = where & (step_cats != WORTHLESS)
                 assert check.any()
                 at = {int(r): j for j, r in enumerate(sm.rows)}
@@ -423,6 +474,9 @@ def test_two_halves_reproduces_inference(name, layout, layers):
                 torch.testing.assert_close(out[b, check.nonzero().squeeze(1)], ref[ref_rows], atol=1e-5, rtol=1e-5)
                 if (step_cats[where] == ACTIVE).all():
                     torch.testing.assert_close(plain[b, :d][where], out[b, :d][where], atol=1e-5, rtol=1e-5)
+                if readers:  # the segment's reader equals the step's reader too
+                    r = int(torch.unique_consecutive(draw.segment[b], return_counts=True)[0].tolist().index(int(s_id)))
+                    torch.testing.assert_close(out[b, 2 * d + r], ref[-1], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("d", LENGTHS)
@@ -445,7 +499,7 @@ def test_inference_mask_rules(name, d):
         assert torch.equal(sm.mask[0, 0], m[sm.rows][:, sm.rows])
 
 
-@pytest.mark.parametrize("layout", list(Layout))
+@pytest.mark.parametrize("layout", [Layout.ALIGNED, Layout.SHIFTED])
 def test_quench_inference_is_autoregressive(layout):
     """Quench step k feeds rows 0..k-1 under a causal mask; the one active row k-1 sees every row.
     SHIFTED, those rows read BOS, x_0 .. x_{k-2}: plain autoregressive next-token prediction."""

@@ -237,7 +237,7 @@ def test_oracle_conditional_generation_follows_the_conditional():
 # ---------------------------------------------------------------------------------------------
 # ACS
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("layout", ["aligned", "shifted"])
+@pytest.mark.parametrize("layout", ["aligned", "shifted", "shifted_last"])
 @pytest.mark.parametrize("schedule", [Flat(6), Block(4, 3), Slide(3), Quench()], ids=repr)
 def test_acs_eta0_is_mdlm(layout, schedule):
     lm = make_lm(Absorb(N), schedule, layout)
@@ -251,7 +251,7 @@ def test_acs_eta0_is_mdlm(layout, schedule):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("layout", ["aligned", "shifted"])
+@pytest.mark.parametrize("layout", ["aligned", "shifted", "shifted_last"])
 @pytest.mark.parametrize("schedule", [Flat(8), Block(4, 4), Slide(4)], ids=repr)
 def test_acs_corrects_decoded_tokens(layout, schedule):
     """With Absorb, MDLM never changes a decoded token; ACS (eta > 0) does, in both layouts."""
@@ -288,7 +288,7 @@ def samplers_for(kind: str):
     return out
 
 
-@pytest.mark.parametrize("layout", ["aligned", "shifted"])
+@pytest.mark.parametrize("layout", ["aligned", "shifted", "shifted_last"])
 @pytest.mark.parametrize("kind", ["absorb", "epsilon", "gamma", "uniform"])
 def test_no_sampler_emits_mask(kind, layout):
     proc = process(kind)
@@ -300,7 +300,7 @@ def test_no_sampler_emits_mask(kind, layout):
             assert bool((out.tokens >= 0).all() and (out.tokens < N).all()), (sampler, schedule)
 
 
-@pytest.mark.parametrize("layout", ["aligned", "shifted"])
+@pytest.mark.parametrize("layout", ["aligned", "shifted", "shifted_last"])
 def test_fixed_positions_never_change(layout):
     d, B = 12, 5
     prompt = torch.randint(0, N, (1, 4), generator=gen(9))
@@ -354,7 +354,7 @@ class Counting:
 
 
 @pytest.mark.parametrize("time_conditioning", [False, True])
-@pytest.mark.parametrize("layout", ["aligned", "shifted"])
+@pytest.mark.parametrize("layout", ["aligned", "shifted", "shifted_last"])
 @pytest.mark.parametrize("schedule", [Quench(), Block(4, 2), Slide(3)], ids=repr)
 def test_cached_equals_uncached(schedule, layout, time_conditioning):
     proc = GammaHybrid(N, 0.3) if time_conditioning else Absorb(N)
@@ -374,6 +374,32 @@ def test_cached_equals_uncached(schedule, layout, time_conditioning):
             sampler.cache = True
             assert torch.equal(runs[True][0], runs[False][0]), sampler
             assert runs[True][1] < runs[False][1]  # the cache fed fewer rows
+
+
+@pytest.mark.parametrize("layout", ["shifted", "shifted_last"])
+@pytest.mark.parametrize("schedule", [Block(4, 4), Flat(6), Slide(3)], ids=repr)
+def test_each_step_sees_what_the_composition_computes_for_that_step(schedule, layout):
+    """The driver's logits at every step (worthless rows dropped, the settled prefix cached, under
+    SHIFTED_LAST the reader row added) equal the composition's own forward of the same step
+    (`DiffusionLM.step_forward`: every row fed, the step's categories), with and without a prompt."""
+    from diffusionlm.masks import categories_from_levels
+    from diffusionlm.samplers.base import SampleRequest
+    from diffusionlm.samplers.driver import drive
+
+    lm = make_lm(Absorb(N), schedule, layout, seed=3)
+    seen = []
+
+    def step_fn(step, generator):
+        cats = categories_from_levels(step.level_t.float(), step.level_s.float())
+        want = lm.step_forward(step.x, step.level_t.float(), cats)[:, step.cols]
+        seen.append(float((step.logits - want).abs().max()))
+        new = torch.randint(0, N, step.logits.shape[:2], generator=generator)
+        return new, torch.ones(new.shape, dtype=torch.float64)
+
+    for prompt in (None, torch.randint(0, N, (2, 5), generator=gen(4))):
+        request = SampleRequest(2, 12, prompt, None, gen(3), None, False)
+        drive(lm, schedule, step_fn, request, cache=True)
+    assert len(seen) > 4 and max(seen) < 1e-4, seen
 
 
 def test_flat_reuses_logits_where_nothing_changed():

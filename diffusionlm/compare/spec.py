@@ -17,6 +17,7 @@ from typing import Any, Optional
 from .. import specs
 from ..io.hub import _json, load_model
 from ..lm import DiffusionLM, check_two_halves_rows
+from ..masks import Layout
 from ..models.hf import spec_max_rows
 from ..training import TrainConfig
 
@@ -349,8 +350,9 @@ def _resolve(cfg: CompareConfig, v: Variant, tok: Any, seed: int, is_judge: bool
     try:
         proc = v.lm.process if v.lm is not None else specs.build("process", comp["process"])
         sched = v.lm.schedule if v.lm is not None else specs.build("hyperschedule", comp["schedule"])
-        if comp["layout"] not in ("aligned", "shifted"):
-            raise ValueError(f"unknown layout {comp['layout']!r}; known: aligned, shifted")
+        layouts = [layout.value for layout in Layout]
+        if comp["layout"] not in layouts:
+            raise ValueError(f"unknown layout {comp['layout']!r}; known: {', '.join(layouts)}")
         if v.lm is None and comp["backbone"].get("name") not in specs.registry("backbone"):
             raise ValueError(f"unknown backbone {comp['backbone'].get('name')!r}; known: {', '.join(sorted(specs.registry('backbone')))}")
     except ValueError as err:
@@ -373,7 +375,7 @@ def _resolve(cfg: CompareConfig, v: Variant, tok: Any, seed: int, is_judge: bool
     backbone = comp.get("backbone") or {}
     if train.two_halves and v.lm is None and backbone.get("name") == "hf":  # before any variant trains
         check_two_halves_rows(cfg.length, spec_max_rows(backbone.get("hf_config"), backbone.get("path")),
-                              f"{where.rstrip(':')}'s hf backbone")
+                              f"{where.rstrip(':')}'s hf backbone", readers=Layout(comp["layout"]).reads_last)
     elif train.two_halves and v.lm is not None:
         v.lm.check_two_halves_length(cfg.length)
     fit = types.SimpleNamespace(process=proc, schedule=sched, layout=comp["layout"])

@@ -29,6 +29,7 @@ from . import legacy
 from .check import Bool, Choice, Int, Opt, Str, check_fields
 from .legacy import ModelSpec, reject_unknown
 from ..specs import build as build_spec, lookup, provided
+from ..masks import Layout
 from ..models.transformer import TransformerConfig
 from .train import TrainConfig
 
@@ -155,8 +156,9 @@ def _check_composition(comp: Any, length: int) -> dict:
     comp = _strip_comments(comp)
     cls = lookup("composition", comp.get("name", "diffusion_lm"))
     reject_unknown(comp, ["name", *cls.spec_fields()], "composition.")
-    if comp.get("layout", "aligned") not in ("aligned", "shifted"):
-        raise ValueError(f"composition.layout = {comp['layout']!r}: must be one of aligned, shifted")
+    layouts = [layout.value for layout in Layout]
+    if comp.get("layout", "aligned") not in layouts:
+        raise ValueError(f"composition.layout = {comp['layout']!r}: must be one of {', '.join(layouts)}")
     _check_schedule(comp.get("schedule", {"name": "flat"}), length, "composition.schedule")
     backbone = comp.get("backbone")
     if isinstance(backbone, dict) and backbone.get("name") == "transformer":

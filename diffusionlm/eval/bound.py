@@ -81,10 +81,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..checks import as_mask as _as_mask
-from ..masks import categories_from_levels, training_mask
+from ..masks import categories_from_levels
 from ..processes.base import Corruption, check_ids
 from ..samplers.driver import model_device
-from ..schedules.hyper import ACTIVE
 from ..specs import provide
 from .causal import CAUSAL_METHOD, causal_composition, causal_nll, prefix_lengths
 
@@ -431,8 +430,7 @@ def _evaluate(lm, x0, fixed, count, plan: _Plan, jobs: _Jobs, generator, chunk: 
             ls = plan.table[k].float().to(dev).masked_fill(fix, 0.0)
         corr = _corrupt(proc, x, lt, rows, generator)
         cats = categories_from_levels(lt, ls)
-        mask = None if bool((cats == ACTIVE).all()) else training_mask(cats, device=dev)
-        logits = lm.forward(corr.ids, lt, mask).double()
+        logits = lm.step_forward(corr.ids, lt, cats).double()
         if plan.continuous:
             terms, moving = proc.continuous_bound(logits, x, corr, lt.double()), lt > 0
         else:

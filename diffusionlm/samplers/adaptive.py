@@ -73,10 +73,10 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import Tensor
 
-from ..masks import shift_inputs
+from ..masks import Layout, shift_inputs
 from ..models.cache import KVCache
 from .base import SampleOutput, SampleRequest, StepRecord, categorical
-from .driver import _categories, _Run, _StepView, check_dtype, logits_of, unit_interval
+from .driver import _categories, _Run, _StepView, check_dtype, logits_of, step_view, unit_interval
 from .mdlm import LevelSampler
 
 __all__ = ["Threshold", "stage_steps", "select_by_confidence", "cache_rows", "APPROX_CACHES"]
@@ -162,6 +162,9 @@ class Threshold(LevelSampler):
         super().check_fits(lm)
         if lm.process.mask_id is None:
             raise ValueError(f"threshold decoding unmasks MASK tokens; {lm.process!r} has no MASK (use MDLM or SEDDAnalytic)")
+        if self.approx_cache is not None and Layout(lm.layout).reads_last:
+            raise ValueError(f"approx_cache={self.approx_cache!r} feeds every row without a step mask; the shifted_last "
+                             "layout's reader row needs one: use cache=True without approx_cache")
         if self.approx_cache is not None and not callable(getattr(lm.model, "empty_cache", None)):
             raise ValueError(
                 f"approx_cache={self.approx_cache!r} needs a model with a KV cache; "
@@ -221,7 +224,7 @@ class _AdaptiveRun(_Run):
         cols = movable.any(0).nonzero().squeeze(1)
         shared = bool((settled == settled[:1]).all() and (worthless == worthless[:1]).all())
         cats = _categories(settled[:1], worthless[:1]) if shared else _categories(settled, worthless)
-        return _StepView(k, level, level, active, rows, cols, cats[:, rows]), movable
+        return step_view(self.layout, k, level, level, active, rows, cols, cats[:, rows]), movable
 
     # the approximate caches: refresh over all rows, else the block (and suffix) on cached K/V ----
     def approx_logits(self, view: _StepView, movable: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,7 +16,9 @@ For a hyperschedule with level table l [T+1, d] (`schedule.table(d)`), at each s
    attend settled rows causally, active rows attend every settled and active row, nobody attends
    a worthless row) covers them; `None` (full attention) when every fed row is active. Row j
    reads token j in the ALIGNED layout and token j-1 (BOS for j = 0) in the SHIFTED one
-   (`shift_inputs`); the model gets `position_ids` = the true positions, `levels` = l[k-1]
+   (`shift_inputs`); SHIFTED_LAST also feeds a reader row at position p + 1 that reads token p,
+   p the last fed row, as an ACTIVE row whose output is dropped (`masks.Layout`; the two-halves
+   layout trains the same reader, one a segment); the model gets `position_ids` = the true positions, `levels` = l[k-1]
    of the fed rows, and whatever the process asks for at those levels (`lm.model_inputs`:
    eq. 12's `embedding_weight` for a weighted-embedding GammaHybrid).
 3. KV cache (`cache=True` and a model with `empty_cache()`). The longest prefix 0..s-1 settled in
@@ -144,8 +146,11 @@ def resolve_length(lm: Any, length: Optional[int], prompt: Optional[Tensor], fix
     if not isinstance(length, int) or isinstance(length, bool) or length < 1:
         raise ValueError(f"length must be an int >= 1, got {length!r}")
     max_pos = getattr(lm, "max_positions", None)
-    if max_pos is not None and length > max_pos:
-        raise ValueError(f"length {length} exceeds the model's {max_pos} positions")
+    layout = getattr(lm, "layout", None)
+    extra = Layout(layout).extra_positions if layout is not None else 0
+    if max_pos is not None and length + extra > max_pos:
+        why = f" (the {Layout(layout).value} layout's reader of the last position sits at position {length})" if extra else ""
+        raise ValueError(f"length {length} exceeds the model's {max_pos} positions{why}")
     return length
 
 
@@ -207,9 +212,20 @@ class _StepView(NamedTuple):
     level_t: Tensor  # [B, d] l[k-1], 0 at fixed positions
     level_s: Tensor  # [B, d] l[k]
     active: Tensor  # [B, d] bool
-    rows: Tensor  # [L'] positions not worthless in some batch row, ascending
+    rows: Tensor  # [L'] positions not worthless in some batch row, ascending (then the reader's)
     cols: Tensor  # [A] positions active in some batch row, ascending
     row_cats: Tensor  # [1 or B, L'] SETTLED / ACTIVE / WORTHLESS codes of those rows
+    reader: bool  # whether rows[-1] is a SHIFTED_LAST reader (reads token rows[-1] - 1)
+
+
+def step_view(layout: Layout, k: int, level_t: Tensor, level_s: Tensor, active: Tensor, rows: Tensor, cols: Tensor,
+              row_cats: Tensor) -> _StepView:
+    """The step's view; under SHIFTED_LAST with the reader of the last fed row appended (an
+    ACTIVE row at that row's position + 1)."""
+    if layout.reads_last:
+        rows = torch.cat([rows, rows[-1:] + 1])
+        row_cats = torch.cat([row_cats, torch.full_like(row_cats[:, :1], ACTIVE)], 1)
+    return _StepView(k, level_t, level_s, active, rows, cols, row_cats, layout.reads_last)
 
 
 class _Call(NamedTuple):
@@ -261,7 +277,7 @@ class _Run:
         rows = (~worthless).any(0).nonzero().squeeze(1)
         cols = active.any(0).nonzero().squeeze(1)
         cats = _categories(settled[:1], worthless[:1]) if self.shared else _categories(settled, worthless)
-        return _StepView(k, lt, ls, active, rows, cols, cats[:, rows])
+        return step_view(self.layout, k, lt, ls, active, rows, cols, cats[:, rows])
 
     # 2. the step's inference mask over its rows ----------------------------------------------
     def mask(self, view: _StepView) -> tuple[Any, Any]:
@@ -284,7 +300,10 @@ class _Run:
     def logits(self, view: _StepView, plan: CachedStep, mask_key: Any) -> Tensor:
         start = self.cached if self.use_cache else 0
         feed = plan.rows
-        inputs = shift_inputs(self.x, self.layout, self.lm.bos_id)[:, feed]
+        x = torch.cat([self.x, self.x[:, -1:]], 1) if view.reader else self.x  # the reader may sit at d
+        inputs = shift_inputs(x, self.layout, self.lm.bos_id)[:, feed]
+        # each row's level is its own position's; the reader's that of the token it reads
+        at = torch.cat([feed[:-1], feed[-1:] - 1]) if view.reader else feed
         prev = self.prev
         if (
             self.reuse_ok
@@ -296,7 +315,7 @@ class _Run:
             and torch.equal(prev.inputs, inputs)
         ):
             return prev.logits
-        logits = self.call_model(inputs, feed, plan.mask, view.level_t[:, feed].float(), plan)
+        logits = self.call_model(inputs, feed, plan.mask, view.level_t[:, at].float(), plan)
         self.prev = _Call(feed, start, mask_key, inputs, logits) if not plan.commit else None  # the cache changed
         return logits
 
