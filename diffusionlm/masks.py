@@ -10,10 +10,13 @@ signature; True = the query row may attend the key row). The same function is ma
   mask), and
 * a FlexAttention ``BlockMask`` (:func:`flex_block_mask`), via ``create_block_mask``.
 
-Masks live in ROW space: the output of row j predicts token j in both layouts (:class:`Layout`);
+Masks live in ROW space: the output of row j predicts token j in every layout (:class:`Layout`);
 the layout only changes which token row j *reads* (ALIGNED: token j; SHIFTED: token j-1, row 0
 reads BOS). So the masks do not depend on the layout; the inputs do (:func:`shift_inputs`,
-:func:`two_halves_inputs`).
+:func:`two_halves_inputs`). The one exception is SHIFTED_LAST, which adds a READER row per step
+(per segment in the two-halves layout: ``readers=True``, :func:`segment_readers`; per inference
+step: :func:`reader_of`) reading the last fed position's token, an ACTIVE row whose output is
+dropped.
 
 Rules (categories are the hyperschedule's SETTLED / ACTIVE / WORTHLESS codes at one step):
 
