@@ -318,13 +318,13 @@ class DiffusionLM(Part, kind="composition"):
         check_ids(x0, self.process.vocab_size, "token ids")
         self.check_length(x0.shape[1])
 
-    def check_length(self, d: int) -> None:
+    def check_length(self, d: int, what: str = "sequence length") -> None:
         """ValueError when sequences of length d need more positions than the model has (the
         shifted_last layout's reader of the last block sits at position d)."""
         extra = self.layout.extra_positions
         if self.max_positions is not None and d + extra > self.max_positions:
             why = f" (the {self.layout.value} layout's reader of the last position sits at position {d})" if extra else ""
-            raise ValueError(f"sequence length {d} exceeds the model's {self.max_positions} positions{why}")
+            raise ValueError(f"{what} {d} exceeds the model's {self.max_positions} positions{why}")
 
     def forward(self, x_t: Tensor, levels: Tensor, mask: Any, position_ids: Optional[Tensor] = None,
                 categories: Optional[Tensor] = None) -> Tensor:

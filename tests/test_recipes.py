@@ -363,6 +363,14 @@ def test_sequence_longer_than_the_model_positions(corpus):
                                         "data.tokenizer=byte", f"data.corpus={corpus}", "data.length=32"])
     with pytest.raises(ValueError, match="data.length 32 exceeds the model's 16 positions"):
         build(run)
+    # shifted_last reads the last token at position data.length: one position more
+    run = RunConfig.from_file(DIFFUGPT, hf_gpt2(positions=32, **BYTE_SPECIALS) + [
+        "data.tokenizer=byte", f"data.corpus={corpus}", "data.length=32", "layout=shifted_last", "composition.annealing=null"])
+    with pytest.raises(ValueError, match="data.length 32 exceeds the model's 32 positions \\(the shifted_last layout's reader"):
+        build(run)
+    run = RunConfig.from_file(SCRATCH, ["model.preset=tiny", "data.tokenizer=byte", f"data.corpus={corpus}",
+                                        "data.length=32", "layout=shifted_last"])
+    assert build(run, data=False).lm.max_positions == 33
 
 
 def test_lora_targets_missing_from_the_model(tmp_path, gsm8k_jsonl):

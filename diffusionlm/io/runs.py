@@ -32,6 +32,7 @@ from ..data import (
 from ..data.sources import read_documents
 from ..data.streaming import TokenStream
 from ..lm import DiffusionLM, backbone_defaults
+from ..masks import Layout
 from ..models import DiffusionTransformer
 from ..models.hf import mask_token_id
 from ..processes import process
@@ -96,7 +97,8 @@ def _mask_token(backbone: Any, tokenizer: Any) -> Any:
 def composition_spec(run: RunConfig, tokenizer: Any) -> dict:
     """run.composition with what the data decides filled in where it is left out: the process's
     vocab_size (the tokenizer's), bos_id (its BOS, else EOS), a transformer backbone's
-    max_positions (data.length; its other sizes come from the process in DiffusionLM.from_dict),
+    max_positions (data.length, + 1 under the shifted_last layout, whose reader of the last
+    position sits at position data.length; its other sizes come from the process in DiffusionLM.from_dict),
     an hf backbone's MASK token string as its id. `DiffusionLM.from_dict` of it is the run's
     composition (with fresh weights, or `run.init`'s)."""
     spec = copy.deepcopy(run.composition)
@@ -108,7 +110,8 @@ def composition_spec(run: RunConfig, tokenizer: Any) -> dict:
     if isinstance(backbone, str):  # a bare name, as every spec allows
         backbone = spec["backbone"] = {"name": backbone}
     if isinstance(backbone, dict) and backbone.get("name") == "transformer" and run.init is None:
-        spec["backbone"] = {"max_positions": run.data.length, **backbone}
+        extra = Layout(spec.get("layout", Layout.ALIGNED)).extra_positions
+        spec["backbone"] = {"max_positions": run.data.length + extra, **backbone}
     spec["backbone"] = _mask_token(spec.get("backbone"), tokenizer)
     return spec
 
@@ -129,8 +132,7 @@ def build(run: RunConfig, rank: int = 0, world_size: int = 1, data: bool = True)
         check_vocab(tok, model.mask_id if getattr(model, "mask_id", None) is not None else model.vocab_size)
     lm = DiffusionLM.from_dict(spec, model=model)
     check_vocab(tok, lm.process.vocab_size)
-    if run.data.length > (lm.max_positions or run.data.length):
-        raise ValueError(f"data.length {run.data.length} exceeds the model's {lm.max_positions} positions")
+    lm.check_length(run.data.length, "data.length")
     if any(stage.get("two_halves", run.train.two_halves) for stage in run.stages or [{}]):
         lm.check_two_halves_length(run.data.length)  # before anything trains, not at the first step
     if not data:
