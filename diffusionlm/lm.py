@@ -341,14 +341,7 @@ class DiffusionLM(Part, kind="composition"):
             return self._call(ids, position_ids, mask, levels)
         if mask is not None:
             raise ValueError("the shifted_last layout builds its mask from the step's categories: pass categories=, not a mask")
-        cats = torch.full((1, L), ACTIVE, dtype=torch.long, device=x_t.device) if categories is None else categories
-        cats = cats.to(x_t.device).long().expand(B, L)
-        src = reader_of(cats)[:, None]  # [B, 1]
-        ids = torch.cat([ids, x_t.gather(1, src)], 1)
-        position_ids = torch.cat([position_ids, position_ids.gather(1, src) + 1], 1)
-        levels = torch.cat([levels, levels.gather(1, src)], 1)
-        mask = training_mask(torch.cat([cats, torch.full_like(src, ACTIVE)], 1), device=x_t.device)
-        return self._call(ids, position_ids, mask, levels)[:, :L]
+        return self._call(*with_reader(x_t, ids, position_ids, levels, categories))[:, :L]
 
     def step_forward(self, x_t: Tensor, levels: Tensor, categories: Tensor) -> Tensor:
         """Logits [B, d, V] of one step whose positions have these SETTLED / ACTIVE / WORTHLESS
@@ -396,7 +389,7 @@ class DiffusionLM(Part, kind="composition"):
             return self._two_halves_loss(x0, generator, response_mask)
         draw = self.schedule.draw(B, d, generator=generator, u=u, device=x0.device)
         if not self.process.likelihood:
-            return self._structural_loss(x0, draw, generator, response_mask)
+            return structural_loss(self, x0, draw, generator, response_mask)
         level = self.process.training_level(draw, generator)
         corr = self.process.corrupt(x0, level, generator=generator)
         cats = categories_from_levels(draw.level, draw.next_level)
@@ -408,19 +401,10 @@ class DiffusionLM(Part, kind="composition"):
         per_token = self.process.loss(logits, x0, corr, level, draw if draw.next_level is not None else None)
         per_token = torch.where(cats == ACTIVE, per_token, torch.zeros_like(per_token))
         if self.settled_weight:
-            per_token = per_token + self._settled_ce(logits, x0, cats)
+            per_token = per_token + settled_ce(self, logits, x0, cats)
         if response_mask is not None:
             per_token = per_token * response_mask
         return LossOutput(per_token.sum() / (B * d), per_token, corr, draw)
-
-    def _settled_ce(self, logits: Tensor, x0: Tensor, cats: Tensor) -> Tensor:
-        """beta_1 x w(i) x CE at settled positions (eq. 10 and 11), [B, d]."""
-        ce = real_token_nll(logits, x0, self.process.vocab_size)
-        w = torch.full_like(ce, float(self.settled_weight))
-        if self.settled_weighting == "eq11":
-            d = x0.shape[1]
-            w = w * eq11_weights(d, self.schedule.width(d)).to(ce.device, ce.dtype)
-        return torch.where(cats == SETTLED, w * ce, torch.zeros_like(ce))
 
     def _two_halves_loss(self, x0: Tensor, generator: Optional[torch.Generator], response_mask=None) -> LossOutput:
         B, d = x0.shape
@@ -436,19 +420,6 @@ class DiffusionLM(Part, kind="composition"):
         if response_mask is not None:
             per_token = per_token * response_mask
         return LossOutput(per_token.sum() / (B * d), per_token, corr, draw)
-
-    def _structural_loss(self, x0, draw, generator, response_mask) -> LossOutput:
-        """A process without likelihood (Structural): its corruption at the drawn level (the row's
-        masking fraction under Flat), plain CE over the response positions."""
-        B, d = x0.shape
-        corr = self.process.corrupt(x0, draw.level, generator=generator, response_mask=response_mask)
-        mask = None
-        if self.annealing is not None:
-            mask = self.annealing.mask(B, d, self.training_step, generator=generator, device=x0.device)
-        logits = self.forward(corr.ids, torch.zeros(B, d, device=x0.device), mask)
-        per_token = self.process.loss(logits, x0, corr, draw.level, draw, response_mask=response_mask)
-        n = response_mask.sum() if response_mask is not None else torch.tensor(B * d)
-        return LossOutput(per_token.sum() / n.clamp_min(1), per_token, corr, draw)
 
     # -- likelihood ------------------------------------------------------------------
     def nll_bound(
@@ -467,6 +438,46 @@ class DiffusionLM(Part, kind="composition"):
 
 
 register(DiffusionLM)
+
+
+def with_reader(x_t: Tensor, ids: Tensor, position_ids: Tensor, levels: Tensor, categories: Optional[Tensor]) -> tuple:
+    """(ids, position_ids, mask, levels) of a SHIFTED_LAST step: the shifted `ids` [B, L] plus one
+    reader row at position p + 1 fed token p of `x_t` (p the last non-worthless row of
+    `categories`, `masks.reader_of`; None: every row active) at p's level, under the inference
+    rule's mask with the reader ACTIVE."""
+    B, L = x_t.shape
+    cats = torch.full((1, L), ACTIVE, dtype=torch.long, device=x_t.device) if categories is None else categories
+    cats = cats.to(x_t.device).long().expand(B, L)
+    src = reader_of(cats)[:, None]  # [B, 1]
+    ids = torch.cat([ids, x_t.gather(1, src)], 1)
+    position_ids = torch.cat([position_ids, position_ids.gather(1, src) + 1], 1)
+    levels = torch.cat([levels, levels.gather(1, src)], 1)
+    mask = training_mask(torch.cat([cats, torch.full_like(src, ACTIVE)], 1), device=x_t.device)
+    return ids, position_ids, mask, levels
+
+
+def settled_ce(lm: DiffusionLM, logits: Tensor, x0: Tensor, cats: Tensor) -> Tensor:
+    """beta_1 x w(i) x CE at settled positions (eq. 10 and 11), [B, d]."""
+    ce = real_token_nll(logits, x0, lm.process.vocab_size)
+    w = torch.full_like(ce, float(lm.settled_weight))
+    if lm.settled_weighting == "eq11":
+        d = x0.shape[1]
+        w = w * eq11_weights(d, lm.schedule.width(d)).to(ce.device, ce.dtype)
+    return torch.where(cats == SETTLED, w * ce, torch.zeros_like(ce))
+
+
+def structural_loss(lm: DiffusionLM, x0, draw, generator, response_mask) -> LossOutput:
+    """A process without likelihood (Structural): its corruption at the drawn level (the row's
+    masking fraction under Flat), plain CE over the response positions."""
+    B, d = x0.shape
+    corr = lm.process.corrupt(x0, draw.level, generator=generator, response_mask=response_mask)
+    mask = None
+    if lm.annealing is not None:
+        mask = lm.annealing.mask(B, d, lm.training_step, generator=generator, device=x0.device)
+    logits = lm.forward(corr.ids, torch.zeros(B, d, device=x0.device), mask)
+    per_token = lm.process.loss(logits, x0, corr, draw.level, draw, response_mask=response_mask)
+    n = response_mask.sum() if response_mask is not None else torch.tensor(B * d)
+    return LossOutput(per_token.sum() / n.clamp_min(1), per_token, corr, draw)
 
 
 def two_halves_logits(lm: DiffusionLM, x_noisy: Tensor, x_clean: Tensor, segment: Tensor, categories: Tensor,

@@ -324,11 +324,7 @@ def two_halves_mask_mod(
     if cats is not None:
         cat_of = _lookup(cats)
     seg_of = _lookup(seg)
-    R = 0
-    if readers:
-        _, valid, rank = segment_readers(seg, cats, num_readers)
-        R = valid.shape[1]
-        rank_of, valid_of = _lookup(rank), _lookup(valid)
+    R, reader_rule = _two_halves_reader_rule(seg, cats, num_readers) if readers else (0, None)
     L = 2 * d + R
 
     def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
@@ -353,24 +349,43 @@ def two_halves_mask_mod(
         clean_q = q_clean & kv_clean & clean_clean
         allowed = noisy_q | clean_q
         if R:
-            qr = (q_idx - 2 * d).clamp(0, R - 1)
-            kr = (kv_idx - 2 * d).clamp(0, R - 1)
-            q_reader = q_idx >= 2 * d
-            kv_reader = kv_idx >= 2 * d
-            kv_fed = torch.ones_like(kv_noisy) if cats is None else kc != WORTHLESS
-            q_active = torch.ones_like(q_noisy) if cats is None else qc == ACTIVE
-            # a noisy row of segment r attends reader r when it is active (the inference rule)
-            noisy_reader = q_noisy & kv_reader & valid_of(b, kr) & (rank_of(b, qp) == kr) & q_active
-            # reader r: its segment's fed noisy keys, the clean keys before the segment, itself
-            of_reader = torch.where(
-                kv_noisy, kv_fed & (rank_of(b, kp) == qr), kv_clean & (rank_of(b, kp) < qr)
-            ) & valid_of(b, qr)
-            reader_q = q_reader & ((kv_reader & (kv_idx == q_idx)) | (~kv_reader & of_reader))
-            allowed = allowed | noisy_reader | reader_q
+            allowed = allowed | reader_rule(b, q_idx, kv_idx)
         inside = (q_idx < L) & (kv_idx < L)
         return inside & allowed
 
     return _annotate(mask_mod, n if n > 1 else None, L, L, seg.device)
+
+
+def _two_halves_reader_rule(seg: Tensor, cats: Optional[Tensor], num_readers: Optional[int]):
+    """(R, rule): the reader rows' part of :func:`two_halves_mask_mod` (rows 2d..2d+R-1), `rule(b,
+    q_idx, kv_idx)` True where a reader is involved and the pair may attend (the docstring there)."""
+    d = seg.shape[1]
+    _, valid, rank = segment_readers(seg, cats, num_readers)
+    R = valid.shape[1]
+    rank_of, valid_of = _lookup(rank), _lookup(valid)
+    cat_of = _lookup(cats) if cats is not None else None
+
+    def rule(b: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        q_noisy, kv_noisy = q_idx < d, kv_idx < d
+        kv_clean = ~kv_noisy & (kv_idx < 2 * d)
+        qp = q_idx.clamp(0, d - 1)
+        kp = torch.where(kv_noisy, kv_idx, kv_idx - d).clamp(0, d - 1)
+        qr = (q_idx - 2 * d).clamp(0, R - 1)
+        kr = (kv_idx - 2 * d).clamp(0, R - 1)
+        q_reader = q_idx >= 2 * d
+        kv_reader = kv_idx >= 2 * d
+        kv_fed = torch.ones_like(kv_noisy) if cat_of is None else cat_of(b, kp) != WORTHLESS
+        q_active = torch.ones_like(q_noisy) if cat_of is None else cat_of(b, qp) == ACTIVE
+        # a noisy row of segment r attends reader r when it is active (the inference rule)
+        noisy_reader = q_noisy & kv_reader & valid_of(b, kr) & (rank_of(b, qp) == kr) & q_active
+        # reader r: its segment's fed noisy keys, the clean keys before the segment, itself
+        of_reader = torch.where(
+            kv_noisy, kv_fed & (rank_of(b, kp) == qr), kv_clean & (rank_of(b, kp) < qr)
+        ) & valid_of(b, qr)
+        reader_q = q_reader & ((kv_reader & (kv_idx == q_idx)) | (~kv_reader & of_reader))
+        return noisy_reader | reader_q
+
+    return R, rule
 
 
 def causal_mask_mod() -> MaskMod:

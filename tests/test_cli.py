@@ -154,7 +154,7 @@ def test_help_shows_choices_and_defaults_and_version(capsys):
     for cmd in ("train", "sample", "eval", "demo", "export", "compare"):
         assert "--device" in helps[cmd], cmd
     assert "{acs,ar,lad,mdlm,remdm,sedd_analytic,sedd_euler,threshold}" in helps["sample"] and "(default: mdlm)" in helps["sample"]
-    assert "(default: auto)" in helps["sample"] and "{aligned,shifted}" in helps["sample"]
+    assert "(default: auto)" in helps["sample"] and "{aligned,shifted,shifted_last}" in helps["sample"]
     assert "ptb" in helps["eval"] and "(default: ptb)" in helps["eval"] and "(default: 8)" in helps["eval"]
     assert "seed of the Monte-Carlo draws (default: 0)" in helps["eval"]
     assert "(default: the spec's; 4)" in helps["compare"] and "(default: the spec's; runs/compare)" in helps["compare"]
