@@ -3,6 +3,7 @@ bad inputs), usage errors stay argparse's exit 2, --help shows choices and defau
 --device, time estimates from a timed step, `train` on an HF backbone writes its model, every
 command takes a plain HF directory, and `diffusionlm lm-eval` runs lm-eval's own command line."""
 import json
+import math
 import os
 import re
 import shutil
@@ -275,6 +276,35 @@ def test_train_on_an_hf_lora_backbone_writes_the_adapter(tmp_path, capsys, corpu
     ids = torch.tensor([[1, 2, TOK.vocab_size, 4]])
     with torch.no_grad():
         assert torch.allclose(plain(input_ids=ids).logits, m.lm.model.model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_the_block_recipe_under_shifted_last_from_train_to_eval(tmp_path, capsys, corpus, llama_base):  # noqa: F811
+    """recipes/smollm2-block.json on a tiny Llama with the layout that reads a block's last token:
+    train (two halves, the curriculum), save, load with the layout kept, sample, evaluate."""
+    from diffusionlm.masks import Layout
+
+    out = tmp_path / "run"
+    curriculum = [{"step": 0, "schedule": {"name": "block", "width": 2, "steps_per_block": 2}},
+                  {"step": 1, "schedule": {"name": "block", "width": 4, "steps_per_block": 4}}]
+    args = ["train", "--config", ROOT / "recipes" / "smollm2-block.json", f"composition.backbone.path={llama_base}",
+            'composition.backbone.lora={"r": 2, "target_modules": ["q_proj", "v_proj"]}', "composition.layout=shifted_last",
+            "data.tokenizer=byte", f"data.corpus={corpus}", "data.rule=wrap", "data.length=16", "data.val_batches=1",
+            "train.steps=2", "train.batch_size=2", "train.warmup_steps=0", "train.curriculum=" + json.dumps(curriculum),
+            "train.eval_every=0", "train.save_every=0", "train.eval_samples=2", "train.progress=false",
+            f"train.out_dir={out}", "--device", "cpu"]
+    rc, stdout, err = run_cli(capsys, args)
+    assert rc == 0, err
+    m = hub.load_model(out)
+    assert m.lm.layout is Layout.SHIFTED_LAST and m.lm.schedule.width(16) == 4
+    rc, stdout, err = run_cli(capsys, ["sample", "--model", out, "--steps", "4", "--num", "2", "--length", "16"])
+    assert rc == 0, err
+    assert len(json.loads(stdout)["samples"]) == 2
+    rc, stdout, err = run_cli(capsys, ["eval", "--model", out, "--dataset", "ptb", "--length", "16", "--max-blocks", "2",
+                                       "--samples", "2", "--out", tmp_path / "r.json"])
+    assert rc == 0, err
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["config"]["layout"] == "shifted_last" and res["config"]["schedule"]["width"] == 4
+    assert res["results"]["ptb"]["tokens"] == 32 and math.isfinite(res["results"]["ptb"]["nll"])
 
 
 # ---------------------------------------------------------------------------------------------

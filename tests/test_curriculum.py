@@ -39,12 +39,12 @@ class Stream:
         self.i = s["i"]
 
 
-def lm(seed=0):
+def lm(seed=0, layout="shifted"):
     """A tiny random Llama with LoRA, SHIFTED, Absorb, as recipes/smollm2-block.json builds SmolLM2."""
     run = RunConfig.from_file(None, ["model.kind=hf", "model.path=null", "model.hf_config=" + json.dumps(LLAMA),
                                      'model.lora={"r": 4, "target_modules": ["q_proj", "v_proj", "up_proj"]}',
                                      "data.tokenizer=byte", f"data.length={D}", 'process={"name": "absorb"}',
-                                     "layout=shifted", "schedule=" + json.dumps(B4)])
+                                     f"layout={layout}", "schedule=" + json.dumps(B4)])
     seed_everything(seed)
     return build(run, data=False).lm
 
@@ -82,20 +82,22 @@ def test_a_run_config_refuses_a_curriculum_block_wider_than_the_rows_before_buil
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_the_schedule_changes_at_the_stated_step_and_resume_across_the_change_is_exact(tmp_path):
-    straight = Trainer(lm(), cfg(tmp_path / "a"), Stream())
+@pytest.mark.parametrize("layout", ["shifted", "shifted_last"])
+def test_the_schedule_changes_at_the_stated_step_and_resume_across_the_change_is_exact(tmp_path, layout):
+    straight = Trainer(lm(layout=layout), cfg(tmp_path / "a"), Stream())
     straight.fit()
     seen = [m["schedule"] for m in straight.history]
     assert seen == [repr(Block(2, 2))] * 3 + [repr(Block(4, 4))] * 3
     assert straight.lm.schedule == Block(4, 4)  # the composition leaves with the last entry's schedule
+    assert straight.lm.layout.value == layout
 
     for stop in (3, 4):  # stopped just before the change, and just after it
         out = tmp_path / f"stop{stop}"
-        first = Trainer(lm(), cfg(out), Stream())
+        first = Trainer(lm(layout=layout), cfg(out), Stream())
         first.fit(steps=stop)
         assert latest_checkpoint(out).name.endswith(str(stop))
         torch.manual_seed(1234)  # resume must not depend on the global RNG of the new process
-        second = Trainer(lm(), cfg(out), Stream())
+        second = Trainer(lm(layout=layout), cfg(out), Stream())
         assert second.step == stop
         second.fit()
         assert [m["loss"] for m in first.history + second.history] == [m["loss"] for m in straight.history]
