@@ -109,6 +109,7 @@ def main() -> None:
     from diffusionlm.masks import Layout
 
     lm, trainer = build(args.model, args.batch, args.length)
+    recipe_layout = lm.layout  # every variant but shifted_last runs the recipe's own layout
     cfg = lm.model.config
     flops = model_flops(cfg, args.batch, args.length)
     peak = matmul_peak()
@@ -118,7 +119,7 @@ def main() -> None:
 
     def use(name):
         lm.model.__class__ = patched if name == "full_head" else plain_cls
-        lm.layout = Layout.SHIFTED_LAST if name == "shifted_last" else Layout.SHIFTED
+        lm.layout = Layout.SHIFTED_LAST if name == "shifted_last" else recipe_layout
         for m in layers:
             if name == "merged_mask" and not m.merged:
                 m.merge()

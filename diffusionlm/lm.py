@@ -341,7 +341,7 @@ class DiffusionLM(Part, kind="composition"):
             return self._call(ids, position_ids, mask, levels)
         if mask is not None:
             raise ValueError("the shifted_last layout builds its mask from the step's categories: pass categories=, not a mask")
-        return self._call(*with_reader(x_t, ids, position_ids, levels, categories))[:, :L]
+        return self._call(*_with_reader(x_t, ids, position_ids, levels, categories))[:, :L]
 
     def step_forward(self, x_t: Tensor, levels: Tensor, categories: Tensor) -> Tensor:
         """Logits [B, d, V] of one step whose positions have these SETTLED / ACTIVE / WORTHLESS
@@ -389,7 +389,7 @@ class DiffusionLM(Part, kind="composition"):
             return self._two_halves_loss(x0, generator, response_mask)
         draw = self.schedule.draw(B, d, generator=generator, u=u, device=x0.device)
         if not self.process.likelihood:
-            return structural_loss(self, x0, draw, generator, response_mask)
+            return _structural_loss(self, x0, draw, generator, response_mask)
         level = self.process.training_level(draw, generator)
         corr = self.process.corrupt(x0, level, generator=generator)
         cats = categories_from_levels(draw.level, draw.next_level)
@@ -401,7 +401,7 @@ class DiffusionLM(Part, kind="composition"):
         per_token = self.process.loss(logits, x0, corr, level, draw if draw.next_level is not None else None)
         per_token = torch.where(cats == ACTIVE, per_token, torch.zeros_like(per_token))
         if self.settled_weight:
-            per_token = per_token + settled_ce(self, logits, x0, cats)
+            per_token = per_token + _settled_ce(self, logits, x0, cats)
         if response_mask is not None:
             per_token = per_token * response_mask
         return LossOutput(per_token.sum() / (B * d), per_token, corr, draw)
@@ -440,7 +440,7 @@ class DiffusionLM(Part, kind="composition"):
 register(DiffusionLM)
 
 
-def with_reader(x_t: Tensor, ids: Tensor, position_ids: Tensor, levels: Tensor, categories: Optional[Tensor]) -> tuple:
+def _with_reader(x_t: Tensor, ids: Tensor, position_ids: Tensor, levels: Tensor, categories: Optional[Tensor]) -> tuple:
     """(ids, position_ids, mask, levels) of a SHIFTED_LAST step: the shifted `ids` [B, L] plus one
     reader row at position p + 1 fed token p of `x_t` (p the last non-worthless row of
     `categories`, `masks.reader_of`; None: every row active) at p's level, under the inference
@@ -456,7 +456,7 @@ def with_reader(x_t: Tensor, ids: Tensor, position_ids: Tensor, levels: Tensor, 
     return ids, position_ids, mask, levels
 
 
-def settled_ce(lm: DiffusionLM, logits: Tensor, x0: Tensor, cats: Tensor) -> Tensor:
+def _settled_ce(lm: DiffusionLM, logits: Tensor, x0: Tensor, cats: Tensor) -> Tensor:
     """beta_1 x w(i) x CE at settled positions (eq. 10 and 11), [B, d]."""
     ce = real_token_nll(logits, x0, lm.process.vocab_size)
     w = torch.full_like(ce, float(lm.settled_weight))
@@ -466,7 +466,7 @@ def settled_ce(lm: DiffusionLM, logits: Tensor, x0: Tensor, cats: Tensor) -> Ten
     return torch.where(cats == SETTLED, w * ce, torch.zeros_like(ce))
 
 
-def structural_loss(lm: DiffusionLM, x0, draw, generator, response_mask) -> LossOutput:
+def _structural_loss(lm: DiffusionLM, x0, draw, generator, response_mask) -> LossOutput:
     """A process without likelihood (Structural): its corruption at the drawn level (the row's
     masking fraction under Flat), plain CE over the response positions."""
     B, d = x0.shape
