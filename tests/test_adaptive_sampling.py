@@ -28,7 +28,7 @@ from diffusionlm.samplers.adaptive import cache_rows, select_by_confidence, stag
 from diffusionlm.samplers.remdm import remask_posterior, remask_sigma
 from diffusionlm.schedules import Block, Flat, Quench, Slide
 from test_hf_adapter import hf_model
-from test_samplers import D_TOY, P_TOY, N, S_TOY, chi_square_p, gen, make_lm, one_thread, process, toy_lm  # noqa: F401 (one_thread: autouse)
+from test_samplers import D_TOY, P_TOY, N, S_TOY, chi_square_p, gen, make_lm, process, toy_lm
 
 D = 12
 SCHEDULES = [Flat(), Flat(6), Block(4), Block(3, 2), Slide(4), Quench()]

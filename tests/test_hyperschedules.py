@@ -30,15 +30,6 @@ FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthChe
 SOME = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------
 # strategies
 # ------------------------------------------------------------------------------------------

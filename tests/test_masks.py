@@ -46,15 +46,6 @@ from diffusionlm.schedules.hyper import (
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (SDPA took ~100x longer with 2 threads on
-    a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 VOCAB, MASK, BOS = 11, 11, 12  # real ids 0..10, MASK and BOS extra
 HEADS, HEAD_DIM = 2, 8
 LENGTHS = [7, 8, 13]

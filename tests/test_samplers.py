@@ -31,15 +31,6 @@ from oracle import Oracle, all_sequences, toy_distribution
 N = 11  # real tokens of the tiny transformer tests; MASK = N, BOS = N + 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models and small batches: one intra-op thread avoids OpenMP spin-waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

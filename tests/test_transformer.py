@@ -29,15 +29,6 @@ D = 11
 HAS_FLASH = importlib.util.find_spec("flash_attn") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread avoids OpenMP spin-waits on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def assert_close(actual, expected, atol=1e-6, rtol=0):
     """max |actual - expected| <= atol (torch.testing.assert_close imports torch.distributed: slow)."""
     assert rtol == 0 and actual.shape == expected.shape, (actual.shape, expected.shape)
