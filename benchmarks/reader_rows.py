@@ -4,7 +4,8 @@ timed alone, forward + backward, at R = 2 d rows a sequence (SHIFTED two halves)
 R = 2 d + d / w (one reader a block), summed over the layers:
 
     sdpa_mask   scaled_dot_product_attention(q, k, v, attn_mask) with a dense additive mask
-                [B, 1, R, R] (what the hf backbone's "add" mask feeds it): O(R^2)
+                [B, 1, R, R], the kind the hf backbone's "add" mask feeds it (its pattern random:
+                half the keys, the diagonal kept): O(R^2)
     mlp_matmul  one [B R, E] @ [E, F] projection: O(R)
 
     python benchmarks/reader_rows.py [--batch 8] [--length 128] [--width 4] [--out benchmarks/out/reader_rows.json]
@@ -50,6 +51,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/out/reader_rows.json")
     args = ap.parse_args()
+    if min(args.batch, args.length, args.width, args.repeats) < 1 or args.length % args.width:
+        ap.error(f"--batch, --length, --width and --repeats must be positive and --length ({args.length}) "
+                 f"a multiple of --width ({args.width}): one reader a block of w")
     r0, r1 = 2 * args.length, 2 * args.length + args.length // args.width
     shifted, last = pieces(args.batch, r0, args.repeats), pieces(args.batch, r1, args.repeats)
     rows = []
