@@ -77,6 +77,7 @@ class LossOutput(NamedTuple):
     per_token: Tensor  # [B, d]
     corruption: Corruption
     draw: Any
+    logits: Optional[Tensor] = None  # [B, d, V] of the scored rows (two-halves layout; the AR anchor reads them)
 
 
 SETTLED_WEIGHTINGS = ("uniform", "eq11")
@@ -419,7 +420,7 @@ class DiffusionLM(Part, kind="composition"):
         per_token = torch.where(cats == ACTIVE, per_token, torch.zeros_like(per_token))
         if response_mask is not None:
             per_token = per_token * response_mask
-        return LossOutput(per_token.sum() / (B * d), per_token, corr, draw)
+        return LossOutput(per_token.sum() / (B * d), per_token, corr, draw, logits)
 
     # -- likelihood ------------------------------------------------------------------
     def nll_bound(

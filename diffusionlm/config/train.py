@@ -41,6 +41,8 @@ class TrainConfig:
     fsdp: bool = False
     #: hyperschedule by step, [{"step": s, "schedule": {...}}, ...] (schedules.curriculum); None: the lm's own
     curriculum: Optional[list] = None
+    #: weight lambda of the AR anchor (training.anchor: KL to the LoRA base at the AR-order rows); 0: none
+    ar_anchor: float = 0.0
 
     RULES = {
         "steps": Int(1), "batch_size": Int(1), "grad_accum": Int(1),
@@ -52,6 +54,7 @@ class TrainConfig:
         "save_every": Int(0), "keep_checkpoints": Int(0), "out_dir": Opt(Str(), "no checkpoints or metrics"),
         "log_every": Int(1), "seed": Int(0, 2**31 - 1), "progress": Bool(), "fsdp": Bool(),
         "curriculum": Opt(List(), "the composition's own schedule at every step"),
+        "ar_anchor": Num(0),
     }
 
     def __post_init__(self) -> None:

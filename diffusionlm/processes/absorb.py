@@ -42,7 +42,9 @@ class Absorb(Process):
         p_mask = 1.0 - self._keep_ratio(level_from, level_to)
         return p_mask, torch.zeros_like(p_mask)
 
-    def _weight(self, level: Tensor, draw=None) -> Tensor:
+    def token_weight(self, level: Tensor, draw=None) -> Tensor:
+        """The loss's weight of a masked position (module docstring: the step weight times the
+        draw's Monte-Carlo weight; the continuous weight when `draw` has no next level)."""
         if draw is None or draw.next_level is None:
             a, da = self.noise.alpha(level), self.noise.alpha_prime(level)
             return -da / (1.0 - a).clamp_min(1e-12)
@@ -52,7 +54,7 @@ class Absorb(Process):
     def loss(self, logits: Tensor, x0: Tensor, corruption: Corruption, level: Tensor, draw=None) -> Tensor:
         self._check_loss(logits, x0, corruption, level)
         nll = real_token_nll(logits, x0, self.vocab_size)
-        return torch.where(corruption.masked, self._weight(level, draw).to(nll.dtype) * nll, torch.zeros_like(nll))
+        return torch.where(corruption.masked, self.token_weight(level, draw).to(nll.dtype) * nll, torch.zeros_like(nll))
 
     def continuous_bound(self, logits: Tensor, x0: Tensor, corruption: Corruption, level: Tensor) -> Tensor:
         return self.loss(logits, x0, corruption, level, None)

@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 from ..config.train import LR_SCHEDULES, TrainConfig
 from ..io.safeio import first_non_finite
 from ..schedules.curriculum import Curriculum
+from .anchor import ar_anchor, check_ar_anchor
 from .checkpoint import (
     NonFiniteError,
     check_frozen,
@@ -138,6 +139,8 @@ class Trainer(Distributed):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 training needs a CUDA device; use bf16 or fp32 on CPU")
+        if config.ar_anchor:
+            check_ar_anchor(lm, config.two_halves)
         self._init_distributed()
         model = lm.model
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
@@ -218,7 +221,7 @@ class Trainer(Distributed):
         if self.curriculum is not None:
             self.lm.schedule = self.curriculum.at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        total, tokens = 0.0, 0
+        total, anchored, tokens = 0.0, 0.0, 0
         for micro in range(cfg.grad_accum):
             x0, resp = self._next_batch()
             sync = contextlib.nullcontext()
@@ -226,15 +229,20 @@ class Trainer(Distributed):
                 sync = self.lm.model.no_sync()
             with sync, self._autocast():
                 out = self.lm.loss(x0, generator=self.generator, response_mask=resp, two_halves=cfg.two_halves)
-            loss = out.loss / cfg.grad_accum
+                anchor = ar_anchor(self.lm, x0, out, cfg.ar_anchor) if cfg.ar_anchor else None
+            objective = out.loss if anchor is None else out.loss + anchor
+            loss = objective / cfg.grad_accum
             if self._any_rank(not bool(torch.isfinite(loss))):
-                raise self._stop(f"non-finite loss ({float(out.loss.detach())}) at step {self.step + 1} (micro-batch {micro}), "
+                raise self._stop(f"non-finite loss ({float(objective.detach())}) at step {self.step + 1} (micro-batch {micro}), "
                                  f"not applied")
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
             else:
                 loss.backward()
-            total += float(loss.detach())
+            # "loss" stays the process's own (the bound's) loss, comparable across runs; the anchor is logged beside it
+            total += float(out.loss.detach()) / cfg.grad_accum
+            if anchor is not None:
+                anchored += float(anchor.detach()) / cfg.grad_accum
             tokens += x0.numel()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -256,6 +264,8 @@ class Trainer(Distributed):
             self.ema.update_parameters(self._bare())
         self.step += 1
         extra = {"schedule": repr(self.lm.schedule)} if self.curriculum is not None else {}
+        if cfg.ar_anchor:
+            extra["ar_anchor"] = anchored
         out = {**extra, "step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": tokens * self.world}
         if loss_spike(self._recent_losses, total, self.step, warn=self.rank == 0):
             out["loss_spike"] = True
