@@ -12,7 +12,7 @@ from diffusionlm.config import RunConfig
 from diffusionlm.io.runs import build
 from diffusionlm.masks import shift_inputs, Layout
 from diffusionlm.models.lora import peft_model_of
-from diffusionlm.training import TrainConfig, Trainer, latest_checkpoint, seed_everything
+from diffusionlm.training import Trainer, latest_checkpoint, seed_everything
 from diffusionlm.training.anchor import ar_anchor, ar_rows, base_logits
 
 from test_curriculum import B4, D, LLAMA, Stream, cfg, lm
@@ -138,8 +138,9 @@ def test_training_with_the_anchor_logs_it_changes_the_weights_and_resumes_exactl
 
 
 def test_the_anchor_refuses_what_it_cannot_serve_in_one_line(tmp_path):
-    with pytest.raises(ValueError, match="ar_anchor"):
-        TrainConfig(ar_anchor=-1.0)
+    assert RunConfig.from_file(None, ["train.ar_anchor=0.5"]).train.ar_anchor == 0.5  # the CLI's override
+    with pytest.raises(ValueError, match=r"train.ar_anchor = -1: must be a number >= 0"):
+        RunConfig.from_file(None, ["train.ar_anchor=-1"])
     with pytest.raises(ValueError, match="needs train.two_halves=true"):
         Trainer(lm(), cfg(tmp_path / "a", two_halves=False, curriculum=None, ar_anchor=1.0), Stream())
     run = RunConfig.from_file(None, ["model.kind=hf", "model.path=null", "model.hf_config=" + json.dumps(LLAMA),
