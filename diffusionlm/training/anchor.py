@@ -90,8 +90,11 @@ def ar_anchor(lm: Any, x0: Tensor, out: Any, weight: float) -> Tensor:
     return weight * (w[rows].float() * kl).sum() / (B * d)
 
 
-def check_ar_anchor(lm: Any, two_halves: bool) -> None:
-    """Refuse, in one line naming the part, a composition the anchor cannot serve."""
+def check_ar_anchor(lm: Any, weight: float, two_halves: bool) -> None:
+    """Refuse, in one line naming the part, a composition the anchor (of this weight; 0: none)
+    cannot serve."""
+    if not weight:
+        return
     if not two_halves:
         raise ValueError("train.ar_anchor needs train.two_halves=true (its AR rows are read from the two-halves draw)")
     if not callable(getattr(lm.process, "token_weight", None)):

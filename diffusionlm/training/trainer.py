@@ -139,8 +139,7 @@ class Trainer(Distributed):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 training needs a CUDA device; use bf16 or fp32 on CPU")
-        if config.ar_anchor:
-            check_ar_anchor(lm, config.two_halves)
+        check_ar_anchor(lm, config.ar_anchor, config.two_halves)
         self._init_distributed()
         model = lm.model
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
