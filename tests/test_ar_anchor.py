@@ -101,6 +101,10 @@ def test_the_anchor_is_zero_where_the_model_is_the_base_and_log_n_minus_entropy_
     entropy = -(p * p.log()).sum(-1)
     want = 2.0 * (w.double() * (math.log(N) - entropy))[rows].sum() / (B * d)
     assert torch.allclose(ar_anchor(model, x, uniform, 2.0).double(), want, rtol=1e-5)
+    response = torch.zeros(B, d, dtype=torch.bool)
+    response[:, d // 2:] = True  # instruction data: the prompt's rows carry no loss, nor anchor
+    want = 2.0 * (w.double() * (math.log(N) - entropy))[rows & response].sum() / (B * d)
+    assert torch.allclose(ar_anchor(model, x, uniform, 2.0, response).double(), want, rtol=1e-5)
 
 
 def test_the_anchor_gradient_pulls_each_ar_row_toward_the_base_and_touches_no_other_row():

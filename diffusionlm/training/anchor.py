@@ -27,8 +27,8 @@ from torch import Tensor
 
 from ..masks import Layout, categories_from_levels, causal_mask_mod, dense_mask, shift_inputs
 from ..models.base import bare
-from ..schedules.hyper import ACTIVE
 from ..models.lora import peft_model_of
+from ..schedules.hyper import ACTIVE
 
 __all__ = ["ar_rows", "base_logits", "ar_anchor", "check_ar_anchor"]
 
@@ -71,9 +71,10 @@ def base_logits(lm: Any, x0: Tensor) -> Tensor:
             p.requires_grad_(False)
 
 
-def ar_anchor(lm: Any, x0: Tensor, out: Any, weight: float) -> Tensor:
+def ar_anchor(lm: Any, x0: Tensor, out: Any, weight: float, response_mask: "Tensor | None" = None) -> Tensor:
     """The anchor term (module docstring) of one batch: `out` the composition's two-halves
-    `LossOutput` for x0 (its logits, corruption and draw)."""
+    `LossOutput` for x0 (its logits, corruption and draw); with a `response_mask` [B, d] only the
+    rows the loss scores there (instruction data: not the prompt)."""
     if out.logits is None:
         raise ValueError("the AR anchor needs the loss's logits: train with train.two_halves=true")
     B, d = x0.shape
@@ -81,6 +82,8 @@ def ar_anchor(lm: Any, x0: Tensor, out: Any, weight: float) -> Tensor:
     w = lm.process.token_weight(out.draw.level, out.draw).to(out.logits.dtype).expand(B, d)
     # only the rows the loss scores (a segment's settled / worthless edges are not)
     rows = rows & (w > 0) & (categories_from_levels(out.draw.level, out.draw.next_level).expand(B, d) == ACTIVE)
+    if response_mask is not None:
+        rows = rows & response_mask.bool()
     if not bool(rows.any()):
         return out.logits.sum() * 0.0  # keeps the graph (and the device) of the loss
     N = lm.process.vocab_size

@@ -228,7 +228,7 @@ class Trainer(Distributed):
                 sync = self.lm.model.no_sync()
             with sync, self._autocast():
                 out = self.lm.loss(x0, generator=self.generator, response_mask=resp, two_halves=cfg.two_halves)
-                anchor = ar_anchor(self.lm, x0, out, cfg.ar_anchor) if cfg.ar_anchor else None
+                anchor = ar_anchor(self.lm, x0, out, cfg.ar_anchor, resp) if cfg.ar_anchor else None
             objective = out.loss if anchor is None else out.loss + anchor
             loss = objective / cfg.grad_accum
             if self._any_rank(not bool(torch.isfinite(loss))):
