@@ -1,6 +1,7 @@
 """The AR anchor (training.anchor, issue 22): its rows against brute force, its teacher against the
 HF base model itself, its value and gradient against their closed forms, and a training run that
 logs it and resumes exactly."""
+import copy
 import json
 import math
 
@@ -11,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from diffusionlm.config import RunConfig
 from diffusionlm.io.runs import build
 from diffusionlm.masks import shift_inputs, Layout
+from diffusionlm.processes.hybrid import GammaHybrid
 from diffusionlm.models.lora import peft_model_of
 from diffusionlm.training import Trainer, latest_checkpoint, seed_everything
 from diffusionlm.training.anchor import ar_anchor, ar_rows, base_logits
@@ -147,6 +149,10 @@ def test_the_anchor_refuses_what_it_cannot_serve_in_one_line(tmp_path):
         RunConfig.from_file(None, ["train.ar_anchor=-1"])
     with pytest.raises(ValueError, match="needs train.two_halves=true"):
         Trainer(lm(), cfg(tmp_path / "a", two_halves=False, curriculum=None, ar_anchor=1.0), Stream())
+    other = copy.copy(lm())
+    other.process = GammaHybrid(other.process.vocab_size, mask_id=other.process.mask_id)
+    with pytest.raises(ValueError, match="needs a process whose loss is a per-token weight .* not GammaHybrid"):
+        Trainer(other, cfg(tmp_path / "c", ar_anchor=1.0), Stream())
     run = RunConfig.from_file(None, ["model.kind=hf", "model.path=null", "model.hf_config=" + json.dumps(LLAMA),
                                      "data.tokenizer=byte", f"data.length={D}", 'process={"name": "absorb"}',
                                      "layout=shifted", "schedule=" + json.dumps(B4)])
