@@ -1,7 +1,9 @@
 """The adaptation corpus of the SmolLM2 recipes: English news, Shakespeare and Python, none of it
-an evaluation split the SmolLM2 report scores (those are WikiText-2 and LAMBADA).
+an evaluation split the SmolLM2 report scores (those are WikiText-2 and LAMBADA); or the base's own
+samples (``--mix base-samples``, self-distillation, no evaluation text at all).
 
     python scripts/smollm2_data.py [--out runs/smollm2-data/train.jsonl] [--stdlib-chars 1500000]
+    python scripts/smollm2_data.py --mix base-samples --tokens 150000 --out runs/smollm2-selfdistil/train.jsonl
 
 Writes one JSONL row per document ({"text", "source"}), shuffled with a fixed seed, so that the
 JSONL rule of `diffusionlm.data.load_corpus` (rows split 90 / 5 / 5 in file order) gives a
@@ -39,6 +41,49 @@ def english_rows() -> list:
     return rows
 
 
+def base_sample_rows(model, tokenizer, tokens: int, batch: int = 48, max_new: int = 256, seed: int = 0,
+                     progress: bool = True) -> list:
+    """Self-distillation data: documents sampled from the base causal LM itself, x ~ p_base, from its
+    BOS token, temperature 1, no top-k / top-p, each document ending at the model's own EOS or at
+    ``max_new`` tokens, until at least ``tokens`` tokens of text (special tokens dropped). Training
+    on them makes the loss's minimiser the base's own joint, E_{x ~ p_base}[-log q(x)] =
+    KL(p_base || q) + H(p_base), so every conditional the diffusion model learns (any order, any
+    gap) is one of the same distribution's, instead of the AR ones being the base's and the others
+    the adaptation corpus's."""
+    import torch
+    from tqdm import tqdm
+
+    if tokens <= 0 or batch <= 0 or max_new <= 0:
+        raise ValueError(f"tokens, batch and max_new must be positive (got {tokens}, {batch}, {max_new})")
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start a document from")
+    eos = tokenizer.eos_token_id
+    special = set(getattr(tokenizer, "all_special_ids", ()) or ()) | {start}
+    gen = torch.Generator().manual_seed(seed)
+    rows, total = [], 0
+    bar = tqdm(total=tokens, unit="tok", desc="base samples", disable=not progress)
+    model.eval()
+    while total < tokens:
+        # the sampler's own seed for each batch, drawn from one generator: the corpus is a function of seed
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        ids = torch.full((batch, 1), start, dtype=torch.long)
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                                 top_k=0, top_p=1.0, max_new_tokens=max_new, pad_token_id=eos if eos is not None else start)
+        for row in out[:, 1:].tolist():
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            row = [t for t in row if t not in special]  # a chat marker mid-document is not text
+            text = tokenizer.decode(row).strip()
+            if text:
+                rows.append({"text": text, "source": "base_samples"})
+                total += len(row)
+                bar.update(len(row))
+    bar.close()
+    return rows
+
+
 def build_rows(stdlib_chars: int) -> list:
     from diffusionlm.data import load_corpus, stdlib_files
 
@@ -61,10 +106,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/smollm2-data/train.jsonl")
     ap.add_argument("--stdlib-chars", type=int, default=1_500_000)
-    ap.add_argument("--mix", choices=("news-shakespeare-python", "english"), default="news-shakespeare-python",
-                    help="english: AG News + LM1B heldout only (the block-diffusion recipe's data)")
+    ap.add_argument("--mix", choices=("news-shakespeare-python", "english", "base-samples"), default="news-shakespeare-python",
+                    help="english: AG News + LM1B heldout only (the block-diffusion recipe's data); "
+                         "base-samples: documents sampled from --model itself (self-distillation)")
+    ap.add_argument("--model", default="smollm2", help="base-samples: the causal LM to sample (name or folder)")
+    ap.add_argument("--tokens", type=int, default=150_000, help="base-samples: at least this many tokens")
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--max-new", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    rows = english_rows() if args.mix == "english" else build_rows(args.stdlib_chars)
+    if args.mix == "base-samples":
+        from diffusionlm.io.fetch import load_causal_lm, load_hf_tokenizer
+
+        rows = base_sample_rows(load_causal_lm(args.model), load_hf_tokenizer(args.model), args.tokens,
+                                args.batch, args.max_new, args.seed)
+    else:
+        rows = english_rows() if args.mix == "english" else build_rows(args.stdlib_chars)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

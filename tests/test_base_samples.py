@@ -1,0 +1,78 @@
+"""The self-distillation corpus (scripts/smollm2_data.py --mix base-samples): documents sampled from
+the base causal LM itself. Tiny random Llama, a tokenizer that decodes ids to numbers so the test
+reads the sampled tokens back."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "smollm2_data.py"
+BOS, EOS, V = 1, 2, 8
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("smollm2_data", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class NumberTokenizer:
+    bos_token_id, eos_token_id, all_special_ids = BOS, EOS, [BOS, EOS]
+
+    def decode(self, ids):
+        return " ".join(str(i) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, bos_token_id=BOS, eos_token_id=EOS)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # a first-token law far from uniform, so a wrong sampler shows
+        model.lm_head.weight.mul_(40.0)
+    return model
+
+
+def _ids(row):
+    return [int(t) for t in row["text"].split()]
+
+
+def test_documents_stop_at_eos_fill_the_budget_and_are_a_function_of_the_seed(lm):
+    mod = _script()
+    rows = mod.base_sample_rows(lm, NumberTokenizer(), tokens=300, batch=16, max_new=12, seed=3, progress=False)
+    again = mod.base_sample_rows(lm, NumberTokenizer(), tokens=300, batch=16, max_new=12, seed=3, progress=False)
+    other = mod.base_sample_rows(lm, NumberTokenizer(), tokens=300, batch=16, max_new=12, seed=4, progress=False)
+    assert rows == again and rows != other
+    assert sum(len(_ids(r)) for r in rows) >= 300
+    for r in rows:
+        ids = _ids(r)
+        assert r["source"] == "base_samples" and 1 <= len(ids) <= 12 and EOS not in ids and BOS not in ids
+
+
+def test_the_first_token_follows_the_base_distribution(lm):
+    """max_new = 1: each document is one draw from softmax(logits | BOS) (EOS and BOS draws leave it
+    empty and it is dropped), so the frequencies of the other tokens match p / (1 - p(EOS) - p(BOS))."""
+    mod = _script()
+    n = 4000
+    rows = mod.base_sample_rows(lm, NumberTokenizer(), tokens=n, batch=500, max_new=1, seed=0, progress=False)
+    with torch.no_grad():
+        p = lm(torch.tensor([[BOS]])).logits[0, -1].double().softmax(-1)
+    p[EOS] = p[BOS] = 0
+    p = p / p.sum()
+    counts = torch.zeros(V, dtype=torch.float64)
+    for r in rows:
+        counts[_ids(r)[0]] += 1
+    freq = counts / counts.sum()
+    stderr = (p * (1 - p) / counts.sum()).sqrt()
+    assert p.max() > 0.3  # the law is far from uniform, so this can fail
+    assert torch.all((freq - p).abs() <= 5 * stderr + 1e-9), (freq, p)
+
+
+def test_bad_sizes_are_refused_by_name(lm):
+    mod = _script()
+    with pytest.raises(ValueError, match="must be positive"):
+        mod.base_sample_rows(lm, NumberTokenizer(), tokens=0)
