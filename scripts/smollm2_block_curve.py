@@ -43,13 +43,15 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(9.6, 4.4))
+    colors = plt.get_cmap("tab20").colors  # more trials than the default cycle's ten colours
     ars, rows = set(), set()
-    for label, *files in args.trial:
+    for i, (label, *files) in enumerate(args.trial):
         pts = sorted(point(f, args.schedule, args.tokens_per_step) for f in files)
         ars.update(round(p[2], 6) for p in pts)
         rows.update(p[3] for p in pts)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label,
+                color=colors[(2 * i) % 20 + (2 * i) // 20 % 2])
     if len(rows) != 1 or len(ars) != 1:
         raise SystemExit(f"the files score different rows ({sorted(map(str, rows))}): one plot compares one set of rows")
     ar = ars.pop()
@@ -60,7 +62,7 @@ def main() -> None:
     ax.set_ylabel(f"exact bound, Block({w}, {s}) [nats/token]")
     name, split, n, length = rows.pop()
     ax.set_title(f"{name} {split}, first {n} rows x {length} tokens", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, not over the curves
     ax.grid(alpha=0.3)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
