@@ -44,7 +44,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9.6, 4.4))
-    colors = plt.get_cmap("tab20").colors  # more trials than the default cycle's ten colours
+    # more trials than the default cycle's ten colours: tab20's ten dark shades first, then its ten light ones
+    colors = plt.get_cmap("tab20").colors
     ars, rows = set(), set()
     for i, (label, *files) in enumerate(args.trial):
         pts = sorted(point(f, args.schedule, args.tokens_per_step) for f in files)

@@ -15,7 +15,7 @@ train / validation / test split mixing the three sources:
 * ``stdlib``: train files of the standard-library corpus in sha1(path) order until
   ``--stdlib-chars`` characters (the whole corpus, 12 MB, would drown the English).
 
-Prints the documents and tokens (SmolLM2 tokenizer, when fetched) per source.
+Prints the documents and tokens per source (by the sampled model's tokenizer for base-samples, else SmolLM2's when fetched).
 """
 from __future__ import annotations
 
@@ -65,12 +65,14 @@ def base_sample_rows(model, tokenizer, tokens: int, batch: int = 48, max_new: in
     bar = tqdm(total=tokens, unit="tok", desc="base samples", disable=not progress)
     model.eval()
     while total < tokens:
-        # the sampler's own seed for each batch, drawn from one generator: the corpus is a function of seed
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-        ids = torch.full((batch, 1), start, dtype=torch.long)
-        with torch.no_grad():
+        # `generate` samples from the global RNG: seed it per batch from one generator (the corpus is a
+        # function of `seed`) inside fork_rng, so the caller's RNG state is left as it was
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            ids = torch.full((batch, 1), start, dtype=torch.long)
             out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
                                  top_k=0, top_p=1.0, max_new_tokens=max_new, pad_token_id=eos if eos is not None else start)
+        before = total
         for row in out[:, 1:].tolist():
             if eos is not None and eos in row:
                 row = row[: row.index(eos)]
@@ -80,6 +82,9 @@ def base_sample_rows(model, tokenizer, tokens: int, batch: int = 48, max_new: in
                 rows.append({"text": text, "source": "base_samples"})
                 total += len(row)
                 bar.update(len(row))
+        if total == before:  # a model that only ever ends at once would loop here for ever
+            raise ValueError(f"all {batch} documents of a batch ended before their first token of text "
+                             "(the model samples EOS or special tokens only): no corpus to build from it")
     bar.close()
     return rows
 
@@ -115,11 +120,15 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.mix == "base-samples":
-        from diffusionlm.io.fetch import load_causal_lm, load_hf_tokenizer
+    from diffusionlm.io.fetch import load_causal_lm, load_hf_tokenizer
 
-        rows = base_sample_rows(load_causal_lm(args.model), load_hf_tokenizer(args.model), args.tokens,
-                                args.batch, args.max_new, args.seed)
+    tok = None
+    if args.mix == "base-samples":
+        try:
+            tok = load_hf_tokenizer(args.model)
+            rows = base_sample_rows(load_causal_lm(args.model), tok, args.tokens, args.batch, args.max_new, args.seed)
+        except (ValueError, OSError) as e:  # a bad size, an unknown or missing model: one line, not a traceback
+            ap.error(str(e))
     else:
         rows = english_rows() if args.mix == "english" else build_rows(args.stdlib_chars)
     out = Path(args.out)
@@ -130,10 +139,8 @@ def main(argv=None) -> int:
             f.write(json.dumps(r) + "\n")
     tmp.replace(out)
     stats = {}
-    try:
-        from diffusionlm.io.fetch import load_hf_tokenizer
-
-        tok = load_hf_tokenizer("smollm2")
+    try:  # tokens by the sampled model's own tokenizer, else SmolLM2's when fetched
+        tok = tok or load_hf_tokenizer("smollm2")
         count = lambda t: len(tok.encode(t, add_special_tokens=False))  # noqa: E731
     except ValueError:
         count = None

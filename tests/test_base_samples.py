@@ -76,3 +76,33 @@ def test_bad_sizes_are_refused_by_name(lm):
     mod = _script()
     with pytest.raises(ValueError, match="must be positive"):
         mod.base_sample_rows(lm, NumberTokenizer(), tokens=0)
+
+
+class EndsAtOnce:
+    """A model whose every document is EOS at once: no text can come of it."""
+
+    def eval(self):
+        return self
+
+    def generate(self, ids, max_new_tokens, **kw):
+        return torch.cat([ids, torch.full((ids.shape[0], max_new_tokens), EOS)], 1)
+
+
+def test_a_model_that_only_ends_is_refused_instead_of_looping_for_ever():
+    with pytest.raises(ValueError, match="ended before their first token of text"):
+        _script().base_sample_rows(EndsAtOnce(), NumberTokenizer(), tokens=10, batch=4, max_new=3, progress=False)
+
+
+def test_sampling_leaves_the_callers_rng_as_it_was(lm):
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    _script().base_sample_rows(lm, NumberTokenizer(), tokens=20, batch=4, max_new=4, seed=0, progress=False)
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_the_command_names_a_missing_model_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        _script().main(["--mix", "base-samples", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "c.jsonl")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and "no-such-model" in err[-1] and not (tmp_path / "c.jsonl").exists(), err
