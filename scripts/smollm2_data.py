@@ -4,6 +4,8 @@ samples (``--mix base-samples``, self-distillation, no evaluation text at all).
 
     python scripts/smollm2_data.py [--out runs/smollm2-data/train.jsonl] [--stdlib-chars 1500000]
     python scripts/smollm2_data.py --mix base-samples --tokens 150000 --out runs/smollm2-selfdistil/train.jsonl
+    python scripts/smollm2_data.py --mix english+base-samples --base-samples runs/smollm2-selfdistil/train.jsonl \
+        --out runs/smollm2-blend/train.jsonl
 
 Writes one JSONL row per document ({"text", "source"}), shuffled with a fixed seed, so that the
 JSONL rule of `diffusionlm.data.load_corpus` (rows split 90 / 5 / 5 in file order) gives a
@@ -89,6 +91,46 @@ def base_sample_rows(model, tokenizer, tokens: int, batch: int = 48, max_new: in
     return rows
 
 
+def blend_rows(samples: list, news: list, count, seed: int = 0) -> list:
+    """Half and half by tokens: every row of ``samples`` (the base's own documents) and the leading
+    rows of ``news`` (already shuffled) until their tokens reach the samples' (``count(text)`` is a
+    document's token count), shuffled together with a fixed seed so the JSONL split's 90% training
+    part draws from both. The news rows are whole documents, so the news side ends within one
+    document of the samples' total."""
+    target = sum(count(r["text"]) for r in samples)
+    if target == 0:
+        raise ValueError("the base-samples file holds no text to blend with")
+    taken, total = [], 0
+    for r in news:
+        if total >= target:
+            break
+        taken.append(r)
+        total += count(r["text"])
+    if total < target:
+        raise ValueError(f"the news corpus has {total} tokens, fewer than the {target} of the base samples")
+    rows = list(samples) + taken
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def read_rows(path: str) -> list:
+    """A JSONL corpus this script wrote (one {"text", "source"} object a line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{path} does not exist")
+    rows = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
+            if not isinstance(r, dict) or not isinstance(r.get("text"), str):
+                raise ValueError(f"{path}:{i}: a row must be an object with a text string")
+            rows.append({"text": r["text"], "source": r.get("source", "base_samples")})
+    return rows
+
+
 def build_rows(stdlib_chars: int) -> list:
     from diffusionlm.data import load_corpus, stdlib_files
 
@@ -111,9 +153,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/smollm2-data/train.jsonl")
     ap.add_argument("--stdlib-chars", type=int, default=1_500_000)
-    ap.add_argument("--mix", choices=("news-shakespeare-python", "english", "base-samples"), default="news-shakespeare-python",
+    ap.add_argument("--mix", choices=("news-shakespeare-python", "english", "base-samples", "english+base-samples"),
+                    default="news-shakespeare-python",
                     help="english: AG News + LM1B heldout only (the block-diffusion recipe's data); "
-                         "base-samples: documents sampled from --model itself (self-distillation)")
+                         "base-samples: documents sampled from --model itself (self-distillation); "
+                         "english+base-samples: a --base-samples file and as many english tokens, shuffled together")
+    ap.add_argument("--base-samples", help="english+base-samples: the base-samples JSONL to blend")
     ap.add_argument("--model", default="smollm2", help="base-samples: the causal LM to sample (name or folder)")
     ap.add_argument("--tokens", type=int, default=150_000, help="base-samples: at least this many tokens")
     ap.add_argument("--batch", type=int, default=48)
@@ -128,6 +173,15 @@ def main(argv=None) -> int:
             tok = load_hf_tokenizer(args.model)
             rows = base_sample_rows(load_causal_lm(args.model), tok, args.tokens, args.batch, args.max_new, args.seed)
         except (ValueError, OSError) as e:  # a bad size, an unknown or missing model: one line, not a traceback
+            ap.error(str(e))
+    elif args.mix == "english+base-samples":
+        if not args.base_samples:
+            ap.error("--mix english+base-samples needs --base-samples FILE")
+        try:
+            samples = read_rows(args.base_samples)
+            tok = load_hf_tokenizer(args.model)
+            rows = blend_rows(samples, english_rows(), lambda t: len(tok.encode(t, add_special_tokens=False)))
+        except (ValueError, OSError) as e:
             ap.error(str(e))
     else:
         rows = english_rows() if args.mix == "english" else build_rows(args.stdlib_chars)

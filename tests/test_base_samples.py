@@ -106,3 +106,51 @@ def test_the_command_names_a_missing_model_in_one_line(tmp_path, capsys):
         _script().main(["--mix", "base-samples", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "c.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and "no-such-model" in err[-1] and not (tmp_path / "c.jsonl").exists(), err
+
+
+def _words(t):
+    return len(t.split())
+
+
+def test_the_blend_is_half_and_half_by_tokens_and_keeps_every_sample():
+    mod = _script()
+    samples = [{"text": "a " * n, "source": "base_samples"} for n in (5, 7, 9)]  # 21 tokens
+    news = [{"text": "n " * 4, "source": "ag_news"} for _ in range(20)]
+    rows = mod.blend_rows(samples, news, _words)
+    by = {}
+    for r in rows:
+        by[r["source"]] = by.get(r["source"], 0) + _words(r["text"])
+    assert by == {"base_samples": 21, "ag_news": 24}  # whole news documents until >= 21
+    assert sorted(r["text"] for r in rows if r["source"] == "base_samples") == sorted(r["text"] for r in samples)
+    assert rows == mod.blend_rows(samples, news, _words)  # a function of the seed
+    assert rows != mod.blend_rows(samples, news, _words, seed=1)
+    # shuffled together: the samples are not all first or all last
+    first = [r["source"] for r in rows]
+    assert first[:3] != ["base_samples"] * 3 and first[-3:] != ["base_samples"] * 3
+
+
+def test_the_blend_refuses_too_little_news_and_an_empty_samples_file():
+    mod = _script()
+    samples = [{"text": "a " * 30, "source": "base_samples"}]
+    with pytest.raises(ValueError, match="news corpus has 8 tokens, fewer than the 30"):
+        mod.blend_rows(samples, [{"text": "n " * 4, "source": "ag_news"}] * 2, _words)
+    with pytest.raises(ValueError, match="holds no text"):
+        mod.blend_rows([{"text": "", "source": "base_samples"}], [], _words)
+
+
+def test_the_blend_command_names_a_bad_samples_file_in_one_line(tmp_path, capsys):
+    mod = _script()
+    out = tmp_path / "blend.jsonl"
+    with pytest.raises(SystemExit):
+        mod.main(["--mix", "english+base-samples", "--out", str(out)])
+    assert "needs --base-samples FILE" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": 3}\n')
+    with pytest.raises(SystemExit):
+        mod.main(["--mix", "english+base-samples", "--base-samples", str(bad), "--out", str(out)])
+    assert f"{bad}:2: a row must be an object with a text string" in capsys.readouterr().err
+    bad.write_text("{oops\n")
+    with pytest.raises(SystemExit):
+        mod.main(["--mix", "english+base-samples", "--base-samples", str(bad), "--out", str(out)])
+    assert f"{bad}:1: not JSON" in capsys.readouterr().err
+    assert not out.exists()
