@@ -91,15 +91,18 @@ def base_sample_rows(model, tokenizer, tokens: int, batch: int = 48, max_new: in
     return rows
 
 
-def blend_rows(samples: list, news: list, count, seed: int = 0) -> list:
-    """Half and half by tokens: every row of ``samples`` (the base's own documents) and the leading
-    rows of ``news`` (already shuffled) until their tokens reach the samples' (``count(text)`` is a
-    document's token count), shuffled together with a fixed seed so the JSONL split's 90% training
+def blend_rows(samples: list, news: list, count, seed: int = 0, news_ratio: float = 1.0) -> list:
+    """Every row of ``samples`` (the base's own documents) and the leading rows of ``news`` (already
+    shuffled) until their tokens reach ``news_ratio`` times the samples' (``count(text)`` is a
+    document's token count; 1.0: half and half), shuffled together with a fixed seed so the JSONL split's 90% training
     part draws from both. The news rows are whole documents, so the news side ends within one
     document of the samples' total."""
-    target = sum(count(r["text"]) for r in samples)
-    if target == 0:
+    if not news_ratio > 0:
+        raise ValueError(f"news_ratio must be positive (got {news_ratio})")
+    have = sum(count(r["text"]) for r in samples)
+    if have == 0:
         raise ValueError("the base-samples file holds no text to blend with")
+    target = news_ratio * have
     taken, total = [], 0
     for r in news:
         if total >= target:
@@ -107,7 +110,8 @@ def blend_rows(samples: list, news: list, count, seed: int = 0) -> list:
         taken.append(r)
         total += count(r["text"])
     if total < target:
-        raise ValueError(f"the news corpus has {total} tokens, fewer than the {target} of the base samples")
+        raise ValueError(f"the news corpus has {total} tokens, fewer than the {target:g} the blend needs "
+                         f"({news_ratio:g} x the base samples' {have})")
     rows = list(samples) + taken
     random.Random(seed).shuffle(rows)
     return rows
@@ -159,6 +163,8 @@ def main(argv=None) -> int:
                          "base-samples: documents sampled from --model itself (self-distillation); "
                          "english+base-samples: a --base-samples file and as many english tokens, shuffled together")
     ap.add_argument("--base-samples", help="english+base-samples: the base-samples JSONL to blend")
+    ap.add_argument("--news-ratio", type=float, default=1.0,
+                    help="english+base-samples: english tokens per base-sample token (1: half and half)")
     ap.add_argument("--model", default="smollm2", help="base-samples: the causal LM to sample (name or folder)")
     ap.add_argument("--tokens", type=int, default=150_000, help="base-samples: at least this many tokens")
     ap.add_argument("--batch", type=int, default=48)
@@ -180,7 +186,8 @@ def main(argv=None) -> int:
         try:
             samples = read_rows(args.base_samples)
             tok = load_hf_tokenizer(args.model)
-            rows = blend_rows(samples, english_rows(), lambda t: len(tok.encode(t, add_special_tokens=False)))
+            rows = blend_rows(samples, english_rows(), lambda t: len(tok.encode(t, add_special_tokens=False)),
+                              news_ratio=args.news_ratio)
         except (ValueError, OSError) as e:
             ap.error(str(e))
     else:

@@ -124,6 +124,10 @@ def test_the_blend_is_half_and_half_by_tokens_and_keeps_every_sample():
     assert sorted(r["text"] for r in rows if r["source"] == "base_samples") == sorted(r["text"] for r in samples)
     assert rows == mod.blend_rows(samples, news, _words)  # a function of the seed
     assert rows != mod.blend_rows(samples, news, _words, seed=1)
+    half = mod.blend_rows(samples, news, _words, news_ratio=0.5)  # news up to >= 10.5 tokens: 3 documents
+    assert sum(_words(r["text"]) for r in half if r["source"] == "ag_news") == 12
+    with pytest.raises(ValueError, match="news_ratio must be positive"):
+        mod.blend_rows(samples, news, _words, news_ratio=0)
     # shuffled together: the samples are not all first or all last
     first = [r["source"] for r in rows]
     assert first[:3] != ["base_samples"] * 3 and first[-3:] != ["base_samples"] * 3
@@ -132,7 +136,7 @@ def test_the_blend_is_half_and_half_by_tokens_and_keeps_every_sample():
 def test_the_blend_refuses_too_little_news_and_an_empty_samples_file():
     mod = _script()
     samples = [{"text": "a " * 30, "source": "base_samples"}]
-    with pytest.raises(ValueError, match="news corpus has 8 tokens, fewer than the 30"):
+    with pytest.raises(ValueError, match=r"news corpus has 8 tokens, fewer than the 30 the blend needs \(1 x the base samples' 30\)"):
         mod.blend_rows(samples, [{"text": "n " * 4, "source": "ag_news"}] * 2, _words)
     with pytest.raises(ValueError, match="holds no text"):
         mod.blend_rows([{"text": "", "source": "base_samples"}], [], _words)
