@@ -27,6 +27,9 @@ Fraction = model FLOPs / step time / peak. Variants, timed alternately in rounds
     shifted_last noisy_head under the SHIFTED_LAST layout (one reader row a block: 2 B d + B d / w
                  rows); its FLOPs are counted as the SHIFTED step's, so its row prices the reader
                  (`time_vs_noisy_head`), not a new fraction of the peak
+    recipe_now   the recipe's step since trial 12: shifted_last with the AR anchor (train.ar_anchor
+                 = 4: one more forward of the base, adapters off, no gradient, over the clean rows);
+                 priced the same way, as time over noisy_head at this batch
 """
 from __future__ import annotations
 
@@ -60,9 +63,12 @@ def build(model: str, batch: int, d: int):
     from diffusionlm.io.runs import build as build_run
     from diffusionlm.training import TrainConfig, Trainer, seed_everything
 
+    # the step measured since the first round: SHIFTED, no AR anchor (the recipe has moved to
+    # shifted_last and the anchor since; the shifted_last variant prices the former)
     run = RunConfig.from_file(str(REPO / "recipes" / "smollm2-block.json"), [
         f"model.path={model}", f"data.length={d}", "train.curriculum=null", "train.out_dir=null", "train.progress=false",
-        f"train.batch_size={batch}", "train.eval_every=0", "train.save_every=0"])
+        f"train.batch_size={batch}", "train.eval_every=0", "train.save_every=0", "composition.layout=shifted",
+        "train.ar_anchor=0.0"])
     seed_everything(0)
     built = build_run(run, data=False)
     V = built.lm.process.vocab_size
@@ -119,14 +125,15 @@ def main() -> None:
 
     def use(name):
         lm.model.__class__ = patched if name == "full_head" else plain_cls
-        lm.layout = Layout.SHIFTED_LAST if name == "shifted_last" else recipe_layout
+        lm.layout = Layout.SHIFTED_LAST if name in ("shifted_last", "recipe_now") else recipe_layout
+        trainer.config.ar_anchor = 4.0 if name == "recipe_now" else 0.0
         for m in layers:
             if name == "merged_mask" and not m.merged:
                 m.merge()
             elif name != "merged_mask" and m.merged:
                 m.unmerge()
 
-    variants = ["noisy_head", "full_head", "shifted_last"] + (["merged_mask"] if layers and frozen_row else [])
+    variants = ["noisy_head", "full_head", "shifted_last", "recipe_now"] + (["merged_mask"] if layers and frozen_row else [])
     trainer.train_step()  # warm-up
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
