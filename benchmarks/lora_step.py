@@ -25,11 +25,10 @@ Fraction = model FLOPs / step time / peak. Variants, timed alternately in rounds
                  tokens otherwise rebuild the 49k x 576 embedding and the tied head with index_copy
                  at every forward, two 113 MB copies, although the row never changes)
     shifted_last noisy_head under the SHIFTED_LAST layout (one reader row a block: 2 B d + B d / w
-                 rows); its FLOPs are counted as the SHIFTED step's, so its row prices the reader
-                 (`time_vs_noisy_head`), not a new fraction of the peak
+                 rows through every layer; its FLOPs count them)
     recipe_now   the recipe's step since trial 12: shifted_last with the AR anchor (train.ar_anchor
-                 = 4: one more forward of the base, adapters off, no gradient, over the clean rows);
-                 priced the same way, as time over noisy_head at this batch
+                 = 4: one more forward of the base, adapters off, no gradient, over the B d clean
+                 rows with causal attention and the head at every row; its FLOPs count it)
 """
 from __future__ import annotations
 
@@ -50,12 +49,17 @@ from common import matmul_peak  # noqa: E402  (benchmarks/ is a folder of script
 
 
 
-def model_flops(cfg, batch: int, d: int) -> float:
+def model_flops(cfg, batch: int, d: int, readers: int = 0, anchor: bool = False) -> float:
+    """The module docstring's count; ``readers`` extra rows a row (SHIFTED_LAST: d / w) go through
+    every layer forward and backward; ``anchor`` adds the base's forward over the d clean rows
+    (causal attention, the head at every row), which has no backward."""
     E, F, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
     Ekv = E * cfg.num_key_value_heads // cfg.num_attention_heads
-    R = 2 * batch * d
-    forward = L * 2 * R * (2 * E * E + 2 * E * Ekv + 3 * E * F) + L * 4 * batch * d * (2 * d) * E + 2 * batch * d * E * V
-    return 2 * forward
+    proj = 2 * E * E + 2 * E * Ekv + 3 * E * F
+    R = 2 * batch * d + batch * readers
+    forward = L * 2 * R * proj + L * 4 * R * (2 * d) * E / 2 + 2 * batch * d * E * V
+    base = L * 2 * batch * d * proj + L * 4 * batch * d * d * E / 2 + 2 * batch * d * E * V if anchor else 0.0
+    return 2 * forward + base
 
 
 def build(model: str, batch: int, d: int):
@@ -118,6 +122,9 @@ def main() -> None:
     recipe_layout = lm.layout  # every variant but shifted_last runs the recipe's own layout
     cfg = lm.model.config
     flops = model_flops(cfg, args.batch, args.length)
+    w = lm.schedule.width(args.length)
+    own = {"shifted_last": model_flops(cfg, args.batch, args.length, readers=args.length // w),
+           "recipe_now": model_flops(cfg, args.batch, args.length, readers=args.length // w, anchor=True)}
     peak = matmul_peak()
     plain_cls, patched = type(lm.model), full_head(lm)
     layers = token_layers(lm)
@@ -152,11 +159,12 @@ def main() -> None:
     rows = []
     for name, ts in times.items():
         s = statistics.median(ts)
-        rows.append({"variant": name, "step_s": s, "times": ts, "model_gflop": flops / 1e9,
-                     "gflop_per_s": flops / s / 1e9, "fraction_of_peak": flops / s / peak,
+        f = own.get(name, flops)
+        rows.append({"variant": name, "step_s": s, "times": ts, "model_gflop": f / 1e9,
+                     "gflop_per_s": f / s / 1e9, "fraction_of_peak": f / s / peak,
                      "tokens_per_s": args.batch * args.length / s,
                      "time_vs_noisy_head": s / statistics.median(times["noisy_head"])})
-        print(f"{name:12s} {s:7.2f} s/step  {flops / s / 1e9:6.1f} GFLOP/s  {flops / s / peak:6.1%} of the "
+        print(f"{name:12s} {s:7.2f} s/step  {f / s / 1e9:6.1f} GFLOP/s  {f / s / peak:6.1%} of the "
               f"{peak / 1e9:.1f} GFLOP/s matmul peak  {args.batch * args.length / s:6.1f} tokens/s", flush=True)
     out = {"model": args.model, "batch": args.batch, "length": args.length, "threads": torch.get_num_threads(),
            "peak_gflop_per_s": peak / 1e9, "rows": rows, "load": os.getloadavg()}
