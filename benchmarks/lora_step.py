@@ -119,7 +119,7 @@ def main() -> None:
     from diffusionlm.masks import Layout
 
     lm, trainer = build(args.model, args.batch, args.length)
-    recipe_layout = lm.layout  # every variant but shifted_last runs the recipe's own layout
+    recipe_layout = lm.layout  # SHIFTED, pinned in build(); shifted_last and recipe_now switch it
     cfg = lm.model.config
     flops = model_flops(cfg, args.batch, args.length)
     w = lm.schedule.width(args.length)

@@ -118,20 +118,15 @@ def blend_rows(samples: list, news: list, count, seed: int = 0, news_ratio: floa
 
 
 def read_rows(path: str) -> list:
-    """A JSONL corpus this script wrote (one {"text", "source"} object a line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{path} does not exist")
+    """A JSONL corpus this script wrote (one {"text", "source"} object a line), read by the data
+    package's own JSONL reader (a missing file and a line that is not JSON named there)."""
+    from diffusionlm.data.corpus import _read_jsonl
+
     rows = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
-            if not isinstance(r, dict) or not isinstance(r.get("text"), str):
-                raise ValueError(f"{path}:{i}: a row must be an object with a text string")
-            rows.append({"text": r["text"], "source": r.get("source", "base_samples")})
+    for i, r in enumerate(_read_jsonl(Path(path)), 1):
+        if not isinstance(r, dict) or not isinstance(r.get("text"), str):
+            raise ValueError(f"{path}:{i}: a row must be an object with a text string")
+        rows.append({"text": r["text"], "source": r.get("source", "base_samples")})
     return rows
 
 

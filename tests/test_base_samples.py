@@ -156,5 +156,8 @@ def test_the_blend_command_names_a_bad_samples_file_in_one_line(tmp_path, capsys
     bad.write_text("{oops\n")
     with pytest.raises(SystemExit):
         mod.main(["--mix", "english+base-samples", "--base-samples", str(bad), "--out", str(out)])
-    assert f"{bad}:1: not JSON" in capsys.readouterr().err
+    assert f"{bad}:1: not a JSON line" in capsys.readouterr().err  # the data package's reader's words
+    with pytest.raises(SystemExit):
+        mod.main(["--mix", "english+base-samples", "--base-samples", str(tmp_path / "none.jsonl"), "--out", str(out)])
+    assert f"{tmp_path / 'none.jsonl'} does not exist" in capsys.readouterr().err
     assert not out.exists()

@@ -419,11 +419,11 @@ def test_the_shipped_adapter_matches_its_card_loads_by_name_and_refuses_another_
     assert {"recipe", "tokens", "steps", "bound"} <= set(card["training"]) | {"bound"} and card["bound"]["nll"] > 0
     m = load_model("smollm2-block")
     # the shipped composition is the recipe's, and the card's retrain command names a script that exists
-    recipe = json.loads((Path(__file__).resolve().parents[1] / "recipes" / "smollm2-block.json").read_text())
+    recipe = json.loads((REPO / "recipes" / "smollm2-block.json").read_text())
     assert m.lm.schedule == Block(4, 4) and Layout(m.lm.layout) is Layout(recipe["composition"]["layout"])
     assert card["training"]["steps"] == recipe["train"]["steps"] and card["training"]["data"]["corpus"] == recipe["data"]["corpus"]
     script = card["training"]["command"].split()[1]
-    assert (Path(__file__).resolve().parents[1] / script).is_file(), card["training"]["command"]
+    assert (REPO / script).is_file(), card["training"]["command"]
     g = torch.Generator().manual_seed(0)
     prompt = torch.tensor([m.tokenizer.encode("The history of the city begins in")])
     out = MDLM().sample(m.lm, batch_size=1, length=prompt.shape[1] + 8, prompt=prompt, generator=g).tokens
