@@ -24,7 +24,7 @@ from diffusionlm.lm import DiffusionLM
 from diffusionlm.models.hf import HFDenoiser
 from diffusionlm.processes import Absorb, Uniform
 from diffusionlm.samplers import MDLM, ReMDM, Threshold
-from diffusionlm.samplers.adaptive import cache_rows, select_by_confidence, stage_steps
+from diffusionlm.samplers.adaptive import cache_rows, confidence_of, select_by_confidence, stage_steps
 from diffusionlm.samplers.remdm import remask_posterior, remask_sigma
 from diffusionlm.schedules import Block, Flat, Quench, Slide
 from test_hf_adapter import hf_model
@@ -167,6 +167,31 @@ def test_quench_with_the_oracle_follows_the_true_law():
     assert chi_square_p(out.tokens, P_TOY, 3) > 1e-3
 
 
+@pytest.mark.parametrize("confidence", ["max", "margin"])
+def test_ordering_by_the_distribution_keeps_the_true_law_where_the_drawn_token_does_not(confidence):
+    """Under Flat (one stage, every position movable) one token a call: ordered by a function of
+    each position's distribution, the order is chosen before the value and every written token is
+    an exact draw from the oracle's conditional, so the samples follow the true law; ordered by the
+    probability of each position's own draw (Fast-dLLM's "drawn"), the modes are preferred and the
+    law is visibly not kept."""
+    lm = toy_lm("absorb", Flat())
+    out = Threshold(1.0, confidence=confidence).sample(lm, batch_size=S_TOY, length=D_TOY, generator=gen(9))
+    assert out.num_model_calls == D_TOY
+    assert chi_square_p(out.tokens, P_TOY, 3) > 1e-3
+    drawn = Threshold(1.0).sample(lm, batch_size=S_TOY, length=D_TOY, generator=gen(9))
+    assert chi_square_p(drawn.tokens, P_TOY, 3) < 1e-6
+
+
+def test_confidence_of_each_kind():
+    p = torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]], dtype=torch.float64)
+    drawn = torch.tensor([[1, 2]])
+    assert torch.allclose(confidence_of(p, drawn, "drawn"), torch.tensor([[0.3, 0.8]], dtype=torch.float64))
+    assert torch.allclose(confidence_of(p, drawn, "max"), torch.tensor([[0.5, 0.8]], dtype=torch.float64))
+    assert torch.allclose(confidence_of(p, drawn, "margin"), torch.tensor([[0.2, 0.7]], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"confidence must be one of \('drawn', 'max', 'margin'\), got 'entropy'"):
+        Threshold(0.5, confidence="entropy")
+
+
 # ---------------------------------------------------------------------------------------------
 # composes with every hyperschedule, process and layout
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +215,7 @@ def test_threshold_composes(kind, layout, schedule):
 
 
 def test_threshold_spec_round_trip():
-    s = Threshold(0.7, max_per_step=4, block=8, approx_cache="dual", refresh_every=3)
+    s = Threshold(0.7, max_per_step=4, block=8, approx_cache="dual", refresh_every=3, confidence="margin")
     spec = s.to_dict()
     assert spec["name"] == "threshold"
     assert specs.build("sampler", spec) == s

@@ -2,7 +2,7 @@
 its budgeted variant, and the approximate prefix / dual caches for full-attention models.
 
     Threshold(threshold=0.9, max_per_step=None, block=None, approx_cache=None, refresh_every=None,
-              cache=True, dtype=torch.float64)
+              cache=True, dtype=torch.float64, confidence="drawn")
 
     out = Threshold(0.9).sample(lm, batch_size=4, length=128, generator=g)
     out.num_model_calls        # network calls of the run
@@ -37,6 +37,13 @@ How many finish per call: the threshold
     holds for a drawn token); 1 unmasks exactly one (the most confident) per call, since no
     confidence exceeds 1: "a threshold above 1 falls back to one token per step" is threshold = 1.
     Outside [0, 1] is an error.
+    What "confidence" is (`confidence`): "drawn" (the default, Fast-dLLM's) is p of the token the
+    position drew, so which position goes first depends on its draw: a draw of the mode is
+    preferred, and the tokens written are not draws from the model's conditionals (they lean
+    towards each position's most likely token, lowering the text's entropy). "max" (max_t p) and
+    "margin" (the top probability minus the second: Dream's top-k margin) are functions of the
+    position's distribution only, so the order is chosen before the value and each written token
+    is an exact draw from the model's conditional at temperature 1 given what is already written.
     Budgeted variant, `max_per_step = k`: at most k per call and row, the k most confident of
     those passing; with threshold 0 exactly min(k, movable) per call: top-k confidence decoding at
     a fixed rate, i.e. the same number of calls as a fixed-step sampler decoding k per step, so
@@ -79,9 +86,21 @@ from .base import SampleOutput, SampleRequest, StepRecord, categorical
 from .driver import _categories, _Run, _StepView, check_dtype, logits_of, step_view, unit_interval
 from .mdlm import LevelSampler
 
-__all__ = ["Threshold", "stage_steps", "select_by_confidence", "cache_rows", "APPROX_CACHES"]
+__all__ = ["Threshold", "stage_steps", "select_by_confidence", "confidence_of", "cache_rows", "APPROX_CACHES", "CONFIDENCES"]
 
 APPROX_CACHES = ("prefix", "dual")
+CONFIDENCES = ("drawn", "max", "margin")
+
+
+def confidence_of(p: Tensor, drawn: Tensor, kind: str) -> Tensor:
+    """[B, A] confidence of each position from its distribution p [B, A, N] and its draw [B, A]:
+    "drawn" p[drawn], "max" max_t p[t], "margin" p(first) - p(second) (module docstring)."""
+    if kind == "drawn":
+        return p.gather(-1, drawn[..., None]).squeeze(-1)
+    if kind == "max":
+        return p.amax(-1)
+    top = p.topk(min(2, p.shape[-1]), -1).values
+    return top[..., 0] - (top[..., 1] if top.shape[-1] > 1 else 0.0)
 
 
 def stage_steps(table: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,9 +161,12 @@ class Threshold(LevelSampler):
     refresh_every: Optional[int] = None
     cache: bool = True
     dtype: torch.dtype = torch.float64
+    confidence: str = "drawn"
 
     def __post_init__(self) -> None:
         self.threshold = unit_interval(self.threshold, "threshold (1: one token per call)")
+        if self.confidence not in CONFIDENCES:
+            raise ValueError(f"confidence must be one of {CONFIDENCES}, got {self.confidence!r}")
         for name in ("max_per_step", "block", "refresh_every"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -270,7 +292,7 @@ class _AdaptiveRun(_Run):
         idx = torch.searchsorted(feed, cols)
         p = self.process.clean_probs(logits[:, idx])  # [B, A, N] float64
         drawn = categorical(p, self.request.generator, self.sampler.dtype)
-        conf = p.gather(-1, drawn[..., None]).squeeze(-1)
+        conf = confidence_of(p, drawn, self.sampler.confidence)
         mov = movable[:, cols]
         take = select_by_confidence(conf, mov, self.sampler.threshold, self.sampler.max_per_step)
         x, x_new = self.x, self.x.clone()
