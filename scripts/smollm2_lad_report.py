@@ -52,8 +52,16 @@ def corrupt_all(sents: list, vocab: int, mask_id: int, p_max: float) -> list:
 
 def measure(lm, sents: list, noisy: list, tau, iterations: int, tok=None) -> dict:
     before, after, calls, examples = [], [], [], []
+    kept = restored = clean_n = corrupt_n = 0
     for i, (ids, y) in enumerate(zip(sents, noisy)):
         fixed, c = LAD().refine(lm, y, iterations, min_probability=tau)
+        # what one call does, position by position (the edits keep the length): of the tokens the
+        # noise left alone, how many the model keeps; of those it changed, how many it restores
+        one, _ = LAD().refine(lm, y, 1, min_probability=tau)
+        orig, hit = torch.tensor(ids), one[0] == torch.tensor(ids)
+        clean = y[0] == orig
+        kept += int((hit & clean).sum()); clean_n += int(clean.sum())
+        restored += int((hit & ~clean).sum()); corrupt_n += int((~clean).sum())
         before.append(levenshtein(y[0].tolist(), ids) / len(ids))
         after.append(levenshtein(fixed[0].tolist(), ids) / len(ids))
         calls.append(c)
@@ -65,7 +73,8 @@ def measure(lm, sents: list, noisy: list, tau, iterations: int, tok=None) -> dic
     return {"tau": tau, "sentences": len(sents), "changed_fraction": changed, "edit_before": bm, "edit_before_stderr": bs,
             "edit_after": am, "edit_after_stderr": as_, "delta": dm, "delta_stderr": ds,
             "improved": sum(a < b for a, b in zip(after, before)), "worsened": sum(a > b for a, b in zip(after, before)),
-            "mean_calls": sum(calls) / len(calls), "examples": examples}
+            "mean_calls": sum(calls) / len(calls), "first_call_kept": kept / max(clean_n, 1),
+            "first_call_restored": restored / max(corrupt_n, 1), "examples": examples}
 
 
 def load_step(run_dir: Path, step: int):
@@ -119,7 +128,8 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(out, indent=1))
     for tau, rows in out["test"].items():
         print(f"test tau={tau}: " + "; ".join(
-            f"p_max {p}: changed {r['changed_fraction']:.3f}, edit {r['edit_before']:.3f} -> {r['edit_after']:.3f} (delta {r['delta']:+.3f} +- {r['delta_stderr']:.3f}, {r['improved']}-{r['worsened']})"
+            f"p_max {p}: changed {r['changed_fraction']:.3f}, edit {r['edit_before']:.3f} -> {r['edit_after']:.3f} (delta {r['delta']:+.3f} +- {r['delta_stderr']:.3f}, {r['improved']}-{r['worsened']}; "
+            f"one call keeps {r['first_call_kept']:.3f} of clean tokens, restores {r['first_call_restored']:.3f} of changed ones)"
             for p, r in zip(args.p_max, rows)))
     print(f"wrote {args.out} in {out['seconds']:.0f} s")
     return 0
