@@ -15,7 +15,7 @@ Measured (nats/token):
   continued by --gen-length tokens at temperature 1: the base AR's own samples (AR sampler), the
   adapted model's MDLM under its Block(4, 4) (4 calls a block), Threshold(t) for each
   --thresholds and the budgeted Threshold(0, max_per_step=k) for each --budget (each with every
-  --confidence: what orders the positions), all within its
+  --order-by: what orders the positions), all within its
   blocks; per run gen PPL judged by the base (exact NLL of the continuation given its prompt,
   token-weighted), unigram entropy of the generated tokens, network calls per sample, and the
   bootstrap s.e. of PPL and entropy over prompts (--bootstrap resamples); the real continuations
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--gen-length", type=int, default=64)
     ap.add_argument("--thresholds", type=float, nargs="*", default=[0.9, 0.7, 0.5])
     ap.add_argument("--budget", type=int, nargs="*", default=[2])
-    ap.add_argument("--confidence", nargs="+", choices=CONFIDENCES, default=["drawn"],
+    ap.add_argument("--order-by", nargs="+", choices=CONFIDENCES, default=["drawn"],
                     help="what orders the threshold samplers (samplers/adaptive.py): p of the drawn token (Fast-dLLM), "
                          "or max / margin of the position's distribution (the written tokens exact draws)")
     ap.add_argument("--batch", type=int, default=16)
@@ -190,10 +190,10 @@ def gen(args, lm, base, tok, blocks) -> dict:
     real = all_rows[pick, :L]
     prompts = real[:, :P]
     runs = [("base AR (temperature 1)", base, AR(temperature=1.0)), ("MDLM Block(4, 4)", lm, MDLM())]
-    for c in args.confidence:  # the labels of the default ("drawn") stay those of the earlier reports
-        tag = "" if c == "drawn" else f" confidence={c}"
-        runs += [(f"threshold {t}{tag}", lm, Threshold(t, confidence=c)) for t in args.thresholds]
-        runs += [(f"threshold budget k={k}{tag}", lm, Threshold(0.0, max_per_step=k, confidence=c)) for k in args.budget]
+    for c in args.order_by:  # the labels of the default ("drawn") stay those of the earlier reports
+        tag = "" if c == "drawn" else f" order_by={c}"
+        runs += [(f"threshold {t}{tag}", lm, Threshold(t, order_by=c)) for t in args.thresholds]
+        runs += [(f"threshold budget k={k}{tag}", lm, Threshold(0.0, max_per_step=k, order_by=c)) for k in args.budget]
     res = {"prompts": args.prompts, "prompt_length": P, "gen_length": args.gen_length, "runs": []}
     real_stats = gen_stats(base, real, P, args.bootstrap)
     res["real"] = real_stats | {"examples": [[tok.decode(r[:P].tolist()), tok.decode(r[P:].tolist())]

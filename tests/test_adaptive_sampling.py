@@ -175,7 +175,7 @@ def test_ordering_by_the_distribution_keeps_the_true_law_where_the_drawn_token_d
     probability of each position's own draw (Fast-dLLM's "drawn"), the modes are preferred and the
     law is visibly not kept."""
     lm = toy_lm("absorb", Flat())
-    out = Threshold(1.0, confidence=confidence).sample(lm, batch_size=S_TOY, length=D_TOY, generator=gen(9))
+    out = Threshold(1.0, order_by=confidence).sample(lm, batch_size=S_TOY, length=D_TOY, generator=gen(9))
     assert out.num_model_calls == D_TOY
     assert chi_square_p(out.tokens, P_TOY, 3) > 1e-3
     drawn = Threshold(1.0).sample(lm, batch_size=S_TOY, length=D_TOY, generator=gen(9))
@@ -188,8 +188,8 @@ def test_confidence_of_each_kind():
     assert torch.allclose(confidence_of(p, drawn, "drawn"), torch.tensor([[0.3, 0.8]], dtype=torch.float64))
     assert torch.allclose(confidence_of(p, drawn, "max"), torch.tensor([[0.5, 0.8]], dtype=torch.float64))
     assert torch.allclose(confidence_of(p, drawn, "margin"), torch.tensor([[0.2, 0.7]], dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"confidence must be one of \('drawn', 'max', 'margin'\), got 'entropy'"):
-        Threshold(0.5, confidence="entropy")
+    with pytest.raises(ValueError, match=r"order_by \(the confidence ranking the positions\) must be one of \('drawn', 'max', 'margin'\), got 'entropy'"):
+        Threshold(0.5, order_by="entropy")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_threshold_composes(kind, layout, schedule):
 
 
 def test_threshold_spec_round_trip():
-    s = Threshold(0.7, max_per_step=4, block=8, approx_cache="dual", refresh_every=3, confidence="margin")
+    s = Threshold(0.7, max_per_step=4, block=8, approx_cache="dual", refresh_every=3, order_by="margin")
     spec = s.to_dict()
     assert spec["name"] == "threshold"
     assert specs.build("sampler", spec) == s

@@ -45,7 +45,7 @@ EXAMPLES: dict = {
         "mdlm": {"steps": 8, "rate": None, "cache": False, "dtype": "float32"},
         "acs": {"eta": 0.25, "steps": None, "rate": 2.0, "cache": False, "dtype": "float32"},
         "threshold": {"threshold": 0.7, "max_per_step": 4, "block": 8, "approx_cache": "dual", "refresh_every": 2,
-                      "cache": True, "dtype": "float64"},
+                      "cache": True, "dtype": "float64", "order_by": "max"},
         "remdm": {"eta": 0.05, "schedule": "rescale", "steps": 16, "rate": None, "cache": True, "dtype": "float64"},
         "sedd_analytic": {"steps": 5, "rate": None, "cache": False, "dtype": "float32"},
         "sedd_euler": {"steps": 6, "rate": None, "cache": False, "dtype": "float64"},

@@ -2,7 +2,7 @@
 its budgeted variant, and the approximate prefix / dual caches for full-attention models.
 
     Threshold(threshold=0.9, max_per_step=None, block=None, approx_cache=None, refresh_every=None,
-              cache=True, dtype=torch.float64, confidence="drawn")
+              cache=True, dtype=torch.float64, order_by="drawn")
 
     out = Threshold(0.9).sample(lm, batch_size=4, length=128, generator=g)
     out.num_model_calls        # network calls of the run
@@ -37,7 +37,7 @@ How many finish per call: the threshold
     holds for a drawn token); 1 unmasks exactly one (the most confident) per call, since no
     confidence exceeds 1: "a threshold above 1 falls back to one token per step" is threshold = 1.
     Outside [0, 1] is an error.
-    What "confidence" is (`confidence`): "drawn" (the default, Fast-dLLM's) is p of the token the
+    What "confidence" is (`order_by`): "drawn" (the default, Fast-dLLM's) is p of the token the
     position drew, so which position goes first depends on its draw: a draw of the mode is
     preferred, and the tokens written are not draws from the model's conditionals (they lean
     towards each position's most likely token, lowering the text's entropy). "max" (max_t p) and
@@ -161,12 +161,12 @@ class Threshold(LevelSampler):
     refresh_every: Optional[int] = None
     cache: bool = True
     dtype: torch.dtype = torch.float64
-    confidence: str = "drawn"
+    order_by: str = "drawn"  # what "most confident" means (module docstring)
 
     def __post_init__(self) -> None:
         self.threshold = unit_interval(self.threshold, "threshold (1: one token per call)")
-        if self.confidence not in CONFIDENCES:
-            raise ValueError(f"confidence must be one of {CONFIDENCES}, got {self.confidence!r}")
+        if self.order_by not in CONFIDENCES:
+            raise ValueError(f"order_by (the confidence ranking the positions) must be one of {CONFIDENCES}, got {self.order_by!r}")
         for name in ("max_per_step", "block", "refresh_every"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -292,7 +292,7 @@ class _AdaptiveRun(_Run):
         idx = torch.searchsorted(feed, cols)
         p = self.process.clean_probs(logits[:, idx])  # [B, A, N] float64
         drawn = categorical(p, self.request.generator, self.sampler.dtype)
-        conf = confidence_of(p, drawn, self.sampler.confidence)
+        conf = confidence_of(p, drawn, self.sampler.order_by)
         mov = movable[:, cols]
         take = select_by_confidence(conf, mov, self.sampler.threshold, self.sampler.max_per_step)
         x, x_new = self.x, self.x.clone()
