@@ -22,6 +22,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 from smollm2_lad_report import corrupt_all, load_step  # noqa: E402
 from smollm2_report import sentences  # noqa: E402
 
+from diffusionlm.samplers.lad import LAD  # noqa: E402
+
 GRID = [(a, b) for a in (0.0, 0.3, 0.5, 0.7, 0.8, 0.9) for b in (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)]
 
 
@@ -29,8 +31,7 @@ def positions(lm, sents, noisy, vocab: int) -> torch.Tensor:
     """[positions, 5]: untouched?, p(current token), p(argmax), argmax == original, argmax == current."""
     rows = []
     for ids, y in zip(sents, noisy):
-        with torch.no_grad():
-            pr = torch.softmax(lm.forward(y, torch.zeros(y.shape), None)[0, :, :vocab].double(), -1)
+        pr = torch.softmax(LAD.edit_logits(lm, y, vocab)[0].double(), -1)  # the forward refine argmaxes
         cur, orig = y[0], torch.tensor(ids)
         top, arg = pr.max(-1)
         rows.append(torch.stack([(cur == orig).double(), pr.gather(-1, cur[:, None]).squeeze(-1), top,

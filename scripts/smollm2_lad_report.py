@@ -54,12 +54,17 @@ def measure(lm, sents: list, noisy: list, tau, iterations: int, tok=None) -> dic
     before, after, calls, examples = [], [], [], []
     kept = restored = clean_n = corrupt_n = 0
     for i, (ids, y) in enumerate(zip(sents, noisy)):
-        fixed, c = LAD().refine(lm, y, iterations, min_probability=tau)
+        # the first call alone, then the rest from its output: the same as refine(y, iterations)
+        # (it stops after one call where nothing changed), with the first call's output kept
+        one, _ = LAD().refine(lm, y, 1, min_probability=tau)
+        fixed, c = one, 1
+        if iterations > 1 and not torch.equal(one, y):
+            fixed, rest = LAD().refine(lm, one, iterations - 1, min_probability=tau)
+            c += rest
         # what one call does, position by position (the edits keep the length): of the tokens the
         # noise left alone, how many the model keeps; of those it changed, how many it restores
-        one, _ = LAD().refine(lm, y, 1, min_probability=tau)
-        orig, hit = torch.tensor(ids), one[0] == torch.tensor(ids)
-        clean = y[0] == orig
+        orig = torch.tensor(ids)
+        hit, clean = one[0] == orig, y[0] == orig
         kept += int((hit & clean).sum()); clean_n += int(clean.sum())
         restored += int((hit & ~clean).sum()); corrupt_n += int((~clean).sum())
         before.append(levenshtein(y[0].tolist(), ids) / len(ids))

@@ -219,17 +219,9 @@ class LAD(Sampler):
             raise ValueError(f"iterations must be an int >= 1, got {limit!r}")
         if min_probability is not None and (not _is_real(min_probability) or not 0.0 <= float(min_probability) <= 1.0):
             raise ValueError(f"min_probability must be in [0, 1] or None, got {min_probability!r}")
-        N, mask_id = lm.process.vocab_size if real is None else real, lm.process.mask_id
-        time_levels = bool(getattr(lm.process, "time_conditioned", False))
-        # SHIFTED: row j reads token j-1, so the last given token is read by no row of a d-row
-        # forward and would be re-predicted blind; one extra MASK row reads it (its output dropped)
-        extra = int(Layout(lm.layout) is Layout.SHIFTED)
-        d = x.shape[1]
         calls = 0
         for _ in range(limit):
-            inp = torch.cat([x, x.new_full((x.shape[0], extra), mask_id)], 1)
-            levels = (inp == mask_id).float() if time_levels else torch.zeros(inp.shape, device=x.device)
-            logits = lm.forward(inp, levels, None)[:, :d, :N]
+            logits = self.edit_logits(lm, x, real)
             new = logits.argmax(-1)
             if min_probability is not None:  # keep the token where the model is not sure enough
                 sure = torch.softmax(logits.double(), -1).amax(-1) >= float(min_probability)
@@ -239,6 +231,20 @@ class LAD(Sampler):
                 break
             x = new
         return (x[0] if one_row else x), calls
+
+    @staticmethod
+    @torch.no_grad()
+    def edit_logits(lm: Any, x: Tensor, real: Optional[int] = None) -> Tensor:
+        """[B, d, real] the model's clean-token logits at every position of given text x [B, d] (no
+        MASK added), one full bidirectional forward: what `refine` takes its argmax of."""
+        N, mask_id = lm.process.vocab_size if real is None else real, lm.process.mask_id
+        # SHIFTED: row j reads token j-1, so the last given token is read by no row of a d-row
+        # forward and would be re-predicted blind; one extra MASK row reads it (its output dropped)
+        extra = int(Layout(lm.layout) is Layout.SHIFTED)
+        inp = torch.cat([x, x.new_full((x.shape[0], extra), mask_id)], 1)
+        time_levels = bool(getattr(lm.process, "time_conditioned", False))
+        levels = (inp == mask_id).float() if time_levels else torch.zeros(inp.shape, device=x.device)
+        return lm.forward(inp, levels, None)[:, :x.shape[1], :N]
 
     # -- one draw --------------------------------------------------------------------------
     def _draw(self, logits: Tensor, generator: Optional[torch.Generator]) -> Tensor:
